@@ -1,0 +1,77 @@
+"""Exceptions and warnings raised by rastermatch.
+
+Every error says what went wrong, where (file, band) and how to fix it. All of them derive
+from :class:`RastermatchError`, so a caller can catch one type; each also derives from the
+builtin it refines (``ValueError``, ``TypeError``, ``OSError``) so that generic handlers keep
+working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BandMismatchError",
+    "BinningMismatchError",
+    "DimensionError",
+    "LUTFileError",
+    "NoValidPixelsError",
+    "NodataConflictError",
+    "OutputExistsError",
+    "RasterReadError",
+    "RasterWriteError",
+    "RastermatchError",
+    "RastermatchWarning",
+    "NodataReplacedWarning",
+    "UnsupportedDtypeError",
+]
+
+
+class RastermatchError(Exception):
+    """Base class of every error raised by rastermatch."""
+
+
+class DimensionError(RastermatchError, ValueError):
+    """The array does not have the dims ``(band, y, x)`` or ``(y, x)``."""
+
+
+class UnsupportedDtypeError(RastermatchError, TypeError):
+    """The dtype cannot be histogrammed (complex, bool, object, strings, datetimes)."""
+
+
+class BandMismatchError(RastermatchError, ValueError):
+    """Source and reference (or two histograms) do not have the same number of bands."""
+
+
+class NoValidPixelsError(RastermatchError, ValueError):
+    """A band has no pixel left once nodata, NaN and the mask are taken out."""
+
+
+class BinningMismatchError(RastermatchError, ValueError):
+    """Two histograms with different binnings cannot be merged."""
+
+
+class NodataConflictError(RastermatchError, ValueError):
+    """The output nodata value is also a value valid pixels are mapped to, and no free value exists."""
+
+
+class LUTFileError(RastermatchError, ValueError):
+    """A LUT file is malformed, inconsistent or was modified after it was written."""
+
+
+class RasterReadError(RastermatchError, OSError):
+    """A raster file is missing, not a raster, or unreadable."""
+
+
+class RasterWriteError(RastermatchError, OSError):
+    """An output cannot be written (it would overwrite an input, a bad path, a failed write)."""
+
+
+class OutputExistsError(RasterWriteError, FileExistsError):
+    """The output exists already and ``overwrite`` was not asked for."""
+
+
+class RastermatchWarning(UserWarning):
+    """Base class of the warnings rastermatch emits."""
+
+
+class NodataReplacedWarning(RastermatchWarning):
+    """The requested output nodata value was taken by valid pixels, so another value is used."""
