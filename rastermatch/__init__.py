@@ -1,3 +1,62 @@
-"""rastermatch: histogram matching for satellite scenes of any size."""
+"""rastermatch: histogram matching for satellite scenes of any size.
+
+The data flow, one module per step::
+
+    io.open_raster -> histogram.band_histograms -> lut.LUT.from_histograms
+        -> apply.apply_lut -> io.write_raster
+
+``match_histograms`` and ``equalize`` compose the steps; importing the package registers the
+``.rm`` accessor on xarray DataArrays.
+"""
 
 __version__ = "0.1.0"
+
+from . import accessor as _accessor  # noqa: F401  (registers DataArray.rm)
+from .errors import (
+    BandMismatchError,
+    BinningMismatchError,
+    DimensionError,
+    LUTFileError,
+    NodataConflictError,
+    NodataReplacedWarning,
+    NoValidPixelsError,
+    OutputExistsError,
+    RastermatchError,
+    RastermatchWarning,
+    RasterReadError,
+    RasterWriteError,
+    UnsupportedDtypeError,
+)
+from .histogram import Binning, Histogram, band_histograms, band_ranges
+from .io import open_raster, read_provenance, write_raster
+from .lut import LUT, nearest_cdf_indices
+from .match import equalize, fit_lut, match_histograms
+
+__all__ = [
+    "LUT",
+    "BandMismatchError",
+    "Binning",
+    "BinningMismatchError",
+    "DimensionError",
+    "Histogram",
+    "LUTFileError",
+    "NoValidPixelsError",
+    "NodataConflictError",
+    "NodataReplacedWarning",
+    "OutputExistsError",
+    "RasterReadError",
+    "RasterWriteError",
+    "RastermatchError",
+    "RastermatchWarning",
+    "UnsupportedDtypeError",
+    "__version__",
+    "band_histograms",
+    "band_ranges",
+    "equalize",
+    "fit_lut",
+    "match_histograms",
+    "nearest_cdf_indices",
+    "open_raster",
+    "read_provenance",
+    "write_raster",
+]
