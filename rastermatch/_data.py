@@ -85,7 +85,9 @@ class BandArray:
             for k, v in self.template.attrs.items()
             if k not in _VALUE_ATTRS and not k.startswith("STATISTICS_")
         }
-        out.encoding = {k: v for k, v in self.template.encoding.items() if k in ("source", "grid_mapping")}
+        out.encoding = {
+            k: v for k, v in self.template.encoding.items() if k in ("source", "grid_mapping")
+        }
         if nodata is not None:
             out = out.rio.write_nodata(nodata, encoded=False)
         return out
@@ -128,7 +130,9 @@ def as_band_array(data: Any, *, nodata: float | int | None = None, name: str = "
                 raise DimensionError(
                     f"{name} has dims {data.dims}; rastermatch expects (band, y, x) or (y, x): {hint}"
                 )
-            labels = data["band"].values if "band" in data.coords else np.arange(1, data.shape[0] + 1)
+            labels = (
+                data["band"].values if "band" in data.coords else np.arange(1, data.shape[0] + 1)
+            )
             bands = tuple(python_scalar(v) for v in labels)
         elif data.ndim == 2:
             bands = (1,)
@@ -176,7 +180,9 @@ def as_band_mask(mask: Any, like: BandArray, *, name: str = "mask") -> np.ndarra
             mask = mask.transpose(*like.template.dims)
         mask = mask.data
     if not isinstance(mask, np.ndarray | da.Array):
-        raise TypeError(f"{name} is a {type(mask).__name__}; pass a boolean numpy/dask array or DataArray")
+        raise TypeError(
+            f"{name} is a {type(mask).__name__}; pass a boolean numpy/dask array or DataArray"
+        )
     if mask.dtype != bool:
         raise UnsupportedDtypeError(
             f"{name} has dtype {mask.dtype}; pass a boolean mask (True = leave the pixel out), "

@@ -154,8 +154,12 @@ def apply_lut_array(
     table = lut.table
     lohi = np.stack([b.lo, b.hi], axis=1)
     kwargs = dict(
-        kind=lut.kind, binning_kind=b.kind, offset=b.offset if b.kind == "levels" else 0,
-        nodata=nodata, out_nodata=out_nodata, out_dtype=lut.dtype,
+        kind=lut.kind,
+        binning_kind=b.kind,
+        offset=b.offset if b.kind == "levels" else 0,
+        nodata=nodata,
+        out_nodata=out_nodata,
+        out_dtype=lut.dtype,
     )
     if isinstance(array, np.ndarray):
         return apply_block(array, table, lohi, **kwargs)
@@ -164,9 +168,19 @@ def apply_lut_array(
     table_d = da.from_array(table, chunks=(band_chunks, -1), name=f"rastermatch-lut-{token}")
     lohi_d = da.from_array(lohi, chunks=(band_chunks, -1), name=f"rastermatch-lut-range-{token}")
     return da.blockwise(
-        apply_block, "byx", array, "byx", table_d, "bn", lohi_d, "bk",
-        concatenate=True, dtype=lut.dtype, meta=np.empty((0, 0, 0), lut.dtype),
-        name=f"rastermatch-apply-{tokenize(array, token, nodata, out_nodata)}", **kwargs,
+        apply_block,
+        "byx",
+        array,
+        "byx",
+        table_d,
+        "bn",
+        lohi_d,
+        "bk",
+        concatenate=True,
+        dtype=lut.dtype,
+        meta=np.empty((0, 0, 0), lut.dtype),
+        name=f"rastermatch-apply-{tokenize(array, token, nodata, out_nodata)}",
+        **kwargs,
     )
 
 
@@ -193,9 +207,9 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
     used = lut.valid_outputs()
     if lut.kind == "piecewise":
         lo, hi = cast_range(used, dtype)
-        taken = (lambda v: lo <= v <= hi)  # noqa: E731
+        taken = lambda v: lo <= v <= hi  # noqa: E731
     else:
-        taken = (lambda v: bool(np.isin(v, used)))  # noqa: E731
+        taken = lambda v: bool(np.isin(v, used))  # noqa: E731
     if preferred is not None and not taken(preferred):
         return preferred
     if dtype.kind == "f":
@@ -245,7 +259,11 @@ def apply_lut(lut: LUT, data: Any, *, nodata: Any = None, out_nodata: Any = None
     """
     src = as_band_array(data, nodata=nodata, name="data")
     nd = src.nodata if src.nodata is not None else lut.nodata
-    preferred = out_nodata if out_nodata is not None else (lut.out_nodata if lut.out_nodata is not None else nd)
+    preferred = (
+        out_nodata
+        if out_nodata is not None
+        else (lut.out_nodata if lut.out_nodata is not None else nd)
+    )
     may_have_invalid = nd is not None or src.dtype.kind == "f"
     out_nd = resolve_out_nodata(lut, preferred, may_have_invalid=may_have_invalid)
     result = apply_lut_array(src.array, lut, nodata=nd, out_nodata=out_nd)

@@ -76,7 +76,9 @@ class Binning:
             lo = np.asarray(self.lo, dtype=np.float64).reshape(-1)
             hi = np.asarray(self.hi, dtype=np.float64).reshape(-1)
             if lo.shape != hi.shape or not (np.all(np.isfinite(lo)) and np.all(hi >= lo)):
-                raise ValueError(f"bad bin range lo={lo}, hi={hi}: need finite lo <= hi, one per band")
+                raise ValueError(
+                    f"bad bin range lo={lo}, hi={hi}: need finite lo <= hi, one per band"
+                )
             object.__setattr__(self, "lo", lo)
             object.__setattr__(self, "hi", hi)
 
@@ -85,7 +87,9 @@ class Binning:
         """One bin per level of an integer dtype of at most 16 bits."""
         info = np.iinfo(dtype)
         n = int(info.max) - int(info.min) + 1
-        return cls("levels", dtype, n, np.full(nbands, float(info.min)), np.full(nbands, float(info.max)))
+        return cls(
+            "levels", dtype, n, np.full(nbands, float(info.min)), np.full(nbands, float(info.max))
+        )
 
     @property
     def is_lazy(self) -> bool:
@@ -155,13 +159,24 @@ class Binning:
     def __repr__(self) -> str:
         if self.kind == "levels":
             return f"Binning(levels, {self.dtype}, {self.nbins} levels from {self.offset})"
-        rng = "lazy" if self.is_lazy else ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(self.lo, self.hi))
+        rng = (
+            "lazy"
+            if self.is_lazy
+            else ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(self.lo, self.hi))
+        )
         return f"Binning(uniform, {self.dtype}, {self.nbins} bins over {rng})"
 
 
-def default_binning(dtype: np.dtype, nbands: int, *, bins: int | None, range: Any) -> Binning | None:
+def default_binning(
+    dtype: np.dtype, nbands: int, *, bins: int | None, range: Any
+) -> Binning | None:
     """The binning rastermatch uses for ``dtype``; None when a range must first be computed."""
-    if dtype.kind in "iu" and dtype.itemsize <= _EXACT_MAX_ITEMSIZE and bins is None and range is None:
+    if (
+        dtype.kind in "iu"
+        and dtype.itemsize <= _EXACT_MAX_ITEMSIZE
+        and bins is None
+        and range is None
+    ):
         return Binning.levels(dtype, nbands)
     nbins = DEFAULT_BINS if bins is None else bins
     if range is None:
@@ -301,12 +316,22 @@ def block_counts(
         _count_levels(block, offset, nd, has_nd, m, has_m, out)
     else:
         lohi = np.asarray(lohi, dtype=np.float64).reshape(block.shape[0], 2)
-        _count_uniform(block, np.ascontiguousarray(lohi[:, 0]), np.ascontiguousarray(lohi[:, 1]),
-                       nd, has_nd, m, has_m, out)
+        _count_uniform(
+            block,
+            np.ascontiguousarray(lohi[:, 0]),
+            np.ascontiguousarray(lohi[:, 1]),
+            nd,
+            has_nd,
+            m,
+            has_m,
+            out,
+        )
     return out[:, None, None, :]
 
 
-def block_range(block: np.ndarray, mask: np.ndarray | None = None, *, nodata: Any = None) -> np.ndarray:
+def block_range(
+    block: np.ndarray, mask: np.ndarray | None = None, *, nodata: Any = None
+) -> np.ndarray:
     """Valid ``(min, max)`` per band of one block, as ``(band, 1, 1, 2)`` float64 (+inf, -inf if none)."""
     out = np.empty((block.shape[0], 2), dtype=np.float64)
     nd, has_nd = _kernel_nodata(block, nodata)
@@ -386,7 +411,9 @@ class Histogram:
     def band(self, index: int) -> Histogram:
         """The histogram of one band (by position)."""
         b = self.binning
-        binning = Binning(b.kind, b.dtype, b.nbins, b.lo[index : index + 1], b.hi[index : index + 1])
+        binning = Binning(
+            b.kind, b.dtype, b.nbins, b.lo[index : index + 1], b.hi[index : index + 1]
+        )
         return Histogram(self.counts[index : index + 1], binning, (self.bands[index],))
 
     def __add__(self, other: Histogram) -> Histogram:
@@ -469,7 +496,11 @@ class Histogram:
     # -- dask collection protocol: a lazy histogram computes into a concrete one
     @cached_property
     def _parts(self) -> list[da.Array]:
-        parts = [self.counts.rechunk(-1) if isinstance(self.counts, da.Array) else da.from_array(self.counts)]
+        parts = [
+            self.counts.rechunk(-1)
+            if isinstance(self.counts, da.Array)
+            else da.from_array(self.counts)
+        ]
         if self.binning.is_lazy:
             parts.append(da.stack([self.binning.lo, self.binning.hi]).rechunk(-1))
         return parts
@@ -528,9 +559,16 @@ def _lazy_range(src: BandArray, mask: Any) -> da.Array:
     """``(band, 2)`` valid min/max as a dask reduction over blocks."""
     arr = src.array
     per_block = da.blockwise(
-        block_range, "byxk", arr, "byx", *_mask_args(mask),
-        new_axes={"k": 2}, adjust_chunks={"y": 1, "x": 1}, dtype=np.float64,
-        meta=np.empty((0, 0, 0, 0), np.float64), nodata=src.nodata,
+        block_range,
+        "byxk",
+        arr,
+        "byx",
+        *_mask_args(mask),
+        new_axes={"k": 2},
+        adjust_chunks={"y": 1, "x": 1},
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64),
+        nodata=src.nodata,
         name=f"rastermatch-range-block-{tokenize(arr, mask, src.nodata)}",
     )
     lo = per_block[..., 0].min(axis=(1, 2))
@@ -628,8 +666,13 @@ def band_histograms(
             lohi = _check_range(lohi, src.bands, src.name)
             binning = Binning("uniform", src.dtype, bins or DEFAULT_BINS, lohi[:, 0], lohi[:, 1])
         counts = block_counts(
-            src.array, m, np.stack([binning.lo, binning.hi], axis=1),
-            kind=binning.kind, nbins=binning.nbins, offset=binning.offset, nodata=src.nodata,
+            src.array,
+            m,
+            np.stack([binning.lo, binning.hi], axis=1),
+            kind=binning.kind,
+            nbins=binning.nbins,
+            offset=binning.offset,
+            nodata=src.nodata,
         )
         return Histogram(counts[:, 0, 0, :], binning, src.bands)
 
@@ -641,11 +684,22 @@ def band_histograms(
         lohi = da.from_array(np.stack([binning.lo, binning.hi], axis=1), chunks=(arr.chunks[0], 2))
     lohi = lohi.rechunk((arr.chunks[0], 2))
     per_block = da.blockwise(
-        block_counts, "byxn", arr, "byx", *_mask_args(m), lohi, "bk",
-        new_axes={"n": binning.nbins}, adjust_chunks={"y": 1, "x": 1}, concatenate=True,
-        dtype=np.int32, meta=np.empty((0, 0, 0, 0), np.int32),
-        kind=binning.kind, nbins=binning.nbins,
-        offset=binning.offset if binning.kind == "levels" else 0, nodata=src.nodata,
+        block_counts,
+        "byxn",
+        arr,
+        "byx",
+        *_mask_args(m),
+        lohi,
+        "bk",
+        new_axes={"n": binning.nbins},
+        adjust_chunks={"y": 1, "x": 1},
+        concatenate=True,
+        dtype=np.int32,
+        meta=np.empty((0, 0, 0, 0), np.int32),
+        kind=binning.kind,
+        nbins=binning.nbins,
+        offset=binning.offset if binning.kind == "levels" else 0,
+        nodata=src.nodata,
         name=f"rastermatch-counts-{tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata)}",
     )
     counts = per_block.sum(axis=(1, 2), dtype=np.int64)

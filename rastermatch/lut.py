@@ -260,7 +260,9 @@ class LUT:
         if method == "nearest":
             ref_values = rb.values()
             for b in range(source_hist.nbands):
-                q = nearest_cdf_indices(source_hist.counts[b], reference_hist.counts[b], levels=levels)
+                q = nearest_cdf_indices(
+                    source_hist.counts[b], reference_hist.counts[b], levels=levels
+                )
                 rows.append(ref_values[b, q])
             table = cast_values(np.stack(rows), out_dtype)
         elif sb.kind == "levels":
@@ -268,7 +270,9 @@ class LUT:
             ref_values = rb.upper_values()
             for b in range(source_hist.nbands):
                 rows.append(
-                    interp_lut_values(source_hist.counts[b], reference_hist.counts[b], ref_values[b])
+                    interp_lut_values(
+                        source_hist.counts[b], reference_hist.counts[b], ref_values[b]
+                    )
                 )
             table = cast_values(np.stack(rows), out_dtype)
         else:
@@ -276,13 +280,19 @@ class LUT:
             ref_values = rb.upper_values()
             for b in range(source_hist.nbands):
                 edge_counts = np.concatenate([[0], source_hist.counts[b]])
-                rows.append(
-                    interp_lut_values(edge_counts, reference_hist.counts[b], ref_values[b])
-                )
+                rows.append(interp_lut_values(edge_counts, reference_hist.counts[b], ref_values[b]))
             table = np.stack(rows)
         return cls(
-            table, sb, out_dtype, method, levels, source_hist.bands,
-            source_hist, reference_hist, nodata, out_nodata,
+            table,
+            sb,
+            out_dtype,
+            method,
+            levels,
+            source_hist.bands,
+            source_hist,
+            reference_hist,
+            nodata,
+            out_nodata,
         )
 
     # -- using
@@ -301,8 +311,16 @@ class LUT:
     def with_nodata(self, nodata: Any, out_nodata: Any) -> LUT:
         """The same LUT recording other nodata values."""
         return LUT(
-            self.table, self.source_binning, self.dtype, self.method, self.levels, self.bands,
-            self.source_hist, self.reference_hist, nodata, out_nodata,
+            self.table,
+            self.source_binning,
+            self.dtype,
+            self.method,
+            self.levels,
+            self.bands,
+            self.source_hist,
+            self.reference_hist,
+            nodata,
+            out_nodata,
         )
 
     def valid_outputs(self) -> np.ndarray:
@@ -345,7 +363,9 @@ class LUT:
         if d.get("type") != "rastermatch.LUT":
             raise ValueError("not a rastermatch LUT (the 'type' field is missing or different)")
         if d.get("format") != _FORMAT:
-            raise ValueError(f"LUT format {d.get('format')!r} is not supported (expected {_FORMAT})")
+            raise ValueError(
+                f"LUT format {d.get('format')!r} is not supported (expected {_FORMAT})"
+            )
         binning = Binning.from_dict(d["source_binning"])
         dtype = np.dtype(d["dtype"])
         width = binning.nbins + (1 if d["kind"] == "piecewise" else 0)
@@ -356,8 +376,15 @@ class LUT:
             for k in ("source_histogram", "reference_histogram")
         ]
         lut = cls(
-            table, binning, dtype, d["method"], d["levels"], tuple(d["bands"]), *hists,
-            _from_json_number(d.get("nodata")), _from_json_number(d.get("out_nodata")),
+            table,
+            binning,
+            dtype,
+            d["method"],
+            d["levels"],
+            tuple(d["bands"]),
+            *hists,
+            _from_json_number(d.get("nodata")),
+            _from_json_number(d.get("out_nodata")),
         )
         if check and hists[0] is not None and hists[1] is not None:
             again = cls.from_histograms(

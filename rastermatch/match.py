@@ -53,12 +53,16 @@ def _histograms(
     arrays = [(_as_dask(src), src, mask, bins) for src, mask, bins in inputs]
     ranges: list[Any] = [None] * len(arrays)
     need = [
-        i for i, (arr, src, _, bins) in enumerate(arrays)
+        i
+        for i, (arr, src, _, bins) in enumerate(arrays)
         if default_binning(src.dtype, arr.shape[0], bins=bins, range=None) is None
     ]
     if need:
         computed = dask.compute(
-            *(band_ranges(arrays[i][0], nodata=arrays[i][1].nodata, mask=arrays[i][2]) for i in need),
+            *(
+                band_ranges(arrays[i][0], nodata=arrays[i][1].nodata, mask=arrays[i][2])
+                for i in need
+            ),
             scheduler=scheduler,
         )
         for i, r in zip(need, computed, strict=True):
@@ -125,8 +129,14 @@ def fit_lut(
 
 
 def _fit(
-    src: BandArray, ref: BandArray, method: Method, levels: Levels,
-    mask: Any, reference_mask: Any, bins: int | None, dtype: Any,
+    src: BandArray,
+    ref: BandArray,
+    method: Method,
+    levels: Levels,
+    mask: Any,
+    reference_mask: Any,
+    bins: int | None,
+    dtype: Any,
 ) -> LUT:
     if src.array.shape[0] != ref.array.shape[0]:
         raise BandMismatchError(
@@ -135,7 +145,10 @@ def _fit(
             "--reference-bands on the command line)"
         )
     h_src, h_ref = _histograms(
-        [(src, _mask(mask, src, "mask"), bins), (ref, _mask(reference_mask, ref, "reference mask"), bins)],
+        [
+            (src, _mask(mask, src, "mask"), bins),
+            (ref, _mask(reference_mask, ref, "reference mask"), bins),
+        ],
         _scheduler(src, ref),
     )
     lut = LUT.from_histograms(h_src, h_ref, method=method, levels=levels, dtype=dtype)
@@ -233,7 +246,10 @@ def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = 
     else:
         from .histogram import _split_range
 
-        lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (hist.nbands,)) for v in _split_range(range))
+        lo, hi = (
+            np.broadcast_to(np.asarray(v, dtype=np.float64), (hist.nbands,))
+            for v in _split_range(range)
+        )
     if b.kind == "levels" and bins is None:
         ref_binning = Binning.levels(b.dtype, hist.nbands)
         levels = ref_binning.values()
@@ -269,8 +285,13 @@ def equalize(
     src = as_band_array(data, nodata=nodata, name="data")
     (h_src,) = _histograms([(src, _mask(mask, src, "mask"), bins)], _scheduler(src))
     h_ref = uniform_histogram(h_src, range=range)
-    lut = LUT.from_histograms(h_src, h_ref, method="nearest", levels="present",
-                              dtype=src.dtype if dtype is None else dtype)
+    lut = LUT.from_histograms(
+        h_src,
+        h_ref,
+        method="nearest",
+        levels="present",
+        dtype=src.dtype if dtype is None else dtype,
+    )
     may_have_invalid = src.nodata is not None or src.dtype.kind == "f"
     out_nodata = resolve_out_nodata(lut, src.nodata, may_have_invalid=may_have_invalid)
     return _apply(src, lut.with_nodata(src.nodata, out_nodata), out_nodata, _scheduler(src))
