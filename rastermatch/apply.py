@@ -114,6 +114,8 @@ def apply_block(
         values = np.empty(block.shape, dtype=np.float64)
         _apply_piecewise(block, table, lohi, nd, has_nd, values)
         invalid = np.isnan(values)
+        if dtype.kind != "f":
+            values[invalid] = 0  # overwritten below; keeps the cast free of NaN
         out = cast_values(values, dtype)
         if out_nodata is not None:
             out[invalid] = out_nodata
@@ -188,7 +190,8 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
     """The output nodata value: ``preferred`` unless valid pixels are mapped onto it.
 
     A valid pixel never becomes nodata: when ``preferred`` is an output of the LUT, the first
-    free value among the dtype's maximum, its minimum and then every other value is used instead,
+    free value among the dtype's maximum, its minimum and then the value nearest ``preferred`` is
+    used instead,
     with a :class:`~rastermatch.errors.NodataReplacedWarning`. Float outputs fall back to NaN.
     ``None`` is returned when no nodata is needed (no nodata input and no NaN possible).
     """
@@ -219,7 +222,8 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
         choice = next((v for v in (info.max, info.min) if not taken(v)), None)
         if choice is None and dtype.itemsize <= 2:
             free = np.setdiff1d(np.arange(info.min, info.max + 1), used)
-            choice = int(free[0]) if free.size else None
+            near = info.max if preferred is None else preferred
+            choice = int(free[np.argmin(np.abs(free - near))]) if free.size else None
         if choice is None:
             raise NodataConflictError(
                 f"the output nodata {preferred} is a value valid pixels are mapped to and every "

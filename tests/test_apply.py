@@ -1,0 +1,99 @@
+"""LUT application: lazy, chunk-preserving, the LUT in the graph once, nodata kept."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import raise_if_dask_computes
+from dask.array.utils import assert_eq
+
+from rastermatch import (
+    LUT,
+    BandMismatchError,
+    NodataConflictError,
+    NodataReplacedWarning,
+    UnsupportedDtypeError,
+    band_histograms,
+)
+from rastermatch.apply import resolve_out_nodata
+
+
+@pytest.fixture
+def scene(rng):
+    return rng.integers(1, 4096, (3, 300, 260)).astype(np.uint16)
+
+
+@pytest.fixture
+def lut(scene, rng):
+    ref = (rng.normal(900, 150, (3, 80, 90))).clip(1, 4095).astype(np.uint16)
+    return LUT.from_histograms(band_histograms(scene), band_histograms(ref))
+
+
+def test_apply_is_a_table_lookup(scene, lut):
+    want = np.stack([lut.table[b][scene[b]] for b in range(3)])
+    np.testing.assert_array_equal(lut.apply(scene), want)
+
+
+def test_dask_apply_is_lazy_and_keeps_chunks(scene, lut):
+    x = da.from_array(scene, chunks=(1, 128, 100))
+    with raise_if_dask_computes():
+        y = lut.apply(x)
+    assert y.chunks == x.chunks and y.dtype == lut.dtype
+    assert y.name.startswith("rastermatch-apply-")
+    assert y.name == lut.apply(x).name  # tokenized: the same input gives the same graph
+    assert_eq(y, lut.apply(scene))
+
+
+def test_lut_enters_the_graph_once(scene, lut):
+    x = da.from_array(scene, chunks=(1, 30, 26))  # 300 blocks
+    graph = dict(lut.apply(x).__dask_graph__())
+    big = [k for k, v in graph.items() if dask.sizeof.sizeof(v) >= lut.table[0].nbytes]
+    # the original table once, plus one slice per band chunk; never once per block
+    assert len(big) <= 1 + x.numblocks[0]
+    assert x.npartitions == 300
+
+
+def test_nodata_in_nodata_out(scene, lut):
+    scene = scene.copy()
+    scene[:, :10] = 0
+    y = lut.apply(scene, nodata=0, out_nodata=0)
+    assert np.all(y[:, :10] == 0)
+    assert np.all(y[:, 10:] > 0)  # the reference has no zeros: a valid pixel never becomes 0
+
+
+def test_float_nan_in_nan_out(rng):
+    src = rng.normal(0, 1, (1, 20, 20))
+    src[0, 0, :5] = np.nan
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(rng.normal(5, 1, (1, 9, 9))))
+    y = lut.apply(src)
+    assert np.isnan(y[0, 0, :5]).all() and not np.isnan(y[0, 1:]).any()
+
+
+def test_wrong_dtype_or_bands_are_refused(scene, lut):
+    with pytest.raises(UnsupportedDtypeError, match="fitted on uint16 data"):
+        lut.apply(scene.astype(np.uint8))
+    with pytest.raises(BandMismatchError, match="2 bands and the LUT 3"):
+        lut.apply(scene[:2])
+
+
+def test_out_nodata_taken_by_valid_pixels_is_replaced():
+    src = band_histograms(np.array([[0, 1, 2, 3]], dtype=np.uint8))
+    ref = band_histograms(np.array([[0, 5, 9, 255]], dtype=np.uint8))
+    lut = LUT.from_histograms(src, ref, levels="all")
+    with pytest.warns(NodataReplacedWarning, match="using 254"):
+        assert resolve_out_nodata(lut, 255, may_have_invalid=True) == 254
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_out_nodata(lut, 7, may_have_invalid=True) == 7
+        assert resolve_out_nodata(lut, None, may_have_invalid=False) is None
+
+
+def test_no_free_value_is_an_error():
+    everything = np.arange(256, dtype=np.uint8)[None, None]
+    lut = LUT.from_histograms(band_histograms(everything), band_histograms(everything))
+    with pytest.raises(NodataConflictError, match="wider output dtype"):
+        resolve_out_nodata(lut.with_nodata(None, None), 0, may_have_invalid=True)

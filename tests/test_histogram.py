@@ -1,0 +1,200 @@
+"""Per-band histograms: exact counts, any chunking, lazy until computed."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import chunkings
+
+from rastermatch import (
+    BinningMismatchError,
+    DimensionError,
+    Histogram,
+    NoValidPixelsError,
+    UnsupportedDtypeError,
+    band_histograms,
+    band_ranges,
+)
+
+
+def bincount_oracle(x: np.ndarray, offset: int, nbins: int, valid=None) -> np.ndarray:
+    rows = []
+    for b in range(x.shape[0]):
+        v = x[b].astype(np.int64).ravel() - offset
+        if valid is not None:
+            v = v[valid[b].ravel()]
+        rows.append(np.bincount(v, minlength=nbins))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset", "nbins"),
+    [("uint8", 0, 256), ("uint16", 0, 65536), ("int8", -128, 256), ("int16", -32768, 65536)],
+)
+def test_one_bin_per_level(dtype, offset, nbins, rng):
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, (3, 37, 41)).astype(dtype)
+    h = band_histograms(x)
+    assert h.binning.kind == "levels" and h.binning.nbins == nbins and h.binning.offset == offset
+    np.testing.assert_array_equal(h.counts, bincount_oracle(x, offset, nbins))
+    assert h.counts.dtype == np.int64 and h.bands == (1, 2, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_chunking_gives_the_same_counts(data):
+    shape = (2, data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40)))
+    x = (
+        np.random.default_rng(data.draw(st.integers(0, 2**16)))
+        .integers(0, 50, shape)
+        .astype(np.int16)
+    )
+    mask = x % 7 == 0
+    dx = da.from_array(x, chunks=data.draw(chunkings(shape)))
+    dm = da.from_array(mask[0], chunks=data.draw(chunkings(shape[1:])))
+    expected = band_histograms(x, nodata=3, mask=mask[0])
+    got = band_histograms(dx, nodata=3, mask=dm).compute()
+    np.testing.assert_array_equal(got.counts, expected.counts)
+    xf = x.astype(np.float64)
+    got_f = band_histograms(da.from_array(xf, chunks=dx.chunks), bins=17).compute()
+    np.testing.assert_array_equal(got_f.counts, band_histograms(xf, bins=17).counts)
+
+
+def test_building_computes_nothing_and_compute_together_reads_once():
+    reads = {"n": 0}
+    lock = threading.Lock()
+
+    def counted(block):
+        with lock:
+            reads["n"] += 1
+        return block
+
+    base = da.from_array(
+        np.arange(4 * 60 * 60, dtype=np.uint16).reshape(4, 60, 60) % 4096, chunks=(1, 30, 30)
+    )
+    meta = np.empty((0, 0, 0), np.uint16)  # no call to infer it
+    src = base.map_blocks(counted, meta=meta)
+    ref = (base[:, ::-1] // 2).map_blocks(counted, meta=meta)
+    fsrc = src.astype(np.float32)
+    with raise_if_dask_computes():
+        h_src = band_histograms(src)
+        h_ref = band_histograms(ref, nodata=0)
+        h_float = band_histograms(fsrc, range=(0, 4096))
+        assert h_src.is_lazy and dask.is_dask_collection(h_src)
+    h_src, h_ref, h_float = dask.compute(h_src, h_ref, h_float)
+    assert (
+        reads["n"] == 2 * base.npartitions
+    )  # src (shared by h_src and h_float) and ref, once each
+    assert isinstance(h_src, Histogram) and not h_src.is_lazy
+    assert h_src.total.tolist() == [3600] * 4
+    assert h_float.total.tolist() == [3600] * 4
+
+
+def test_nodata_nan_inf_and_mask_are_left_out():
+    x = np.array([[[0, 1, 2], [2, 2, 0]], [[5, 5, 5], [1, 2, 3]]], dtype=np.uint8)
+    h = band_histograms(x, nodata=0)
+    assert h.total.tolist() == [4, 6]
+    m = np.array([[False, True, False], [False, False, True]])
+    assert band_histograms(x, nodata=0, mask=m).total.tolist() == [3, 4]
+    m3 = np.zeros_like(x, dtype=bool)
+    m3[1] = True
+    with pytest.raises(NoValidPixelsError, match="no valid pixels"):
+        band_histograms(x.astype(np.float32), mask=m3)
+    f = np.array([[np.nan, np.inf, -np.inf, 1.0, 2.0, -9999.0]])
+    hf = band_histograms(f, nodata=-9999, bins=4)
+    assert (
+        hf.total.tolist() == [2]
+        and hf.binning.lo.tolist() == [1.0]
+        and hf.binning.hi.tolist() == [2.0]
+    )
+
+
+def test_nodata_and_mask_from_dataarrays():
+    x = xr.DataArray(np.array([[[0, 1], [2, 3]]], dtype=np.uint16), dims=("band", "y", "x"))
+    x = x.rio.write_nodata(0)
+    assert band_histograms(x).total.tolist() == [3]
+    assert band_histograms(x, nodata=3).total.tolist() == [3]
+    mask = xr.DataArray(np.array([[False, True], [False, False]]), dims=("y", "x"))
+    assert band_histograms(x, mask=mask).total.tolist() == [2]
+    assert band_histograms(x.assign_coords(band=["red"])).bands == ("red",)
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "int32", "float32", "float64"])
+def test_binned_dtypes_match_numpy_histogram(dtype, rng):
+    x = (rng.normal(1000, 300, (2, 50, 60))).astype(dtype)
+    h = band_histograms(x, bins=100)
+    assert h.binning.kind == "uniform"
+    for b in range(2):
+        lo, hi = float(x[b].min()), float(x[b].max())
+        want, _ = np.histogram(x[b].astype(np.float64), bins=100, range=(lo, hi))
+        # the same equal-width rule up to floating-point ties exactly on an edge
+        assert np.abs(h.counts[b] - want).sum() <= 2
+        assert h.counts[b].sum() == x[b].size
+
+
+def test_given_range_and_per_band_ranges(rng):
+    x = rng.uniform(0, 10, (2, 20, 20))
+    h = band_histograms(x, bins=10, range=[(0, 10), (0, 5)])
+    assert h.total.tolist() == [400, int((x[1] <= 5).sum())]
+    assert band_ranges(x).shape == (2, 2)
+
+
+def test_add_merge_and_json():
+    a = band_histograms(np.array([[1, 2, 3]], dtype=np.uint8))
+    b = band_histograms(np.array([[3, 3]], dtype=np.uint8))
+    assert (a + b).counts[0, 1:4].tolist() == [1, 1, 3]
+    with pytest.raises(BinningMismatchError, match="different binnings"):
+        a + band_histograms(np.array([[3, 3]], dtype=np.uint16))
+    with pytest.raises(BinningMismatchError):
+        band_histograms(np.array([[1.0, 2.0]]), bins=4) + band_histograms(
+            np.array([[1.0, 3.0]]), bins=4
+        )
+    f = band_histograms(np.array([[[0.5, 1.5], [2.5, np.nan]]]), bins=8)
+    back = Histogram.from_json(f.to_json())
+    np.testing.assert_array_equal(back.counts, f.counts)
+    assert back.binning.same_as(f.binning)
+    assert json.loads(f.to_json())["type"] == "rastermatch.Histogram"
+    lazy = band_histograms(da.ones((1, 4, 4), dtype=np.uint8, chunks=2))
+    assert (lazy + lazy).compute().counts[0, 1] == 32
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(DimensionError, match=r"expects 3 dims \(band, y, x\)"):
+        band_histograms(np.zeros((2, 2, 2, 2), dtype=np.uint8))
+    with pytest.raises(DimensionError, match="transpose"):
+        band_histograms(xr.DataArray(np.zeros((3, 3, 2), np.uint8), dims=("y", "x", "band")))
+    for dtype in (np.complex64, bool, object):
+        with pytest.raises(UnsupportedDtypeError, match="cannot be histogrammed"):
+            band_histograms(np.zeros((2, 2), dtype=dtype))
+    with pytest.raises(ValueError, match="bins must be a positive integer"):
+        band_histograms(np.zeros((2, 2)), bins=0)
+    with pytest.raises(DimensionError, match="must cover the same"):
+        band_histograms(np.zeros((2, 2), np.uint8), mask=np.zeros((3, 3), bool))
+    with pytest.raises(UnsupportedDtypeError, match="boolean mask"):
+        band_histograms(np.zeros((2, 2), np.uint8), mask=np.zeros((2, 2), np.uint8))
+    with pytest.raises(TypeError, match="pass a numpy array"):
+        band_histograms([[1, 2]])
+
+
+def test_block_counts_stay_compact():
+    x = da.zeros((1, 64, 64), dtype=np.uint16, chunks=(1, 32, 32))
+    layer = next(
+        k for k in band_histograms(x).counts.dask.layers if k.startswith("rastermatch-counts")
+    )
+    assert x.dask is not None and layer
+    per_block = band_histograms(x).counts.dask.layers[layer]
+    assert per_block is not None
+    from rastermatch.histogram import block_counts
+
+    assert (
+        block_counts(np.zeros((1, 4, 4), np.uint16), kind="levels", nbins=65536).dtype == np.int32
+    )

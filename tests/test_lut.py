@@ -1,0 +1,202 @@
+"""LUT construction against a literal Algorithm 1 in exact fractions, and scikit-image."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from skimage.exposure import match_histograms as sk_match
+from strategies import counts, huge_counts
+
+from rastermatch import LUT, Binning, Histogram, LUTFileError, band_histograms, nearest_cdf_indices
+from rastermatch.errors import BandMismatchError, NoValidPixelsError, RastermatchError
+
+
+def algorithm1(source_counts, reference_counts, candidates=None) -> list[int]:
+    """The published rule, literally: q* = argmin_q |F_ref(q) - F_src(p)|, smallest q on ties."""
+    n_src, n_ref = int(sum(source_counts)), int(sum(reference_counts))
+    f_src = np.cumsum(source_counts).tolist()
+    f_ref = np.cumsum(reference_counts).tolist()
+    qs = range(len(reference_counts)) if candidates is None else candidates
+    out = []
+    for p in range(len(source_counts)):
+        target = Fraction(f_src[p], n_src)
+        best = min(qs, key=lambda q: (abs(Fraction(f_ref[q], n_ref) - target), q))
+        out.append(best)
+    return out
+
+
+def test_float_cdfs_would_decide_this_tie_wrongly():
+    # F_src(0) = 0.8 is exactly half-way between F_ref(0) = 0.7 and F_ref(1) = 0.9
+    assert nearest_cdf_indices(np.array([8, 2]), np.array([7, 2, 1]), levels="all").tolist() == [
+        0,
+        2,
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(counts(), counts())
+def test_levels_all_is_algorithm1(src, ref):
+    assert nearest_cdf_indices(src, ref, levels="all").tolist() == algorithm1(src, ref)
+
+
+@settings(max_examples=400, deadline=None)
+@given(counts(), counts())
+def test_levels_present_is_algorithm1_over_present_levels(src, ref):
+    present = np.flatnonzero(ref).tolist()
+    got = nearest_cdf_indices(src, ref, levels="present")
+    assert got.tolist() == algorithm1(src, ref, present)
+    assert np.all(ref[got] > 0)  # never a level the reference does not have
+
+
+@settings(max_examples=100, deadline=None)
+@given(huge_counts(), huge_counts(), st.sampled_from(["all", "present"]))
+def test_exact_beyond_int64_products(src, ref, levels):
+    assert src.sum() > 10**12
+    candidates = None if levels == "all" else np.flatnonzero(ref).tolist()
+    assert nearest_cdf_indices(src, ref, levels=levels).tolist() == algorithm1(src, ref, candidates)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts(max_size=8), counts(max_size=8))
+def test_lut_is_monotonic(src, ref):
+    q = nearest_cdf_indices(src, ref, levels="all")
+    assert np.all(np.diff(q) >= 0)
+
+
+def _hist(counts_2d, dtype=np.uint8) -> Histogram:
+    counts_2d = np.atleast_2d(counts_2d)
+    binning = Binning.levels(np.dtype(dtype), counts_2d.shape[0])
+    full = np.zeros((counts_2d.shape[0], binning.nbins), dtype=np.int64)
+    full[:, : counts_2d.shape[1]] = counts_2d
+    return Histogram(full, binning)
+
+
+def test_from_histograms_maps_to_reference_levels():
+    lut = LUT.from_histograms(_hist([8, 2]), _hist([7, 2, 1]), levels="all")
+    assert lut.table[0, :2].tolist() == [0, 2]
+    assert lut.dtype == np.uint8
+
+
+def test_output_dtype_is_the_references_unless_given():
+    lut = LUT.from_histograms(_hist([1, 1]), _hist([1, 1], np.uint16))
+    assert lut.dtype == np.uint16
+    assert LUT.from_histograms(_hist([1, 1]), _hist([1, 1]), dtype="float32").dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_interp_equals_scikit_image(dtype, rng):
+    if dtype == "float32":
+        src = rng.normal(100, 20, (2, 60, 50)).astype(dtype)
+        # on a 1/8 grid, so that no bin holds two distinct reference values
+        ref = (np.round(rng.gamma(2.0, 30, (2, 40, 45)) * 8) / 8).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = max(info.min, -3000), min(info.max, 4000 if info.bits > 8 else 255)
+        src = rng.integers(lo, hi, (2, 60, 50)).astype(dtype) // 3
+        ref = (rng.integers(lo, hi, (2, 40, 45)) * 0.7).astype(dtype)
+    # band by band: with channel_axis, scikit-image casts (truncates) into the input dtype
+    want = np.stack([sk_match(s, r) for s, r in zip(src, ref, strict=True)])
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(ref), method="interp")
+    got = lut.apply(src)
+    if dtype == "float32":
+        # continuous data is binned: scikit-image's value lies between ours at the lower and the
+        # upper edge of the pixel's source bin, give or take one reference bin
+        b = lut.source_binning
+        width = (b.hi - b.lo)[:, None, None] / b.nbins
+        k = np.clip(np.floor((src - b.lo[:, None, None]) / width), 0, b.nbins - 1)
+        lower = lut.apply(b.lo[:, None, None] + k * width)
+        upper = lut.apply(b.lo[:, None, None] + (k + 1) * width)
+        ref_width = (ref.max(axis=(1, 2)) - ref.min(axis=(1, 2)))[:, None, None] / 65536
+        assert np.all(want >= lower - ref_width - 1e-4)
+        assert np.all(want <= upper + ref_width + 1e-4)
+    else:
+        np.testing.assert_array_equal(got, np.rint(want).astype(dtype))
+
+
+def test_interp_float_is_continuous(rng):
+    src = rng.normal(0, 1, (1, 200, 200))
+    ref = rng.normal(10, 2, (1, 200, 200))
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(ref), method="interp")
+    assert lut.kind == "piecewise"
+    x = np.linspace(-1, 1, 10001)[None, None, :]
+    y = lut.apply(x)[0, 0]
+    steps = np.diff(y)
+    assert np.all(steps >= 0) and steps.max() < 1e-2  # no quantisation steps
+
+
+def test_nearest_float_maps_to_reference_bin_centres(rng):
+    src = rng.normal(0, 1, (1, 50, 50)).astype(np.float32)
+    ref = rng.normal(5, 1, (1, 50, 50))
+    h_ref = band_histograms(ref, bins=16)
+    lut = LUT.from_histograms(band_histograms(src), h_ref)
+    centres = h_ref.binning.values()[0]
+    assert set(np.unique(lut.apply(src))) <= set(centres[h_ref.counts[0] > 0])
+
+
+def test_band_mismatch_and_empty_band():
+    with pytest.raises(BandMismatchError, match="1 bands and the reference 2"):
+        LUT.from_histograms(_hist([1, 1]), _hist([[1, 1], [1, 1]]))
+    with pytest.raises(NoValidPixelsError, match="band 2 of the reference has no valid pixels"):
+        LUT.from_histograms(_hist([[1, 1], [1, 1]]), _hist([[1, 1], [0, 0]]))
+    with pytest.raises(ValueError, match="method must be one of"):
+        LUT.from_histograms(_hist([1]), _hist([1]), method="cubic")
+    with pytest.raises(ValueError, match="levels must be one of"):
+        LUT.from_histograms(_hist([1]), _hist([1]), levels="some")
+
+
+def test_lazy_histograms_are_refused():
+    import dask.array as da
+
+    h = band_histograms(da.zeros((1, 4, 4), dtype=np.uint8, chunks=2))
+    with pytest.raises(RastermatchError, match=r"dask.compute\(h_src, h_ref\)"):
+        LUT.from_histograms(h, h)
+
+
+@pytest.mark.parametrize("method", ["nearest", "interp"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_save_load_roundtrip(tmp_path, rng, method, dtype):
+    src = (rng.normal(120, 30, (2, 30, 30))).astype(dtype)
+    ref = (rng.normal(100, 10, (2, 30, 30))).astype(dtype)
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(ref), method=method)
+    path = lut.save(tmp_path / "lut.json")
+    back = LUT.load(path)
+    np.testing.assert_array_equal(back.table, lut.table)
+    assert (back.method, back.levels, back.dtype, back.bands) == (
+        method,
+        "present",
+        lut.dtype,
+        (1, 2),
+    )
+    np.testing.assert_array_equal(back.apply(src), lut.apply(src))
+    np.testing.assert_array_equal(back.source_hist.counts, lut.source_hist.counts)
+    assert not list(tmp_path.glob(".*tmp*"))
+    doc = json.loads(path.read_text())
+    assert doc["type"] == "rastermatch.LUT" and "rastermatch_version" in doc
+
+
+def test_tampered_and_malformed_files_are_refused(tmp_path):
+    lut = LUT.from_histograms(_hist([3, 1, 4, 1, 5]), _hist([2, 7, 1, 8]))
+    doc = lut.to_dict()
+    doc["table"][0]["value"][0] = 3  # an edit the histograms do not support
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(LUTFileError, match=r"tampered.json .*modified after it was written"):
+        LUT.load(bad)
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(LUTFileError, match="junk.json is not readable JSON"):
+        LUT.load(tmp_path / "junk.json")
+    (tmp_path / "other.json").write_text(json.dumps({"type": "something"}))
+    with pytest.raises(LUTFileError, match="not a rastermatch LUT"):
+        LUT.load(tmp_path / "other.json")
+    doc = lut.to_dict()
+    del doc["source_binning"]
+    (tmp_path / "missing.json").write_text(json.dumps(doc))
+    with pytest.raises(LUTFileError, match="missing field 'source_binning'"):
+        LUT.load(tmp_path / "missing.json")
+    with pytest.raises(LUTFileError, match="does not exist"):
+        LUT.load(tmp_path / "nope.json")

@@ -1,0 +1,186 @@
+"""match_histograms and equalize: the brute-force rule, any chunking, any kind of input."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import chunkings
+from test_lut import algorithm1
+
+import rastermatch
+from rastermatch import (
+    BandMismatchError,
+    DimensionError,
+    NoValidPixelsError,
+    equalize,
+    fit_lut,
+    match_histograms,
+)
+
+
+def brute_force_match(src: np.ndarray, ref: np.ndarray, nodata=None) -> np.ndarray:
+    """Pixel by pixel: every source level goes where Algorithm 1 over present levels sends it."""
+    out = np.empty_like(src, dtype=ref.dtype)
+    for b in range(src.shape[0]):
+        valid = src[b] != nodata if nodata is not None else np.ones(src[b].shape, bool)
+        s_levels, s_counts = np.unique(src[b][valid], return_counts=True)
+        r_levels, r_counts = np.unique(ref[b], return_counts=True)
+        q = algorithm1(s_counts, r_counts)
+        lut = dict(zip(s_levels.tolist(), r_levels[q].tolist(), strict=True))
+        out[b] = np.vectorize(lambda v, lut=lut: lut.get(v, nodata))(src[b])
+    return out
+
+
+def test_numpy_in_numpy_out_equals_brute_force(rng):
+    src = rng.integers(0, 40, (2, 30, 20)).astype(np.uint16)
+    src[:, :3] = 0
+    ref = (rng.integers(1, 25, (2, 17, 11)) * 3).astype(np.uint16)
+    got = match_histograms(src, ref, nodata=0)
+    assert isinstance(got, np.ndarray) and got.dtype == np.uint16
+    np.testing.assert_array_equal(got, brute_force_match(src, ref, nodata=0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_result_does_not_depend_on_chunking(data):
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    shape = (2, data.draw(st.integers(2, 30)), data.draw(st.integers(2, 30)))
+    src = rng.integers(0, 20, shape).astype(np.uint8)
+    ref = rng.integers(1, 300, (2, 7, 9)).astype(np.uint16)
+    want = match_histograms(src, ref, nodata=0)
+    dsrc = da.from_array(src, chunks=data.draw(chunkings(shape)))
+    dref = da.from_array(ref, chunks=data.draw(chunkings(ref.shape)))
+    got = match_histograms(dsrc, dref, nodata=0)
+    np.testing.assert_array_equal(got.compute(), want)
+    fsrc = src.astype(np.float32)
+    np.testing.assert_array_equal(
+        match_histograms(da.from_array(fsrc, chunks=dsrc.chunks), ref, method="interp").compute(),
+        match_histograms(fsrc, ref, method="interp"),
+    )
+
+
+def test_dask_input_computes_statistics_once_and_returns_lazy(rng):
+    src = da.from_array(rng.integers(0, 4096, (2, 64, 64)).astype(np.uint16), chunks=32)
+    ref = da.from_array(rng.integers(0, 4096, (2, 32, 32)).astype(np.uint16), chunks=32)
+    with raise_if_dask_computes(max_computes=1):  # one pass: both histograms together
+        out = match_histograms(src, ref)
+    assert isinstance(out, da.Array) and out.chunks == src.chunks
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32", "float32", "float64"])
+@pytest.mark.parametrize("method", ["nearest", "interp"])
+def test_dtype_matrix(dtype, method, rng):
+    raw = rng.normal(300, 80, (2, 40, 30))
+    if np.dtype(dtype).kind == "f":
+        src = raw.astype(dtype)
+        src[0, 0, :4] = np.nan
+        nodata = None
+    else:
+        info = np.iinfo(dtype)
+        src = raw.clip(max(info.min, 1), min(info.max, 10**6)).astype(dtype)
+        src[:, 0, :4] = 0 if info.min == 0 else info.min
+        nodata = int(src[0, 0, 0])
+    ref = (rng.gamma(3, 60, (2, 25, 25)) + 1).clip(1, 250).astype(dtype)
+    out = match_histograms(src, ref, method=method, nodata=nodata)
+    assert out.dtype == np.dtype(dtype) and out.shape == src.shape
+    invalid = np.isnan(src) if nodata is None else src == nodata
+    valid = ~invalid
+    if np.dtype(dtype).kind == "f":
+        assert np.isnan(out[invalid]).all() and not np.isnan(out[valid]).any()
+    else:
+        assert np.all(out[invalid] == rastermatch.fit_lut(src, ref, nodata=nodata).out_nodata)
+    # the mapping preserves order, and the result lies in the reference's range
+    for b in range(2):
+        order = np.argsort(src[b][valid[b]], kind="stable")
+        assert np.all(np.diff(out[b][valid[b]][order].astype(np.float64)) >= 0)
+        lo, hi = ref[b].min(), ref[b].max()
+        width = (hi - lo) / 65536 if np.dtype(dtype).kind == "f" or dtype == "uint32" else 0
+        assert lo - width <= out[b][valid[b]].min() and out[b][valid[b]].max() <= hi + width
+
+
+def test_dataarray_keeps_coords_attrs_crs_and_band_labels(rng):
+    src = (
+        xr.DataArray(
+            rng.integers(1, 255, (3, 20, 30)).astype(np.uint8),
+            dims=("band", "y", "x"),
+            coords={
+                "band": ["red", "green", "blue"],
+                "y": np.arange(20.0)[::-1],
+                "x": np.arange(30.0),
+            },
+            attrs={"long_name": "scene", "STATISTICS_MEAN": 3.0},
+        )
+        .rio.write_crs("EPSG:32619")
+        .rio.write_nodata(0)
+    )
+    ref = xr.DataArray(
+        rng.integers(100, 4000, (3, 9, 9)).astype(np.uint16), dims=("band", "y", "x")
+    )
+    out = match_histograms(src.chunk({"y": 7}), ref)
+    assert isinstance(out.data, da.Array)
+    assert out.dtype == np.uint16 and list(out.band.values) == ["red", "green", "blue"]
+    assert out.rio.crs == src.rio.crs and out.rio.transform() == src.rio.transform()
+    assert out.attrs["long_name"] == "scene" and "STATISTICS_MEAN" not in out.attrs
+    assert out.rio.nodata is not None
+    xr.testing.assert_identical(out.compute(), match_histograms(src, ref))
+    assert src.rm.match(ref).equals(out.compute())
+
+
+def test_two_dims_in_two_dims_out(rng):
+    src = rng.integers(0, 9, (10, 12)).astype(np.uint8)
+    assert match_histograms(src, src[::-1]).shape == (10, 12)
+    da2 = xr.DataArray(src, dims=("y", "x"))
+    assert match_histograms(da2, src).dims == ("y", "x")
+
+
+def test_mask_leaves_pixels_out_of_the_statistics_but_maps_them():
+    src = np.array([[[1, 1, 2, 2, 9, 9]]], dtype=np.uint8)
+    ref = np.array([[[10, 10, 20, 20, 30, 30]]], dtype=np.uint8)
+    assert match_histograms(src, ref).tolist() == [[[10, 10, 20, 20, 30, 30]]]
+    clouds = np.array([[False, False, False, False, True, True]])
+    # without the 9s, F_src(1) = 1/2 ties between F_ref = 1/3 and 2/3 (to 10) and F_src(2) = 1;
+    # the clouded 9s are still mapped
+    assert match_histograms(src, ref, mask=clouds).tolist() == [[[10, 10, 30, 30, 30, 30]]]
+    assert match_histograms(src, ref, reference_mask=clouds).tolist() == [
+        [[10, 10, 10, 10, 20, 20]]
+    ]
+
+
+def test_errors_name_the_problem(rng):
+    a = rng.integers(0, 9, (3, 5, 5)).astype(np.uint8)
+    with pytest.raises(BandMismatchError, match="source has 3 bands and reference has 2"):
+        match_histograms(a, a[:2])
+    with pytest.raises(NoValidPixelsError, match="band 2 of the source has no valid pixels"):
+        b = a.copy()
+        b[1] = 0
+        match_histograms(b, a, nodata=0)
+    with pytest.raises(DimensionError):
+        match_histograms(a[None], a)
+
+
+def test_equalize_flattens_the_histogram(rng):
+    x = rng.normal(100, 10, (1, 200, 200)).clip(0, 255).astype(np.uint8)
+    eq = equalize(x, range=(0, 255))
+    counts = np.bincount(eq.ravel(), minlength=256)
+    cdf = np.cumsum(counts) / counts.sum()
+    # a uniform CDF up to the unavoidable steps of the input's own levels
+    assert np.abs(cdf - (np.arange(256) + 1) / 256).max() < 0.05
+    assert equalize(x).min() == x.min() and equalize(x).max() == x.max()
+    xf = x.astype(np.float32)
+    assert equalize(xf).dtype == np.float32
+
+
+def test_fit_lut_records_nodata_and_applies_elsewhere(rng):
+    src = rng.integers(0, 200, (2, 30, 30)).astype(np.uint8)
+    ref = rng.integers(50, 100, (2, 30, 30)).astype(np.uint8)
+    lut = fit_lut(src, ref, nodata=0)
+    assert lut.nodata == 0 and lut.out_nodata == 0
+    other = rng.integers(0, 200, (2, 11, 13)).astype(np.uint8)
+    y = lut.apply(other)
+    assert np.all((y == 0) == (other == 0))
