@@ -31,6 +31,13 @@ from .histogram import Binning, Histogram, band_histograms, band_ranges
 from .io import open_raster, read_provenance, write_raster
 from .lut import LUT, nearest_cdf_indices
 from .match import equalize, fit_lut, match_histograms
+from .metrics import (
+    format_quality_table,
+    ks_distance,
+    matched_histogram,
+    quality_table,
+    wasserstein_distance,
+)
 
 __all__ = [
     "LUT",
@@ -54,9 +61,14 @@ __all__ = [
     "band_ranges",
     "equalize",
     "fit_lut",
+    "format_quality_table",
+    "ks_distance",
     "match_histograms",
+    "matched_histogram",
     "nearest_cdf_indices",
     "open_raster",
+    "quality_table",
     "read_provenance",
+    "wasserstein_distance",
     "write_raster",
 ]

@@ -1,0 +1,580 @@
+"""Plots of histograms, LUTs and matches (matplotlib: the ``plot`` extra).
+
+matplotlib is imported inside the functions, so ``import rastermatch`` works without it. Nothing
+here uses pyplot or selects a backend: figures are :class:`matplotlib.figure.Figure` objects
+drawn by the Agg canvas, so reports render on servers without a display. Called without ``ax``,
+:func:`plot_histogram` and :func:`plot_lut` draw on pyplot's current axes only when the caller has
+imported pyplot already (an interactive session), else on a new standalone figure.
+
+The report (:func:`report_figure`, :func:`save_report`) shows one row per band: the CDFs of
+source, reference and matched output, the LUT, and quicklooks of the three images. The curves
+come from histograms (the LUT's own and :func:`~rastermatch.metrics.matched_histogram`); only
+the quicklooks read pixels, decimated before they are computed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._data import as_band_array
+from .errors import BandMismatchError, RastermatchError
+from .histogram import Histogram
+from .lut import LUT
+from .metrics import _significant, matched_histogram
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["figure_png", "plot_histogram", "plot_lut", "report_figure", "save_report"]
+
+# one colour per role, everywhere in a report
+COLORS = {"source": "#1f77b4", "reference": "#4d4d4d", "matched": "#d62728"}
+_DASH = " \u2013 "  # an en dash between numbers, for ranges in panel labels
+_STRETCH = (0.02, 0.98)  # the robust percentile stretch of the quicklooks
+_CDF_RANGE = (0.0005, 0.9995)  # the CDF panels show this central part of the distributions
+_RC = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _axes(ax: Axes | None) -> Axes:
+    """``ax``, else pyplot's current axes if the caller uses pyplot, else a new Figure's axes."""
+    if ax is not None:
+        return ax
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        return pyplot.gca()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(6, 4), layout="constrained").add_subplot()
+
+
+def _plain_ticks(ax: Axes, axis: str = "both") -> None:
+    """Few ticks in plain numbers (no offset or exponent: digital numbers read as they are)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for name in ("x", "y") if axis == "both" else (axis,):
+        getattr(ax, f"{name}axis").set_major_locator(MaxNLocator(nbins=5))
+    ax.ticklabel_format(axis=axis, style="plain", useOffset=False)
+
+
+# -- curves from histograms and LUTs ----------------------------------------------------------
+
+
+def _cdf_steps(hist: Histogram, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF of one band as step corners: a 0 before the first value, then one step per bin
+    that holds pixels (empty bins leave the CDF flat, so they are skipped)."""
+    counts = hist.counts[band]
+    occupied = np.flatnonzero(counts)
+    if occupied.size == 0:
+        return np.empty(0), np.empty(0)
+    x = hist.binning.values()[band, occupied]
+    y = np.cumsum(counts[occupied]) / counts[occupied].sum()
+    return np.concatenate([x[:1], x]), np.concatenate([[0.0], y])
+
+
+def _quantiles(hist: Histogram, band: int, q: Sequence[float]) -> np.ndarray:
+    """The values below which the fractions ``q`` of a band's pixels lie (bin values)."""
+    cum = np.cumsum(hist.counts[band])
+    k = np.searchsorted(cum, np.asarray(q, dtype=np.float64) * cum[-1], side="left")
+    return hist.binning.values()[band, np.minimum(k, cum.size - 1)]
+
+
+def _lut_curve(lut: LUT, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source values and the LUT's output values, over the source's occupied bins if known."""
+    b = lut.source_binning
+    if lut.kind == "piecewise":
+        x, y = b.edges()[band], lut.table[band]  # knots at the bin edges
+    else:
+        x, y = b.values()[band], lut.table[band]
+    if lut.source_hist is not None:
+        occupied = np.flatnonzero(lut.source_hist.counts[band])
+        if occupied.size:
+            stop = occupied[-1] + (2 if lut.kind == "piecewise" else 1)
+            x, y = x[occupied[0] : stop], y[occupied[0] : stop]
+    return x, y.astype(np.float64)
+
+
+def plot_histogram(hist: Histogram, ax: Axes | None = None, **kwargs: Any) -> Axes:
+    """Plot the CDF of every band of ``hist`` as step lines, in value units.
+
+    Parameters
+    ----------
+    hist
+        A computed histogram.
+    ax
+        The axes to draw on; default: pyplot's current axes if pyplot is in use, else a new
+        figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.step` (``color``, ``linewidth``, ...). A ``label``
+        prefixes the band labels in the legend.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import band_histograms
+    >>> h = band_histograms(np.array([[[0, 1, 1], [3, 3, 3]]], dtype=np.uint8))
+    >>> ax = plot_histogram(h)
+    >>> [line.get_label() for line in ax.get_lines()]
+    ['band 1']
+    """
+    hist._require_concrete()
+    ax = _axes(ax)
+    prefix = kwargs.pop("label", None)
+    for i, label in enumerate(hist.bands):
+        x, y = _cdf_steps(hist, i)
+        name = f"band {label}" if prefix is None else f"{prefix}, band {label}"
+        ax.step(x, y, where="post", label=name, **kwargs)
+    ax.set_xlabel(f"value ({hist.binning.dtype})")
+    ax.set_ylabel("cumulative fraction of pixels")
+    ax.set_ylim(0, 1.02)
+    _plain_ticks(ax, "x")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_lut(lut: LUT, ax: Axes | None = None, **kwargs: Any) -> Axes:
+    """Plot the LUT curve of every band: source value to output value.
+
+    The curve spans the source values that occur when the LUT carries its source histogram (a
+    fitted LUT does), else the whole source binning.
+
+    Parameters
+    ----------
+    lut
+        The LUT.
+    ax
+        The axes to draw on; default as :func:`plot_histogram`.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.plot`; a ``label`` prefixes the band labels.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import match_histograms, fit_lut
+    >>> lut = fit_lut(np.array([[10, 10, 20, 30]], np.uint8), np.array([[1, 5, 5, 9]], np.uint8))
+    >>> line = plot_lut(lut).get_lines()[0]
+    >>> line.get_xdata().tolist()[:3], line.get_ydata().tolist()[:3]
+    ([10.0, 11.0, 12.0], [1.0, 1.0, 1.0])
+    """
+    ax = _axes(ax)
+    prefix = kwargs.pop("label", None)
+    kwargs.setdefault("drawstyle", "default" if lut.kind == "piecewise" else "steps-mid")
+    for i, label in enumerate(lut.bands):
+        x, y = _lut_curve(lut, i)
+        name = f"band {label}" if prefix is None else f"{prefix}, band {label}"
+        ax.plot(x, y, label=name, **kwargs)
+    ax.set_xlabel(f"source value ({lut.source_binning.dtype})")
+    ax.set_ylabel(f"output value ({lut.dtype})")
+    _plain_ticks(ax)
+    ax.legend(loc="lower right")
+    return ax
+
+
+def figure_png(plot_fn: Callable[..., Any], *, figsize: tuple[float, float] = (6, 4)) -> bytes:
+    """Draw ``plot_fn(ax)`` on a fresh Agg figure and return it as PNG bytes.
+
+    This is what ``Histogram._repr_png_`` and ``LUT._repr_png_`` use, so notebooks show
+    histograms and LUTs as plots.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import band_histograms
+    >>> h = band_histograms(np.array([[0, 1, 1, 3]], dtype=np.uint8))
+    >>> figure_png(h.plot)[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+    """
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        plot_fn(fig.add_subplot())
+        buf = BytesIO()
+        fig.savefig(buf, format="png", facecolor="white")
+    return buf.getvalue()
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def _quicklooks(
+    items: Sequence[tuple[Any, str, Any]], max_size: int, nbands: int
+) -> list[tuple[np.ndarray, Any, np.dtype, int]]:
+    """Decimated ``(band, y, x)`` arrays of several inputs, computed together.
+
+    Each input is strided down to at most ``max_size`` pixels on its long side *before* anything
+    is computed, so a dask-backed scene of any size costs a read of a few hundred rows. Returns
+    ``(array, nodata, dtype, step)`` per input.
+    """
+    import dask
+
+    lazy = []
+    for data, name, fallback_nodata in items:
+        shape = getattr(data, "shape", ())
+        step = 1
+        if len(shape) in (2, 3):
+            # stride the input itself, before it is normalized: a lazily loaded DataArray
+            # (rioxarray without chunks) would otherwise be read in full
+            step = max(1, math.ceil(max(shape[-2:]) / max_size))
+            data = data[..., ::step, ::step]
+        src = as_band_array(data, name=name)
+        if src.array.shape[0] != nbands:
+            raise BandMismatchError(
+                f"{src.name} has {src.array.shape[0]} bands and the LUT {nbands}; pass the bands "
+                "the LUT was fitted on"
+            )
+        nodata = src.nodata if src.nodata is not None else fallback_nodata
+        lazy.append((src.array, nodata, src.dtype, step))
+    # one compute for all: inputs that share a graph (the source and its matched output) are
+    # read once
+    arrays = dask.compute(*(item[0] for item in lazy))
+    return [(np.asarray(a), *item[1:]) for a, item in zip(arrays, lazy, strict=True)]
+
+
+def _display(band: np.ndarray, nodata: Any) -> np.ndarray:
+    """One band as float with NaN where it is nodata or not finite (drawn transparent)."""
+    out = band.astype(np.float64)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        out[band == nodata] = np.nan
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _share_stretch(source: Histogram, band: int, ref_limits: np.ndarray, same_dtype: bool) -> bool:
+    """Whether the source is shown with the reference's stretch (and on the reference's axis).
+
+    Only when both are in the same units (dtype) and at least a quarter of the source's pixels
+    fall inside the reference's 2-98 % range: then a darker or flatter source shows as such.
+    Otherwise the reference's stretch would saturate the source into a blank panel.
+    """
+    if not same_dtype:
+        return False
+    values, counts = source.binning.values()[band], source.counts[band]
+    inside = counts[(values >= ref_limits[0]) & (values <= ref_limits[1])].sum()
+    return bool(inside >= 0.25 * counts.sum())
+
+
+def _limits_text(limits: np.ndarray, dtype: np.dtype) -> str:
+    if np.dtype(dtype).kind in "iu":
+        lo, hi = (f"{round(float(v))}" for v in limits)
+    else:
+        lo, hi = (_significant(float(v), 4) for v in limits)
+    return f"{lo}{_DASH}{hi}"
+
+
+def _row_title(label: Any, row: dict[str, Any] | None) -> str:
+    if row is None:
+        return f"band {label}"
+    return (
+        f"band {label}    KS {row['ks_before']:.3f} → {row['ks_after']:.3f}    "
+        f"W1 {_significant(row['w1_before'])} → {_significant(row['w1_after'])}"
+    )
+
+
+def _cdf_panel(
+    ax: Axes,
+    hists: dict[str, Histogram],
+    band: int,
+    source_on_own_axis: bool,
+) -> None:
+    ref_kw = {"color": COLORS["reference"], "linewidth": 2.6, "alpha": 0.45}
+    out_kw = {"color": COLORS["matched"], "linewidth": 1.1, "linestyle": (0, (4, 2))}
+    src_kw = {"color": COLORS["source"], "linewidth": 1.3}
+    lines = []
+    lines += ax.step(
+        *_cdf_steps(hists["reference"], band), where="post", label="reference", **ref_kw
+    )
+    lines += ax.step(*_cdf_steps(hists["matched"], band), where="post", label="matched", **out_kw)
+    ranges = [_quantiles(hists[k], band, _CDF_RANGE) for k in ("reference", "matched")]
+    src_ax = ax
+    if source_on_own_axis:
+        src_ax = ax.twiny()
+        src_ax.spines["top"].set_visible(True)
+        src_ax.spines["top"].set_color(COLORS["source"])
+        src_ax.tick_params(axis="x", colors=COLORS["source"])
+        src_ax.set_xlabel(f"source value ({hists['source'].binning.dtype})", color=COLORS["source"])
+        src_ax.set_xlim(*_padded(_quantiles(hists["source"], band, _CDF_RANGE)))
+        _plain_ticks(src_ax, "x")
+    else:
+        ranges.append(_quantiles(hists["source"], band, _CDF_RANGE))
+    label = "source (top axis)" if source_on_own_axis else "source"
+    lines += src_ax.step(*_cdf_steps(hists["source"], band), where="post", label=label, **src_kw)
+    ax.set_xlim(*_padded(np.array([min(r[0] for r in ranges), max(r[1] for r in ranges)])))
+    ax.set_ylim(0, 1.02)
+    what = "reference / matched value" if source_on_own_axis else "value"
+    ax.set_xlabel(f"{what} ({hists['reference'].binning.dtype})")
+    ax.set_ylabel("cumulative fraction")
+    ax.grid(alpha=0.25, linewidth=0.5)
+    _plain_ticks(ax, "x")
+    ax.legend(handles=lines, loc="lower right", frameon=False)
+
+
+def _padded(limits: np.ndarray, pad: float = 0.03) -> tuple[float, float]:
+    lo, hi = float(limits[0]), float(limits[1])
+    width = hi - lo if hi > lo else max(abs(lo), 1.0)
+    return lo - pad * width, hi + pad * width
+
+
+def _lut_panel(ax: Axes, lut: LUT, band: int) -> None:
+    x, y = _lut_curve(lut, band)
+    drawstyle = "default" if lut.kind == "piecewise" else "steps-mid"
+    ax.plot(x, y, color=COLORS["matched"], linewidth=1.3, drawstyle=drawstyle)
+    ax.set_xlabel(f"source value ({lut.source_binning.dtype})", color=COLORS["source"])
+    ax.set_ylabel(f"matched value ({lut.dtype})", color=COLORS["matched"])
+    ax.set_title(f"LUT ({lut.method}, {lut.levels} levels)", loc="left")
+    ax.grid(alpha=0.25, linewidth=0.5)
+    _plain_ticks(ax)
+
+
+def _image_panel(
+    ax: Axes,
+    image: np.ndarray,
+    limits: np.ndarray,
+    role: str,
+    title: str,
+    note: str,
+    cmap: Any,
+) -> None:
+    from matplotlib.patches import Rectangle
+
+    # nodata is transparent: a light hatch behind the image tells it from saturated white
+    ax.add_patch(
+        Rectangle(
+            (0, 0),
+            1,
+            1,
+            transform=ax.transAxes,
+            facecolor="white",
+            edgecolor="#c4c4c4",
+            hatch="////",
+            linewidth=0,
+            zorder=0,
+        )
+    )
+    ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest", zorder=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color(COLORS[role])
+        spine.set_linewidth(1.2)
+    ax.set_title(title, color=COLORS[role], fontweight="bold", loc="left", pad=3)
+    ax.text(
+        0.0,
+        -0.02,
+        note,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=6.5,
+        color="#555555",
+    )
+
+
+def report_figure(
+    source: Any,
+    reference: Any,
+    matched: Any,
+    lut: LUT,
+    *,
+    metrics: Sequence[dict[str, Any]] | None = None,
+    max_quicklook: int = 256,
+    title: str | None = None,
+    reference_nodata: float | int | None = None,
+) -> Figure:
+    """A one-page visual report of a match: one row per band.
+
+    Each row shows (1) the CDFs of source, reference and matched output, from the histograms
+    (``lut.source_hist``, ``lut.reference_hist`` and
+    :func:`~rastermatch.metrics.matched_histogram`); (2) the LUT curve; (3-5) quicklooks of
+    source, reference and matched output. The quicklooks are strided down to at most
+    ``max_quicklook`` pixels on the long side before anything is read, then shown with a 2-98 %
+    stretch taken from the reference's histogram, so that the matched output looks like the
+    reference if the match worked. The source gets the same stretch when it is in the same units
+    and at least a quarter of its pixels fall inside that stretch, and its own otherwise (the
+    panel title says which; its CDF then gets its own axis on top). Nodata and NaN are
+    transparent over a light hatch.
+
+    Parameters
+    ----------
+    source, reference, matched
+        ``(band, y, x)`` or ``(y, x)`` DataArrays, numpy or dask arrays (dask-backed ones are
+        only read at quicklook resolution). ``matched=None`` maps the source quicklook through
+        the LUT instead of reading a matched output.
+    lut
+        The fitted LUT; it must carry its histograms.
+    metrics
+        Rows from :func:`~rastermatch.metrics.quality_table`; their KS and W1 distances before
+        and after go into each row's title.
+    max_quicklook
+        Longest side of the quicklooks, in pixels.
+    title
+        The figure title; default names the method and the dtypes.
+    reference_nodata
+        The reference's nodata, if not on the DataArray (``.rio.nodata``). The source's and
+        matched output's default to ``lut.nodata`` and ``lut.out_nodata``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Drawn by the Agg canvas; no display or pyplot is involved.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import fit_lut
+    >>> from rastermatch.metrics import matched_histogram, quality_table
+    >>> rng = np.random.default_rng(0)
+    >>> source = rng.integers(0, 120, (2, 40, 60), dtype=np.uint8)
+    >>> reference = rng.integers(60, 255, (2, 30, 30), dtype=np.uint8)
+    >>> lut = fit_lut(source, reference)
+    >>> rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
+    >>> fig = report_figure(source, reference, lut.apply(source), lut, metrics=rows)
+    >>> len(fig.subfigs), len(fig.subfigs[0].axes)
+    (2, 5)
+    """
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .apply import apply_lut_array
+
+    if lut.source_hist is None or lut.reference_hist is None:
+        raise RastermatchError(
+            "this LUT carries no histograms, so the report has no CDFs to draw; fit it with "
+            "rastermatch.fit_lut (LUT files written by LUT.save keep them)"
+        )
+    if max_quicklook < 1:
+        raise ValueError(f"max_quicklook must be a positive number of pixels, not {max_quicklook}")
+    if metrics is not None and len(metrics) != lut.nbands:
+        raise BandMismatchError(f"{len(metrics)} rows of metrics for a LUT of {lut.nbands} bands")
+    hists = {
+        "source": lut.source_hist,
+        "reference": lut.reference_hist,
+        "matched": matched_histogram(lut),
+    }
+    items = [(source, "source", lut.nodata), (reference, "reference", reference_nodata)]
+    if matched is not None:
+        items.append((matched, "matched", lut.out_nodata))
+    looks = _quicklooks(items, max_quicklook, lut.nbands)
+    if matched is None:
+        src_look, src_nodata, _, step = looks[0]
+        mapped = apply_lut_array(src_look, lut, nodata=src_nodata, out_nodata=lut.out_nodata)
+        looks.append((mapped, lut.out_nodata, lut.dtype, step))
+    same_dtype = looks[0][2] == looks[1][2]
+
+    # panels of one height: the curves a fixed width, the quicklooks as wide as their aspect
+    height = 2.3
+    ratios = [1.45, 1.3] + [float(np.clip(a.shape[2] / a.shape[1], 0.6, 2.2)) for a, *_ in looks]
+    width = max(11.0, 1.8 + height * sum(ratios))
+    cmap = mpl.colormaps["gray"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(width, 0.8 + 3.2 * lut.nbands), layout="constrained")
+        FigureCanvasAgg(fig)
+        fig.suptitle(
+            title
+            or (
+                f"Histogram matching: {lut.method} / {lut.levels} levels, "
+                f"source {looks[0][2]} → reference {looks[1][2]} (output {lut.dtype})"
+            ),
+            fontsize=11,
+            fontweight="bold",
+        )
+        steps = " / ".join(f"1:{step}" for *_, step in looks)
+        fig.supxlabel(
+            "CDFs and LUT from full-resolution histograms (matched: the source histogram "
+            f"pushed through the LUT). Quicklooks decimated {steps} (source / reference / "
+            "matched), grey 2\u201398 % stretch; hatched: nodata or NaN.",
+            fontsize=7,
+            color="#555555",
+        )
+        rows = fig.subfigures(lut.nbands, 1, squeeze=False)[:, 0]
+        for b, (row_fig, label) in enumerate(zip(rows, lut.bands, strict=True)):
+            row_fig.suptitle(
+                _row_title(label, None if metrics is None else metrics[b]),
+                x=0.005,
+                ha="left",
+                fontsize=9.5,
+                fontweight="bold",
+            )
+            axs = row_fig.subplots(1, 5, width_ratios=ratios)
+            ref_limits = _quantiles(hists["reference"], b, _STRETCH)
+            src_limits = _quantiles(hists["source"], b, _STRETCH)
+            shared = _share_stretch(hists["source"], b, ref_limits, same_dtype)
+            _cdf_panel(axs[0], hists, b, source_on_own_axis=not shared)
+            _lut_panel(axs[1], lut, b)
+            ref_note = f"{_limits_text(ref_limits, looks[1][2])} (reference stretch)"
+            if shared:
+                src_title, src_note = "source", ref_note
+            else:  # the panel title says the source is not on the reference's scale
+                src_title = "source (own stretch)" if same_dtype else f"source ({looks[0][2]})"
+                src_note = f"{_limits_text(src_limits, looks[0][2])} (own stretch)"
+            panels = (
+                ("source", src_title, src_limits if not shared else ref_limits, src_note),
+                ("reference", "reference", ref_limits, ref_note),
+                ("matched", "matched", ref_limits, ref_note),
+            )
+            for ax, (image, nodata, _, _), (role, text, limits, note) in zip(
+                axs[2:], looks, panels, strict=True
+            ):
+                _image_panel(ax, _display(image[b], nodata), limits, role, text, note, cmap)
+    return fig
+
+
+def save_report(
+    path: str | os.PathLike[str],
+    source: Any,
+    reference: Any,
+    matched: Any,
+    lut: LUT,
+    *,
+    dpi: int = 120,
+    **kwargs: Any,
+) -> Path:
+    """Write :func:`report_figure` to ``path`` (PNG, PDF or SVG, by the suffix).
+
+    Keyword arguments go to :func:`report_figure`.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from rastermatch import fit_lut
+    >>> source = np.arange(64, dtype=np.uint8).reshape(1, 8, 8)
+    >>> reference = (np.arange(64, dtype=np.uint8) * 3).reshape(1, 8, 8)
+    >>> lut = fit_lut(source, reference)
+    >>> path = save_report(tempfile.mkdtemp() + "/report.png", source, reference, None, lut)
+    >>> path.read_bytes()[:4] == b"\\x89PNG"
+    True
+    """
+    fig = report_figure(source, reference, matched, lut, **kwargs)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
