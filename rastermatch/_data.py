@@ -128,7 +128,8 @@ def as_band_array(data: Any, *, nodata: float | int | None = None, name: str = "
                     else "name the band dim 'band'"
                 )
                 raise DimensionError(
-                    f"{name} has dims {data.dims}; rastermatch expects (band, y, x) or (y, x): {hint}"
+                    f"{name} has dims {data.dims}; rastermatch expects (band, y, x) or (y, x): "
+                    + hint
                 )
             labels = (
                 data["band"].values if "band" in data.coords else np.arange(1, data.shape[0] + 1)

@@ -24,8 +24,8 @@ __all__ = ["RastermatchAccessor"]
 
 @xr.register_dataarray_accessor("rm")
 class RastermatchAccessor:
-    """``da.rm.match(reference)``, ``da.rm.histograms()``, ``da.rm.equalize()``, ``da.rm.fit(reference)``,
-    ``da.rm.apply(lut)``: the functions of the same names with this DataArray as first argument."""
+    """``da.rm.match(reference)``, ``.histograms()``, ``.equalize()``, ``.fit(reference)`` and
+    ``.apply(lut)``: the functions of the same names with this DataArray as first argument."""
 
     def __init__(self, obj: xr.DataArray) -> None:
         self._obj = obj

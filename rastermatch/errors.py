@@ -50,7 +50,7 @@ class BinningMismatchError(RastermatchError, ValueError):
 
 
 class NodataConflictError(RastermatchError, ValueError):
-    """The output nodata value is also a value valid pixels are mapped to, and no free value exists."""
+    """The output nodata is a value valid pixels are mapped to, and no free value exists."""
 
 
 class LUTFileError(RastermatchError, ValueError):

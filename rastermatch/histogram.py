@@ -162,7 +162,7 @@ class Binning:
         rng = (
             "lazy"
             if self.is_lazy
-            else ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(self.lo, self.hi))
+            else ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(self.lo, self.hi, strict=True))
         )
         return f"Binning(uniform, {self.dtype}, {self.nbins} bins over {rng})"
 
@@ -332,7 +332,7 @@ def block_counts(
 def block_range(
     block: np.ndarray, mask: np.ndarray | None = None, *, nodata: Any = None
 ) -> np.ndarray:
-    """Valid ``(min, max)`` per band of one block, as ``(band, 1, 1, 2)`` float64 (+inf, -inf if none)."""
+    """Valid ``(min, max)`` per band of one block, ``(band, 1, 1, 2)``; (inf, -inf) if none."""
     out = np.empty((block.shape[0], 2), dtype=np.float64)
     nd, has_nd = _kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
@@ -434,7 +434,7 @@ class Histogram:
 
     # -- serialization
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; counts are stored sparsely (the levels that occur and their counts)."""
+        """A JSON-ready dict; counts are stored sparsely (the bins that occur and their counts)."""
         self._require_concrete()
         bands = []
         for row in self.counts:
@@ -700,7 +700,8 @@ def band_histograms(
         nbins=binning.nbins,
         offset=binning.offset if binning.kind == "levels" else 0,
         nodata=src.nodata,
-        name=f"rastermatch-counts-{tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata)}",
+        name="rastermatch-counts-"
+        + tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata),
     )
     counts = per_block.sum(axis=(1, 2), dtype=np.int64)
     return Histogram(counts, binning, src.bands, src.name)

@@ -167,7 +167,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def provenance(lut: LUT, quality: list[dict[str, Any]], **inputs: Any) -> dict[str, Any]:
+def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:
     """The record stored with every output: inputs, options, quality, versions and the LUT."""
     return {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -268,7 +268,7 @@ def match_files(
     )  # fmt: skip
     lut = fitted.lut
     src = open_input(source, bands=bands, chunks=chunks)
-    matched = lut.apply(src)
+    matched = lut.apply(src, nodata=nodata)  # an explicit --nodata wins, as in the fit
     record = provenance(lut, fitted.quality, source=source, reference=reference, mask=mask,
                         reference_mask=reference_mask)  # fmt: skip
     written = _write(matched, output, record, [source, reference], overwrite, cog, compress,
@@ -295,7 +295,7 @@ def apply_file(
     compress: Any = None,
     show_progress: bool = False,
 ) -> MatchResult:
-    """Map ``source`` through a saved LUT (another scene of the same sensor, say) into ``output``."""
+    """Map ``source`` through a saved LUT (say, another scene of the same sensor) to ``output``."""
     lut_file = None
     if not isinstance(lut, LUT):
         lut_file = Path(lut)

@@ -24,9 +24,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 
@@ -42,10 +45,15 @@ def scenes(tmp_path_factory):
     ref = (rng.gamma(4.0, 180, (3, 200, 210))).clip(1, 4095).astype(np.uint16)
     paths = {}
     for name, arr in (("src", src), ("ref", ref)):
-        a = xr.DataArray(arr, dims=("band", "y", "x"),
-                         coords={"y": 100.0 - np.arange(arr.shape[1]), "x": np.arange(arr.shape[2]) * 1.0})
+        a = xr.DataArray(
+            arr,
+            dims=("band", "y", "x"),
+            coords={"y": 100.0 - np.arange(arr.shape[1]), "x": np.arange(arr.shape[2]) * 1.0},
+        )
         a = a.rio.write_crs("EPSG:32633").rio.write_nodata(0 if name == "src" else None)
-        paths[name] = rastermatch.write_raster(a.chunk({"band": 1, "y": 128, "x": 128}), tmp / f"{name}.zarr")
+        paths[name] = rastermatch.write_raster(
+            a.chunk({"band": 1, "y": 128, "x": 128}), tmp / f"{name}.zarr"
+        )
     return paths, tmp
 
 

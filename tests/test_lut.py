@@ -188,7 +188,7 @@ def test_tampered_and_malformed_files_are_refused(tmp_path):
     with pytest.raises(LUTFileError, match=r"tampered.json .*modified after it was written"):
         LUT.load(bad)
     (tmp_path / "junk.json").write_text("{not json")
-    with pytest.raises(LUTFileError, match="junk.json is not readable JSON"):
+    with pytest.raises(LUTFileError, match=r"junk\.json is not readable JSON"):
         LUT.load(tmp_path / "junk.json")
     (tmp_path / "other.json").write_text(json.dumps({"type": "something"}))
     with pytest.raises(LUTFileError, match="not a rastermatch LUT"):
