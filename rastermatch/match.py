@@ -285,6 +285,13 @@ def equalize(
     src = as_band_array(data, nodata=nodata, name="data")
     (h_src,) = _histograms([(src, _mask(mask, src, "mask"), bins)], _scheduler(src))
     h_ref = uniform_histogram(h_src, range=range)
+    if src.nodata is not None and h_ref.binning.kind == "levels":
+        # the uniform reference leaves the nodata level out, so no valid pixel is mapped onto it
+        k = int(src.nodata) - h_ref.binning.offset if float(src.nodata).is_integer() else -1
+        if 0 <= k < h_ref.binning.nbins and h_ref.counts[:, k].sum() < h_ref.counts.sum():
+            counts = h_ref.counts.copy()
+            counts[:, k] = 0
+            h_ref = Histogram(counts, h_ref.binning, h_ref.bands)
     lut = LUT.from_histograms(
         h_src,
         h_ref,

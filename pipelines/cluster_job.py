@@ -1,0 +1,93 @@
+"""Histogram matching as a dask.distributed job: the same code on a laptop or a cluster.
+
+By default a local cluster of ``--workers`` processes is started (and stopped at the end); with
+``--scheduler ADDRESS`` the job joins a running cluster instead (``dask scheduler`` /
+``dask worker``, dask-jobqueue, dask-gateway, Coiled, ...). Either way the job is the same
+:func:`rastermatch.pipeline.match_files` call: once a ``distributed.Client`` exists, dask runs
+every step on it.
+
+1. The statistics pass: both inputs are histogrammed on the workers, in one pass.
+2. The application pass: the workers map the source through the LUT and each writes its own
+   chunks of the Zarr output (so on a real cluster OUTPUT must be on storage every worker sees,
+   as must the inputs).
+
+Run::
+
+    python pipelines/cluster_job.py SOURCE REFERENCE OUTPUT.zarr [--workers 2]
+    python pipelines/cluster_job.py SOURCE REFERENCE OUTPUT.zarr --scheduler tcp://host:8786
+
+for example::
+
+    python pipelines/cluster_job.py data/arrnorm_target.tif \\
+        data/arrnorm_ref_adjusted2target.tif /tmp/matched.zarr --nodata 0
+
+The dashboard link is printed first: open it to watch the tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from distributed import Client, LocalCluster
+
+from rastermatch import RastermatchError
+from rastermatch.pipeline import match_files
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("output", type=Path, help="output, normally a .zarr store")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=2, help="local worker processes (2)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="join this cluster instead")
+    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--nodata", type=float, help="source nodata (default: the file's own)")
+    parser.add_argument("--reference-nodata", type=float)
+    parser.add_argument("--chunks", type=int, help="chunk edge in pixels (default: auto)")
+    parser.add_argument("--overwrite", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.output.exists() and not args.overwrite:  # before starting a cluster for nothing
+        sys.exit(f"error: {args.output} exists already; pass --overwrite to replace it")
+    with contextlib.ExitStack() as stack:
+        if args.scheduler:
+            client = stack.enter_context(Client(args.scheduler))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=args.workers,
+                    threads_per_worker=args.threads_per_worker,
+                    dashboard_address=":0",
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        result = match_files(
+            args.source,
+            args.reference,
+            args.output,
+            nodata=args.nodata,
+            reference_nodata=args.reference_nodata,
+            chunks={"y": args.chunks, "x": args.chunks} if args.chunks else "auto",
+            overwrite=args.overwrite,
+            show_progress=True,
+        )
+    print()
+    print(result.quality_text())
+    print(f"written: {result.output}")
+    return 0
+
+
+if __name__ == "__main__":  # required: the worker processes re-import this module
+    try:
+        sys.exit(main())
+    except (RastermatchError, OSError, ValueError) as error:
+        sys.exit(f"error: {error}")

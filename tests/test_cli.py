@@ -1,0 +1,387 @@
+"""The command line, through click's CliRunner on the sample scenes (and once as a real process).
+
+The CLI is a thin shell over rastermatch.pipeline, so these tests check what the shell adds:
+argument parsing, the files each command writes, what it prints, and how it refuses bad input
+(one ``Error:`` line, a non-zero exit status, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner, Result
+
+import rastermatch
+from rastermatch import OutputExistsError
+from rastermatch.cli import BandList, Chunks, Range, main
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+NAIP = DATA / "riohist_source1_naip.tif"  # 3 bands uint8, no nodata
+LANDSAT = DATA / "riohist_reference1_landsat.tif"  # 3 bands uint16, nodata 0
+ARRNORM = DATA / "arrnorm_target.tif"  # 4 bands uint16
+RGB = DATA / "rasterio_RGB.byte.tif"  # 3 bands uint8, nodata 0
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_ok(result: Result) -> None:
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def assert_refused(result: Result, exit_code: int, *fragments: str) -> None:
+    """One ``Error:`` line on stderr naming the problem, the exit status, no traceback."""
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # handled, not an escaped exception
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert result.stdout == ""
+
+
+def values(path: Path) -> tuple[np.ndarray, object]:
+    data = rastermatch.open_raster(path)
+    return data.values, data.rio.nodata
+
+
+@pytest.fixture(scope="module")
+def matched(tmp_path_factory) -> dict[str, Path]:
+    """``rastermatch match`` NAIP -> Landsat to a GeoTIFF, with the LUT and the report."""
+    tmp = tmp_path_factory.mktemp("cli")
+    paths = {"output": tmp / "matched.tif", "lut": tmp / "matched.lut.json"}
+    paths["report"] = tmp / "report.png"
+    result = run(
+        "match", NAIP, LANDSAT, "-o", paths["output"], "--lut", paths["lut"],
+        "--report", paths["report"], "--chunks", "256",
+    )  # fmt: skip
+    assert_ok(result)
+    paths["tmp"] = tmp
+    paths["stdout"] = result.stdout  # type: ignore[assignment]
+    return paths
+
+
+# -- parameter types --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("param", "text", "expected"),
+    [
+        (BandList(), "1,2,3", (1, 2, 3)),
+        (BandList(), " 3, 1", (3, 1)),
+        (Range(), "0,255", (0.0, 255.0)),
+        (Range(), "-1.5,2e3", (-1.5, 2000.0)),
+        (Chunks(), "auto", "auto"),
+        (Chunks(), "2048", {"y": 2048, "x": 2048}),
+        (Chunks(), "256,1024", {"y": 256, "x": 1024}),
+    ],
+)
+def test_param_types_convert(param, text, expected):
+    assert param.convert(text, None, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("param", "text"),
+    [
+        (BandList(), "0"),
+        (BandList(), "1,,2"),
+        (BandList(), "red"),
+        (Range(), "5,1"),
+        (Range(), "0"),
+        (Range(), "0,nan"),
+        (Chunks(), "0"),
+        (Chunks(), "1,2,3"),
+        (Chunks(), "big"),
+    ],
+)
+def test_param_types_refuse(param, text):
+    import click
+
+    with pytest.raises(click.BadParameter):
+        param.convert(text, None, None)
+
+
+# -- match, fit, apply, equalize ---------------------------------------------------------------
+
+
+def test_match_to_geotiff_writes_output_lut_and_report(matched):
+    out, nodata = values(matched["output"])
+    assert out.dtype == np.uint16 and out.shape == (3, 726, 546)
+    assert nodata == 0 and out.min() > 0  # the source has no nodata: every pixel is valid
+    assert rastermatch.read_provenance(matched["output"])["method"] == "nearest"
+    assert rastermatch.LUT.load(matched["lut"]).nbands == 3
+    assert matched["report"].read_bytes()[:4] == b"\x89PNG"
+    stdout = matched["stdout"]
+    assert "KS before" in stdout and "W1 after" in stdout  # the quality table
+    for key in ("output", "lut", "report"):
+        assert str(matched[key]) in stdout
+
+
+def test_match_to_zarr_with_lut_and_report(matched, tmp_path):
+    out = tmp_path / "matched.zarr"
+    result = run(
+        "match", NAIP, LANDSAT, "-o", out, "--lut", tmp_path / "lut.json",
+        "--report", tmp_path / "report.png",
+    )  # fmt: skip
+    assert_ok(result)
+    zarr_values, zarr_nodata = values(out)
+    tif_values, tif_nodata = values(matched["output"])
+    np.testing.assert_array_equal(zarr_values, tif_values)  # chunking does not matter either
+    assert zarr_values.dtype == tif_values.dtype and zarr_nodata == tif_nodata
+    assert (tmp_path / "lut.json").read_bytes() == matched["lut"].read_bytes()
+    assert (tmp_path / "report.png").is_file()
+
+
+def test_fit_then_apply_gives_the_output_of_match(matched, tmp_path):
+    lut = tmp_path / "fit.lut.json"
+    result = run("fit", NAIP, LANDSAT, "-o", lut)
+    assert_ok(result)
+    assert "KS after" in result.stdout and str(lut) in result.stdout
+    assert lut.read_bytes() == matched["lut"].read_bytes()
+
+    applied = tmp_path / "applied.tif"
+    assert_ok(run("apply", NAIP, lut, "-o", applied, "--cog"))
+    a, a_nodata = values(applied)
+    m, m_nodata = values(matched["output"])
+    np.testing.assert_array_equal(a, m)
+    assert a.dtype == m.dtype and a_nodata == m_nodata
+    with rasterio.open(applied) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_match_options_reach_the_pipeline(tmp_path):
+    """Band selection, nodata, method, dtype and compression on a 4-band scene."""
+    out = tmp_path / "bands.zarr"
+    result = run(
+        "match", ARRNORM, DATA / "arrnorm_ref_adjusted2target.tif", "-o", out,
+        "--bands", "4,2", "--nodata", "0", "--method", "interp", "--dtype", "float32",
+        "--compress", "zstd",
+    )  # fmt: skip
+    assert_ok(result)
+    data = rastermatch.open_raster(out)
+    assert data.shape == (2, 349, 536) and data.dtype == np.float32
+    assert rastermatch.read_provenance(out)["method"] == "interp"
+    source = rastermatch.open_raster(ARRNORM).values[[3, 1]]
+    nodata = data.rio.nodata
+    invalid = np.isnan(data.values) if np.isnan(nodata) else data.values == nodata
+    np.testing.assert_array_equal(invalid, source == 0)  # nodata stays nodata, nothing else
+
+
+def test_equalize(tmp_path):
+    out = tmp_path / "equalized.tif"
+    result = run("equalize", NAIP, "-o", out, "--range", "0,255", "--bands", "1")
+    assert_ok(result)
+    assert str(out) in result.stdout
+    eq, _ = values(out)
+    assert eq.shape == (1, 726, 546) and eq.dtype == np.uint8
+    assert eq.min() < 5 and eq.max() == 255  # spread over the whole range
+    counts = np.bincount(eq.ravel(), minlength=256)
+    cdf = np.cumsum(counts) / counts.sum()
+    assert np.abs(cdf - np.arange(1, 257) / 256).max() < 0.02  # flat: a uniform CDF
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+def test_quiet_prints_nothing_on_success(tmp_path):
+    result = run("--quiet", "match", NAIP, LANDSAT, "-o", tmp_path / "q.tif")
+    assert_ok(result)
+    assert result.output == ""
+    result = run("fit", NAIP, LANDSAT, "-o", tmp_path / "q.json", "-q")  # after the command too
+    assert_ok(result)
+    assert result.output == ""
+
+
+# -- info -------------------------------------------------------------------------------------
+
+
+def test_info_text():
+    result = run("info", RGB)
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(RGB)
+    text = result.stdout
+    for fragment in ("bands      3: 1, 2, 3", "dtype      uint8", "nodata     0", "EPSG:32618",
+                     "791 x 718 pixels", "valid pixels"):  # fmt: skip
+        assert fragment in text, text
+    table = lines[lines.index(next(x for x in lines if x.startswith("band "))) + 2 :]
+    assert [row.split()[0] for row in table] == ["1", "2", "3"]
+
+
+def test_info_json_matches_the_data():
+    result = run("info", "--json", RGB)
+    assert_ok(result)
+    described = json.loads(result.stdout)
+    data = rastermatch.open_raster(RGB).values
+    assert described["dtype"] == "uint8" and described["shape"] == [3, 718, 791]
+    assert described["nodata"] == 0 and described["crs"] == "EPSG:32618"
+    for band, stats in zip(data, described["statistics"], strict=True):
+        valid = band[band != 0]
+        assert stats["valid"] == valid.size
+        assert (stats["min"], stats["max"]) == (valid.min(), valid.max())
+        assert stats["mean"] == pytest.approx(valid.mean())
+
+
+def test_info_of_a_zarr_output_without_statistics(matched, tmp_path):
+    out = tmp_path / "copy.zarr"
+    assert_ok(run("apply", NAIP, matched["lut"], "-o", out, "--chunks", "128,256"))
+    described = json.loads(run("info", out, "--json", "--no-stats").stdout)
+    assert "statistics" not in described
+    assert described["dtype"] == "uint16" and described["shape"] == [3, 726, 546]
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def test_refuses_an_existing_output_before_any_work(matched, tmp_path):
+    lut = tmp_path / "new.lut.json"
+    result = run("match", NAIP, LANDSAT, "-o", matched["output"], "--lut", lut)
+    assert_refused(result, 1, "exists already", "--overwrite")
+    assert not lut.exists()  # refused before the LUT was fitted and saved
+    assert_refused(run("fit", NAIP, LANDSAT, "-o", matched["lut"]), 1, "--overwrite")
+
+
+def test_overwrite_replaces(matched, tmp_path):
+    out = tmp_path / "twice.tif"
+    assert_ok(run("-q", "apply", NAIP, matched["lut"], "-o", out))
+    assert_refused(run("apply", NAIP, matched["lut"], "-o", out), 1, "exists already")
+    assert_ok(run("-q", "apply", NAIP, matched["lut"], "-o", out, "--overwrite"))
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragments"),
+    [
+        (["match", NAIP, LANDSAT, "-o", NAIP, "--overwrite"], 1, ["refusing", "input"]),
+        (["match", "missing.tif", LANDSAT, "-o", "x.tif"], 2, ["missing.tif", "does not exist"]),
+        (["info", "missing.zarr"], 2, ["does not exist"]),
+        (["match", NAIP, LANDSAT, "-o", "x.tif", "--bands", "0,1"], 2, ["--bands", "from 1"]),
+        (["match", NAIP, LANDSAT, "-o", "x.tif", "--bands", "r,g"], 2, ["--bands"]),
+        (["match", NAIP, LANDSAT, "-o", "x.tif", "--bands", "1,5"], 1, ["3 bands", "[5]"]),
+        (["match", NAIP, ARRNORM, "-o", "x.tif"], 1, ["3 bands", "has 4", "--reference-bands"]),
+        (["match", NAIP, LANDSAT, "-o", "x.png"], 2, ["suffix", ".zarr"]),
+        (["match", NAIP, LANDSAT, "-o", "x.zarr", "--cog"], 2, ["--cog"]),
+        (["match", NAIP, LANDSAT, "-o", "no/such/dir/x.tif"], 1, ["does not exist"]),
+        (["match", NAIP, LANDSAT, "-o", "x.tif", "--workers", "2", "--scheduler", "tcp://h:1"],
+         2, ["--workers", "--scheduler"]),
+        (["equalize", NAIP, "-o", "x.tif", "--range", "9,1"], 2, ["--range", "lo < hi"]),
+        (["match", NAIP, LANDSAT, "-o", "x.tif", "--chunks", "huge"], 2, ["--chunks"]),
+    ],
+)  # fmt: skip
+def test_refusals_are_one_line(args, exit_code, fragments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_refused(run(*args), exit_code, *fragments)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporaries left
+
+
+def test_refuses_a_corrupt_lut(matched, tmp_path):
+    not_json = tmp_path / "truncated.json"
+    not_json.write_text(matched["lut"].read_text()[:100])
+    result = run("apply", NAIP, not_json, "-o", tmp_path / "a.tif")
+    assert_refused(result, 1, "truncated.json", "not readable JSON")
+
+    edited = json.loads(matched["lut"].read_text())
+    edited["table"][0]["value"][1] += 1  # one output level changed by hand
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(edited))
+    result = run("apply", NAIP, tampered, "-o", tmp_path / "a.tif")
+    assert_refused(result, 1, "tampered.json", "modified")
+    assert not (tmp_path / "a.tif").exists()
+
+
+def test_verbose_shows_the_exception(matched):
+    result = run("match", NAIP, LANDSAT, "-o", matched["output"], "--verbose")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, OutputExistsError)  # raised through: a traceback
+
+
+def test_ctrl_c_exits_130(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rastermatch.pipeline, "match_files", interrupted)
+    result = run("match", NAIP, LANDSAT, "-o", tmp_path / "x.tif")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "Interrupted."
+
+
+def test_version():
+    result = run("--version")
+    assert_ok(result)
+    assert rastermatch.__version__ in result.stdout
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    result = run("demo", "-o", tmp_path)
+    assert_ok(result)
+    for name in ("naip_to_landsat", "landsat_to_composite"):
+        assert f"== {name}" in result.stdout
+        for suffix in (".tif", ".zarr", ".lut.json", ".report.png"):
+            path = tmp_path / f"{name}{suffix}"
+            assert path.exists() and str(path) in result.stdout
+        tif, _ = values(tmp_path / f"{name}.tif")
+        zarr, _ = values(tmp_path / f"{name}.zarr")
+        np.testing.assert_array_equal(tif, zarr)
+    assert_refused(run("demo", "-o", tmp_path), 1, "exists already", "--overwrite")
+
+
+@pytest.mark.slow
+def test_workers_give_bit_identical_output(matched, tmp_path):
+    out = tmp_path / "cluster.tif"
+    lut = tmp_path / "cluster.lut.json"
+    result = run("match", NAIP, LANDSAT, "-o", out, "--lut", lut, "--workers", "2")
+    assert_ok(result)
+    assert "dask dashboard: http" in result.stderr
+    cluster_values, cluster_nodata = values(out)
+    thread_values, thread_nodata = values(matched["output"])
+    np.testing.assert_array_equal(cluster_values, thread_values)
+    assert cluster_values.dtype == thread_values.dtype and cluster_nodata == thread_nodata
+    assert lut.read_bytes() == matched["lut"].read_bytes()
+
+
+@pytest.mark.slow
+def test_scheduler_address(matched, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        out = tmp_path / "remote.zarr"
+        result = run("-q", "match", NAIP, LANDSAT, "-o", out, "--scheduler",
+                     cluster.scheduler_address)  # fmt: skip
+        assert_ok(result)
+    np.testing.assert_array_equal(values(out)[0], values(matched["output"])[0])
+
+
+@pytest.mark.slow
+def test_console_script_as_a_process(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def cli(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rastermatch", *map(str, args)],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        )  # fmt: skip
+
+    info = cli("info", "--json", LANDSAT)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["dtype"] == "uint16"
+
+    done = cli("match", NAIP, LANDSAT, "-o", "out.zarr")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr
+    assert "KS after" in done.stdout
+    assert rastermatch.open_raster(tmp_path / "out.zarr").dtype == np.uint16

@@ -1,0 +1,79 @@
+"""The scripts in pipelines/, each run as a process on the sample scenes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rastermatch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+PIPELINES = REPO / "pipelines"
+
+pytestmark = pytest.mark.slow  # each test starts a Python process (and one a cluster)
+
+
+def script(name: str, *args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("MPLBACKEND", None)  # the walkthrough selects Agg itself
+    done = subprocess.run(
+        [sys.executable, str(PIPELINES / name), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def test_normalize_folder(tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for name in ("riohist_source1_naip.tif", "rasterio_RGB.byte.tif"):  # 3 bands each
+        (scenes / name).symlink_to(DATA / name)
+    out = tmp_path / "normalized"
+    done = script("normalize_folder.py", scenes, DATA / "riohist_reference1_landsat.tif", out,
+                  cwd=tmp_path)  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all("KS" in line for line in lines)
+    for stem in ("riohist_source1_naip", "rasterio_RGB.byte"):
+        data = rastermatch.open_raster(out / f"{stem}.zarr")
+        assert data.dtype == np.uint16 and data.sizes["band"] == 3
+        assert rastermatch.read_provenance(out / f"{stem}.zarr")["method"] == "nearest"
+
+
+def test_cluster_job(tmp_path):
+    out = tmp_path / "matched.zarr"
+    done = script(
+        "cluster_job.py", DATA / "arrnorm_target.tif", DATA / "arrnorm_ref_adjusted2target.tif",
+        out, "--workers", "2", "--nodata", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert "dashboard: http" in done.stdout
+    assert "KS after" in done.stdout
+    matched = rastermatch.open_raster(out)
+    assert matched.shape == (4, 349, 536) and matched.dtype == np.uint16
+    # the same as the threaded job
+    threaded = rastermatch.match_histograms(
+        rastermatch.open_raster(DATA / "arrnorm_target.tif"),
+        rastermatch.open_raster(DATA / "arrnorm_ref_adjusted2target.tif"),
+        nodata=0,
+    )
+    np.testing.assert_array_equal(matched.values, threaded.values)
+
+
+def test_walkthrough(tmp_path):
+    out = tmp_path / "walkthrough"
+    done = script("walkthrough.py", "--outdir", out, cwd=tmp_path)
+    assert "KS after" in done.stdout
+    for name in ("histograms.png", "lut.png", "report.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert rastermatch.LUT.load(out / "naip_to_landsat.lut.json").nbands == 3
+    assert rastermatch.open_raster(out / "matched.zarr").dtype == np.uint16
