@@ -34,7 +34,8 @@ def _as_dask(src: BandArray) -> da.Array:
         return src.array
     _, ny, nx = src.array.shape
     rows = max(1, min(ny, _STRIPE_PIXELS // max(nx, 1)))
-    return da.from_array(src.array, chunks=(1, rows, nx))
+    # name=False: a random name instead of hashing every byte of a large in-memory array
+    return da.from_array(src.array, chunks=(1, rows, nx), name=False)
 
 
 def _scheduler(*inputs: BandArray) -> str | None:
@@ -91,7 +92,7 @@ def _mask(mask: Any, src: BandArray, name: str) -> Any:
     m = as_band_mask(mask, src, name=name)
     if not src.is_dask:  # numpy input is chunked in _as_dask: chunk the mask alike
         arr = _as_dask(src)
-        m = da.from_array(m, chunks=(-1, *arr.chunks[1:]))
+        m = da.from_array(m, chunks=(-1, *arr.chunks[1:]), name=False)
     return m
 
 
