@@ -13,6 +13,7 @@ __all__ = [
     "BinningMismatchError",
     "DimensionError",
     "LUTFileError",
+    "MissingDependencyError",
     "NoValidPixelsError",
     "NodataConflictError",
     "OutputExistsError",
@@ -55,6 +56,10 @@ class NodataConflictError(RastermatchError, ValueError):
 
 class LUTFileError(RastermatchError, ValueError):
     """A LUT file is malformed, inconsistent or was modified after it was written."""
+
+
+class MissingDependencyError(RastermatchError, ImportError):
+    """An optional dependency (matplotlib for plots and reports) is not installed."""
 
 
 class RasterReadError(RastermatchError, OSError):

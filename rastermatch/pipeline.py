@@ -260,6 +260,10 @@ def match_files(
     >>> result.output.name, all(r["ks_after"] < 0.01 < r["ks_before"] for r in result.quality)
     ('matched.tif', True)
     """
+    if report is not None:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # before any work, not after the output is written
     fitted = fit_files(
         source, reference, method=method, levels=levels, nodata=nodata,
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,

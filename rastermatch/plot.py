@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._data import as_band_array
-from .errors import BandMismatchError, RastermatchError
+from .errors import BandMismatchError, MissingDependencyError, RastermatchError
 from .histogram import Histogram
 from .lut import LUT
 from .metrics import _significant, matched_histogram
@@ -53,8 +53,19 @@ _RC = {
 }
 
 
+def require_matplotlib() -> None:
+    """Fail early, with the install command, when the ``plot`` extra is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "plots and reports need matplotlib: pip install 'rastermatch[plot]'"
+        ) from None
+
+
 def _axes(ax: Axes | None) -> Axes:
     """``ax``, else pyplot's current axes if the caller uses pyplot, else a new Figure's axes."""
+    require_matplotlib()
     if ax is not None:
         return ax
     pyplot = sys.modules.get("matplotlib.pyplot")
@@ -209,6 +220,7 @@ def figure_png(plot_fn: Callable[..., Any], *, figsize: tuple[float, float] = (6
     >>> figure_png(h.plot)[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
     """
+    require_matplotlib()
     import matplotlib as mpl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -461,6 +473,7 @@ def report_figure(
     >>> len(fig.subfigs), len(fig.subfigs[0].axes)
     (2, 5)
     """
+    require_matplotlib()
     import matplotlib as mpl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
