@@ -103,8 +103,12 @@ def apply_block(
     nodata: Any,
     out_nodata: Any,
     out_dtype: np.dtype,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Map one ``(band, y, x)`` block; ``table`` and ``lohi`` hold the block's bands' rows."""
+    """Map one ``(band, y, x)`` block; ``table`` and ``lohi`` hold the block's bands' rows.
+
+    ``out``, when given, receives the result (a view of a larger output, say).
+    """
     from .histogram import _kernel_nodata
     from .lut import cast_values
 
@@ -116,17 +120,37 @@ def apply_block(
         invalid = np.isnan(values)
         if dtype.kind != "f":
             values[invalid] = 0  # overwritten below; keeps the cast free of NaN
-        out = cast_values(values, dtype)
+        result = cast_values(values, dtype)
         if out_nodata is not None:
-            out[invalid] = out_nodata
+            result[invalid] = out_nodata
+        if out is None:
+            return result
+        out[...] = result
         return out
-    out = np.empty(block.shape, dtype=dtype)
+    if out is None:
+        out = np.empty(block.shape, dtype=dtype)
     fill = dtype.type(np.nan if out_nodata is None and dtype.kind == "f" else (out_nodata or 0))
     if binning_kind == "levels":
         _apply_levels(block, table, offset, nd, has_nd, fill, out)
     else:
         _apply_bins(block, table, lohi, nd, has_nd, fill, out)
     return out
+
+
+def block_arguments(
+    lut: LUT, *, nodata: Any, out_nodata: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """What :func:`apply_block` needs besides the block: table rows, ranges and options."""
+    b = lut.source_binning
+    kwargs = dict(
+        kind=lut.kind,
+        binning_kind=b.kind,
+        offset=b.offset if b.kind == "levels" else 0,
+        nodata=nodata,
+        out_nodata=out_nodata,
+        out_dtype=lut.dtype,
+    )
+    return lut.table, np.stack([b.lo, b.hi], axis=1), kwargs
 
 
 def apply_lut_array(
@@ -153,16 +177,7 @@ def apply_lut_array(
             f"the data has {array.shape[0]} bands and the LUT {lut.nbands}; select the bands "
             "the LUT was fitted on"
         )
-    table = lut.table
-    lohi = np.stack([b.lo, b.hi], axis=1)
-    kwargs = dict(
-        kind=lut.kind,
-        binning_kind=b.kind,
-        offset=b.offset if b.kind == "levels" else 0,
-        nodata=nodata,
-        out_nodata=out_nodata,
-        out_dtype=lut.dtype,
-    )
+    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
     if isinstance(array, np.ndarray):
         return apply_block(array, table, lohi, **kwargs)
     token = tokenize(table, lohi, lut.dtype)

@@ -217,15 +217,19 @@ def _count_levels(block, offset, nodata, has_nodata, mask, has_mask, out):  # pr
     for b in range(nb):
         mb = b if mask.shape[0] > 1 else 0
         ob = out[b]
-        if not has_nodata and not has_mask:
+        if not has_mask:
+            # no test per pixel: an unsigned index spares numba's negative-index wraparound,
+            # and nodata is counted like any level, its bin cleared after the loop
             for i in range(ny):
                 for j in range(nx):
-                    ob[block[b, i, j] - offset] += 1
+                    ob[np.uint64(np.int64(block[b, i, j]) - offset)] += 1
+            if has_nodata:
+                ob[np.int64(nodata) - offset] = 0
         else:
             for i in range(ny):
                 for j in range(nx):
                     v = block[b, i, j]
-                    if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
+                    if (has_nodata and v == nodata) or mask[mb, i, j]:
                         continue
                     ob[v - offset] += 1
 

@@ -9,6 +9,8 @@ until the LUT exists.
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any
 
 import dask
@@ -16,26 +18,39 @@ import dask.array as da
 import numpy as np
 
 from ._data import BandArray, as_band_array, as_band_mask
-from .apply import apply_lut_array, resolve_out_nodata
+from .apply import apply_block, apply_lut_array, block_arguments, resolve_out_nodata
 from .errors import BandMismatchError
 from .histogram import Binning, Histogram, band_histograms, band_ranges, default_binning
 from .lut import LUT, Levels, Method
 
 __all__ = ["equalize", "fit_lut", "match_histograms", "uniform_histogram"]
 
-# numpy input is split into row stripes of about this many pixels, so that the threaded
-# scheduler can count and map them in parallel (large enough that per-task cost is negligible)
-_STRIPE_PIXELS = 4 * 1024 * 1024
+
+def _stripes(shape: tuple[int, int, int]) -> list[tuple[int, slice]]:
+    """How numpy input is cut for the threads: ``(band, rows)`` pieces, as few as keep every
+    thread busy. Each piece costs a fresh 65,536-bin count array, and fresh memory is slow to
+    touch, so bands are split into row stripes only when there are fewer of them than twice
+    the threads."""
+    nbands, ny, _ = shape
+    threads = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    rows = max(1, -(-ny // max(1, -(-2 * threads // nbands))))
+    starts = range(0, max(ny, 1), rows)
+    return [(b, slice(y, min(y + rows, ny))) for b in range(nbands) for y in starts]
 
 
 def _as_dask(src: BandArray) -> da.Array:
-    """numpy input as a dask array of one band by a stripe of rows per block."""
+    """numpy input as a dask array whose blocks are the :func:`_stripes` of it."""
     if src.is_dask:
         return src.array
-    _, ny, nx = src.array.shape
-    rows = max(1, min(ny, _STRIPE_PIXELS // max(nx, 1)))
-    # name=False: a random name instead of hashing every byte of a large in-memory array
-    return da.from_array(src.array, chunks=(1, rows, nx), name=False)
+    arr = src.array
+    pieces = _stripes(arr.shape)
+    # A graph of views of the caller's array: da.from_array would copy it, and hash every
+    # byte to name it. A random name is right for an array that lives only for this call.
+    name = f"rastermatch-numpy-{uuid.uuid4().hex}"
+    rows = tuple(s.stop - s.start for b, s in pieces if b == 0)
+    graph = {(name, b, i % len(rows), 0): arr[b : b + 1, s] for i, (b, s) in enumerate(pieces)}
+    chunks = ((1,) * arr.shape[0], rows, (arr.shape[2],))
+    return da.Array(graph, name, chunks, meta=arr[:0, :0, :0])
 
 
 def _scheduler(*inputs: BandArray) -> str | None:
@@ -97,12 +112,21 @@ def _mask(mask: Any, src: BandArray, name: str) -> Any:
 
 
 def _apply(src: BandArray, lut: LUT, out_nodata: Any, scheduler: str | None) -> Any:
-    result = apply_lut_array(_as_dask(src), lut, nodata=src.nodata, out_nodata=out_nodata)
-    if not src.is_dask:
-        out = np.empty(result.shape, dtype=result.dtype)
-        da.store(result, out, lock=False, scheduler=scheduler)
-        result = out
-    return src.wrap(result, nodata=out_nodata)
+    if src.is_dask:
+        result = apply_lut_array(src.array, lut, nodata=src.nodata, out_nodata=out_nodata)
+        return src.wrap(result, nodata=out_nodata)
+    # numpy in: every piece is mapped by a thread straight into the one output array
+    out = np.empty(src.array.shape, dtype=lut.dtype)
+    table, lohi, kwargs = block_arguments(lut, nodata=src.nodata, out_nodata=out_nodata)
+    pieces = [
+        dask.delayed(apply_block, pure=False)(
+            src.array[b : b + 1, s], table[b : b + 1], lohi[b : b + 1], out=out[b : b + 1, s],
+            **kwargs,
+        )
+        for b, s in _stripes(src.array.shape)
+    ]  # fmt: skip
+    dask.compute(*pieces, scheduler=scheduler)
+    return src.wrap(out, nodata=out_nodata)
 
 
 def fit_lut(
