@@ -995,8 +995,16 @@ def _write_zarr(job: _WriteJob, tmp: Path) -> None:
             message="Consolidated metadata is currently not part",
             category=ZarrUserWarning,
         )
+        # write_empty_chunks: skipping chunks equal to the fill value costs a full comparison
+        # of every chunk on zarr's one event-loop thread (18 % of a Zarr-to-Zarr match)
         dataset.to_zarr(
-            tmp, mode="w-", zarr_format=3, consolidated=True, compute=True, encoding=encoding
+            tmp,
+            mode="w-",
+            zarr_format=3,
+            consolidated=True,
+            compute=True,
+            encoding=encoding,
+            write_empty_chunks=True,
         )
 
 
