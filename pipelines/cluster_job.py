@@ -31,10 +31,10 @@ import contextlib
 import sys
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from rastermatch import RastermatchError
-from rastermatch.pipeline import match_files
+from rastermatch.pipeline import local_cluster, match_files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,14 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler:
             client = stack.enter_context(Client(args.scheduler))
         else:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=args.workers,
-                    threads_per_worker=args.threads_per_worker,
-                    dashboard_address=":0",
-                )
+            client = stack.enter_context(
+                local_cluster(args.workers, threads_per_worker=args.threads_per_worker)
             )
-            client = stack.enter_context(Client(cluster))
         print(f"dashboard: {client.dashboard_link}", flush=True)
         result = match_files(
             args.source,

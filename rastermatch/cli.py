@@ -248,22 +248,16 @@ def dask_cluster(
         yield None
         return
     from dask.system import CPU_COUNT
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     with contextlib.ExitStack() as stack:
         if scheduler is not None:
             client = stack.enter_context(Client(scheduler))
         else:
             assert workers is not None
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=max(1, CPU_COUNT // workers),
-                    processes=True,
-                    dashboard_address=":0",  # any free port: never collides with another job
-                )
+            client = stack.enter_context(
+                pipeline.local_cluster(workers, threads_per_worker=max(1, CPU_COUNT // workers))
             )
-            client = stack.enter_context(Client(cluster))
         if not quiet:
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         yield client

@@ -42,6 +42,7 @@ __all__ = [
     "apply_file",
     "equalize_file",
     "fit_files",
+    "local_cluster",
     "match_files",
     "raster_info",
     "run_demo",
@@ -94,6 +95,51 @@ def progress(enabled: bool) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def local_cluster(
+    n_workers: int = 2, threads_per_worker: int | None = None, **kwargs: Any
+) -> Iterator[Any]:
+    """A ``distributed.LocalCluster`` of worker processes set up for raster jobs, and its client.
+
+    Two settings differ from distributed's defaults, both measured on these jobs:
+
+    - workers keep glibc's adaptive memory trimming: distributed sets
+      ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers, which makes every decoded chunk a fresh
+      ``mmap`` paid in page faults (a Zarr-to-Zarr match ran 1.6x the threaded time with it,
+      1.1x without);
+    - GDAL's block cache is bounded to :data:`GDAL_CACHE_MB` in every worker, as in this
+      process during a job.
+
+    Both cluster and client are closed on exit. For a cluster deployed elsewhere, set the
+    same two environment variables on its workers.
+    """
+    from distributed import Client, LocalCluster
+
+    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    settings = {
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+        "distributed.nanny.environ.GDAL_CACHEMAX": str(GDAL_CACHE_MB),
+    }
+    kwargs.setdefault("dashboard_address", ":0")  # any free port: never collides with a job
+    try:
+        with (
+            dask.config.set(settings),
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                **kwargs,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+    finally:
+        # the nanny writes its pre-spawn environment into this process's os.environ
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        if saved is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
 
 
 def compute(*collections: Any, show_progress: bool = False) -> tuple[Any, ...]:

@@ -24,12 +24,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
+    from rastermatch.pipeline import local_cluster
+
+    with local_cluster(2, threads_per_worker=1, dashboard_address=None) as c:
         yield c
 
 
