@@ -1,0 +1,1100 @@
+#!/usr/bin/env python
+"""Benchmark rastermatch against its peers and I/O floors, side by side in one process run.
+
+Stages (``--stages``, all by default):
+
+1. in memory: ``rastermatch.match_histograms(src, ref, nodata=0, reference_nodata=0)`` on numpy
+   arrays vs ``skimage.exposure.match_histograms`` band by band (``channel_axis=None`` per band,
+   the float64 result stored into a uint16 output, as scikit-image's own ``channel_axis`` path
+   does);
+2. the histogram kernel: ``rastermatch.band_histograms`` on one numpy band (one thread) and on
+   the dask-chunked scene (threaded scheduler) vs the memory-read floor ``x.max()``;
+3. Zarr -> Zarr: ``rastermatch.pipeline.match_files`` vs the two-pass I/O floor (read source and
+   reference once, then copy the source with ``rastermatch.write_raster``);
+4. GeoTIFF -> GeoTIFF: the same, plus rioxarray's ``to_raster`` writing the matched result;
+5. peak RSS of Zarr -> Zarr and GeoTIFF -> GeoTIFF jobs in a child process (its VmHWM), for
+   two scene sizes (``--memory-sizes``; 16x the pixels between them); run last, because its
+   large scene evicts the other inputs from the page cache;
+6. threaded scheduler vs a 2-process ``distributed.LocalCluster`` for Zarr -> Zarr, with the
+   outputs compared pixel for pixel.
+
+Every ratio compares two things measured in the same run, repeats interleaved (A B, B A, ...) so
+that drift hits both alike; times are medians after an untimed warm-up. These are
+measurements, not tests: a missed target is reported, never raised.
+
+Uses only the public API (``rastermatch``, ``rastermatch.pipeline``, ``rastermatch.io``) and the
+peers. Inputs are generated once into ``--workdir`` and reused. The full run (~8 min on 2
+cores once the inputs exist, half of it rioxarray's ``to_raster`` in stage 4; generating the
+inputs adds ~3 min)::
+
+    python pipelines/benchmark.py --size 8192 --memory-sizes 4096,16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+import xarray as xr
+
+import rastermatch
+import rastermatch.io
+import rastermatch.pipeline
+from rastermatch.pipeline import local_cluster, match_files
+
+_START_ENVIRON = dict(os.environ)
+GENERATOR_VERSION = 1  # bump when the synthetic scenes change: cached inputs are regenerated
+SEED = 20_240_601
+REPO = Path(__file__).resolve().parent.parent
+MiB = 2**20
+GB = 1e9
+
+
+# -- synthetic scenes -------------------------------------------------------------------------
+#
+# A scene is a smooth field (a few long-wavelength sinusoids, every one of them separable into a
+# row vector times a column vector, so a block costs a few outer products) plus Gaussian noise,
+# 12-bit values in uint16, and a nodata border of zeros around a slanted footprint, as in an
+# orthorectified swath. The reference is another field mapped through a gamma curve (skewed to
+# the dark end) with its own footprint: a differently distributed scene. Every block depends
+# only on its position and the seed, so a scene can be made block by block, in any order.
+
+
+def _phases(role: int, band: int) -> np.ndarray:
+    return np.random.default_rng([SEED, role, band]).uniform(0.0, 1.0, 4)
+
+
+def _field(role: int, band: int, y0: int, y1: int, x0: int, x1: int, size: int) -> np.ndarray:
+    """The smooth field in about [0, 1], float32, ``(y1 - y0, x1 - x0)``."""
+    ph = _phases(role, band)
+    u = (np.arange(x0, x1, dtype=np.float64) + 0.5) / size
+    v = (np.arange(y0, y1, dtype=np.float64) + 0.5) / size
+    tau = 2.0 * np.pi
+
+    def outer(col: np.ndarray, row: np.ndarray, weight: float, out: np.ndarray | None) -> Any:
+        col32 = (weight * col).astype(np.float32)
+        row32 = row.astype(np.float32)
+        if out is None:
+            return np.multiply.outer(col32, row32)
+        out += np.multiply.outer(col32, row32)
+        return out
+
+    # 0.5 + 0.22 cos(2pi(0.9v + p1)) sin(2pi(1.3u + p0))
+    f = outer(np.cos(tau * (0.9 * v + ph[1])), np.sin(tau * (1.3 * u + ph[0])), 0.22, None)
+    f += np.float32(0.5)
+    # 0.15 sin(2pi(3.1(u + v) + p2)) = 0.15 (cos B sin A + sin B cos A)
+    a, b = tau * (3.1 * u + ph[2]), tau * 3.1 * v
+    outer(np.cos(b), np.sin(a), 0.15, f)
+    outer(np.sin(b), np.cos(a), 0.15, f)
+    # 0.08 cos(2pi(7.3u - 5.1v) + p3) = 0.08 (cos C cos D + sin C sin D)
+    c, d = tau * (7.3 * u + ph[3]), tau * 5.1 * v
+    outer(np.cos(d), np.cos(c), 0.08, f)
+    outer(np.sin(d), np.sin(c), 0.08, f)
+    return f
+
+
+def _footprint(role: int, y0: int, y1: int, x0: int, x1: int, size: int) -> np.ndarray:
+    """True inside the valid footprint (a slanted parallelogram), ``(y1 - y0, x1 - x0)``."""
+    t = (np.arange(y0, y1, dtype=np.float64) + 0.5) / size
+    xs = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
+    if role == 0:
+        left, right, top, bottom = 0.03 + 0.07 * t, 0.90 + 0.07 * t, 0.02, 0.98
+    else:
+        left, right, top, bottom = 0.09 - 0.06 * t, 0.96 - 0.06 * t, 0.01, 0.97
+    inside = (xs >= (left * size)[:, None]) & (xs < (right * size)[:, None])
+    inside &= ((t >= top) & (t < bottom))[:, None]
+    return inside
+
+
+def synth_block(role: int, band: int, y0: int, y1: int, x0: int, x1: int, size: int) -> np.ndarray:
+    """One band of one block of the source (role 0) or the reference (role 1), uint16."""
+    f = _field(role, band, y0, y1, x0, x1, size)
+    noise = np.random.default_rng([SEED, role, band, y0, x0]).standard_normal(
+        f.shape, dtype=np.float32
+    )
+    if role == 0:  # source: linear, per-band gain and offset
+        noise *= np.float32(0.04)
+        f += noise
+        f *= np.float32(2300 + 150 * band)
+        f += np.float32(250 + 60 * band)
+    else:  # reference: gamma-shaped, skewed to the dark end
+        noise *= np.float32(0.05)
+        f += noise
+        np.clip(f, 0.0, 1.0, out=f)
+        np.power(f, np.float32(1.6 + 0.25 * band), out=f)
+        f *= np.float32(3900)
+        f += np.float32(80)
+    np.rint(f, out=f)
+    np.clip(f, 1, 4095, out=f)
+    out = f.astype(np.uint16)
+    out[~_footprint(role, y0, y1, x0, x1, size)] = 0
+    return out
+
+
+def _synth_chunk(block: np.ndarray, block_info: Any = None, *, role: int, size: int) -> np.ndarray:
+    (b0, b1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    out = np.empty(block.shape, dtype=np.uint16)
+    for b in range(b0, b1):
+        out[b - b0] = synth_block(role, b, y0, y1, x0, x1, size)
+    return out
+
+
+def synth_scene(role: int, size: int, bands: int, chunk: int) -> xr.DataArray:
+    """A lazy, georeferenced ``(band, y, x)`` scene, one task per ``1 x chunk x chunk`` block."""
+    grid = da.zeros((bands, size, size), chunks=(1, chunk, chunk), dtype=np.uint8)
+    data = grid.map_blocks(
+        _synth_chunk, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16), role=role, size=size
+    )
+    res = 10.0
+    scene = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={
+            "band": np.arange(1, bands + 1),
+            "y": 5_000_000.0 - res * (np.arange(size) + 0.5),
+            "x": 500_000.0 + res * (np.arange(size) + 0.5),
+        },
+        name="reflectance",
+    )
+    scene = scene.rio.write_crs("EPSG:32633")
+    scene = scene.rio.write_transform()
+    return scene.rio.write_nodata(0, encoded=False)
+
+
+def scene_paths(workdir: Path, size: int, bands: int, chunk: int) -> dict[str, Path]:
+    base = workdir / f"scene-{size}x{size}x{bands}-c{chunk}-v{GENERATOR_VERSION}"
+    return {
+        "dir": base,
+        "src.zarr": base / "src.zarr",
+        "ref.zarr": base / "ref.zarr",
+        "src.tif": base / "src.tif",
+        "ref.tif": base / "ref.tif",
+        "manifest": base / "manifest.json",
+    }
+
+
+def ensure_scene(workdir: Path, size: int, bands: int, chunk: int, log: Callable) -> dict:
+    """Generate the source and reference as Zarr and GeoTIFF once; reuse them afterwards.
+
+    Zarr is written by ``write_raster`` (the codec and chunking rastermatch writes), block by
+    block from the lazy generator; the GeoTIFF (tiled 512, ZSTD, horizontal predictor) is then
+    copied from the Zarr store, so no step holds more than a few blocks in memory.
+    """
+    paths = scene_paths(workdir, size, bands, chunk)
+    if paths["manifest"].exists():
+        manifest = json.loads(paths["manifest"].read_text())
+        log(f"  reusing {paths['dir']} (generated in {manifest['seconds']:.0f} s)")
+        return paths | {"manifest_data": manifest}
+    if paths["dir"].exists():
+        shutil.rmtree(paths["dir"])
+    paths["dir"].mkdir(parents=True)
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        for role, name in ((0, "src"), (1, "ref")):
+            t = time.perf_counter()
+            rastermatch.write_raster(synth_scene(role, size, bands, chunk), paths[f"{name}.zarr"])
+            t_zarr = time.perf_counter() - t
+            t = time.perf_counter()
+            rastermatch.write_raster(
+                rastermatch.open_raster(paths[f"{name}.zarr"]), paths[f"{name}.tif"]
+            )
+            log(
+                f"  generated {name}: zarr {t_zarr:.1f} s, tif {time.perf_counter() - t:.1f} s "
+                f"({size}x{size}x{bands})"
+            )
+    manifest = {
+        "size": size,
+        "bands": bands,
+        "chunk": chunk,
+        "generator_version": GENERATOR_VERSION,
+        "seconds": time.perf_counter() - t0,
+        "bytes_on_disk": {k: _du(paths[k]) for k in ("src.zarr", "ref.zarr", "src.tif", "ref.tif")},
+    }
+    paths["manifest"].write_text(json.dumps(manifest, indent=1))
+    return paths | {"manifest_data": manifest}
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def load_numpy(path: Path) -> np.ndarray:
+    """A stored scene as one numpy array, written block by block into a pre-touched output."""
+    scene = rastermatch.open_raster(path)
+    out = np.empty(scene.shape, dtype=scene.dtype)
+    out.fill(0)
+    da.store(scene.data, out, lock=False, scheduler="threads")
+    return out
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """High-water mark of the RSS (this process, or this process and its children) while inside."""
+
+    def __init__(
+        self, tree: bool = False, interval: float = 0.02, pids: Sequence[int] = ()
+    ) -> None:
+        self.tree = tree
+        self.pids = list(pids)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def _rss(self) -> int:
+        if self.pids:
+            total = 0
+            for pid in self.pids:
+                with contextlib.suppress(psutil.Error):
+                    total += psutil.Process(pid).memory_info().rss
+            return total
+        rss = self._proc.memory_info().rss
+        if self.tree:
+            for child in self._proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+        return rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+class Case:
+    """One thing to time: ``fn()``, with an untimed ``setup()`` before every call."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        setup: Callable[[], Any] | None = None,
+        tree: bool = False,
+    ) -> None:
+        self.name, self.fn, self.setup, self.tree = name, fn, setup, tree
+        self.pids: list[int] = []  # processes whose RSS is summed (default: this one)
+        self.times: list[float] = []
+        self.peaks: list[int] = []
+        self.warmup: float | None = None
+
+    def run(self) -> tuple[float, int]:
+        if self.setup is not None:
+            self.setup()
+        gc.collect()
+        with PeakRSS(self.tree, pids=self.pids) as mem:
+            t0 = time.perf_counter()
+            self.fn()
+            t = time.perf_counter() - t0
+        return t, mem.peak
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median_s": self.median,
+            "times_s": self.times,
+            "warmup_s": self.warmup,
+            "peak_rss_bytes": self.peak,
+        }
+
+
+def measure(cases: Sequence[Case], repeats: int, log: Callable, warmup: bool = True) -> None:
+    """Warm every case up once (untimed), then time them interleaved, alternating the order."""
+    if warmup:
+        for case in cases:
+            case.warmup, _ = case.run()
+            log(f"    warm-up {case.name}: {case.warmup:.3f} s")
+    for r in range(repeats):
+        for case in cases if r % 2 == 0 else list(reversed(cases)):
+            t, peak = case.run()
+            case.times.append(t)
+            case.peaks.append(peak)
+    for case in cases:
+        spread = ", ".join(f"{t:.3f}" for t in case.times)
+        log(f"    {case.name}: median {case.median:.3f} s  [{spread}]")
+
+
+def remove(*paths: Path) -> Callable[[], None]:
+    def setup() -> None:
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+    return setup
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}
+
+    def add(
+        self,
+        stage: str,
+        what: str,
+        time_s: float | None,
+        pixels: int | None,
+        *,
+        peer: str | None = None,
+        peer_time_s: float | None = None,
+        ratio: float | None = None,
+        ratio_label: str = "",
+        peak_rss: int | None = None,
+        target: str = "",
+        met: bool | None = None,
+        ns_px: float | None = None,
+        **details: Any,
+    ) -> None:
+        if ns_px is None and time_s is not None and pixels:
+            ns_px = time_s / pixels * 1e9
+        self.rows.append(
+            {
+                "stage": stage,
+                "what": what,
+                "time_s": time_s,
+                "ns_per_px": ns_px,
+                "peer": peer,
+                "peer_time_s": peer_time_s,
+                "ratio": ratio,
+                "ratio_label": ratio_label,
+                "peak_rss_bytes": peak_rss,
+                "target": target,
+                "met": met,
+                **details,
+            }
+        )
+
+    def table(self) -> str:
+        head = (
+            "stage",
+            "what",
+            "time s",
+            "ns/px",
+            "peer / floor",
+            "peer s",
+            "ratio",
+            "peak RSS",
+            "target",
+            "",
+        )
+        lines = []
+        for r in self.rows:
+            lines.append(
+                (
+                    r["stage"],
+                    r["what"],
+                    _fmt(r["time_s"], "{:.3f}"),
+                    _fmt(r["ns_per_px"], "{:.2f}"),
+                    r["peer"] or "",
+                    _fmt(r["peer_time_s"], "{:.3f}"),
+                    (_fmt(r["ratio"], "{:.2f}") + (f" {r['ratio_label']}" if r["ratio"] else "")),
+                    _fmt(r["peak_rss_bytes"], "{:.0f} MiB", scale=1 / MiB),
+                    r["target"],
+                    {True: "met", False: "MISSED", None: ""}[r["met"]],
+                )
+            )
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        out += [fmt.format(*row) for row in lines]
+        return "\n".join(out)
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "" if value is None else spec.format(value * scale)
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def stage_in_memory(ctx: dict, res: Results) -> None:
+    from skimage.exposure import match_histograms as sk_match
+
+    src, ref = ctx["src_np"], ctx["ref_np"]
+    npx = src.size
+
+    def ours() -> None:
+        ctx["_out"] = rastermatch.match_histograms(src, ref, nodata=0, reference_nodata=0)
+
+    def skimage() -> None:
+        out = np.empty_like(src)
+        for b in range(src.shape[0]):
+            out[b] = sk_match(src[b], ref[b], channel_axis=None)
+        ctx["_out_sk"] = out
+
+    # each case drops its previous output first: only the last output of each is kept (for the
+    # comparison below), so both run with the same memory held
+    a = Case("rastermatch.match_histograms (numpy, threads)", ours, lambda: ctx.pop("_out", 0))
+    b = Case("skimage.exposure.match_histograms (per band)", skimage, lambda: ctx.pop("_out_sk", 0))
+    with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+        measure([a, b], ctx["repeats"], ctx["log"])
+    out, out_sk = ctx.pop("_out"), ctx.pop("_out_sk")
+    valid = src != 0
+    same = float(np.mean(out[valid] == out_sk[valid]))
+    nodata_kept = bool(np.all(out[~valid] == 0))
+    del out, out_sk, valid
+    speedup = b.median / a.median
+    res.add(
+        "1 in memory",
+        "rastermatch.match_histograms",
+        a.median,
+        npx,
+        peer="skimage per band",
+        peer_time_s=b.median,
+        ratio=speedup,
+        ratio_label="x faster",
+        peak_rss=a.peak,
+        target="≥ 10x faster than skimage",
+        met=speedup >= 10,
+        cases={"rastermatch": a.as_dict(), "skimage": b.as_dict()},
+        equal_to_skimage_fraction=same,
+        nodata_kept=nodata_kept,
+    )
+    res.add("1 in memory", "skimage.exposure.match_histograms", b.median, npx, peak_rss=b.peak)
+
+
+def stage_histogram(ctx: dict, res: Results) -> None:
+    src = ctx["src_np"]
+    band = src[0]
+    reps = max(ctx["repeats"], 5)
+    log = ctx["log"]
+
+    # one band, one thread: the numpy path calls the compiled kernel once on the whole band
+    h1 = Case(
+        "band_histograms(band, nodata=0)", lambda: rastermatch.band_histograms(band, nodata=0)
+    )
+    h0 = Case("band_histograms(band)", lambda: rastermatch.band_histograms(band))
+    f1 = Case("band.max()", lambda: band.max())
+    measure([h1, h0, f1], reps, log)
+    for case, what in (
+        (h1, "histogram 1 band, nodata=0, 1 thread"),
+        (h0, "histogram 1 band, no nodata, 1 thread"),
+    ):
+        ns = case.median / band.size * 1e9
+        res.add(
+            "2 histogram",
+            what,
+            case.median,
+            band.size,
+            peer="band.max()",
+            peer_time_s=f1.median,
+            ratio=case.median / f1.median,
+            ratio_label="x floor",
+            target="≤ 0.5 ns/px per core",
+            met=ns <= 0.5,
+            cases={"histogram": case.as_dict(), "floor": f1.as_dict()},
+        )
+    res.add("2 histogram", "floor band.max(), 1 thread", f1.median, band.size)
+
+    # the whole scene as dask chunks on the threaded scheduler
+    chunk = ctx["chunk"]
+    arr = da.from_array(src, chunks=(1, chunk, chunk))
+    n = ctx["threads"]
+    h2 = Case(
+        f"band_histograms(dask scene, nodata=0), {n} threads",
+        lambda: rastermatch.band_histograms(arr, nodata=0).compute(),
+    )
+    f2 = Case(f"dask scene.max(), {n} threads", lambda: arr.max().compute())
+    with dask.config.set(scheduler="threads", num_workers=n):
+        measure([h2, f2], reps, log)
+    ns = h2.median / src.size * 1e9
+    res.add(
+        "2 histogram",
+        f"histogram dask {chunk}² chunks, nodata=0, {n} threads",
+        h2.median,
+        src.size,
+        peer="dask .max()",
+        peer_time_s=f2.median,
+        ratio=h2.median / f2.median,
+        ratio_label="x floor",
+        target=f"≤ 0.5 ns/px per core (= {0.5 / n:.2f} wall)",
+        met=ns * n <= 0.5,
+        ns_per_px_per_core=ns * n,
+        cases={"histogram": h2.as_dict(), "floor": f2.as_dict()},
+    )
+    res.add("2 histogram", f"floor dask .max(), {n} threads", f2.median, src.size)
+
+    # for comparison: whole numpy bands, one band_histograms call per band on a pool of threads
+    # (no dask: no per-block counts, no tree reduction)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        bands = [src[b] for b in range(src.shape[0])]
+        h3 = Case(
+            f"band_histograms per numpy band, pool of {n}",
+            lambda: list(pool.map(lambda x: rastermatch.band_histograms(x, nodata=0), bands)),
+        )
+        measure([h3], reps, log)
+    ns = h3.median / src.size * 1e9
+    res.add(
+        "2 histogram",
+        f"(info) band_histograms per band, pool of {n} threads",
+        h3.median,
+        src.size,
+        peer="dask .max()",
+        peer_time_s=f2.median,
+        ratio=h3.median / f2.median,
+        ratio_label="x floor",
+        ns_per_px_per_core=ns * n,
+        cases={"histogram": h3.as_dict()},
+    )
+
+
+def _read_both(src: Path, ref: Path) -> None:
+    s = rastermatch.open_raster(src)
+    r = rastermatch.open_raster(ref)
+    dask.compute(s.data.max(), r.data.max())
+
+
+def _floor(src: Path, ref: Path, out: Path) -> Callable[[], None]:
+    """The two-pass I/O floor: read both inputs once, then copy the source to ``out``."""
+
+    def run() -> None:
+        _read_both(src, ref)
+        rastermatch.write_raster(rastermatch.open_raster(src), out)
+
+    return run
+
+
+def stage_zarr(ctx: dict, res: Results) -> None:
+    p, tmp = ctx["paths"], ctx["tmp"]
+    out, copy = tmp / "matched.zarr", tmp / "copy.zarr"
+    npx = ctx["npx"]
+    m = Case(
+        "match_files zarr",
+        lambda: match_files(p["src.zarr"], p["ref.zarr"], out, nodata=0),
+        setup=remove(out),
+    )
+    f = Case(
+        "floor zarr (read both + write_raster copy)",
+        _floor(p["src.zarr"], p["ref.zarr"], copy),
+        setup=remove(copy),
+    )
+    r = Case("  of which read both", lambda: _read_both(p["src.zarr"], p["ref.zarr"]))
+    with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+        measure([m, f, r], ctx["repeats"], ctx["log"])
+    ratio = m.median / f.median
+    res.add(
+        "3 zarr→zarr",
+        "match_files",
+        m.median,
+        npx,
+        peer="two-pass floor",
+        peer_time_s=f.median,
+        ratio=ratio,
+        ratio_label="x floor",
+        peak_rss=m.peak,
+        target="≤ 1.15x floor",
+        met=ratio <= 1.15,
+        cases={"match_files": m.as_dict(), "floor": f.as_dict(), "read": r.as_dict()},
+    )
+    res.add("3 zarr→zarr", "floor: read both + copy source", f.median, npx, peak_rss=f.peak)
+    res.add("3 zarr→zarr", "  floor part: read both (.max())", r.median, npx, peak_rss=r.peak)
+    ctx["zarr_threaded_time"] = m.median
+
+
+def stage_geotiff(ctx: dict, res: Results) -> None:
+    import threading as _threading
+
+    p, tmp = ctx["paths"], ctx["tmp"]
+    out, copy, rio_out = tmp / "matched.tif", tmp / "copy.tif", tmp / "matched-rio.tif"
+    npx = ctx["npx"]
+
+    def rioxarray_path() -> None:
+        matched = rastermatch.match_histograms(
+            rastermatch.open_raster(p["src.tif"]), rastermatch.open_raster(p["ref.tif"]), nodata=0
+        )
+        # rioxarray's documented dask write: tiled, with a threading lock; the same tiles,
+        # codec, predictor and GDAL threads as rastermatch's writer
+        matched.rio.to_raster(
+            rio_out,
+            tiled=True,
+            blockxsize=512,
+            blockysize=512,
+            compress="ZSTD",
+            predictor=2,
+            num_threads="all_cpus",
+            bigtiff="IF_SAFER",
+            lock=_threading.Lock(),
+        )
+
+    m = Case(
+        "match_files tif",
+        lambda: match_files(p["src.tif"], p["ref.tif"], out, nodata=0),
+        setup=remove(out),
+    )
+    f = Case(
+        "floor tif (read both + write_raster copy)",
+        _floor(p["src.tif"], p["ref.tif"], copy),
+        setup=remove(copy),
+    )
+    x = Case("match_histograms + rio.to_raster", rioxarray_path, setup=remove(rio_out))
+    r = Case("  of which read both", lambda: _read_both(p["src.tif"], p["ref.tif"]))
+    with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+        measure([m, f, x, r], ctx["repeats"], ctx["log"])
+        a, b = rastermatch.open_raster(out), rastermatch.open_raster(rio_out)
+        differing = int((a.data != b.data).sum().compute())
+    ratio = m.median / f.median
+    speedup = x.median / m.median
+    cases = {
+        "match_files": m.as_dict(),
+        "floor": f.as_dict(),
+        "to_raster": x.as_dict(),
+        "read": r.as_dict(),
+    }
+    res.add(
+        "4 tif→tif",
+        "match_files",
+        m.median,
+        npx,
+        peer="two-pass floor",
+        peer_time_s=f.median,
+        ratio=ratio,
+        ratio_label="x floor",
+        peak_rss=m.peak,
+        target="≤ 1.25x floor",
+        met=ratio <= 1.25,
+        cases=cases,
+    )
+    res.add(
+        "4 tif→tif",
+        "match_files",
+        m.median,
+        npx,
+        peer="rio.to_raster path",
+        peer_time_s=x.median,
+        ratio=speedup,
+        ratio_label="x faster",
+        peak_rss=m.peak,
+        target="≥ 2.5x faster than to_raster",
+        met=speedup >= 2.5,
+        pixels_differing_from_to_raster=differing,
+    )
+    res.add("4 tif→tif", "floor: read both + copy source", f.median, npx, peak_rss=f.peak)
+    res.add("4 tif→tif", "  floor part: read both (.max())", r.median, npx, peak_rss=r.peak)
+    res.add(
+        "4 tif→tif",
+        "match_histograms + rio.to_raster",
+        x.median,
+        npx,
+        peak_rss=x.peak,
+        pixels_differing_from_match_files=differing,
+    )
+
+
+def child_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one end-to-end job in this (child) process and report its memory high-water mark."""
+    baseline = psutil.Process().memory_info().rss
+    out = Path(spec["output"])
+    env: Any = contextlib.nullcontext()
+    if spec.get("gdal_cachemax_mb"):
+        import rasterio
+
+        env = rasterio.Env(GDAL_CACHEMAX=int(spec["gdal_cachemax_mb"]))
+    with env, PeakRSS(interval=0.01) as mem:
+        t0 = time.perf_counter()
+        match_files(spec["source"], spec["reference"], out, nodata=0)
+        elapsed = time.perf_counter() - t0
+    # VmHWM is the high-water mark of this process image. Not ru_maxrss: Linux carries it over
+    # fork + exec, so a child of a big parent reports at least the parent's RSS at fork time.
+    return {
+        "peak_rss_bytes": _vm_hwm(),
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "sampled_peak_rss_bytes": mem.peak,
+        "baseline_rss_bytes": baseline,
+        "seconds": elapsed,
+    }
+
+
+def _vm_hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-job", json.dumps(spec)]
+    # the environment this benchmark started with (a LocalCluster may have changed os.environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_START_ENVIRON)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child job failed:\n{proc.stdout}\n{proc.stderr}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"child printed no result:\n{proc.stdout}\n{proc.stderr}")
+
+
+def stage_memory(ctx: dict, res: Results) -> None:
+    sizes = ctx["memory_sizes"]
+    log, tmp = ctx["log"], ctx["tmp"]
+    # "tif+cache256": the same GeoTIFF job inside rasterio.Env(GDAL_CACHEMAX=256), for
+    # comparison (GDAL's block cache defaults to 5 % of RAM and also fills while reading)
+    variants = {"zarr": ("zarr", None), "tif": ("tif", None), "tif+cache256": ("tif", 256)}
+    by_format: dict[str, list[tuple[int, dict]]] = {k: [] for k in variants}
+    for size in sizes:
+        paths = ensure_scene(ctx["workdir"], size, ctx["bands"], ctx["chunk"], log)
+        npx = ctx["bands"] * size * size
+        for label, (fmt, cache) in variants.items():
+            out = tmp / f"mem-{size}.{fmt}"
+            remove(out)()
+            r = run_child(
+                {
+                    "source": str(paths[f"src.{fmt}"]),
+                    "gdal_cachemax_mb": cache,
+                    "reference": str(paths[f"ref.{fmt}"]),
+                    "output": str(out),
+                }
+            )
+            remove(out)()
+            log(
+                f"    {label} {size}: peak {r['peak_rss_bytes'] / MiB:.0f} MiB "
+                f"(after imports {r['baseline_rss_bytes'] / MiB:.0f} MiB), {r['seconds']:.1f} s"
+            )
+            by_format[label].append((size, r))
+            what = f"{fmt} {ctx['bands']}x{size}² child process"
+            if cache:
+                what = f"(info) {what}, GDAL_CACHEMAX={cache} MB"
+            res.add(
+                "5 memory",
+                what,
+                r["seconds"],
+                npx,
+                peak_rss=r["peak_rss_bytes"],
+                baseline_rss_bytes=r["baseline_rss_bytes"],
+                size=size,
+                child=r,
+            )
+    for label, runs in by_format.items():
+        if len(runs) < 2:
+            continue
+        (s0, r0), (s1, r1) = runs[0], runs[-1]
+        growth = r1["peak_rss_bytes"] / r0["peak_rss_bytes"]
+        met = growth <= 1.25 and r1["peak_rss_bytes"] < 1.5 * GB
+        info = label not in ("zarr", "tif")
+        res.add(
+            "5 memory",
+            f"{'(info) ' if info else ''}{label}: peak RSS {s1}² vs {s0}² "
+            f"({(s1 / s0) ** 2:.0f}x px)",
+            None,
+            None,
+            peer=f"{s0}² run",
+            ratio=growth,
+            ratio_label="x growth",
+            peak_rss=r1["peak_rss_bytes"],
+            target="" if info else "≤ 1.25x growth and < 1.5 GB",
+            met=None if info else met,
+        )
+
+
+def _cluster_pids(client: Any) -> list[int]:
+    """This process (scheduler and, in a LocalCluster, the nannies) plus the worker processes."""
+    workers = client.run(os.getpid)
+    parents = client.run(os.getppid)
+    return sorted({os.getpid(), *workers.values(), *parents.values()})
+
+
+def stage_cluster(ctx: dict, res: Results) -> None:
+    from distributed import Client, LocalCluster
+
+    p, tmp, log = ctx["paths"], ctx["tmp"], ctx["log"]
+    out_t, out_c = tmp / "matched-threads.zarr", tmp / "matched-cluster.zarr"
+    out_n = tmp / "matched-cluster-notrim.zarr"
+    npx = ctx["npx"]
+
+    def start(stack: contextlib.ExitStack, config: dict[str, Any]) -> Any:
+        """A LocalCluster and its client, workers up; ``config`` holds while they spawn."""
+        with dask.config.set(config):
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+            )
+            client = stack.enter_context(Client(cluster, set_as_default=False))
+            client.wait_for_workers(2)
+        return client
+
+    def job(out: Path, scheduler: Any) -> Callable[[], None]:
+        def run() -> None:
+            with dask.config.set(scheduler=scheduler, num_workers=ctx["threads"]):
+                match_files(p["src.zarr"], p["ref.zarr"], out, nodata=0)
+
+        return run
+
+    t0 = time.perf_counter()
+    # Two clusters up at once, timed interleaved with the threaded run: the default one, and
+    # one whose workers do not get distributed's default MALLOC_TRIM_THRESHOLD_=65536 (setting
+    # it turns off glibc's dynamic mmap threshold, so every decoded chunk is a fresh mmap,
+    # paid in page faults). The scheduler of each run is chosen explicitly.
+    # distributed's nanny writes its pre-spawn environment into *this* process's os.environ
+    # before spawning (and os.environ then overrides the config for later clusters and every
+    # child process): start the cluster without the variable first, and put os.environ back
+    # afterwards so that later child processes (stage 5) get a clean environment.
+    saved_environ = dict(os.environ)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: (os.environ.clear(), os.environ.update(saved_environ)))
+        # rastermatch's cluster (workers without the trim threshold, GDAL cache bounded) and,
+        # for reference, distributed's default LocalCluster
+        client = stack.enter_context(local_cluster(2, threads_per_worker=1, dashboard_address=None))
+        client_nt = start(stack, {})
+        startup = time.perf_counter() - t0
+        env = {
+            "local_cluster": sorted(
+                set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()),
+                key=str,
+            ),
+            "default": sorted(
+                set(client_nt.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()),
+                key=str,
+            ),
+        }
+        log(
+            f"    2 x LocalCluster(n_workers=2, threads_per_worker=1) up in {startup:.1f} s; "
+            f"workers' MALLOC_TRIM_THRESHOLD_: {env}"
+        )
+        t = Case("match_files zarr, threads", job(out_t, "threads"), setup=remove(out_t))
+        c = Case("match_files zarr, local_cluster 2x1", job(out_c, client), setup=remove(out_c))
+        n = Case(
+            "match_files zarr, distributed's default LocalCluster 2x1",
+            job(out_n, client_nt),
+            setup=remove(out_n),
+        )
+        c.pids, n.pids = _cluster_pids(client), _cluster_pids(client_nt)
+        measure([c, t, n], ctx["repeats"], log)
+        with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+            a, b, d = (rastermatch.open_raster(o) for o in (out_t, out_c, out_n))
+            differing = int((a.data != b.data).sum().compute())
+            differing_nt = int((a.data != d.data).sum().compute())
+            same_meta = (
+                a.rio.nodata == b.rio.nodata
+                and a.dtype == b.dtype
+                and a.shape == b.shape
+                and a.chunks == b.chunks
+            )
+    ratio = c.median / t.median
+    identical = differing == 0 and same_meta
+    res.add(
+        "6 cluster",
+        "match_files zarr, local_cluster 2 proc x 1 thread",
+        c.median,
+        npx,
+        peer="threaded, same run",
+        peer_time_s=t.median,
+        ratio=ratio,
+        ratio_label="x threaded",
+        peak_rss=c.peak,
+        target="≤ 1.5x threaded, identical",
+        met=ratio <= 1.5 and identical,
+        pixels_differing=differing,
+        identical=identical,
+        cluster_startup_s=startup,
+        worker_env=env,
+        cases={"cluster": c.as_dict(), "threads": t.as_dict(), "cluster_default": n.as_dict()},
+    )
+    res.add(
+        "6 cluster",
+        f"  threaded (outputs identical: {identical}, {differing} px differ)",
+        t.median,
+        npx,
+        peak_rss=t.peak,
+    )
+    res.add(
+        "6 cluster",
+        "(info) distributed's default LocalCluster 2x1 (malloc trim 65536)",
+        n.median,
+        npx,
+        peer="threaded, same run",
+        peer_time_s=t.median,
+        ratio=n.median / t.median,
+        ratio_label="x threaded",
+        peak_rss=n.peak,
+        pixels_differing=differing_nt,
+    )
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=8192, help="scene edge for stages 1-4 and 6")
+    ap.add_argument("--bands", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=2048, help="Zarr chunk edge of the inputs")
+    ap.add_argument(
+        "--memory-sizes",
+        default=None,
+        help="scene edges for the peak-RSS stage, small,large (default 4096,16384: "
+        "16x the pixels); one value measures one size only",
+    )
+    ap.add_argument(
+        "--large-size",
+        type=int,
+        default=None,
+        help="shorthand: --memory-sizes SIZE,LARGE; 0 measures --size only",
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--stages", default="1,2,3,4,5,6")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
+    ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
+    ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_sizes is not None:
+        args.memory_sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    elif args.large_size is not None:
+        args.memory_sizes = [args.size] + ([args.large_size] if args.large_size else [])
+    else:
+        args.memory_sizes = [4096, 16384]
+    args.stages = sorted({int(s) for s in args.stages.split(",") if s.strip()})
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child_job is not None:
+        print("RESULT " + json.dumps(child_job(json.loads(args.child_job))), flush=True)
+        return 0
+
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    tmp = args.workdir / "outputs"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    res = Results()
+    ctx: dict[str, Any] = {
+        "log": log,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "chunk": args.chunk,
+        "bands": args.bands,
+        "workdir": args.workdir,
+        "tmp": tmp,
+        "memory_sizes": args.memory_sizes,
+        "npx": args.bands * args.size**2,
+    }
+    stage_seconds: dict[str, float] = {}
+    log(
+        f"rastermatch {rastermatch.__version__}: {args.bands}x{args.size}² uint16, "
+        f"{args.threads} threads, stages {args.stages}, workdir {args.workdir}"
+    )
+
+    if set(args.stages) & {1, 2, 3, 4, 6}:
+        t = time.perf_counter()
+        log("inputs")
+        ctx["paths"] = ensure_scene(args.workdir, args.size, args.bands, args.chunk, log)
+        res.extra["inputs"] = ctx["paths"]["manifest_data"]
+        stage_seconds["inputs"] = time.perf_counter() - t
+    if set(args.stages) & {1, 2}:
+        ctx["src_np"] = load_numpy(ctx["paths"]["src.zarr"])
+        ctx["ref_np"] = load_numpy(ctx["paths"]["ref.zarr"])
+    stages = {
+        1: ("in memory", stage_in_memory),
+        2: ("histogram kernel", stage_histogram),
+        3: ("zarr→zarr", stage_zarr),
+        4: ("geotiff→geotiff", stage_geotiff),
+        5: ("peak memory", stage_memory),
+        6: ("LocalCluster", stage_cluster),
+    }
+    # the memory stage runs last: its large scene (several GB of files) evicts the other
+    # inputs from the page cache
+    for number in sorted(args.stages, key=lambda k: (k == 5, k)):
+        name, fn = stages[number]
+        if number == 3 and "src_np" in ctx:  # the numpy scene is not needed any more
+            del ctx["src_np"], ctx["ref_np"]
+            gc.collect()
+        log(f"stage {number}: {name}")
+        t = time.perf_counter()
+        fn(ctx, res)
+        stage_seconds[f"{number} {name}"] = time.perf_counter() - t
+        log(f"stage {number} done in {stage_seconds[f'{number} {name}']:.0f} s")
+
+    table = res.table()
+    print()
+    print(table)
+    print()
+    total = time.perf_counter() - t_start
+    print(
+        "stage seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items())
+        + f"; total {total:.0f} s"
+    )
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "versions": rastermatch.pipeline.versions(),
+        "rows": res.rows,
+        "extra": res.extra,
+        "stage_seconds": stage_seconds,
+        "total_seconds": total,
+        "table": table,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=_json_default))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
