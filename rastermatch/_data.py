@@ -64,6 +64,11 @@ class BandArray:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
+    @property
+    def may_have_invalid(self) -> bool:
+        """Whether some pixels may need an output nodata: a nodata value, or NaN in floats."""
+        return self.nodata is not None or self.dtype.kind == "f"
+
     def band_name(self, index: int) -> str:
         """How messages name band ``index``: ``band 3 of source.tif``."""
         return f"band {self.bands[index]!r} of {self.name}"

@@ -104,6 +104,13 @@ class Binning:
         """The level of bin 0 (``kind="levels"`` only)."""
         return int(self.lo[0])
 
+    def level_bin(self, value: Any) -> int | None:
+        """The bin of integer level ``value`` (``kind="levels"``), or None if it has none."""
+        if self.kind != "levels" or value is None or not float(value).is_integer():
+            return None
+        k = int(value) - self.offset
+        return k if 0 <= k < self.nbins else None
+
     def edges(self) -> np.ndarray:
         """Bin edges, ``(band, nbins + 1)``; for levels, half-way between integers."""
         if self.kind == "levels":

@@ -327,10 +327,9 @@ class LUT:
         """Every output value a valid source pixel can take (the table, less the nodata level)."""
         table = self.table
         b = self.source_binning
-        if self.kind == "table" and b.kind == "levels" and self.nodata is not None:
-            k = int(self.nodata) - b.offset if float(self.nodata).is_integer() else -1
-            if 0 <= k < b.nbins:
-                table = np.delete(table, k, axis=1)
+        k = b.level_bin(self.nodata)
+        if self.kind == "table" and k is not None:
+            table = np.delete(table, k, axis=1)
         return np.unique(table)
 
     # -- files

@@ -178,8 +178,7 @@ def _fit(
     )
     lut = LUT.from_histograms(h_src, h_ref, method=method, levels=levels, dtype=dtype)
     preferred = ref.nodata if ref.nodata is not None else src.nodata
-    may_have_invalid = src.nodata is not None or src.dtype.kind == "f"
-    out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=may_have_invalid)
+    out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
     return lut.with_nodata(src.nodata, out_nodata)
 
 
@@ -310,13 +309,12 @@ def equalize(
     src = as_band_array(data, nodata=nodata, name="data")
     (h_src,) = _histograms([(src, _mask(mask, src, "mask"), bins)], _scheduler(src))
     h_ref = uniform_histogram(h_src, range=range)
-    if src.nodata is not None and h_ref.binning.kind == "levels":
-        # the uniform reference leaves the nodata level out, so no valid pixel is mapped onto it
-        k = int(src.nodata) - h_ref.binning.offset if float(src.nodata).is_integer() else -1
-        if 0 <= k < h_ref.binning.nbins and h_ref.counts[:, k].sum() < h_ref.counts.sum():
-            counts = h_ref.counts.copy()
-            counts[:, k] = 0
-            h_ref = Histogram(counts, h_ref.binning, h_ref.bands)
+    # the uniform reference leaves the nodata level out, so no valid pixel is mapped onto it
+    k = h_ref.binning.level_bin(src.nodata)
+    if k is not None and h_ref.counts[:, k].sum() < h_ref.counts.sum():
+        counts = h_ref.counts.copy()
+        counts[:, k] = 0
+        h_ref = Histogram(counts, h_ref.binning, h_ref.bands)
     lut = LUT.from_histograms(
         h_src,
         h_ref,
@@ -324,6 +322,5 @@ def equalize(
         levels="present",
         dtype=src.dtype if dtype is None else dtype,
     )
-    may_have_invalid = src.nodata is not None or src.dtype.kind == "f"
-    out_nodata = resolve_out_nodata(lut, src.nodata, may_have_invalid=may_have_invalid)
+    out_nodata = resolve_out_nodata(lut, src.nodata, may_have_invalid=src.may_have_invalid)
     return _apply(src, lut.with_nodata(src.nodata, out_nodata), out_nodata, _scheduler(src))
