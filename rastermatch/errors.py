@@ -12,10 +12,15 @@ __all__ = [
     "BandMismatchError",
     "BinningMismatchError",
     "DimensionError",
+    "GridMismatchError",
+    "HistogramFileError",
+    "InputTypeError",
     "LUTFileError",
     "MissingDependencyError",
     "NoValidPixelsError",
     "NodataConflictError",
+    "NotComputedError",
+    "OptionError",
     "OutputExistsError",
     "RasterReadError",
     "RasterWriteError",
@@ -32,6 +37,22 @@ class RastermatchError(Exception):
 
 class DimensionError(RastermatchError, ValueError):
     """The array does not have the dims ``(band, y, x)`` or ``(y, x)``."""
+
+
+class InputTypeError(RastermatchError, TypeError):
+    """The input is not a kind rastermatch takes (numpy, dask, DataArray; a Python list, say)."""
+
+
+class OptionError(RastermatchError, ValueError):
+    """An option has a bad value: a method, a range, a nodata value the dtype cannot hold, ..."""
+
+
+class NotComputedError(RastermatchError, RuntimeError):
+    """A lazy histogram (or bin range) was used where a computed one is needed."""
+
+
+class GridMismatchError(RastermatchError, ValueError):
+    """Two rasters that must share a grid (an image and its mask) do not (shape, CRS, transform)."""
 
 
 class UnsupportedDtypeError(RastermatchError, TypeError):
@@ -56,6 +77,10 @@ class NodataConflictError(RastermatchError, ValueError):
 
 class LUTFileError(RastermatchError, ValueError):
     """A LUT file is malformed, inconsistent or was modified after it was written."""
+
+
+class HistogramFileError(RastermatchError, ValueError):
+    """A histogram document (JSON) is malformed or inconsistent."""
 
 
 class MissingDependencyError(RastermatchError, ImportError):
