@@ -1,16 +1,21 @@
 """The ``rastermatch`` command line: parse arguments, call :mod:`rastermatch.pipeline`, print.
 
-Every command is a thin shell around one pipeline function. Three things are done once, for all
-commands, by :class:`RastermatchGroup`:
+Every command is a thin shell around one pipeline function; the pipeline checks the outputs and
+options (before any work) so that a Python caller gets the same protection. What the command
+line adds is done once, for all commands, by :class:`RastermatchGroup`:
 
-1. expected errors (:class:`~rastermatch.RastermatchError`, and ``OSError``/``ValueError`` from
-   bad input) become one ``Error: ...`` line on stderr and exit status 1, without a traceback
-   unless ``--verbose``; usage errors keep click's exit status 2;
-2. Ctrl-C exits with status 130 (the writers remove their temporary outputs on the way out);
-3. warnings are printed as one ``Warning: ...`` line each.
+1. errors become one ``Error: ...`` line on stderr and exit status 1, without a traceback unless
+   ``--verbose``: a :class:`~rastermatch.RastermatchError` with its message (reworded for the
+   command line: ``--overwrite``, not ``overwrite=True``), anything else as ``Error: unexpected
+   <Type>: <message> (...; please report it)``; usage errors keep click's exit status 2;
+2. Ctrl-C exits with status 130 and ``SIGTERM`` with 143; both raise ``KeyboardInterrupt`` in
+   the job, so the writers remove their temporaries and nothing is left under the final names;
+3. warnings are printed as one ``Warning: ...`` line each;
+4. the progress bar goes to stderr, only on a terminal (``--progress`` forces it,
+   ``--no-progress`` and ``--quiet`` turn it off); tables and written paths go to stdout.
 
 ``--workers N`` / ``--scheduler ADDRESS`` run a command on a ``dask.distributed`` cluster: the
-client exists for the duration of the command only (see :func:`dask_cluster`).
+client exists for the duration of the command only (:func:`rastermatch.pipeline.dask_cluster`).
 
 Examples
 --------
@@ -25,8 +30,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
+import signal
+import sys
+import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +43,14 @@ from typing import Any
 import click
 
 from . import __version__, pipeline
-from .errors import OutputExistsError, RastermatchError, RasterWriteError
+from .errors import RastermatchError
 
-__all__ = ["BandList", "Chunks", "Range", "RastermatchGroup", "dask_cluster", "main"]
+__all__ = ["BandList", "Chunks", "Range", "RastermatchGroup", "for_command_line", "main"]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
-
-_RASTER_SUFFIXES = (".tif", ".tiff", ".zarr")
+#: Exit status after SIGTERM (128 + 15).
+EXIT_TERMINATED = 143
 _DTYPES = (
     "uint8",
     "int8",
@@ -154,21 +163,97 @@ def one_line(error: BaseException) -> str:
     return "; ".join(lines) or type(error).__name__
 
 
+#: Python keywords of the library's messages and the options that set them on the command line.
+_OPTIONS = {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "overwrite", "nodata", "reference_nodata", "mask", "reference_mask", "bands",
+        "reference_bands", "bins", "dtype", "range", "chunks", "method", "levels", "cog",
+        "compress", "workers", "scheduler",
+    )
+}  # fmt: skip
+_NAMES = "|".join(sorted(_OPTIONS, key=len, reverse=True))
+
+
+def for_command_line(message: str) -> str:
+    """A library message reworded for the command line: options instead of Python keywords.
+
+    Examples
+    --------
+    >>> for_command_line("out.tif exists already; pass overwrite=True (--overwrite) to replace it")
+    'out.tif exists already; pass --overwrite to replace it'
+    >>> for_command_line("select bands (bands= and reference_bands=)")
+    'select bands (--bands and --reference-bands)'
+    >>> for_command_line("all pixels equal nodata=0")
+    'all pixels equal nodata=0'
+    """
+    # "keyword=True" and a bare "keyword=" name an option; "nodata=0" states a value, and
+    # after a verb ("pass nodata=0") it is an instruction: the option with its value
+    text = re.sub(rf"(?<![\w.-])({_NAMES})=True\b", lambda m: _OPTIONS[m[1]], message)
+    text = re.sub(
+        rf"\b(pass|give|set|use|with|or|choose)\s+({_NAMES})=([^\s,;)]+)",
+        lambda m: f"{m[1]} {_OPTIONS[m[2]]} {m[3]}",
+        text,
+    )
+    text = re.sub(rf"(?<![\w.-])({_NAMES})=(?=[\s,;)]|$)", lambda m: _OPTIONS[m[1]], text)
+    # the hints the library already gives for the command line now say the same twice
+    text = re.sub(r"\((--[\w-]+)[^()]*?, or \1 on the command line\)", r"(\1)", text)
+    text = re.sub(r"(--[\w-]+(?: and --[\w-]+)?),? \(?\1(?: on the command line)?\)", r"\1", text)
+    text = re.sub(r"\((--[\w-]+(?: and --[\w-]+)?), \1 on the command line\)", r"(\1)", text)
+    return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and writer cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration of the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class Settings:
-    """``--quiet`` and ``--verbose``, shared with the commands through ``ctx.obj``.
+    """``--quiet``, ``--verbose`` and ``--progress/--no-progress``, shared through ``ctx.obj``.
 
-    Both flags are accepted before the command (``rastermatch -q match ...``) and after it
+    The flags are accepted before the command (``rastermatch -q match ...``) and after it
     (``rastermatch match ... -q``).
     """
 
     quiet: bool = False
     verbose: bool = False
+    progress: bool | None = None
+
+    @property
+    def show_progress(self) -> bool:
+        """Draw the bar: never with --quiet, as asked, else only when stderr is a terminal."""
+        if self.quiet:
+            return False
+        if self.progress is not None:
+            return self.progress
+        return sys.stderr.isatty()
 
 
 def _set_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and param.name is not None:
         setattr(ctx.ensure_object(Settings), param.name, True)
+
+
+def _set_progress(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Settings).progress = value
 
 
 _quiet = click.option(
@@ -187,24 +272,43 @@ _verbose = click.option(
     callback=_set_flag,
     help="Show the traceback of errors.",
 )
+_progress = click.option(
+    "--progress/--no-progress",
+    default=None,
+    expose_value=False,
+    callback=_set_progress,
+    help="Draw the progress bar on stderr (default: only when stderr is a terminal).",
+)
 
 
 class RastermatchGroup(click.Group):
-    """A click group that reports expected errors in one line and Ctrl-C with status 130."""
+    """A click group that reports errors in one line, Ctrl-C with 130 and SIGTERM with 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
         settings = ctx.ensure_object(Settings)
         try:
-            with warnings.catch_warnings():
+            with _sigterm_as_interrupt(), warnings.catch_warnings():
                 warnings.showwarning = _warning_printer(settings, warnings.showwarning)
                 return super().invoke(ctx)
+        except Terminated:
+            click.echo("Terminated.", err=True)
+            ctx.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except (RastermatchError, OSError, ValueError) as error:
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except RastermatchError as error:
             if settings.verbose:
                 raise
-            raise click.ClickException(one_line(error)) from None
+            raise click.ClickException(for_command_line(one_line(error))) from None
+        except Exception as error:
+            if settings.verbose:
+                raise
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {one_line(error)} (run with --verbose for "
+                "the traceback; please report it)"
+            ) from None
 
 
 def _warning_printer(settings: Settings, default: Callable[..., None]) -> Callable[..., None]:
@@ -214,7 +318,7 @@ def _warning_printer(settings: Settings, default: Callable[..., None]) -> Callab
         if settings.verbose:
             default(message, *args, **kwargs)
         else:
-            click.echo(f"Warning: {one_line(message)}", err=True)
+            click.echo(f"Warning: {for_command_line(one_line(message))}", err=True)
 
     return show
 
@@ -231,74 +335,15 @@ def _echo(text: str = "") -> None:
         click.echo(text)
 
 
-# -- the dask cluster around a command --------------------------------------------------------
-
-
 @contextlib.contextmanager
-def dask_cluster(
-    workers: int | None = None, scheduler: str | None = None, *, quiet: bool = False
-) -> Iterator[Any]:
-    """A ``distributed.Client`` for the duration of the block, or None (dask's threads).
-
-    ``workers``: a local cluster of that many processes, sharing the machine's cores;
-    ``scheduler``: connect to a running scheduler (its workers must see the same paths). Both
-    the client and a local cluster are closed on the way out, also on errors and Ctrl-C.
-    """
-    if workers is None and scheduler is None:
-        yield None
-        return
-    from dask.system import CPU_COUNT
-    from distributed import Client
-
-    with contextlib.ExitStack() as stack:
-        if scheduler is not None:
-            client = stack.enter_context(Client(scheduler))
-        else:
-            assert workers is not None
-            client = stack.enter_context(
-                pipeline.local_cluster(workers, threads_per_worker=max(1, CPU_COUNT // workers))
-            )
-        if not quiet:
-            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        yield client
-
-
-# -- checks before any work -------------------------------------------------------------------
-
-
-def check_output(
-    path: Path,
-    *,
-    overwrite: bool,
-    inputs: Sequence[Path | None] = (),
-    raster: bool = True,
-) -> None:
-    """Refuse a bad output path before the (long) statistics pass rather than after it.
-
-    The writers check again when they write (that check is race-free); this one only saves the
-    work, and keeps ``--lut`` and ``--report`` files from being replaced without ``--overwrite``.
-    """
-    if raster and path.suffix.lower() not in _RASTER_SUFFIXES:
-        raise click.BadParameter(
-            f"cannot tell the format of {path} from its suffix; use .tif or .tiff (GeoTIFF) or "
-            ".zarr (Zarr)",
-            param_hint="'-o' / '--output'",
-        )
-    target = path.expanduser().resolve()
-    for source in inputs:
-        if source is not None and target == Path(source).expanduser().resolve():
-            raise RasterWriteError(
-                f"refusing to write {path}: it is the input {source}; write to another path"
-            )
-    if not target.parent.is_dir():
-        raise RasterWriteError(f"the directory {path.parent} does not exist; create it first")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{path} exists already; pass --overwrite to replace it")
-
-
-def check_cluster_options(workers: int | None, scheduler: str | None) -> None:
+def _cluster(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """:func:`rastermatch.pipeline.dask_cluster`, with its dashboard link on stderr."""
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers (a local cluster) or --scheduler, not both")
+    with pipeline.dask_cluster(workers, scheduler) as client:
+        if client is not None and not _settings().quiet:
+            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+        yield client
 
 
 # -- shared options ---------------------------------------------------------------------------
@@ -327,7 +372,10 @@ _output = click.option(
     help="Output raster: .tif/.tiff (tiled GeoTIFF) or .zarr (Zarr v3).",
 )
 _nodata = click.option(
-    "--nodata", type=float, help="Source nodata value (default: the file's own)."
+    "--nodata",
+    type=float,
+    help="Nodata value of the source (default: the file's own); also of the reference when it "
+    "has no nodata of its own and --reference-nodata is not given.",
 )
 _mask = click.option(
     "--mask",
@@ -368,7 +416,9 @@ statistics_options = _options(
     ),
     _nodata,
     click.option(
-        "--reference-nodata", type=float, help="Reference nodata value (default: the file's own)."
+        "--reference-nodata",
+        type=float,
+        help="Nodata value of the reference (default: the file's own, else --nodata).",
     ),
     _mask,
     click.option(
@@ -418,14 +468,6 @@ cluster_options = _options(
 )
 
 
-def _check_write_options(output: Path, cog: bool, workers: Any, scheduler: Any) -> None:
-    check_cluster_options(workers, scheduler)
-    if cog and output.suffix.lower() == ".zarr":
-        raise click.UsageError(
-            f"--cog makes a Cloud-Optimized GeoTIFF, but {output} is a Zarr path"
-        )
-
-
 def _print_quality(result: pipeline.MatchResult) -> None:
     _echo("Distance to the reference (KS: Kolmogorov-Smirnov, W1: Wasserstein-1):")
     _echo(result.quality_text())
@@ -444,6 +486,7 @@ def _print_written(**paths: Path | None) -> None:
 @click.group(cls=RastermatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @_quiet
 @_verbose
+@_progress
 @click.version_option(__version__, prog_name="rastermatch")
 def main() -> None:
     """Histogram matching of satellite scenes of any size (GeoTIFF/COG and Zarr).
@@ -473,6 +516,7 @@ def main() -> None:
 @cluster_options
 @_quiet
 @_verbose
+@_progress
 def match(
     source: Path,
     reference: Path,
@@ -483,22 +527,20 @@ def match(
     scheduler: str | None,
     **options: Any,
 ) -> None:
-    """Match SOURCE to REFERENCE, band by band, into OUTPUT."""
-    _check_write_options(output, options["cog"], workers, scheduler)
-    check_output(output, overwrite=options["overwrite"], inputs=[source, reference])
-    for path in (lut_path, report):
-        if path is not None:
-            inputs = [source, reference, output]
-            check_output(path, overwrite=options["overwrite"], inputs=inputs, raster=False)
-    settings = _settings()
-    with dask_cluster(workers, scheduler, quiet=settings.quiet):
+    """Match SOURCE to REFERENCE, band by band, into OUTPUT.
+
+    --nodata applies to both scenes unless the reference has a nodata value of its own or
+    --reference-nodata is given. Outputs and options are checked before any work; the inputs
+    (source, reference, masks) are never written over, --overwrite or not.
+    """
+    with _cluster(workers, scheduler):
         result = pipeline.match_files(
             source,
             reference,
             output,
             lut_path=lut_path,
             report=report,
-            show_progress=not settings.quiet,
+            show_progress=_settings().show_progress,
             **options,
         )
     _print_quality(result)
@@ -521,6 +563,7 @@ def match(
 @cluster_options
 @_quiet
 @_verbose
+@_progress
 def fit(
     source: Path,
     reference: Path,
@@ -536,12 +579,14 @@ def fit(
 
     The quality table is the one the LUT gives on SOURCE, known from the histograms alone.
     """
-    check_cluster_options(workers, scheduler)
-    check_output(lut_path, overwrite=overwrite, inputs=[source, reference], raster=False)
-    settings = _settings()
-    with dask_cluster(workers, scheduler, quiet=settings.quiet):
+    with _cluster(workers, scheduler):
         result = pipeline.fit_files(
-            source, reference, lut_path=lut_path, show_progress=not settings.quiet, **options
+            source,
+            reference,
+            lut_path=lut_path,
+            overwrite=overwrite,
+            show_progress=_settings().show_progress,
+            **options,
         )
     _print_quality(result)
     _print_written(LUT=result.lut_path)
@@ -560,6 +605,7 @@ def fit(
 @cluster_options
 @_quiet
 @_verbose
+@_progress
 def apply(
     source: Path,
     lut: Path,
@@ -572,12 +618,9 @@ def apply(
 
     The LUT comes from `rastermatch fit` or `rastermatch match --lut`.
     """
-    _check_write_options(output, options["cog"], workers, scheduler)
-    check_output(output, overwrite=options["overwrite"], inputs=[source, lut])
-    settings = _settings()
-    with dask_cluster(workers, scheduler, quiet=settings.quiet):
+    with _cluster(workers, scheduler):
         result = pipeline.apply_file(
-            source, lut, output, show_progress=not settings.quiet, **options
+            source, lut, output, show_progress=_settings().show_progress, **options
         )
     _print_written(output=result.output)
 
@@ -600,6 +643,7 @@ def apply(
 @cluster_options
 @_quiet
 @_verbose
+@_progress
 def equalize(
     source: Path,
     output: Path,
@@ -612,12 +656,9 @@ def equalize(
 
     Equalization is matching to a uniform distribution.
     """
-    _check_write_options(output, options["cog"], workers, scheduler)
-    check_output(output, overwrite=options["overwrite"], inputs=[source, options["mask"]])
-    settings = _settings()
-    with dask_cluster(workers, scheduler, quiet=settings.quiet):
+    with _cluster(workers, scheduler):
         written = pipeline.equalize_file(
-            source, output, range=range_, show_progress=not settings.quiet, **options
+            source, output, range=range_, show_progress=_settings().show_progress, **options
         )
     _print_written(output=written)
 
@@ -633,6 +674,7 @@ def equalize(
 )
 @_quiet
 @_verbose
+@_progress
 def info(path: Path, as_json: bool, stats: bool) -> None:
     """Describe a raster: bands, dtype, nodata, CRS, grid, statistics.
 
@@ -659,15 +701,16 @@ def info(path: Path, as_json: bool, stats: bool) -> None:
 @cluster_options
 @_quiet
 @_verbose
+@_progress
 def demo(outdir: Path, overwrite: bool, workers: int | None, scheduler: str | None) -> None:
     """Run the bundled examples into a folder.
 
     Two matches on the sample scenes, written as GeoTIFF and Zarr, with LUTs and reports.
     """
-    check_cluster_options(workers, scheduler)
-    settings = _settings()
-    with dask_cluster(workers, scheduler, quiet=settings.quiet):
-        results = pipeline.run_demo(outdir, overwrite=overwrite, show_progress=not settings.quiet)
+    with _cluster(workers, scheduler):
+        results = pipeline.run_demo(
+            outdir, overwrite=overwrite, show_progress=_settings().show_progress
+        )
     _echo("Distance to the reference (KS: Kolmogorov-Smirnov, W1: Wasserstein-1):")
     for name, result in results.items():
         _echo()
@@ -697,12 +740,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def _number(value: Any) -> str:
+    """Exactly: integers as integers, other floats as their shortest round-trip repr.
+
+    >>> _number(30.0), _number(0.1 + 0.2), _number(628665.0), _number(None)
+    ('30', '0.30000000000000004', '628665', '-')
+    """
     if value is None:
         return "-"
+    if isinstance(value, int | bool) or (hasattr(value, "dtype") and value.dtype.kind in "iub"):
+        return str(int(value))
     value = float(value)
     if not math.isfinite(value):
         return str(value)
-    return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def format_info(described: dict[str, Any]) -> str:

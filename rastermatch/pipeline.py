@@ -1,17 +1,32 @@
-"""File to file: the one place that computes and writes.
+"""File to file: the one place that checks, computes and writes.
 
-Every job has the same two passes, whatever the scheduler:
+Every job runs in the same order, whatever the scheduler:
 
+0. **Checks, before any work** — every output path (raster, LUT file, report: format from the
+   suffix, directory, name length, not an input, exists/``overwrite``), every option that can be
+   judged from the file headers (nodata representable in each input's dtype, band numbers, mask
+   grids, chunkings) — so that a bad option fails in a second, not after the statistics pass.
 1. **Statistics** — the histograms of source and reference (and, for continuous data, their
    valid ranges first) are computed together: one read of each input.
 2. **Application** — the LUT is applied lazily to the source and streamed to the output, block by
-   block: a second read of the source, and memory bounded by the blocks in flight.
+   block, in this process (so a progress bar sees every block written): a second read of the
+   source, and memory bounded by the blocks in flight.
 
 The quality metrics need no third pass: the histogram of the matched output follows exactly from
 the source histogram and the LUT (:func:`rastermatch.metrics.matched_histogram`).
 
+What a job leaves:
+
+- on success, the outputs under their final names, nothing else;
+- on any error or interrupt (``KeyboardInterrupt``; the command line turns ``SIGTERM`` into one),
+  nothing under the final names and no temporaries: the raster is written under a temporary
+  name by :func:`rastermatch.write_raster`, the LUT file and the report are staged under
+  temporary names too, and everything is moved into place only when the raster is complete;
+- the inputs (source, reference, masks, LUT files) untouched: writing over any of them is refused
+  whatever ``overwrite`` says.
+
 Under an active ``dask.distributed`` client everything runs on the cluster; otherwise dask's
-threaded scheduler runs it, with a progress bar when asked.
+threaded scheduler runs it, with a progress bar (on stderr) when asked.
 """
 
 from __future__ import annotations
@@ -19,27 +34,41 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
+import math
 import os
+import secrets
+import shutil
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import dask
 import numpy as np
 import rasterio
 import xarray as xr
 
+from . import io as _io
 from ._data import as_band_array
-from .errors import BandMismatchError, RasterReadError
+from .errors import (
+    BandMismatchError,
+    GridMismatchError,
+    OptionError,
+    RasterReadError,
+    RasterWriteError,
+)
 from .io import open_raster, write_raster
 from .lut import LUT, Levels, Method
-from .match import _fit, equalize
+from .match import equalize, fit_lut
 from .metrics import format_quality_table, matched_histogram, quality_table
 
 __all__ = [
     "MatchResult",
     "apply_file",
+    "check_output_path",
+    "dask_cluster",
     "equalize_file",
     "fit_files",
     "local_cluster",
@@ -67,7 +96,7 @@ class MatchResult:
         return format_quality_table(self.quality)
 
 
-# -- helpers ----------------------------------------------------------------------------------
+# -- schedulers and progress ------------------------------------------------------------------
 
 
 def active_client() -> Any:
@@ -84,14 +113,17 @@ def active_client() -> Any:
 
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[None]:
-    """dask's local progress bar around what is computed inside, when enabled.
+    """dask's progress bar, on stderr, around what is computed inside, when enabled.
 
-    Under a distributed client the bar is drawn by :func:`compute` instead.
+    The bar follows the local schedulers (threads, synchronous), which is where the statistics
+    and the writes run unless a ``dask.distributed`` client is active; the caller decides
+    whether to draw at all (the command line: only on a terminal, unless ``--progress``).
+    Under a distributed client nothing is drawn here: the dashboard shows the tasks.
     """
     if enabled and active_client() is None:
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(minimum=1.0, dt=0.5):
+        with ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr):
             yield
     else:
         yield
@@ -142,24 +174,203 @@ def local_cluster(
             os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
 
 
-def compute(*collections: Any, show_progress: bool = False) -> tuple[Any, ...]:
-    """``dask.compute`` with a progress bar: dask's local one, or the distributed one."""
-    client = active_client()
-    if client is not None and show_progress:
-        from distributed import progress as distributed_progress
+@contextlib.contextmanager
+def dask_cluster(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    threads_per_worker: int | None = None,
+) -> Iterator[Any]:
+    """A ``distributed.Client`` for the duration of the block, or None (dask's threads).
 
-        futures = client.compute(list(collections))
-        distributed_progress(futures)
-        return tuple(client.gather(futures))
-    with progress(show_progress):
-        return dask.compute(*collections)
+    ``workers``: a :func:`local_cluster` of that many processes, sharing the machine's cores
+    (``threads_per_worker`` each; by default the cores divided among the workers);
+    ``scheduler``: connect to a running scheduler (its workers must see the same paths). Both
+    the client and a local cluster are closed on the way out, also on errors and interrupts.
+    The command line's ``--workers``/``--scheduler`` and ``pipelines/cluster_job.py`` use it.
+
+    Examples
+    --------
+    >>> with dask_cluster() as client:  # neither: dask's threads
+    ...     print(client)
+    None
+    """
+    if workers is not None and scheduler is not None:
+        raise OptionError(
+            "give workers (a local cluster) or scheduler (a running one), not both "
+            "(--workers or --scheduler on the command line)"
+        )
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise OptionError(f"workers must be a positive number of processes, not {workers!r}")
+    from dask.system import CPU_COUNT
+    from distributed import Client
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise OptionError(
+                f"cannot reach the dask scheduler at {scheduler}: {exc}; check the address "
+                "(tcp://host:8786) and that the scheduler is running"
+            ) from None
+        with client:
+            yield client
+        return
+    assert workers is not None
+    threads = threads_per_worker or max(1, CPU_COUNT // workers)
+    with local_cluster(workers, threads_per_worker=threads) as client:
+        yield client
+
+
+# -- checks before any work -------------------------------------------------------------------
+
+Kind = Literal["raster", "file"]
+
+#: Longest file name (bytes) the temporaries of small outputs can be derived from as is; longer
+#: names are shortened with a hash (NAME_MAX is 255 on the usual file systems).
+_NAME_MAX = 255
+
+
+def check_output_path(
+    path: PathLike,
+    *,
+    inputs: Sequence[PathLike | None] = (),
+    overwrite: bool = False,
+    kind: Kind = "raster",
+) -> Path:
+    """Refuse a bad output path before any work (:func:`rastermatch.io.check_output_path`).
+
+    ``kind="raster"`` also checks the format from the suffix (.tif, .tiff, .zarr). An output is
+    never one of ``inputs`` (nor inside an input Zarr store), whatever ``overwrite`` says.
+    Returns the absolute path.
+    """
+    given = [Path(p) for p in inputs if p is not None]
+    check = getattr(_io, "check_output_path", None)
+    if check is not None:
+        return Path(check(path, inputs=given, overwrite=overwrite, kind=kind))
+    return _check_output_path_fallback(Path(path), given, overwrite, kind)
+
+
+def _check_output_path_fallback(
+    path: Path, inputs: list[Path], overwrite: bool, kind: Kind
+) -> Path:
+    # used until rastermatch.io provides check_output_path; the same rules
+    final = path.expanduser().absolute()
+    if kind == "raster":
+        _io._output_format(final)
+    if len(os.fsencode(final.name)) > _NAME_MAX:
+        raise RasterWriteError(
+            f"the file name of {final} is {len(os.fsencode(final.name))} bytes long; file "
+            f"systems allow {_NAME_MAX}: choose a shorter name"
+        )
+    if not final.parent.is_dir():
+        raise RasterWriteError(f"the directory {final.parent} does not exist; create it first")
+    _io._refuse_inputs(final, inputs)
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            from .errors import OutputExistsError
+
+            raise OutputExistsError(
+                f"{final} exists already; allow replacing it (overwrite=True, or --overwrite "
+                "on the command line)"
+            )
+        if final.is_dir() and kind == "file":
+            raise RasterWriteError(f"{final} is a directory; choose a file name")
+    return final
+
+
+def _check_distinct(**paths: PathLike | None) -> None:
+    """Two outputs of one job must not share a path (the second would replace the first)."""
+    seen: dict[Path, str] = {}
+    for what, path in paths.items():
+        if path is None:
+            continue
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise OptionError(
+                f"the {what} and the {seen[resolved]} would both be written to {path}; give "
+                "them different paths"
+            )
+        seen[resolved] = what
+
+
+def _check_report_path(report: PathLike) -> None:
+    from .plot import require_matplotlib
+
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(report).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise OptionError(
+            f"cannot tell the format of the report {report} from its suffix "
+            f"{'.' + suffix if suffix else '(none)'}; use .png, .pdf or .svg"
+        )
+
+
+def _check_nodata(value: float | None, data: xr.DataArray, what: str) -> None:
+    """Refuse a nodata value the input's dtype cannot hold (it would match no pixel)."""
+    if value is None:
+        return
+    problem = _unrepresentable(value, np.dtype(data.dtype))
+    if problem:
+        raise OptionError(
+            f"nodata={_show(value)} cannot be a value of the {data.dtype} {what}: {problem}; "
+            "give a value the data can hold, or leave nodata unset to use the file's own"
+        )
+
+
+def _unrepresentable(value: float, dtype: np.dtype) -> str | None:
+    value = float(value)
+    if dtype.kind == "f":
+        return None
+    if math.isnan(value):
+        return "integers have no NaN"
+    if not value.is_integer():
+        return "it is not an integer"
+    info = np.iinfo(dtype)
+    if not info.min <= value <= info.max:
+        return f"{dtype} holds {info.min}..{info.max}"
+    return None
+
+
+def _show(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _reference_nodata(
+    nodata: float | None, reference_nodata: float | None, ref: xr.DataArray
+) -> float | None:
+    """The nodata rule for the reference: its own option, else the file's tag, else ``nodata``.
+
+    ``nodata`` given and ``reference_nodata`` not: a reference without a nodata value of its own
+    uses ``nodata`` too (a user who says "0 is nodata" means it for both scenes). A value the
+    reference's dtype cannot hold cannot occur in it, so it is not applied (nothing to leave out).
+    """
+    if reference_nodata is not None:
+        return reference_nodata
+    if ref.rio.nodata is not None or nodata is None:
+        return None
+    if _unrepresentable(nodata, np.dtype(ref.dtype)):
+        return None
+    return nodata
 
 
 def select_bands(data: xr.DataArray, bands: Sequence[int] | None, path: PathLike) -> xr.DataArray:
     """The bands numbered ``bands`` (1-based, in the given order), or all of them."""
-    if not bands:
+    if bands is None:
         return data
     n = data.sizes["band"]
+    if len(bands) == 0:
+        raise OptionError(f"no bands selected from {path}; give band numbers 1..{n}")
+    bad = [b for b in bands if isinstance(b, bool) or not isinstance(b, int | np.integer)]
+    if bad:
+        raise OptionError(f"band numbers must be integers (1..{n} for {path}), not {bad}")
     bad = [b for b in bands if not 1 <= b <= n]
     if bad:
         raise BandMismatchError(
@@ -176,14 +387,35 @@ def open_input(
 
 
 def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
-    """A mask file as booleans on ``like``'s grid: nonzero (and valid) pixels are left out."""
+    """A mask file as booleans on ``like``'s grid: nonzero (and valid) pixels are left out.
+
+    The mask must be on the image's grid: same size, and, when both are georeferenced, the
+    same CRS and transform (a mask of the same size on another grid would leave out the wrong
+    pixels), else :class:`~rastermatch.GridMismatchError`.
+    """
     if path is None:
         return None
-    m = open_raster(path, chunks={"y": like.chunks[1][0], "x": like.chunks[2][0]})
+    chunks = like.chunks if like.chunks is not None else ((1,), (like.shape[1],), (like.shape[2],))
+    m = open_raster(path, chunks={"y": chunks[1][0], "x": chunks[2][0]})
+    image = like.encoding.get("source", "the image")
     if m.shape[1:] != like.shape[1:]:
-        raise BandMismatchError(
-            f"mask {path} is {m.shape[1]} x {m.shape[2]} pixels but the image it masks is "
-            f"{like.shape[1]} x {like.shape[2]}; the mask must be on the same grid"
+        raise GridMismatchError(
+            f"mask {path} is {m.shape[1]} x {m.shape[2]} pixels but the image it masks "
+            f"({image}) is {like.shape[1]} x {like.shape[2]}; the mask must be on the same grid"
+        )
+    m_crs, crs = m.rio.crs, like.rio.crs
+    if m_crs is not None and crs is not None and m_crs != crs:
+        raise GridMismatchError(
+            f"mask {path} is in {m_crs.to_string()} but the image it masks ({image}) is in "
+            f"{crs.to_string()}; reproject the mask onto the image's grid"
+        )
+    if (m_crs is not None or crs is None) and not m.rio.transform().almost_equals(
+        like.rio.transform()
+    ):
+        raise GridMismatchError(
+            f"mask {path} has the transform {tuple(m.rio.transform())[:6]} but the image it "
+            f"masks ({image}) has {tuple(like.rio.transform())[:6]}; the mask must be on the "
+            "same grid (resample it onto the image)"
         )
     if m.sizes["band"] not in (1, like.sizes["band"]):
         raise BandMismatchError(
@@ -194,6 +426,9 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
         out = out & (m != m.rio.nodata)
     out = out.data
     return out[0] if m.sizes["band"] == 1 else out
+
+
+# -- provenance -------------------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -217,10 +452,32 @@ def versions() -> dict[str, str]:
     }
 
 
+def _created() -> dict[str, str]:
+    """``{"created": ...}`` from ``SOURCE_DATE_EPOCH`` when it is set, else nothing.
+
+    Outputs carry no clock time, so identical inputs and options give identical bytes; the
+    reproducible-builds variable stamps a date on purpose.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return {}
+    try:
+        when = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise OptionError(
+            f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds; unset it or give one"
+        ) from None
+    return {"created": when.isoformat(timespec="seconds")}
+
+
 def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:
-    """The record stored with every output: inputs, options, quality, versions and the LUT."""
+    """The record stored with every output: inputs, options, quality, versions and the LUT.
+
+    No clock time (identical inputs give identical bytes), unless ``SOURCE_DATE_EPOCH`` is set.
+    """
     return {
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_created(),
+        "operation": "match",
         "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
         "method": lut.method,
         "levels": lut.levels,
@@ -247,7 +504,130 @@ def bounded_gdal_cache(job: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
+# -- small outputs staged next to their final names -------------------------------------------
+
+
+class _Staged:
+    """Small outputs (LUT file, report) written under temporary names, moved in at the end.
+
+    A job that fails or is interrupted before :meth:`commit` removes them (``discard``), so a
+    failed job leaves neither the final names nor the temporaries.
+    """
+
+    def __init__(self) -> None:
+        self._files: list[tuple[Path, Path]] = []
+
+    def path_for(self, final: Path) -> Path:
+        stem = final.name
+        if len(os.fsencode(stem)) > 200:  # keep the temporary name within NAME_MAX
+            stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16] + final.suffix
+        tmp = final.with_name(f".{stem}.rastermatch-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp = tmp.with_name(tmp.name + final.suffix)  # matplotlib picks the format by suffix
+        self._files.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self._files:
+            os.replace(tmp, final)
+        self._files.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._files:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._files.clear()
+
+
+@contextlib.contextmanager
+def _staging() -> Iterator[_Staged]:
+    staged = _Staged()
+    try:
+        yield staged
+    except BaseException:
+        staged.discard()
+        raise
+    staged.discard()  # nothing left after a commit; anything not committed goes
+
+
+def _save_lut(lut: LUT, tmp: Path) -> None:
+    try:
+        lut.save(tmp)
+    except OSError as exc:
+        raise RasterWriteError(f"writing the LUT file {tmp.name} failed: {exc}") from exc
+
+
+def _remove_output(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 # -- jobs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Fitted:
+    lut: LUT
+    quality: list[dict[str, Any]]
+    src: xr.DataArray
+    ref: xr.DataArray
+
+
+def _open_pair(
+    source: PathLike,
+    reference: PathLike,
+    *,
+    nodata: float | None,
+    reference_nodata: float | None,
+    bands: Sequence[int] | None,
+    reference_bands: Sequence[int] | None,
+    chunks: Any,
+) -> tuple[xr.DataArray, xr.DataArray, float | None]:
+    """Open both inputs and check the options that only need their headers."""
+    src = open_input(source, bands=bands, chunks=chunks)
+    ref = open_input(reference, bands=reference_bands or bands, chunks=chunks)
+    _check_nodata(nodata, src, f"source {source}")
+    _check_nodata(reference_nodata, ref, f"reference {reference}")
+    if src.sizes["band"] != ref.sizes["band"]:
+        raise BandMismatchError(
+            f"the source {source} has {src.sizes['band']} bands and the reference {reference} "
+            f"has {ref.sizes['band']}; select the same number of bands from each (bands= and "
+            "reference_bands=, --bands and --reference-bands on the command line)"
+        )
+    return src, ref, _reference_nodata(nodata, reference_nodata, ref)
+
+
+def _fit(
+    source: PathLike,
+    reference: PathLike,
+    *,
+    method: Method,
+    levels: Levels,
+    nodata: float | None,
+    reference_nodata: float | None,
+    mask: PathLike | None,
+    reference_mask: PathLike | None,
+    bands: Sequence[int] | None,
+    reference_bands: Sequence[int] | None,
+    bins: int | None,
+    dtype: Any,
+    chunks: Any,
+    show_progress: bool,
+) -> _Fitted:
+    src, ref, ref_nodata = _open_pair(
+        source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
+        reference_bands=reference_bands, chunks=chunks,
+    )  # fmt: skip
+    src_mask, ref_mask = open_mask(mask, src), open_mask(reference_mask, ref)
+    with progress(show_progress):
+        lut = fit_lut(
+            src, ref, method=method, levels=levels, nodata=nodata, reference_nodata=ref_nodata,
+            mask=src_mask, reference_mask=ref_mask, bins=bins, dtype=dtype,
+        )  # fmt: skip
+    quality = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
+    return _Fitted(lut, quality, src, ref)
 
 
 @bounded_gdal_cache
@@ -267,25 +647,34 @@ def fit_files(
     dtype: Any = None,
     chunks: Any = "auto",
     lut_path: PathLike | None = None,
+    overwrite: bool = False,
     show_progress: bool = False,
 ) -> MatchResult:
-    """Fit the LUT that matches ``source`` to ``reference`` (one read of each); save it if asked."""
-    src = open_input(source, bands=bands, chunks=chunks)
-    ref = open_input(reference, bands=reference_bands or bands, chunks=chunks)
-    with progress(show_progress):
-        lut = _fit(
-            as_band_array(src, nodata=nodata, name=str(source)),
-            as_band_array(ref, nodata=reference_nodata, name=str(reference)),
-            method,
-            levels,
-            open_mask(mask, src),
-            open_mask(reference_mask, ref),
-            bins,
-            dtype,
-        )
-    quality = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
-    saved = lut.save(lut_path) if lut_path is not None else None
-    return MatchResult(None, lut, quality, saved)
+    """Fit the LUT that matches ``source`` to ``reference`` (one read of each); save it if asked.
+
+    ``nodata`` applies to the reference too when the reference has no nodata value of its own
+    and ``reference_nodata`` is not given. ``lut_path`` is checked before any work: an existing
+    file is refused unless ``overwrite``, and the inputs (source, reference, masks) are never
+    replaced, ``overwrite`` or not.
+    """
+    inputs = [source, reference, mask, reference_mask]
+    if lut_path is not None:
+        check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
+    fitted = _fit(
+        source, reference, method=method, levels=levels, nodata=nodata,
+        reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
+        bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
+        show_progress=show_progress,
+    )  # fmt: skip
+    saved = None
+    if lut_path is not None:
+        with _staging() as staged:
+            _save_lut(fitted.lut, staged.path_for(Path(lut_path)))
+            # checked again: another process may have created it meanwhile
+            check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
+            staged.commit()
+        saved = Path(lut_path)
+    return MatchResult(None, fitted.lut, fitted.quality, saved)
 
 
 @bounded_gdal_cache
@@ -314,10 +703,15 @@ def match_files(
 ) -> MatchResult:
     """Match ``source`` to ``reference`` and write the result to ``output`` (GeoTIFF or Zarr).
 
-    Two passes: the statistics (one read of each input), then the lazily mapped source streamed
-    to ``output``. The output carries the provenance (inputs, options, quality, versions, the LUT
-    with both histograms); ``lut_path`` also saves the LUT as JSON and ``report`` draws the
-    report PNG.
+    Every output path (``output``, ``lut_path``, ``report``) and every option is checked before
+    any work. Then two passes: the statistics (one read of each input), then the lazily mapped
+    source streamed to ``output``. The output carries the provenance (inputs, options, quality,
+    versions, the LUT with both histograms; no clock time); ``lut_path`` also saves the LUT as
+    JSON and ``report`` draws the report (PNG, PDF or SVG by the suffix).
+
+    ``nodata`` applies to the reference too when the reference has no nodata value of its own
+    and ``reference_nodata`` is not given. A failed or interrupted job leaves nothing under the
+    output names and no temporaries; the inputs are never written over, ``overwrite`` or not.
 
     Examples
     --------
@@ -329,30 +723,43 @@ def match_files(
     >>> result.output.name, all(r["ks_after"] < 0.01 < r["ks_before"] for r in result.quality)
     ('matched.tif', True)
     """
+    inputs = [source, reference, mask, reference_mask]
+    _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+    _check_write_options(final, cog)
+    for path in (lut_path, report):
+        if path is not None:
+            check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
     if report is not None:
-        from .plot import require_matplotlib
-
-        require_matplotlib()  # before any work, not after the output is written
-    fitted = fit_files(
+        _check_report_path(report)
+    fitted = _fit(
         source, reference, method=method, levels=levels, nodata=nodata,
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
-        lut_path=lut_path, show_progress=show_progress,
+        show_progress=show_progress,
     )  # fmt: skip
     lut = fitted.lut
-    src = open_input(source, bands=bands, chunks=chunks)
-    matched = lut.apply(src, nodata=nodata)  # an explicit --nodata wins, as in the fit
+    matched = lut.apply(fitted.src, nodata=nodata)  # an explicit nodata wins, as in the fit
     record = provenance(lut, fitted.quality, source=source, reference=reference, mask=mask,
                         reference_mask=reference_mask)  # fmt: skip
-    written = _write(matched, output, record, [source, reference], overwrite, cog, compress,
-                     show_progress)  # fmt: skip
-    drawn = None
-    if report is not None:
-        from .plot import save_report
+    with _staging() as staged:
+        if lut_path is not None:
+            _save_lut(lut, staged.path_for(Path(lut_path)))
+        if report is not None:
+            from .plot import save_report
 
-        ref = open_input(reference, bands=reference_bands or bands, chunks=chunks)
-        drawn = save_report(report, src, ref, matched, lut, metrics=fitted.quality)
-    return MatchResult(written, lut, fitted.quality, fitted.lut_path, drawn)
+            save_report(staged.path_for(Path(report)), fitted.src, fitted.ref, matched, lut,
+                        metrics=fitted.quality)  # fmt: skip
+        written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
+        try:
+            staged.commit()
+        except BaseException:
+            _remove_output(written)
+            raise
+    return MatchResult(
+        written, lut, fitted.quality, Path(lut_path) if lut_path is not None else None,
+        Path(report) if report is not None else None,
+    )  # fmt: skip
 
 
 @bounded_gdal_cache
@@ -369,15 +776,30 @@ def apply_file(
     compress: Any = None,
     show_progress: bool = False,
 ) -> MatchResult:
-    """Map ``source`` through a saved LUT (say, another scene of the same sensor) to ``output``."""
-    lut_file = None
-    if not isinstance(lut, LUT):
-        lut_file = Path(lut)
+    """Map ``source`` through a saved LUT (say, another scene of the same sensor) to ``output``.
+
+    The LUT file is untrusted input: :meth:`rastermatch.LUT.load` validates every field and
+    rebuilds the table from the histograms it records. Neither the source nor the LUT file is
+    ever written over.
+    """
+    lut_file = None if isinstance(lut, LUT) else Path(lut)
+    inputs = [source, lut_file]
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+    _check_write_options(final, cog)
+    if lut_file is not None:
         lut = LUT.load(lut_file)
+    assert isinstance(lut, LUT)
     src = open_input(source, bands=bands, chunks=chunks)
+    _check_nodata(nodata, src, f"source {source}")
+    if src.sizes["band"] != lut.nbands:
+        raise BandMismatchError(
+            f"the LUT {lut_file or ''} has {lut.nbands} band(s) but {source} has "
+            f"{src.sizes['band']} (after band selection); select as many bands as the LUT has "
+            "(bands=, --bands on the command line)"
+        )
     matched = lut.apply(src, nodata=nodata)
     record = provenance(lut, [], source=source, lut=lut_file)
-    inputs = [source] + ([lut_file] if lut_file else [])
+    record["operation"] = "apply"
     written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
     return MatchResult(written, lut, [], lut_file)
 
@@ -399,11 +821,30 @@ def equalize_file(
     show_progress: bool = False,
 ) -> Path:
     """Histogram-equalize ``source`` into ``output``."""
+    inputs = [source, mask]
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+    _check_write_options(final, cog)
     src = open_input(source, bands=bands, chunks=chunks)
+    _check_nodata(nodata, src, f"source {source}")
+    src_mask = open_mask(mask, src)
     with progress(show_progress):
-        out = equalize(src, nodata=nodata, mask=open_mask(mask, src), range=range, bins=bins)
-    record = {"operation": "equalize", "inputs": {"source": str(source)}, "versions": versions()}
-    return _write(out, output, record, [source], overwrite, cog, compress, show_progress)
+        out = equalize(src, nodata=nodata, mask=src_mask, range=range, bins=bins)
+    record = {
+        **_created(),
+        "operation": "equalize",
+        "inputs": {"source": str(source), "mask": str(mask) if mask is not None else None},
+        "range": list(range) if range is not None else None,
+        "versions": versions(),
+    }
+    return _write(out, output, record, inputs, overwrite, cog, compress, show_progress)
+
+
+def _check_write_options(final: Path, cog: bool) -> None:
+    if cog and final.suffix.lower() == ".zarr":
+        raise OptionError(
+            f"cog=True (--cog) makes a Cloud-Optimized GeoTIFF, but {final} is a Zarr path; "
+            "drop it or write .tif"
+        )
 
 
 def _write(
@@ -416,12 +857,14 @@ def _write(
     compress: Any,
     show_progress: bool,
 ) -> Path:
-    job = write_raster(
-        data, output, overwrite=overwrite, compute=False, provenance=record,
-        inputs=[p for p in inputs if p is not None], cog=cog, compress=compress,
-    )  # fmt: skip
-    (path,) = compute(job, show_progress=show_progress)
-    return Path(path)
+    """Write in this process, inside the progress context: the bar follows every block stored."""
+    with progress(show_progress):
+        path = write_raster(
+            data, output, overwrite=overwrite, compute=True, provenance=record,
+            inputs=[p for p in inputs if p is not None], cog=cog, compress=compress,
+        )  # fmt: skip
+    assert isinstance(path, Path)
+    return path
 
 
 @bounded_gdal_cache
@@ -504,7 +947,9 @@ def run_demo(
     1. The 2014 NAIP aerial scene (uint8) normalized to the cloud-free Landsat composite (uint16):
        cross-sensor and cross-dtype.
     2. The Landsat scene with cloud holes (zeros, no nodata tag) normalized to its reference
-       composite, with 0 as nodata.
+       composite, with 0 as nodata (for both scenes).
+
+    Every output of both jobs is checked before the first job starts.
     """
     data = Path(data_dir) if data_dir is not None else DATA_DIR
     if not data.is_dir():
@@ -513,7 +958,15 @@ def run_demo(
             "or pass data_dir="
         )
     out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise RasterWriteError(f"{out} exists and is not a folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
+    for name, source, reference, _ in DEMO_JOBS:
+        inputs = [data / source, data / reference]
+        for suffix, kind in ((".tif", "raster"), (".zarr", "raster"), (".lut.json", "file"),
+                             (".report.png", "file")):  # fmt: skip
+            check_output_path(out / f"{name}{suffix}", inputs=inputs, overwrite=overwrite,
+                              kind=kind)  # type: ignore[arg-type]  # fmt: skip
     results = {}
     for name, source, reference, options in DEMO_JOBS:
         results[name] = match_files(
@@ -522,7 +975,7 @@ def run_demo(
             overwrite=overwrite, show_progress=show_progress, **options,
         )  # fmt: skip
         # the same calibration, written to Zarr as well
-        matched = results[name].lut.apply(open_input(data / source))
+        matched = results[name].lut.apply(open_input(data / source), nodata=options.get("nodata"))
         record = provenance(results[name].lut, results[name].quality, source=data / source,
                             reference=data / reference)  # fmt: skip
         _write(matched, out / f"{name}.zarr", record, [data / source, data / reference],
