@@ -16,9 +16,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import DimensionError, UnsupportedDtypeError
+from ._values import check_nodata
+from .errors import DimensionError, InputTypeError, NoValidPixelsError, UnsupportedDtypeError
 
-__all__ = ["BandArray", "as_band_array", "as_band_mask", "python_scalar"]
+__all__ = ["BandArray", "as_band_array", "as_band_mask", "no_valid_pixels", "python_scalar"]
 
 # Attributes that describe the input's values and would be wrong on a transformed output.
 _VALUE_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset", "valid_range")
@@ -43,6 +44,9 @@ class BandArray:
         The value that marks missing pixels, or None.
     name
         What the caller calls this input ("source", "reference", a file name), used in messages.
+    nodata_given
+        True when the caller passed ``nodata`` (rather than it coming from the DataArray); an
+        explicit source nodata also applies to a reference that has none of its own.
     template
         The DataArray that came in, if any; the output is built from it.
     squeezed
@@ -55,6 +59,7 @@ class BandArray:
     name: str
     template: xr.DataArray | None = None
     squeezed: bool = False
+    nodata_given: bool = False
 
     @property
     def is_dask(self) -> bool:
@@ -72,6 +77,10 @@ class BandArray:
     def band_name(self, index: int) -> str:
         """How messages name band ``index``: ``band 3 of source.tif``."""
         return f"band {self.bands[index]!r} of {self.name}"
+
+    def no_valid_pixels(self, index: int) -> NoValidPixelsError:
+        """The one error for a band left empty once nodata, NaN and the mask are taken out."""
+        return no_valid_pixels(self.bands[index], self.name)
 
     def wrap(self, result: np.ndarray | da.Array, *, nodata: float | int | None) -> Any:
         """Give ``result`` (same shape as :attr:`array`) back in the kind the input came in.
@@ -98,6 +107,14 @@ class BandArray:
         return out
 
 
+def no_valid_pixels(label: Hashable, name: str) -> NoValidPixelsError:
+    """``band 3 of source.tif has no valid pixels ...``: the one wording, whoever finds it."""
+    return NoValidPixelsError(
+        f"band {label!r} of {name} has no valid pixels (all nodata, NaN, infinite or masked); "
+        "check the nodata value and the mask, or drop the band"
+    )
+
+
 def _check_dtype(dtype: np.dtype, name: str) -> None:
     if dtype.kind not in "iuf":
         raise UnsupportedDtypeError(
@@ -115,10 +132,13 @@ def as_band_array(data: Any, *, nodata: float | int | None = None, name: str = "
         numpy array, dask array or DataArray with 2 dims ``(y, x)`` or 3 dims ``(band, y, x)``.
     nodata
         Overrides the nodata value found on a DataArray (``.rio.nodata``, i.e. ``_FillValue``).
+        A value the dtype cannot hold (300 for uint8, NaN for integers) raises
+        :class:`~rastermatch.errors.OptionError`.
     name
         Used in error messages; a DataArray read from a file is named after the file.
     """
     template = None
+    nodata_given = nodata is not None
     bands: tuple[Hashable, ...]
     if isinstance(data, xr.DataArray):
         template = data
@@ -158,11 +178,19 @@ def as_band_array(data: Any, *, nodata: float | int | None = None, name: str = "
             )
         bands = tuple(range(1, array.shape[0] + 1)) if array.ndim == 3 else (1,)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} is a {type(data).__name__}; pass a numpy array, a dask array or an "
-            "xarray.DataArray (open files with rastermatch.open_raster)"
+            "xarray.DataArray (np.asarray(...) for a list; open files with "
+            "rastermatch.open_raster)"
+        )
+    if 0 in array.shape:
+        raise DimensionError(
+            f"{name} has shape {array.shape}, with no pixels or no bands; pass at least one band "
+            "of at least one pixel"
         )
     _check_dtype(array.dtype, name)
+    if nodata_given:
+        nodata = check_nodata(nodata, array.dtype, name)
     squeezed = array.ndim == 2
     if squeezed:
         array = array[None]
@@ -172,7 +200,7 @@ def as_band_array(data: Any, *, nodata: float | int | None = None, name: str = "
         nodata = python_scalar(nodata)
         if isinstance(nodata, float) and nodata.is_integer() and array.dtype.kind in "iu":
             nodata = int(nodata)
-    return BandArray(array, bands, nodata, name, template, squeezed)
+    return BandArray(array, bands, nodata, name, template, squeezed, nodata_given)
 
 
 def as_band_mask(mask: Any, like: BandArray, *, name: str = "mask") -> np.ndarray | da.Array:
@@ -186,7 +214,7 @@ def as_band_mask(mask: Any, like: BandArray, *, name: str = "mask") -> np.ndarra
             mask = mask.transpose(*like.template.dims)
         mask = mask.data
     if not isinstance(mask, np.ndarray | da.Array):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} is a {type(mask).__name__}; pass a boolean numpy/dask array or DataArray"
         )
     if mask.dtype != bool:

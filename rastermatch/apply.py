@@ -16,8 +16,13 @@ import numpy as np
 from dask.base import tokenize
 
 from ._data import as_band_array
-from .errors import NodataConflictError, NodataReplacedWarning, UnsupportedDtypeError
-from .histogram import uniform_bin
+from ._values import check_nodata, kernel_nodata, nodata_fits, uniform_bin
+from .errors import (
+    BandMismatchError,
+    NodataConflictError,
+    NodataReplacedWarning,
+    UnsupportedDtypeError,
+)
 
 if TYPE_CHECKING:
     from .lut import LUT
@@ -45,7 +50,13 @@ def _apply_levels(block, table, offset, nodata, has_nodata, out_nodata, out):  #
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_bins(block, table, lohi, nodata, has_nodata, out_nodata, out):  # pragma: no cover
+def _apply_intervals(
+    block, table, lohi, nodata, has_nodata, fill, is_int, out_lo, out_hi, out
+):  # pragma: no cover
+    """Map each value through its bin's interval row ``(smin, smax, olo, ohi)``.
+
+    The bin index is clamped by :func:`uniform_bin`, so no input reads outside the table.
+    """
     nb, ny, nx = block.shape
     nbins = table.shape[1]
     for b in range(nb):
@@ -56,40 +67,39 @@ def _apply_bins(block, table, lohi, nodata, has_nodata, out_nodata, out):  # pra
             for j in range(nx):
                 v = block[b, i, j]
                 f = np.float64(v)
-                if (has_nodata and v == nodata) or f - f != 0.0:
-                    out[b, i, j] = out_nodata
-                else:
-                    out[b, i, j] = table[b, uniform_bin(f, lo, scale, nbins)]
-
-
-@numba.njit(nogil=True, cache=True)
-def _apply_piecewise(block, knots, lohi, nodata, has_nodata, out):  # pragma: no cover
-    """Linear interpolation between knots at the bin edges; invalid pixels become NaN."""
-    nb, ny, nx = block.shape
-    nbins = knots.shape[1] - 1
-    for b in range(nb):
-        lo = lohi[b, 0]
-        hi = lohi[b, 1]
-        scale = nbins / (hi - lo) if hi > lo else 0.0
-        for i in range(ny):
-            for j in range(nx):
-                v = block[b, i, j]
-                f = np.float64(v)
-                if (has_nodata and v == nodata) or f - f != 0.0:
-                    out[b, i, j] = np.nan
+                if (has_nodata and v == nodata) or f - f != 0.0:  # nodata, NaN, infinite
+                    out[b, i, j] = fill
                     continue
-                t = (f - lo) * scale
-                if t <= 0.0:
-                    out[b, i, j] = knots[b, 0]
-                elif t >= nbins:
-                    out[b, i, j] = knots[b, nbins]
+                k = uniform_bin(f, lo, scale, nbins)
+                smin = table[b, k, 0]
+                smax = table[b, k, 1]
+                olo = table[b, k, 2]
+                ohi = table[b, k, 3]
+                if olo == ohi or smin >= smax:
+                    r = olo
+                elif olo == smin and ohi == smax:
+                    r = min(max(f, smin), smax)  # the identity, exactly
+                elif f <= smin:
+                    r = olo
+                elif f >= smax:
+                    r = ohi
                 else:
-                    k = int(t)
-                    w = t - k
-                    out[b, i, j] = knots[b, k] + w * (knots[b, k + 1] - knots[b, k])
+                    r = olo + (f - smin) * (ohi - olo) / (smax - smin)
+                    r = min(max(r, olo), ohi)
+                if is_int:
+                    r = min(max(np.rint(r), out_lo), out_hi)
+                out[b, i, j] = r
 
 
 # -- block function ---------------------------------------------------------------------------
+
+
+def _levels_fit(block_dtype: np.dtype, table: np.ndarray, offset: int) -> bool:
+    """Whether every value of ``block_dtype`` indexes ``table`` rows as ``value - offset``."""
+    if block_dtype.kind not in "iu" or block_dtype.itemsize > 2:
+        return False
+    info = np.iinfo(block_dtype)
+    return offset == int(info.min) and table.shape[-1] == int(info.max) - int(info.min) + 1
 
 
 def apply_block(
@@ -98,7 +108,6 @@ def apply_block(
     lohi: np.ndarray,
     *,
     kind: str,
-    binning_kind: str,
     offset: int,
     nodata: Any,
     out_nodata: Any,
@@ -107,33 +116,35 @@ def apply_block(
 ) -> np.ndarray:
     """Map one ``(band, y, x)`` block; ``table`` and ``lohi`` hold the block's bands' rows.
 
-    ``out``, when given, receives the result (a view of a larger output, say).
+    ``kind`` is the LUT's (``"table"`` or ``"interval"``). ``out``, when given, receives the
+    result (a view of a larger output, say).
     """
-    from .histogram import _kernel_nodata
-    from .lut import cast_values
-
     dtype = np.dtype(out_dtype)
-    nd, has_nd = _kernel_nodata(block, nodata)
-    if kind == "piecewise":
-        values = np.empty(block.shape, dtype=np.float64)
-        _apply_piecewise(block, table, lohi, nd, has_nd, values)
-        invalid = np.isnan(values)
-        if dtype.kind != "f":
-            values[invalid] = 0  # overwritten below; keeps the cast free of NaN
-        result = cast_values(values, dtype)
-        if out_nodata is not None:
-            result[invalid] = out_nodata
-        if out is None:
-            return result
-        out[...] = result
-        return out
+    nd, has_nd = kernel_nodata(block, nodata)
     if out is None:
         out = np.empty(block.shape, dtype=dtype)
-    fill = dtype.type(np.nan if out_nodata is None and dtype.kind == "f" else (out_nodata or 0))
-    if binning_kind == "levels":
-        _apply_levels(block, table, offset, nd, has_nd, fill, out)
+    if out_nodata is None:
+        fill = dtype.type(np.nan) if dtype.kind == "f" else dtype.type(0)
     else:
-        _apply_bins(block, table, lohi, nd, has_nd, fill, out)
+        fill = dtype.type(out_nodata)
+    if kind == "table":
+        if not _levels_fit(block.dtype, table, offset) or table.shape[0] != block.shape[0]:
+            raise UnsupportedDtypeError(
+                f"a level table of shape {table.shape} (offset {offset}) cannot map "
+                f"{block.dtype} data; fit the LUT on data of this dtype"
+            )
+        _apply_levels(block, table, offset, nd, has_nd, fill, out)
+        return out
+    if table.ndim != 3 or table.shape[2] != 4 or table.shape[0] != block.shape[0]:
+        raise BandMismatchError(
+            f"an interval table of shape {table.shape} cannot map a block of shape {block.shape}"
+        )
+    out_lo, out_hi = (
+        (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))
+        if dtype.kind in "iu"
+        else (-np.inf, np.inf)
+    )
+    _apply_intervals(block, table, lohi, nd, has_nd, fill, dtype.kind in "iu", out_lo, out_hi, out)
     return out
 
 
@@ -144,7 +155,6 @@ def block_arguments(
     b = lut.source_binning
     kwargs = dict(
         kind=lut.kind,
-        binning_kind=b.kind,
         offset=b.offset if b.kind == "levels" else 0,
         nodata=nodata,
         out_nodata=out_nodata,
@@ -171,8 +181,6 @@ def apply_lut_array(
             f"on {array.dtype} data or convert with .astype({b.dtype.name!r})"
         )
     if array.shape[0] != lut.nbands:
-        from .errors import BandMismatchError
-
         raise BandMismatchError(
             f"the data has {array.shape[0]} bands and the LUT {lut.nbands}; select the bands "
             "the LUT was fitted on"
@@ -182,17 +190,19 @@ def apply_lut_array(
         return apply_block(array, table, lohi, **kwargs)
     token = tokenize(table, lohi, lut.dtype)
     band_chunks = array.chunks[0]
-    table_d = da.from_array(table, chunks=(band_chunks, -1), name=f"rastermatch-lut-{token}")
+    table_chunks = (band_chunks, *((-1,) * (table.ndim - 1)))
+    table_d = da.from_array(table, chunks=table_chunks, name=f"rastermatch-lut-{token}")
     lohi_d = da.from_array(lohi, chunks=(band_chunks, -1), name=f"rastermatch-lut-range-{token}")
+    table_index = "bn" if table.ndim == 2 else "bnk"
     return da.blockwise(
         apply_block,
         "byx",
         array,
         "byx",
         table_d,
-        "bn",
+        table_index,
         lohi_d,
-        "bk",
+        "bc",
         concatenate=True,
         dtype=lut.dtype,
         meta=np.empty((0, 0, 0), lut.dtype),
@@ -220,23 +230,17 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
             return float("nan")
     elif dtype.kind == "f" and np.isnan(preferred):
         return float("nan")
-    if preferred is not None and not _representable(preferred, dtype):
+    if preferred is not None and not nodata_fits(preferred, dtype):
         preferred = None
-    used = lut.valid_outputs()
-    if lut.kind == "piecewise":
-        lo, hi = cast_range(used, dtype)
-        taken = lambda v: lo <= v <= hi  # noqa: E731
-    else:
-        taken = lambda v: bool(np.isin(v, used))  # noqa: E731
-    if preferred is not None and not taken(preferred):
+    if preferred is not None and not lut.output_taken(preferred):
         return preferred
     if dtype.kind == "f":
         choice: Any = float("nan")
     else:
         info = np.iinfo(dtype)
-        choice = next((v for v in (info.max, info.min) if not taken(v)), None)
-        if choice is None and dtype.itemsize <= 2:
-            free = np.setdiff1d(np.arange(info.min, info.max + 1), used)
+        choice = next((v for v in (info.max, info.min) if not lut.output_taken(v)), None)
+        if choice is None and dtype.itemsize <= 2 and lut.kind == "table":
+            free = np.setdiff1d(np.arange(info.min, info.max + 1), lut.valid_outputs())
             near = info.max if preferred is None else preferred
             choice = int(free[np.argmin(np.abs(free - near))]) if free.size else None
         if choice is None:
@@ -255,20 +259,6 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
     return choice
 
 
-def cast_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
-    from .lut import cast_values
-
-    v = cast_values(np.array([values.min(), values.max()]), dtype)
-    return float(v[0]), float(v[1])
-
-
-def _representable(value: Any, dtype: np.dtype) -> bool:
-    if dtype.kind == "f":
-        return True
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
-
-
 def apply_lut(lut: LUT, data: Any, *, nodata: Any = None, out_nodata: Any = None) -> Any:
     """Map ``data`` (numpy, dask or DataArray) through ``lut``, returning the same kind.
 
@@ -277,6 +267,8 @@ def apply_lut(lut: LUT, data: Any, *, nodata: Any = None, out_nodata: Any = None
     :func:`resolve_out_nodata`). Lazy for dask-backed input.
     """
     src = as_band_array(data, nodata=nodata, name="data")
+    if out_nodata is not None:
+        out_nodata = check_nodata(out_nodata, lut.dtype, "the output", what="out_nodata")
     nd = src.nodata if src.nodata is not None else lut.nodata
     preferred = (
         out_nodata

@@ -20,7 +20,6 @@ h_ref)`` computes several histograms in one pass over their inputs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -143,18 +142,17 @@ class Binning:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        self._require_concrete()
-        return {
-            "kind": self.kind,
-            "dtype": self.dtype.name,
-            "nbins": self.nbins,
-            "lo": self.lo.tolist(),
-            "hi": self.hi.tolist(),
-        }
+        """The JSON-ready layout (see :mod:`rastermatch.schema`)."""
+        from .schema import binning_to_dict
+
+        return binning_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Binning:
-        return cls(d["kind"], np.dtype(d["dtype"]), int(d["nbins"]), d["lo"], d["hi"])
+        """From :meth:`to_dict`'s layout, every field checked (HistogramFileError if bad)."""
+        from .schema import binning_from_dict
+
+        return binning_from_dict(d)
 
     def _require_concrete(self) -> None:
         if self.is_lazy:
@@ -445,39 +443,32 @@ class Histogram:
 
     # -- serialization
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; counts are stored sparsely (the bins that occur and their counts)."""
-        self._require_concrete()
-        bands = []
-        for row in self.counts:
-            (index,) = np.nonzero(row)
-            bands.append({"index": index.tolist(), "count": row[index].tolist()})
-        return {
-            "type": "rastermatch.Histogram",
-            "format": 1,
-            "binning": self.binning.to_dict(),
-            "bands": list(self.bands),
-            "counts": bands,
-        }
+        """A JSON-ready dict (format 2, see :mod:`rastermatch.schema`): per band the occupied
+        bins and their counts, with vmin/vmax/nmin for uniform binnings, and the nodata."""
+        from .schema import histogram_to_dict
+
+        return histogram_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Histogram:
-        if d.get("type") != "rastermatch.Histogram" or d.get("format") != 1:
-            raise ValueError("not a rastermatch histogram (format 1)")
-        binning = Binning.from_dict(d["binning"])
-        counts = np.zeros((len(d["counts"]), binning.nbins), dtype=np.int64)
-        for row, sparse in zip(counts, d["counts"], strict=True):
-            index = np.asarray(sparse["index"], dtype=np.int64)
-            if index.size and (index.min() < 0 or index.max() >= binning.nbins):
-                raise ValueError(f"histogram bin index outside 0..{binning.nbins - 1}")
-            row[index] = np.asarray(sparse["count"], dtype=np.int64)
-        return cls(counts, binning, tuple(d["bands"]))
+        """From :meth:`to_dict`'s layout (format 1 or 2), every field checked first; a bad
+        document raises :class:`~rastermatch.HistogramFileError`."""
+        from .schema import histogram_from_dict
+
+        return histogram_from_dict(d)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """:meth:`to_dict` as compact JSON (NaN nodata as the string "nan")."""
+        from .schema import histogram_to_json
+
+        return histogram_to_json(self)
 
     @classmethod
-    def from_json(cls, text: str) -> Histogram:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> Histogram:
+        """From :meth:`to_json` text, parsed strictly; HistogramFileError if it is not valid."""
+        from .schema import histogram_from_json
+
+        return histogram_from_json(text)
 
     def _require_concrete(self) -> None:
         if self.is_lazy:

@@ -26,10 +26,9 @@ object arrays) beyond that, so the result is exact for any pixel count.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._data import python_scalar
-from .errors import BandMismatchError, LUTFileError, NoValidPixelsError, RastermatchError
+from .errors import BandMismatchError, NoValidPixelsError, RastermatchError
 from .histogram import Binning, Histogram
 
 __all__ = ["LUT", "Levels", "Method", "interp_lut_values", "nearest_cdf_indices"]
@@ -46,7 +45,6 @@ Method = Literal["nearest", "interp"]
 Levels = Literal["present", "all"]
 _METHODS = ("nearest", "interp")
 _LEVELS = ("present", "all")
-_FORMAT = 1
 
 
 def _check_option(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -334,70 +332,43 @@ class LUT:
 
     # -- files
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; tables are run-length encoded (LUTs are mostly long runs)."""
-        from . import __version__
+        """A JSON-ready dict (format 2, see :mod:`rastermatch.schema`): the recipe and both
+        histograms. No table: reading the document rebuilds it from the histograms."""
+        from .schema import lut_to_dict
 
-        return {
-            "type": "rastermatch.LUT",
-            "format": _FORMAT,
-            "rastermatch_version": __version__,
-            "method": self.method,
-            "levels": self.levels,
-            "kind": self.kind,
-            "dtype": self.dtype.name,
-            "bands": list(self.bands),
-            "nodata": _json_number(self.nodata),
-            "out_nodata": _json_number(self.out_nodata),
-            "source_binning": self.source_binning.to_dict(),
-            "table": [_run_length(row) for row in self.table],
-            "source_histogram": None if self.source_hist is None else self.source_hist.to_dict(),
-            "reference_histogram": (
-                None if self.reference_hist is None else self.reference_hist.to_dict()
-            ),
-        }
+        return lut_to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, check: bool = True) -> LUT:
-        """Rebuild a LUT; with ``check``, verify that the table is the one its histograms give."""
-        if d.get("type") != "rastermatch.LUT":
-            raise ValueError("not a rastermatch LUT (the 'type' field is missing or different)")
-        if d.get("format") != _FORMAT:
-            raise ValueError(
-                f"LUT format {d.get('format')!r} is not supported (expected {_FORMAT})"
-            )
-        binning = Binning.from_dict(d["source_binning"])
-        dtype = np.dtype(d["dtype"])
-        width = binning.nbins + (1 if d["kind"] == "piecewise" else 0)
-        table_dtype = np.float64 if d["kind"] == "piecewise" else dtype
-        table = np.stack([_run_length_decode(r, width, table_dtype) for r in d["table"]])
-        hists = [
-            None if d.get(k) is None else Histogram.from_dict(d[k])
-            for k in ("source_histogram", "reference_histogram")
-        ]
-        lut = cls(
-            table,
-            binning,
-            dtype,
-            d["method"],
-            d["levels"],
-            tuple(d["bands"]),
-            *hists,
-            _from_json_number(d.get("nodata")),
-            _from_json_number(d.get("out_nodata")),
-        )
-        if check and hists[0] is not None and hists[1] is not None:
-            again = cls.from_histograms(
-                hists[0], hists[1], method=lut.method, levels=lut.levels, dtype=dtype
-            )
-            if not np.array_equal(again.table, lut.table):
-                raise ValueError(
-                    "the table does not match the histograms stored with it (the file was "
-                    "modified after it was written)"
-                )
-        return lut
+    def from_dict(cls, d: Mapping[str, Any]) -> LUT:
+        """The LUT a document describes: every field checked, then the table rebuilt with
+        :meth:`from_histograms`. Format 1 documents (rastermatch 0.1) are read too, their stored
+        table compared with the rebuilt one. A bad document raises LUTFileError."""
+        from .schema import lut_from_dict
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+        return lut_from_dict(d)
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        inputs: Iterable[str | os.PathLike[str] | None] = (),
+    ) -> Path:
         """Write the LUT as a JSON document (see :meth:`to_dict`), atomically.
+
+        Parameters
+        ----------
+        path
+            The file to write; it must not exist unless ``overwrite``.
+        overwrite
+            Replace an existing file.
+        inputs
+            Paths the job read (source, reference, masks, another LUT): the LUT is never
+            written over any of them, whatever ``overwrite`` says.
+
+        The file appears complete or not at all (a temporary sibling renamed into place, removed
+        on any error or interrupt); write errors raise RasterWriteError naming the file. The
+        same LUT always gives the same bytes.
 
         Examples
         --------
@@ -409,33 +380,18 @@ class LUT:
         >>> LUT.load(path).table[0, 1:4].tolist()
         [1, 2, 3]
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        from .schema import save_lut
+
+        return save_lut(self, path, overwrite=overwrite, inputs=inputs)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LUT:
-        """Read a LUT written by :meth:`save`; a malformed or modified file raises LUTFileError."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LUTFileError(f"LUT file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LUTFileError(f"LUT file {path} is not readable JSON: {e}") from None
-        try:
-            return cls.from_dict(d)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise LUTFileError(
-                f"LUT file {path} is not a valid rastermatch LUT: {what}; recreate it with "
-                "`rastermatch fit`"
-            ) from None
+        """Read a LUT file: every field is checked and the table rebuilt from the histograms, so
+        a file can neither disagree with itself nor steer the kernels outside the table. Any
+        problem raises LUTFileError naming the file and the field."""
+        from .schema import load_lut
+
+        return load_lut(path)
 
     def __repr__(self) -> str:
         return (
@@ -453,39 +409,3 @@ class LUT:
         from .plot import figure_png
 
         return figure_png(self.plot)
-
-
-def _json_number(x: Any) -> Any:
-    if isinstance(x, float) and not np.isfinite(x):
-        return str(x)  # "nan", "inf": JSON has no literal for them
-    return x
-
-
-def _from_json_number(x: Any) -> Any:
-    return float(x) if isinstance(x, str) else x
-
-
-def _run_length(row: np.ndarray) -> dict[str, list[Any]]:
-    """``{"start": [...], "value": [...]}``: the positions where the value changes."""
-    change = np.flatnonzero(np.concatenate([[True], row[1:] != row[:-1]]))
-    return {"start": change.tolist(), "value": row[change].tolist()}
-
-
-def _run_length_decode(d: Mapping[str, Any], width: int, dtype: np.dtype) -> np.ndarray:
-    start = np.asarray(d["start"], dtype=np.int64)
-    value = np.asarray(d["value"], dtype=np.float64)
-    if (
-        start.ndim != 1
-        or start.shape != value.shape
-        or start.size == 0
-        or start[0] != 0
-        or np.any(np.diff(start) <= 0)
-        or start[-1] >= width
-    ):
-        raise ValueError(f"a table row is not a valid run-length encoding of {width} values")
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        if np.any(value != np.rint(value)) or value.min() < info.min or value.max() > info.max:
-            raise ValueError(f"table values do not fit the output dtype {np.dtype(dtype)}")
-    lengths = np.diff(np.append(start, width))
-    return np.repeat(value, lengths).astype(dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import dask
@@ -18,10 +19,20 @@ import dask.array as da
 import numpy as np
 
 from ._data import BandArray, as_band_array, as_band_mask
+from ._values import nodata_fits
 from .apply import apply_block, apply_lut_array, block_arguments, resolve_out_nodata
 from .errors import BandMismatchError
-from .histogram import Binning, Histogram, band_histograms, band_ranges, default_binning
-from .lut import LUT, Levels, Method
+from .histogram import (
+    Binning,
+    Histogram,
+    band_histograms,
+    band_ranges,
+    check_bins,
+    check_range,
+    default_binning,
+    split_range,
+)
+from .lut import LEVELS, LUT, METHODS, Levels, Method, check_option, check_out_dtype
 
 __all__ = ["equalize", "fit_lut", "match_histograms", "uniform_histogram"]
 
@@ -90,15 +101,40 @@ def _histograms(
     hists = dask.compute(*lazy, scheduler=scheduler)
     # band labels and names come from the inputs, not from the wrapped arrays
     return [
-        Histogram(h.counts, h.binning, src.bands)
+        replace(h, bands=src.bands, name=src.name)
         for h, (_, src, _, _) in zip(hists, arrays, strict=True)
     ]
 
 
 def _valid_range_or_raise(lohi: np.ndarray, src: BandArray) -> np.ndarray:
-    from .histogram import _check_range
+    return check_range(lohi, src.bands, src.name)
 
-    return _check_range(lohi, src.bands, src.name)
+
+def check_options(
+    *, method: Any = "nearest", levels: Any = "present", bins: Any = None, dtype: Any = None
+) -> None:
+    """OptionError for a bad method, levels, bins or dtype: checked before any work."""
+    check_option("method", method, METHODS)
+    check_option("levels", levels, LEVELS)
+    check_bins(bins)
+    check_out_dtype(dtype)
+
+
+def reference_with_source_nodata(src: BandArray, ref: BandArray) -> BandArray:
+    """The reference, taking the source's explicit nodata when it has none of its own.
+
+    A user who says "0 is nodata" means it for both scenes unless they say otherwise
+    (``reference_nodata=``); a reference with its own nodata keeps it, and a value the
+    reference's dtype cannot hold is not taken over.
+    """
+    if (
+        ref.nodata is None
+        and src.nodata_given
+        and src.nodata is not None
+        and nodata_fits(src.nodata, ref.dtype)
+    ):
+        return replace(ref, nodata=src.nodata)
+    return ref
 
 
 def _mask(mask: Any, src: BandArray, name: str) -> Any:
@@ -144,10 +180,12 @@ def fit_lut(
 ) -> LUT:
     """The LUT that matches ``source`` to ``reference``, computing both histograms in one pass.
 
-    Takes the arguments of :func:`match_histograms`; the returned :class:`~rastermatch.LUT` records
-    the histograms, the nodata values and the output nodata, ready to :meth:`~rastermatch.LUT.apply`
-    or :meth:`~rastermatch.LUT.save`.
+    Takes the arguments of :func:`match_histograms` (an explicit ``nodata`` also applies to a
+    reference without nodata of its own); the returned :class:`~rastermatch.LUT` records the
+    histograms, the nodata values and the output nodata, ready to
+    :meth:`~rastermatch.LUT.apply` or :meth:`~rastermatch.LUT.save`.
     """
+    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
     src = as_band_array(source, nodata=nodata, name="source")
     ref = as_band_array(reference, nodata=reference_nodata, name="reference")
     return _fit(src, ref, method, levels, mask, reference_mask, bins, dtype)
@@ -163,6 +201,8 @@ def _fit(
     bins: int | None,
     dtype: Any,
 ) -> LUT:
+    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
+    ref = reference_with_source_nodata(src, ref)
     if src.array.shape[0] != ref.array.shape[0]:
         raise BandMismatchError(
             f"{src.name} has {src.array.shape[0]} bands and {ref.name} has "
@@ -206,21 +246,28 @@ def match_histograms(
         ``(band, y, x)`` or ``(y, x)`` numpy arrays, dask arrays or DataArrays, with the same
         number of bands. Shapes, grids and dtypes may differ: histograms ignore geometry.
     method
-        ``"nearest"`` (default): the nearest-CDF rule, exact, ties to the smallest level.
-        ``"interp"``: scikit-image's piecewise-linear mapping (integers rounded to nearest).
+        ``"nearest"`` (default): the nearest-CDF rule, exact, ties to the smallest level; for
+        floats too, every output is a value of the reference and a scene matched to itself is
+        unchanged. ``"interp"``: scikit-image's piecewise-linear mapping (integers rounded to
+        nearest), equal to it wherever each histogram bin holds one distinct value (see
+        :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>` for the bound otherwise).
     levels
         ``"present"`` (default): only levels that occur in the reference are produced;
         ``"all"``: any level of the reference's range.
     nodata, reference_nodata
-        Values left out of the statistics; default ``.rio.nodata`` of a DataArray. Source nodata
-        pixels stay nodata in the output.
+        Values left out of the statistics; default ``.rio.nodata`` of a DataArray. An explicit
+        ``nodata`` also applies to the reference when ``reference_nodata`` is not given and the
+        reference has no nodata of its own. Source nodata pixels stay nodata in the output. A
+        value the dtype cannot hold (300 for uint8, NaN for integers) raises
+        :class:`~rastermatch.errors.OptionError`.
     mask, reference_mask
         Boolean, True = leave out of the statistics (clouds). Masked source pixels are still
         transformed.
     bins
         Number of bins for floats and integers wider than 16 bits (default 65,536).
     dtype
-        Output dtype; default the reference's.
+        Output dtype; default the reference's. An integer dtype that cannot hold the outputs
+        raises :class:`~rastermatch.errors.OptionError` instead of clipping them.
 
     Returns
     -------
@@ -247,7 +294,14 @@ def match_histograms(
     >>> matched = match_histograms(src, ref, nodata=0)
     >>> matched.dims, matched.dtype.name, matched.rio.crs.to_epsg()
     (('band', 'y', 'x'), 'uint16', 32619)
+
+    Floats: a scene matched to itself comes back unchanged, with either method.
+
+    >>> x = np.array([[0.0, 1.0, 2.0, 3.0, 100.0]])
+    >>> match_histograms(x, x).tolist(), match_histograms(x, x, method="interp").tolist()
+    ([[0.0, 1.0, 2.0, 3.0, 100.0]], [[0.0, 1.0, 2.0, 3.0, 100.0]])
     """
+    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
     src = as_band_array(source, nodata=nodata, name="source")
     ref = as_band_array(reference, nodata=reference_nodata, name="reference")
     lut = _fit(src, ref, method, levels, mask, reference_mask, bins, dtype)
@@ -268,12 +322,7 @@ def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = 
         if b.kind == "uniform":  # the data range is the binning's own
             lo, hi = b.lo, b.hi
     else:
-        from .histogram import _split_range
-
-        lo, hi = (
-            np.broadcast_to(np.asarray(v, dtype=np.float64), (hist.nbands,))
-            for v in _split_range(range)
-        )
+        lo, hi = split_range(range, hist.nbands)
     if b.kind == "levels" and bins is None:
         ref_binning = Binning.levels(b.dtype, hist.nbands)
         levels = ref_binning.values()
@@ -282,7 +331,7 @@ def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = 
         nbins = bins or b.nbins
         ref_binning = Binning("uniform", b.dtype, nbins, np.array(lo, float), np.array(hi, float))
         counts = np.ones((hist.nbands, nbins), dtype=np.int64)
-    return Histogram(counts, ref_binning, hist.bands)
+    return Histogram(counts, ref_binning, hist.bands, nodata=hist.nodata)
 
 
 def equalize(
@@ -297,7 +346,9 @@ def equalize(
     """Histogram equalization: matching to a uniform reference (exact nearest-CDF rule).
 
     The uniform reference spans each band's valid data range, or ``range=(lo, hi)`` (for example
-    the dtype's, ``(0, 255)``). Returns the kind that came in; lazy for dask-backed input.
+    the dtype's, ``(0, 255)``; finite, ``lo < hi``, else :class:`~rastermatch.errors.OptionError`
+    before any work). ``nodata`` (default the DataArray's) is left out of the statistics and
+    stays nodata. Returns the kind that came in; lazy for dask-backed input.
 
     Examples
     --------
@@ -306,7 +357,10 @@ def equalize(
     >>> equalize(np.array([[0, 0, 0, 1, 1, 2, 3, 4]], dtype=np.uint8), range=(0, 7)).tolist()
     [[2, 2, 2, 4, 4, 5, 6, 7]]
     """
+    check_options(bins=bins, dtype=dtype)
     src = as_band_array(data, nodata=nodata, name="data")
+    if range is not None:
+        split_range(range, src.array.shape[0])
     (h_src,) = _histograms([(src, _mask(mask, src, "mask"), bins)], _scheduler(src))
     h_ref = uniform_histogram(h_src, range=range)
     # the uniform reference leaves the nodata level out, so no valid pixel is mapped onto it
@@ -314,7 +368,7 @@ def equalize(
     if k is not None and h_ref.counts[:, k].sum() < h_ref.counts.sum():
         counts = h_ref.counts.copy()
         counts[:, k] = 0
-        h_ref = Histogram(counts, h_ref.binning, h_ref.bands)
+        h_ref = replace(h_ref, counts=counts)
     lut = LUT.from_histograms(
         h_src,
         h_ref,

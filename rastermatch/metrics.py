@@ -1,8 +1,10 @@
 """Quality metrics of a match, computed from histograms only: no pixel is read again.
 
-Every histogram places its pixels at :meth:`Binning.values` (the integer level, or the bin
-centre), so two histograms with different binnings (uint8 against uint16, float bins of different
-widths) compare on the union of their values:
+Every histogram is read as atoms, values with their pixel counts (:meth:`Histogram.atoms`): the
+integer levels; for float bins their smallest value (``vmin``, with ``nmin`` pixels) and largest
+(``vmax``, with the rest), which is exact for bins of at most two distinct values (quantised
+reflectance, integers read as floats). Two histograms with different binnings (uint8 against
+uint16, float bins of different widths) compare on the union of their atoms:
 
 - :func:`ks_distance`, the Kolmogorov-Smirnov distance ``max_x |F_a(x) - F_b(x)|``;
 - :func:`wasserstein_distance`, the Wasserstein-1 (earth mover's) distance
@@ -25,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BandMismatchError, NoValidPixelsError, RastermatchError
+from ._values import EXACT_MAX_ITEMSIZE, cast_values, uniform_bins
+from .errors import BandMismatchError, InputTypeError, NoValidPixelsError, RastermatchError
 from .histogram import DEFAULT_BINS, Binning, Histogram
-from .lut import LUT, cast_values
+from .lut import LUT
 
 __all__ = [
     "format_quality_table",
@@ -37,8 +40,6 @@ __all__ = [
     "wasserstein_distance",
 ]
 
-_EXACT_MAX_ITEMSIZE = 2  # as in histogram.py: integers of up to 16 bits get one bin per level
-
 
 # -- distances between two histograms ---------------------------------------------------------
 
@@ -46,7 +47,7 @@ _EXACT_MAX_ITEMSIZE = 2  # as in histogram.py: integers of up to 16 bits get one
 def _check_pair(a: Histogram, b: Histogram) -> None:
     for h in (a, b):
         if not isinstance(h, Histogram):
-            raise TypeError(f"expected a rastermatch.Histogram, not a {type(h).__name__}")
+            raise InputTypeError(f"expected a rastermatch.Histogram, not a {type(h).__name__}")
         h._require_concrete()
     if a.nbands != b.nbands:
         raise BandMismatchError(
@@ -65,14 +66,13 @@ def _cdf_gaps(a: Histogram, b: Histogram, band: int) -> tuple[np.ndarray, np.nda
     """
     parts = []
     for h in (a, b):
-        counts = h.counts[band]
-        occupied = np.flatnonzero(counts)
-        if occupied.size == 0:
+        values, weights = h.atoms(band)
+        if values.size == 0:
             raise NoValidPixelsError(
-                f"band {h.bands[band]!r} of a histogram has no pixels; a distance needs at "
+                f"band {h.bands[band]!r} of {h.name} has no valid pixels; a distance needs at "
                 "least one pixel on each side (check the nodata value and the mask)"
             )
-        parts.append((h.binning.values()[band, occupied], np.cumsum(counts[occupied])))
+        parts.append((values, np.cumsum(weights)))
     (va, ca), (vb, cb) = parts
     n_a, n_b = int(ca[-1]), int(cb[-1])
     x = np.union1d(va, vb)
@@ -90,9 +90,9 @@ def _cdf_gaps(a: Histogram, b: Histogram, band: int) -> tuple[np.ndarray, np.nda
 def ks_distance(a: Histogram, b: Histogram) -> np.ndarray:
     """The Kolmogorov-Smirnov distance per band: the largest gap between the two empirical CDFs.
 
-    The CDFs are evaluated on the union of the values where either histogram has pixels, each
-    bin's pixels sitting at its :meth:`~rastermatch.Binning.values` (level or bin centre); the
-    binnings may differ.
+    The CDFs are evaluated on the union of the values where either histogram has pixels, read
+    from :meth:`~rastermatch.Histogram.atoms` (levels; a float bin's smallest and largest
+    value); the binnings may differ.
 
     Parameters
     ----------
@@ -126,11 +126,12 @@ def ks_distance(a: Histogram, b: Histogram) -> np.ndarray:
 def wasserstein_distance(a: Histogram, b: Histogram) -> np.ndarray:
     """The Wasserstein-1 distance per band, in value units.
 
-    ``integral |F_a(x) - F_b(x)| dx`` over the merged support, with each bin's pixels at its
-    :meth:`~rastermatch.Binning.values`: the same number as
+    ``integral |F_a(x) - F_b(x)| dx`` over the merged support of the
+    :meth:`~rastermatch.Histogram.atoms`: the same number as
     ``scipy.stats.wasserstein_distance(values_a, values_b, u_weights=counts_a,
-    v_weights=counts_b)``. It is the mean shift a pixel needs to turn one distribution into the
-    other, so it reads in the units of the data (digital numbers, reflectance).
+    v_weights=counts_b)`` on the atoms. It is the mean shift a pixel needs to turn one
+    distribution into the other, so it reads in the units of the data (digital numbers,
+    reflectance).
 
     Parameters
     ----------
@@ -164,38 +165,59 @@ def wasserstein_distance(a: Histogram, b: Histogram) -> np.ndarray:
 # -- the matched histogram, from the LUT ------------------------------------------------------
 
 
-def _output_values(lut: LUT) -> np.ndarray:
-    """The output value of every source bin, ``(band, nbins)`` in the LUT's dtype."""
-    if lut.kind == "piecewise":
-        # knots at the bin edges: a bin's pixels are placed at its centre, where the mapping
-        # takes the mean of the two knots (exact for pixels at bin centres, approximate otherwise)
-        return cast_values((lut.table[:, :-1] + lut.table[:, 1:]) / 2, lut.dtype)
-    return lut.table
+def _merge_atoms(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Increasing distinct finite values with their summed weights."""
+    finite = np.isfinite(values) & (weights > 0)  # band_histograms never counts NaN or inf
+    values, weights = values[finite], weights[finite]
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return distinct, np.bincount(inverse.ravel(), weights=weights, minlength=distinct.size).astype(
+        np.int64
+    )
 
 
-def _uniform_bins(values: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
-    """:func:`rastermatch.histogram.uniform_bin` vectorized: the same float64 operations, so every
-    value lands in the bin ``band_histograms`` would count it in."""
-    scale = nbins / (hi - lo) if hi > lo else 0.0
-    t = (values - lo) * scale
-    k = np.where(t <= 0.0, 0.0, t).astype(np.int64)
-    return np.minimum(k, nbins - 1)
+def matched_atoms(lut: LUT, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """The values a band of the matched source takes, with their pixel counts.
+
+    Each occupied source bin is pushed through the LUT. A bin mapped to a single value (every
+    level of a levels table, every float bin holding one distinct value, every collapsed bin)
+    gives its exact output. A bin spread over an output interval gives the output of its
+    smallest value for its ``nmin`` pixels and the output of its largest for the rest: exact
+    when the bin holds at most two distinct values, else its pixels between the two are placed
+    at the output of the largest. Values are in the LUT's dtype (integers rounded as
+    :meth:`LUT.apply <rastermatch.LUT.apply>` rounds them), as float64.
+    """
+    src = lut.source_hist
+    counts = src.counts[band]
+    seen = np.flatnonzero(counts)
+    if lut.kind == "table":
+        values = lut.table[band, seen].astype(np.float64)
+        return _merge_atoms(values, counts[seen])
+    _, _, nmin = src.bin_stats()
+    t = lut.table[band, seen]
+    smin, smax, olo, ohi = t[:, 0], t[:, 1], t[:, 2], t[:, 3]
+    single = (olo == ohi) | (smin >= smax)
+    first = np.where(single, counts[seen], nmin[band, seen])
+    values = np.concatenate([olo, ohi])
+    weights = np.concatenate([first, counts[seen] - first])
+    return _merge_atoms(cast_values(values, lut.dtype).astype(np.float64), weights)
 
 
 def matched_histogram(lut: LUT) -> Histogram:
     """The histogram of the matched source, computed from the LUT and its source histogram.
 
-    Each source bin's count is pushed through the table onto its output value, so the quality of
-    a match is known without reading the output pixels. Nodata pixels are left out, as they are
-    from the source histogram.
+    Each source bin's count is pushed through the LUT onto its output values
+    (:func:`matched_atoms`), so the quality of a match is known without reading the output
+    pixels. Nodata pixels are left out, as they are from the source histogram. The distances of
+    :func:`quality_table` use these atoms, not the bins: they equal the distances measured on
+    the written values whenever every source bin maps to one value or holds at most two
+    distinct values (always for integer sources of at most 16 bits and for quantised floats).
 
     The binning is the one :func:`~rastermatch.band_histograms` gives the output: one bin per
     level for integer outputs of at most 16 bits, else ``nbins`` equal bins (the reference
-    histogram's ``nbins``) over the range of the outputs that occur. For table LUTs this equals
-    ``band_histograms(lut.apply(source), nodata=lut.out_nodata, bins=nbins)`` exactly (pixels
-    left out by a mask are left out here too). Piecewise LUTs (``method="interp"`` on continuous
-    data) interpolate within a bin; there every pixel of a bin is placed at the output value of
-    the bin centre, the mean of the bin's two knots.
+    histogram's ``nbins``) over the range of the outputs that occur, with their ``vmin``,
+    ``vmax`` and ``nmin``. For table LUTs the counts equal ``band_histograms(lut.apply(source),
+    nodata=lut.out_nodata, bins=nbins)`` exactly (pixels left out by a mask are left out here
+    too).
 
     Parameters
     ----------
@@ -226,31 +248,37 @@ def matched_histogram(lut: LUT) -> Histogram:
             "with rastermatch.fit_lut or LUT.from_histograms, or histogram the matched data "
             "with rastermatch.band_histograms"
         )
-    src = lut.source_hist
-    src._require_concrete()
-    out_values = _output_values(lut)
+    lut.source_hist._require_concrete()
+    atoms = [matched_atoms(lut, b) for b in range(lut.nbands)]
     dtype = lut.dtype
-    if dtype.kind in "iu" and dtype.itemsize <= _EXACT_MAX_ITEMSIZE:
+    recorded = {"nodata": lut.out_nodata, "masked": lut.source_hist.masked}
+    if dtype.kind in "iu" and dtype.itemsize <= EXACT_MAX_ITEMSIZE:
         binning = Binning.levels(dtype, lut.nbands)
         counts = np.zeros((lut.nbands, binning.nbins), dtype=np.int64)
-        for b in range(lut.nbands):
-            np.add.at(counts[b], out_values[b].astype(np.int64) - binning.offset, src.counts[b])
-        return Histogram(counts, binning, lut.bands)
-
-    nbins = lut.reference_hist.binning.nbins if lut.reference_hist is not None else DEFAULT_BINS
-    lo = np.zeros(lut.nbands)
-    hi = np.zeros(lut.nbands)
-    counts = np.zeros((lut.nbands, nbins), dtype=np.int64)
-    for b in range(lut.nbands):
-        occupied = np.flatnonzero(src.counts[b])
-        values = out_values[b, occupied].astype(np.float64)
-        finite = np.isfinite(values)  # band_histograms never counts NaN or infinities
-        values, weights = values[finite], src.counts[b, occupied[finite]]
-        if values.size == 0:
-            continue
-        lo[b], hi[b] = values.min(), values.max()
-        np.add.at(counts[b], _uniform_bins(values, lo[b], hi[b], nbins), weights)
-    return Histogram(counts, Binning("uniform", dtype, nbins, lo, hi), lut.bands)
+        for b, (values, weights) in enumerate(atoms):
+            np.add.at(counts[b], values.astype(np.int64) - binning.offset, weights)
+        hist = Histogram(counts, binning, lut.bands, **recorded)
+    else:
+        nbins = lut.reference_hist.binning.nbins if lut.reference_hist is not None else DEFAULT_BINS
+        shape = (lut.nbands, nbins)
+        lo, hi = np.zeros(lut.nbands), np.zeros(lut.nbands)
+        counts = np.zeros(shape, dtype=np.int64)
+        vmin, vmax, nmin = np.full(shape, np.inf), np.full(shape, -np.inf), np.zeros(shape, int)
+        for b, (values, weights) in enumerate(atoms):
+            if values.size == 0:
+                continue
+            lo[b], hi[b] = values[0], values[-1]
+            k = uniform_bins(values, lo[b], hi[b], nbins)
+            np.add.at(counts[b], k, weights)
+            # atoms increase, so a bin's first atom is its smallest and its last its largest
+            first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+            last = np.r_[first[1:] - 1, k.size - 1]
+            vmin[b, k[first]], nmin[b, k[first]] = values[first], weights[first]
+            vmax[b, k[last]] = values[last]
+        binning = Binning("uniform", dtype, nbins, lo, hi)
+        hist = Histogram(counts, binning, lut.bands, vmin=vmin, vmax=vmax, nmin=nmin, **recorded)
+    object.__setattr__(hist, "_atoms", tuple(atoms))
+    return hist
 
 
 # -- the before/after table -------------------------------------------------------------------
@@ -260,6 +288,12 @@ def quality_table(
     source_hist: Histogram, reference_hist: Histogram, matched_hist: Histogram
 ) -> list[dict[str, Any]]:
     """KS and Wasserstein-1 distances to the reference, before and after the match, per band.
+
+    With ``matched_hist`` from :func:`matched_histogram` the "after" distances are those of the
+    values the LUT writes, exactly whenever each source bin maps to one value or holds at most
+    two distinct values, and each reference bin holds at most two (always for integers of at
+    most 16 bits and for quantised floats); otherwise a bin's pixels between its smallest and
+    largest value are placed at its largest.
 
     Parameters
     ----------

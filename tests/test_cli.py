@@ -288,11 +288,11 @@ def test_refuses_a_corrupt_lut(matched, tmp_path):
     assert_refused(result, 1, "truncated.json", "not readable JSON")
 
     edited = json.loads(matched["lut"].read_text())
-    edited["table"][0]["value"][1] += 1  # one output level changed by hand
+    edited["source_histogram"]["binning"]["lo"][0] = -1e15  # the crafted file
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(edited))
     result = run("apply", NAIP, tampered, "-o", tmp_path / "a.tif")
-    assert_refused(result, 1, "tampered.json", "modified")
+    assert_refused(result, 1, "tampered.json", "binning.lo[0] is -1e15")
     assert not (tmp_path / "a.tif").exists()
 
 

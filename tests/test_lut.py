@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from skimage.exposure import match_histograms as sk_match
 from strategies import counts, huge_counts
 
-from rastermatch import LUT, Binning, Histogram, LUTFileError, band_histograms, nearest_cdf_indices
+from rastermatch import LUT, Binning, Histogram, band_histograms, nearest_cdf_indices
 from rastermatch.errors import BandMismatchError, NoValidPixelsError, RastermatchError
 
 
@@ -122,20 +122,21 @@ def test_interp_float_is_continuous(rng):
     src = rng.normal(0, 1, (1, 200, 200))
     ref = rng.normal(10, 2, (1, 200, 200))
     lut = LUT.from_histograms(band_histograms(src), band_histograms(ref), method="interp")
-    assert lut.kind == "piecewise"
+    assert lut.kind == "interval"
     x = np.linspace(-1, 1, 10001)[None, None, :]
     y = lut.apply(x)[0, 0]
     steps = np.diff(y)
     assert np.all(steps >= 0) and steps.max() < 1e-2  # no quantisation steps
 
 
-def test_nearest_float_maps_to_reference_bin_centres(rng):
+def test_nearest_float_maps_to_reference_values(rng):
     src = rng.normal(0, 1, (1, 50, 50)).astype(np.float32)
     ref = rng.normal(5, 1, (1, 50, 50))
     h_ref = band_histograms(ref, bins=16)
     lut = LUT.from_histograms(band_histograms(src), h_ref)
-    centres = h_ref.binning.values()[0]
-    assert set(np.unique(lut.apply(src))) <= set(centres[h_ref.counts[0] > 0])
+    # coarse bins hold many values: each output is the smallest value of its reference bin
+    assert set(np.unique(lut.apply(src))) <= set(h_ref.vmin[0][h_ref.counts[0] > 0])
+    assert set(np.unique(lut.apply(src))) <= set(np.unique(ref))
 
 
 def test_band_mismatch_and_empty_band():
@@ -177,26 +178,3 @@ def test_save_load_roundtrip(tmp_path, rng, method, dtype):
     assert not list(tmp_path.glob(".*tmp*"))
     doc = json.loads(path.read_text())
     assert doc["type"] == "rastermatch.LUT" and "rastermatch_version" in doc
-
-
-def test_tampered_and_malformed_files_are_refused(tmp_path):
-    lut = LUT.from_histograms(_hist([3, 1, 4, 1, 5]), _hist([2, 7, 1, 8]))
-    doc = lut.to_dict()
-    doc["table"][0]["value"][0] = 3  # an edit the histograms do not support
-    bad = tmp_path / "tampered.json"
-    bad.write_text(json.dumps(doc))
-    with pytest.raises(LUTFileError, match=r"tampered.json .*modified after it was written"):
-        LUT.load(bad)
-    (tmp_path / "junk.json").write_text("{not json")
-    with pytest.raises(LUTFileError, match=r"junk\.json is not readable JSON"):
-        LUT.load(tmp_path / "junk.json")
-    (tmp_path / "other.json").write_text(json.dumps({"type": "something"}))
-    with pytest.raises(LUTFileError, match="not a rastermatch LUT"):
-        LUT.load(tmp_path / "other.json")
-    doc = lut.to_dict()
-    del doc["source_binning"]
-    (tmp_path / "missing.json").write_text(json.dumps(doc))
-    with pytest.raises(LUTFileError, match="missing field 'source_binning'"):
-        LUT.load(tmp_path / "missing.json")
-    with pytest.raises(LUTFileError, match="does not exist"):
-        LUT.load(tmp_path / "nope.json")

@@ -1,0 +1,1047 @@
+"""LUT and histogram documents: JSON layout and validation.
+
+A LUT file is untrusted input. It may have been edited by hand, cut short, or crafted to make
+:func:`rastermatch.apply.apply_lut` read outside its table (a ``source_binning.lo`` of -1e15 did
+exactly that in rastermatch 0.1). So a LUT document does not carry a table to be trusted: it
+records the recipe (``method``, ``levels``) and both histograms, and loading it
+
+1. parses the JSON strictly: no bare ``NaN``/``Infinity`` constants, no duplicate keys, no
+   document larger than :data:`MAX_DOCUMENT_BYTES`, no nesting deeper than the parser allows;
+2. checks every field against the layout below, with exact types (``true`` is not an integer),
+   lengths, ranges and the consistency of counts, bins and per-bin statistics, before any array
+   the size of a histogram is allocated (``nbins`` of 10**18 is refused, not attempted);
+3. rebuilds the table with :meth:`rastermatch.LUT.from_histograms`, so a table can never disagree
+   with its histograms and the kernels only ever see tables the builder made.
+
+Any problem raises :class:`~rastermatch.LUTFileError` (LUT documents and files) or
+:class:`~rastermatch.HistogramFileError` (histogram documents) with the field it concerns, e.g.
+``LUT file calib.json: source_histogram.binning.lo[0] is -1e15, but uint16 levels start at 0;
+recreate it with `rastermatch fit```. No other exception escapes.
+
+Layout, format 2 (numbers that JSON cannot spell, NaN and infinities, are the strings ``"nan"``,
+``"inf"`` and ``"-inf"``; they are allowed only for nodata values)::
+
+    LUT:       {"type": "rastermatch.LUT", "format": 2, "rastermatch_version": str,
+                "recipe": {"method": "nearest" | "interp", "levels": "present" | "all"},
+                "dtype": output dtype, "bands": [label, ...],
+                "nodata": number | null, "out_nodata": number | null,
+                "source_histogram": Histogram, "reference_histogram": Histogram}
+    Histogram: {"type": "rastermatch.Histogram", "format": 2, "binning": Binning,
+                "bands": [label, ...], "nodata": number | null, "masked": bool,
+                "counts": [{"index": [int, ...], "count": [int, ...],
+                            "vmin": [float, ...], "vmax": [float, ...], "nmin": [int, ...]}, ...]}
+    Binning:   {"kind": "levels" | "uniform", "dtype": str, "nbins": int,
+                "lo": [float, ...], "hi": [float, ...]}
+
+Counts are sparse: one entry per band, listing the occupied bins (``index``, strictly
+increasing) and their counts; ``vmin``/``vmax``/``nmin`` (the smallest and largest value in the
+bin and how many pixels equal the smallest) only for ``"uniform"`` binnings. Band labels are
+strings, integers or finite floats, unique. Format 1 (rastermatch 0.1) documents still load: a
+format-1 LUT carries a run-length encoded ``table`` beside its histograms; it is rebuilt from the
+histograms and refused when the stored table differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+import stat
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
+
+import numpy as np
+
+from ._data import python_scalar
+from .errors import (
+    HistogramFileError,
+    LUTFileError,
+    OutputExistsError,
+    RastermatchError,
+    RasterWriteError,
+)
+
+if TYPE_CHECKING:
+    from .histogram import Binning, Histogram
+    from .lut import LUT
+
+__all__ = [
+    "DTYPES",
+    "FORMAT",
+    "MAX_BANDS",
+    "MAX_CELLS",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_TOTAL",
+    "MAX_UNIFORM_BINS",
+    "binning_from_dict",
+    "binning_to_dict",
+    "histogram_from_dict",
+    "histogram_from_json",
+    "histogram_to_dict",
+    "histogram_to_json",
+    "load_lut",
+    "lut_from_dict",
+    "lut_to_dict",
+    "parse_json",
+    "save_lut",
+]
+
+#: The format written; format 1 is still read.
+FORMAT = 2
+#: Largest document read (bytes of a file, characters of a string).
+MAX_DOCUMENT_BYTES = 512 * 2**20
+#: Bands per histogram or LUT.
+MAX_BANDS = 10_000
+#: Bins of a ``"uniform"`` binning (``"levels"`` have exactly the dtype's level count).
+MAX_UNIFORM_BINS = 2**24
+#: Bands x bins of one histogram: its dense counts then take at most 512 MB (1,024 bands of
+#: 65,536 levels), its per-bin statistics three times that.
+MAX_CELLS = 2**26
+#: Pixels per band of a histogram (sums of two of them still fit int64).
+MAX_TOTAL = 2**62
+#: dtypes a histogram or a LUT output can have.
+DTYPES = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+)
+
+_LUT_TYPE = "rastermatch.LUT"
+_HISTOGRAM_TYPE = "rastermatch.Histogram"
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_DIGITS = 40  # longer integer literals are refused while parsing (int() is quadratic)
+_MAX_LABEL = 1_000  # characters of a string band label
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_LUT_FIX = "recreate it with `rastermatch fit`"
+_HISTOGRAM_FIX = "write it again with Histogram.to_json()"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A field that breaks the layout: ``where`` (``source_histogram.binning.lo[0]``) and what
+    is wrong with it (``is -1e15, but uint16 levels start at 0``)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(where, problem)
+        self.where = where
+        self.problem = problem
+
+    def sentence(self) -> str:
+        return f"{self.where or 'the document'} {self.problem}"
+
+
+def _fail(where: str, problem: str) -> NoReturn:
+    raise _Invalid(where, problem)
+
+
+def _at(where: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else key
+
+
+def _show_float(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    text = repr(x)
+    if abs(x) >= 1e6 or len(text) > 20:
+        text = f"{x:.15g}".replace("e+", "e")
+    return text
+
+
+def _show(value: Any) -> str:
+    """A short description of a JSON value, safe for any input (never a deep or long repr)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+        return text
+    if isinstance(value, float):
+        return _show_float(value)
+    if isinstance(value, str):
+        text = repr(value)
+        return f"the string {text if len(text) <= 40 else text[:36] + '...' + text[0]}"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)}"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+# -- JSON text --------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    _fail(
+        "",
+        f'contains the bare constant {name}, which JSON does not allow (write "nan", '
+        '"inf" or "-inf")',
+    )
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_DIGITS:
+        _fail("", f"contains an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                _fail("", f"has the key {_show(key)} twice in one object")
+            seen.add(key)
+    return d
+
+
+def parse_json(data: str | bytes | bytearray) -> Any:
+    """Parse a document strictly; problems raise ``_Invalid`` with an empty ``where``."""
+    if not isinstance(data, str | bytes | bytearray):
+        _fail("", f"is {_show(data)}, expected JSON text (str or bytes)")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        _fail("", f"is {len(data):,} bytes long, more than the {MAX_DOCUMENT_BYTES:,} allowed")
+    if isinstance(data, bytes | bytearray):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail("", f"is not UTF-8 text ({e.reason} at byte {e.start})")
+    try:
+        return json.loads(
+            data,
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            object_pairs_hook=_unique_keys,
+        )
+    except json.JSONDecodeError as e:
+        _fail("", f"is not readable JSON: {e}")
+    except RecursionError:
+        _fail("", "is nested deeper than any rastermatch document (not readable JSON)")
+    except MemoryError:
+        _fail("", "is too large to read into memory")
+    except ValueError as e:  # int() limits
+        _fail("", f"is not readable JSON: {e}")
+
+
+def _dumps(doc: Mapping[str, Any]) -> str:
+    # allow_nan=False: NaN and infinities are written as strings, never as bare constants
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+# -- typed field readers ----------------------------------------------------------------------
+
+
+def _object(value: Any, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> Any:
+    if not isinstance(value, Mapping):
+        _fail(where, f"is {_show(value)}, expected an object")
+    required = tuple(required)
+    for key in required:
+        if key not in value:
+            _fail(_at(where, key), "is missing")
+    allowed = set(required) | set(optional)
+    for key in value:
+        if key not in allowed:
+            name = key if isinstance(key, str) else _show(key)
+            _fail(
+                where,
+                f"has an unknown field {name!r}"
+                if isinstance(key, str)
+                else f"has a key that is {name}",
+            )
+    return value
+
+
+def _sequence(value: Any, where: str, what: str) -> Sequence[Any]:
+    if not isinstance(value, list | tuple):
+        _fail(where, f"is {_show(value)}, expected a list of {what}")
+    return value
+
+
+def _length(seq: Sequence[Any], where: str, n: int, why: str) -> None:
+    if len(seq) != n:
+        _fail(where, f"has {len(seq)} entries, but {why}")
+
+
+def _first(seq: Sequence[Any], bad: Callable[[Any], bool]) -> int:
+    return next((i for i, x in enumerate(seq) if bad(x)), 0)
+
+
+def _fits_float(x: int) -> bool:
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
+
+
+def _integer(value: Any, where: str, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        _fail(where, f"is {_show(value)}, expected an integer")
+    if not lo <= value <= hi:
+        _fail(where, f"is {_show(value)}, outside {lo:,}..{hi:,}")
+    return value
+
+
+def _integers(value: Any, where: str, lo: int, hi: int) -> np.ndarray:
+    seq = _sequence(value, where, "integers")
+    if not set(map(type, seq)) <= {int}:
+        i = _first(seq, lambda x: type(x) is not int)
+        _fail(_at(where, i), f"is {_show(seq[i])}, expected an integer")
+    if seq:
+        for extreme in (min(seq), max(seq)):
+            if not lo <= extreme <= hi:
+                i = seq.index(extreme)
+                _fail(_at(where, i), f"is {_show(extreme)}, outside {lo:,}..{hi:,}")
+    return np.array(seq, dtype=np.int64)
+
+
+def _floats(value: Any, where: str) -> np.ndarray:
+    """Finite numbers (JSON integers or floats) as float64."""
+    seq = _sequence(value, where, "numbers")
+    if not set(map(type, seq)) <= {int, float}:
+        i = _first(seq, lambda x: type(x) not in (int, float))
+        _fail(_at(where, i), f"is {_show(seq[i])}, expected a finite number")
+    try:
+        arr = np.array(seq, dtype=np.float64)
+    except OverflowError:
+        i = _first(seq, lambda x: type(x) is int and not _fits_float(x))
+        _fail(_at(where, i), f"is {_show(seq[i])}, too large for float64")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        _fail(_at(where, i), f"is {_show(float(arr[i]))}, expected a finite number")
+    return arr.reshape(-1)
+
+
+def _number_or_null(value: Any, where: str) -> int | float | None:
+    """A nodata value: null, a JSON number, or "nan" / "inf" / "-inf"."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    if type(value) is int:
+        return _integer(value, where, *_INT64)
+    if type(value) is float and math.isfinite(value):
+        return value
+    _fail(where, f'is {_show(value)}, expected a number, "nan", "inf", "-inf" or null')
+
+
+def _json_number(x: Any) -> Any:
+    x = python_scalar(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _string(value: Any, where: str, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        _fail(where, f"is {_show(value)}, expected one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def _dtype(value: Any, where: str) -> np.dtype:
+    return np.dtype(_string(value, where, DTYPES))
+
+
+def _representable(value: int | float | None, dtype: np.dtype, where: str) -> Any:
+    """``value`` as a nodata of ``dtype``, or a refusal when ``dtype`` cannot hold it."""
+    if value is None:
+        return None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not (math.isfinite(value) and float(value).is_integer()):
+            _fail(where, f"is {_show(value)}, which {dtype} cannot hold")
+        v = int(value)
+        if not info.min <= v <= info.max:
+            _fail(where, f"is {_show(value)}, outside {dtype}'s {info.min}..{info.max}")
+        return v
+    if math.isfinite(value) and abs(float(value)) > float(np.finfo(dtype).max):
+        _fail(where, f"is {_show(value)}, beyond {dtype}'s largest value")
+    return value
+
+
+def _labels(value: Any, where: str, nbands: int | None = None) -> tuple[Hashable, ...]:
+    seq = _sequence(value, where, "band labels")
+    if not 1 <= len(seq) <= MAX_BANDS:
+        _fail(where, f"has {len(seq):,} bands, expected 1..{MAX_BANDS:,}")
+    if nbands is not None:
+        _length(seq, where, nbands, f"there are {nbands} bands")
+    for i, label in enumerate(seq):
+        ok = (
+            (type(label) is int and _INT64[0] <= label <= _INT64[1])
+            or (type(label) is float and math.isfinite(label))
+            or (type(label) is str and len(label) <= _MAX_LABEL)
+        )
+        if not ok:
+            _fail(
+                _at(where, i),
+                f"is {_show(label)}; a band label is a string (of at most {_MAX_LABEL} "
+                "characters), an integer or a finite number",
+            )
+    if len(set(seq)) != len(seq):
+        seen: set[Any] = set()
+        for i, label in enumerate(seq):
+            if label in seen:
+                _fail(_at(where, i), f"is {_show(label)}, a label used twice")
+            seen.add(label)
+    return tuple(seq)
+
+
+# -- Binning ----------------------------------------------------------------------------------
+
+
+def _level_count(dtype: np.dtype) -> int | None:
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        info = np.iinfo(dtype)
+        return int(info.max) - int(info.min) + 1
+    return None
+
+
+def _read_binning(value: Any, where: str, nbands: int | None) -> tuple[Any, ...]:
+    """``(kind, dtype, nbins, lo, hi)`` checked; ``nbands`` None takes it from ``lo``."""
+    obj = _object(value, where, ("kind", "dtype", "nbins", "lo", "hi"))
+    kind = _string(obj["kind"], _at(where, "kind"), ("levels", "uniform"))
+    dtype = _dtype(obj["dtype"], _at(where, "dtype"))
+    levels = _level_count(dtype)
+    if kind == "levels":
+        if levels is None:
+            _fail(
+                _at(where, "dtype"),
+                f"is {dtype}, but levels binning needs an integer dtype of at most 16 bits",
+            )
+        nbins = _integer(obj["nbins"], _at(where, "nbins"), 1, 2**63 - 1)
+        if nbins != levels:
+            _fail(_at(where, "nbins"), f"is {_show(nbins)}, but {dtype} has {levels:,} levels")
+    else:
+        nbins = _integer(obj["nbins"], _at(where, "nbins"), 1, MAX_UNIFORM_BINS)
+    if nbands is None:
+        nbands = len(_sequence(obj["lo"], _at(where, "lo"), "numbers"))
+        if not 1 <= nbands <= MAX_BANDS:
+            _fail(_at(where, "lo"), f"has {nbands:,} entries, expected 1..{MAX_BANDS:,} bands")
+    if nbands * nbins > MAX_CELLS:
+        _fail(
+            _at(where, "nbins"),
+            f"is {nbins:,}: {nbands:,} bands of {nbins:,} bins are more "
+            f"than the {MAX_CELLS:,} a histogram can hold",
+        )
+    bounds = []
+    for key in ("lo", "hi"):
+        seq = _sequence(obj[key], _at(where, key), "numbers")
+        _length(seq, _at(where, key), nbands, f"there are {nbands} bands")
+        bounds.append(_floats(seq, _at(where, key)))
+    lo, hi = bounds
+    if kind == "levels":
+        info = np.iinfo(dtype)
+        for key, arr, want, verb in (("lo", lo, info.min, "start"), ("hi", hi, info.max, "end")):
+            bad = np.flatnonzero(arr != want)
+            if bad.size:
+                i = int(bad[0])
+                _fail(
+                    _at(_at(where, key), i),
+                    f"is {_show(float(arr[i]))}, but {dtype} levels {verb} at {want}",
+                )
+    else:
+        bad = np.flatnonzero(~(lo <= hi))
+        if bad.size:
+            i = int(bad[0])
+            _fail(
+                _at(_at(where, "hi"), i),
+                f"is {_show(float(hi[i]))}, below lo[{i}] = {_show(float(lo[i]))}",
+            )
+        with np.errstate(over="ignore"):
+            bad = np.flatnonzero(~np.isfinite(hi - lo))
+        if bad.size:
+            i = int(bad[0])
+            _fail(
+                _at(_at(where, "hi"), i),
+                f"is {_show(float(hi[i]))}: the range from "
+                f"{_show(float(lo[i]))} is wider than float64 can hold",
+            )
+    return kind, dtype, nbins, lo, hi
+
+
+def _binning(parts: tuple[Any, ...]) -> Binning:
+    from .histogram import Binning
+
+    return Binning(*parts)
+
+
+def binning_to_dict(binning: Binning) -> dict[str, Any]:
+    """The JSON-ready layout of a computed :class:`~rastermatch.Binning`."""
+    binning._require_concrete()
+    return {
+        "kind": binning.kind,
+        "dtype": binning.dtype.name,
+        "nbins": int(binning.nbins),
+        "lo": np.asarray(binning.lo, dtype=np.float64).tolist(),
+        "hi": np.asarray(binning.hi, dtype=np.float64).tolist(),
+    }
+
+
+def binning_from_dict(d: Any) -> Binning:
+    """A :class:`~rastermatch.Binning` from its layout; HistogramFileError when malformed."""
+    return _checked(lambda: _binning(_read_binning(d, "", None)), _histogram_error("binning"))
+
+
+# -- Histogram --------------------------------------------------------------------------------
+
+
+def _histogram_fields() -> set[str]:
+    from .histogram import Histogram
+
+    return {f.name for f in fields(Histogram)}
+
+
+def _read_counts(
+    row: Any, where: str, nbins: int, stats: bool, lo: float, hi: float, fmt: int
+) -> tuple[np.ndarray, ...]:
+    keys = ("index", "count", "vmin", "vmax", "nmin") if stats else ("index", "count")
+    obj = _object(row, where, keys)
+    index = _integers(obj["index"], _at(where, "index"), 0, nbins - 1)
+    if index.size > 1:
+        bad = np.flatnonzero(np.diff(index) <= 0)
+        if bad.size:
+            i = int(bad[0]) + 1
+            _fail(
+                _at(_at(where, "index"), i),
+                f"is {index[i]}, not above the index before it "
+                "(indices must be strictly increasing)",
+            )
+    # format 2 lists occupied bins only; format 1 allowed zero counts
+    least = 1 if fmt >= 2 else 0
+    count = _integers(obj["count"], _at(where, "count"), least, MAX_TOTAL - 1)
+    _length(count, _at(where, "count"), index.size, f"{_at(where, 'index')} has {index.size}")
+    if count.sum(dtype=np.float64) >= MAX_TOTAL or int(count.sum()) >= MAX_TOTAL:
+        _fail(_at(where, "count"), "adds up to 2**62 pixels or more")
+    if not stats:
+        return index, count
+    vmin = _floats(obj["vmin"], _at(where, "vmin"))
+    vmax = _floats(obj["vmax"], _at(where, "vmax"))
+    nmin = _integers(obj["nmin"], _at(where, "nmin"), 1, MAX_TOTAL - 1)
+    for key, arr in (("vmin", vmin), ("vmax", vmax), ("nmin", nmin)):
+        _length(arr, _at(where, key), index.size, f"{_at(where, 'index')} has {index.size}")
+    # every value lies in its bin (the edges within rounding: the counting kernel decides by
+    # (v - lo) * nbins / (hi - lo), which may differ from the edges by a few ulps)
+    width = (hi - lo) / nbins
+    tol = 1e-12 * max(abs(lo), abs(hi), hi - lo)
+    left = np.maximum(lo + width * index - tol, lo)
+    right = np.minimum(lo + width * (index + 1) + tol, hi)
+    checks = (
+        ("vmin", vmin, vmin >= left, "below its bin, which starts at", left),
+        ("vmax", vmax, vmax <= right, "above its bin, which ends at", right),
+        ("vmax", vmax, vmax >= vmin, "below vmin", vmin),
+    )
+    for key, arr, ok, what, limit in checks:
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            i = int(bad[0])
+            _fail(
+                _at(_at(where, key), i),
+                f"is {_show(float(arr[i]))}, {what} {_show(float(limit[i]))}",
+            )
+    # nmin pixels equal vmin: all of them when the bin holds one value, else fewer than all
+    single = vmin == vmax
+    bad = np.flatnonzero(np.where(single, nmin != count, nmin >= count))
+    if bad.size:
+        i = int(bad[0])
+        rule = "equal to" if single[i] else "below"
+        _fail(
+            _at(_at(where, "nmin"), i),
+            f"is {nmin[i]}, but must be {rule} the bin's count {count[i]}",
+        )
+    return index, count, vmin, vmax, nmin
+
+
+def _read_histogram(
+    value: Any, where: str, formats: tuple[int, ...], *, need_pixels: bool
+) -> Histogram:
+    from .histogram import Histogram
+
+    obj = _object(
+        value, where, ("type",), ("format", "binning", "bands", "counts", "nodata", "masked")
+    )
+    if obj["type"] != _HISTOGRAM_TYPE:
+        _fail(_at(where, "type"), f"is {_show(obj['type'])}, not {_HISTOGRAM_TYPE!r}")
+    if "format" not in obj:
+        _fail(_at(where, "format"), "is missing")
+    fmt = _integer(obj["format"], _at(where, "format"), min(formats), max(formats))
+    keys = ("type", "format", "binning", "bands", "counts")
+    _object(obj, where, keys + (("nodata", "masked") if fmt >= 2 else ()))
+    bands = _labels(obj["bands"], _at(where, "bands"))
+    nbands = len(bands)
+    kind, dtype, nbins, lo, hi = binning = _read_binning(
+        obj["binning"], _at(where, "binning"), nbands
+    )
+    nodata, masked = None, False
+    if fmt >= 2:
+        nodata = _representable(
+            _number_or_null(obj["nodata"], _at(where, "nodata")), dtype, _at(where, "nodata")
+        )
+        masked = obj["masked"]
+        if type(masked) is not bool:
+            _fail(_at(where, "masked"), f"is {_show(masked)}, expected true or false")
+    rows = _sequence(obj["counts"], _at(where, "counts"), "objects")
+    _length(rows, _at(where, "counts"), nbands, f"there are {nbands} bands")
+    # uniform bins carry vmin/vmax/nmin in every band, or (a histogram built without them) in
+    # none; the first band decides, the others must agree
+    stats = kind == "uniform" and fmt >= 2 and isinstance(rows[0], Mapping) and "vmin" in rows[0]
+    sparse = []
+    for b, row in enumerate(rows):
+        here = _at(_at(where, "counts"), b)
+        parts = _read_counts(row, here, nbins, stats, float(lo[b]), float(hi[b]), fmt)
+        if need_pixels and int(parts[1].sum()) == 0:
+            _fail(
+                _at(here, "count"),
+                f"is empty: band {_show(bands[b])} has no pixels, and a "
+                "LUT needs at least one per band",
+            )
+        sparse.append(parts)
+
+    # everything checked: now the dense arrays
+    counts = np.zeros((nbands, nbins), dtype=np.int64)
+    for row, parts in zip(counts, sparse, strict=True):
+        row[parts[0]] = parts[1]
+    kwargs: dict[str, Any] = {}
+    have = _histogram_fields()
+    if stats and "vmin" in have:
+        vmin = np.full((nbands, nbins), np.inf)
+        vmax = np.full((nbands, nbins), -np.inf)
+        nmin = np.zeros((nbands, nbins), dtype=np.int64)
+        for b, (index, _, lo_b, hi_b, n_b) in enumerate(sparse):
+            vmin[b, index], vmax[b, index], nmin[b, index] = lo_b, hi_b, n_b
+        kwargs.update(vmin=vmin, vmax=vmax, nmin=nmin)
+    if "nodata" in have:
+        kwargs.update(nodata=nodata, masked=masked)
+    return _build(lambda: Histogram(counts, _binning(binning), bands, **kwargs), where)
+
+
+def _build(make: Callable[[], Any], where: str) -> Any:
+    """Run a constructor on checked fields; a refusal it still makes names the field."""
+    try:
+        return make()
+    except RastermatchError as e:
+        raise _Invalid(where, f"is refused: {e}") from e
+    except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, MemoryError) as e:
+        raise _Invalid(where, f"cannot be used ({type(e).__name__}: {e})") from e
+
+
+def histogram_to_dict(hist: Histogram) -> dict[str, Any]:
+    """The JSON-ready layout (format 2) of a computed histogram."""
+    hist._require_concrete()
+    stats = hist.binning.kind == "uniform" and getattr(hist, "vmin", None) is not None
+    rows = []
+    for b, row in enumerate(np.asarray(hist.counts)):
+        (index,) = np.nonzero(row)
+        entry = {"index": index.tolist(), "count": row[index].tolist()}
+        if stats:
+            entry["vmin"] = np.asarray(hist.vmin[b])[index].astype(np.float64).tolist()
+            entry["vmax"] = np.asarray(hist.vmax[b])[index].astype(np.float64).tolist()
+            entry["nmin"] = np.asarray(hist.nmin[b])[index].astype(np.int64).tolist()
+        rows.append(entry)
+    return {
+        "type": _HISTOGRAM_TYPE,
+        "format": FORMAT,
+        "binning": binning_to_dict(hist.binning),
+        "bands": _writable_labels(hist.bands, HistogramFileError, "histogram"),
+        "nodata": _json_number(getattr(hist, "nodata", None)),
+        "masked": bool(getattr(hist, "masked", False)),
+        "counts": rows,
+    }
+
+
+def _writable_labels(bands: Iterable[Any], error: type[Exception], what: str) -> list[Any]:
+    labels = [python_scalar(b) for b in bands]
+    try:
+        _labels(labels, "bands")
+    except _Invalid as e:
+        raise error(
+            f"cannot write the {what}: {e.sentence()}; relabel the bands (e.g. "
+            "data.assign_coords(band=[...]))"
+        ) from None
+    return labels
+
+
+def _histogram_error(what: str) -> Callable[[_Invalid], Exception]:
+    def error(e: _Invalid) -> Exception:
+        return HistogramFileError(f"{what} document: {e.sentence()}; {_HISTOGRAM_FIX}")
+
+    return error
+
+
+def _checked(read: Callable[[], Any], error: Callable[[_Invalid], Exception]) -> Any:
+    try:
+        return read()
+    except _Invalid as e:
+        raise error(e) from e.__cause__
+
+
+def histogram_from_dict(d: Any) -> Histogram:
+    """A histogram from its layout (format 1 or 2); HistogramFileError when malformed."""
+    return _checked(
+        lambda: _read_histogram(d, "", (1, 2), need_pixels=False), _histogram_error("histogram")
+    )
+
+
+def histogram_to_json(hist: Histogram) -> str:
+    return _dumps(histogram_to_dict(hist))
+
+
+def histogram_from_json(text: str | bytes | bytearray) -> Histogram:
+    """A histogram from JSON text; HistogramFileError when it is not a valid document."""
+    return _checked(
+        lambda: _read_histogram(parse_json(text), "", (1, 2), need_pixels=False),
+        _histogram_error("histogram"),
+    )
+
+
+# -- LUT --------------------------------------------------------------------------------------
+
+
+def lut_to_dict(lut: LUT) -> dict[str, Any]:
+    """The JSON-ready layout (format 2): the recipe and both histograms, no table."""
+    from . import __version__
+
+    if lut.source_hist is None or lut.reference_hist is None:
+        raise LUTFileError(
+            "this LUT has no histograms, and a LUT document records them (the table is rebuilt "
+            "from them when read); build it with LUT.from_histograms"
+        )
+    return {
+        "type": _LUT_TYPE,
+        "format": FORMAT,
+        "rastermatch_version": __version__,
+        "recipe": {"method": lut.method, "levels": lut.levels},
+        "dtype": lut.dtype.name,
+        "bands": _writable_labels(lut.bands, LUTFileError, "LUT"),
+        "nodata": _json_number(lut.nodata),
+        "out_nodata": _json_number(lut.out_nodata),
+        "source_histogram": histogram_to_dict(lut.source_hist),
+        "reference_histogram": histogram_to_dict(lut.reference_hist),
+    }
+
+
+def _recipe_options() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from .lut import Levels, Method
+
+    return get_args(Method), get_args(Levels)
+
+
+def _read_lut(value: Any) -> LUT:
+    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2)
+    if obj["type"] != _LUT_TYPE:
+        _fail("type", f"is {_show(obj['type'])}: this is not a rastermatch LUT")
+    if "format" not in obj:
+        _fail("format", "is missing")
+    fmt = obj["format"]
+    if type(fmt) is not int or fmt not in (1, 2):
+        _fail("format", f"is {_show(fmt)}; this version reads LUT formats 1 and 2")
+    _object(obj, "", _LUT_KEYS_1 if fmt == 1 else _LUT_KEYS_2)
+    version = obj["rastermatch_version"]
+    if not isinstance(version, str) or len(version) > 100:
+        _fail("rastermatch_version", f"is {_show(version)}, expected a version string")
+    methods, levels = _recipe_options()
+    if fmt == 1:
+        method = _string(obj["method"], "method", methods)
+        level = _string(obj["levels"], "levels", levels)
+    else:
+        recipe = _object(obj["recipe"], "recipe", ("method", "levels"))
+        method = _string(recipe["method"], "recipe.method", methods)
+        level = _string(recipe["levels"], "recipe.levels", levels)
+    dtype = _dtype(obj["dtype"], "dtype")
+    hists = []
+    for key in ("source_histogram", "reference_histogram"):
+        if obj[key] is None and fmt == 1:
+            _fail(key, "is null: a LUT without its histograms cannot be checked")
+        hists.append(_read_histogram(obj[key], key, (fmt,), need_pixels=True))
+    src, ref = hists
+    if ref.nbands != src.nbands:
+        _fail(
+            "reference_histogram.bands",
+            f"has {ref.nbands} bands, but source_histogram has {src.nbands}",
+        )
+    bands = _labels(obj["bands"], "bands", src.nbands)
+    if bands != src.bands:
+        _fail("bands", "differ from source_histogram.bands")
+    nodata = _representable(_number_or_null(obj["nodata"], "nodata"), src.binning.dtype, "nodata")
+    out_nodata = _representable(
+        _number_or_null(obj["out_nodata"], "out_nodata"), dtype, "out_nodata"
+    )
+    stored = _read_table(obj, src.binning, dtype) if fmt == 1 else None
+
+    from .lut import LUT
+
+    lut = _build(
+        lambda: LUT.from_histograms(
+            src,
+            ref,
+            method=method,
+            levels=level,
+            dtype=dtype,
+            nodata=nodata,
+            out_nodata=out_nodata,
+        ),
+        "",
+    )
+    if stored is not None:
+        if stored.shape != lut.table.shape:
+            _fail(
+                "table",
+                f"was built by rastermatch {version}'s rule for {src.binning.kind} "
+                "binning, which this version replaces, so it cannot be checked",
+            )
+        if not np.array_equal(stored, lut.table):
+            _fail(
+                "table",
+                "does not match the histograms stored with it (the file was modified "
+                "after it was written)",
+            )
+    return lut
+
+
+_LUT_KEYS_2 = (
+    "type", "format", "rastermatch_version", "recipe", "dtype", "bands", "nodata", "out_nodata",
+    "source_histogram", "reference_histogram",
+)  # fmt: skip
+_LUT_KEYS_1 = (
+    "type", "format", "rastermatch_version", "method", "levels", "kind", "dtype", "bands",
+    "nodata", "out_nodata", "source_binning", "table", "source_histogram", "reference_histogram",
+)  # fmt: skip
+
+
+def _read_table(obj: Mapping[str, Any], binning: Binning, dtype: np.dtype) -> np.ndarray:
+    """A format-1 run-length encoded table, checked against the source histogram's binning."""
+    parts = _read_binning(obj["source_binning"], "source_binning", binning.nbands)
+    kind, bdtype, nbins, lo, hi = parts
+    same = (
+        kind == binning.kind
+        and bdtype == binning.dtype
+        and nbins == binning.nbins
+        and np.array_equal(lo, binning.lo)
+        and np.array_equal(hi, binning.hi)
+    )
+    if not same:
+        _fail("source_binning", "differs from source_histogram.binning")
+    table_kind = _string(obj["kind"], "kind", ("table", "piecewise"))
+    width = nbins + (table_kind == "piecewise")
+    rows = _sequence(obj["table"], "table", "objects")
+    _length(rows, "table", binning.nbands, f"there are {binning.nbands} bands")
+    table_dtype = np.dtype(np.float64) if table_kind == "piecewise" else dtype
+    decoded = [
+        _run_length_decode(row, _at("table", b), width, table_dtype) for b, row in enumerate(rows)
+    ]
+    return np.stack(decoded)
+
+
+def _run_length(row: np.ndarray) -> dict[str, list[Any]]:
+    """``{"start": [...], "value": [...]}``: the positions where the value changes (format 1)."""
+    change = np.flatnonzero(np.concatenate([[True], row[1:] != row[:-1]]))
+    return {"start": change.tolist(), "value": row[change].tolist()}
+
+
+def _run_length_decode(row: Any, where: str, width: int, dtype: np.dtype) -> np.ndarray:
+    obj = _object(row, where, ("start", "value"))
+    start = _integers(obj["start"], _at(where, "start"), 0, width - 1)
+    value = _floats(obj["value"], _at(where, "value"))
+    _length(value, _at(where, "value"), start.size, f"{_at(where, 'start')} has {start.size}")
+    if start.size == 0 or start[0] != 0:
+        _fail(_at(where, "start"), "must begin with 0")
+    bad = np.flatnonzero(np.diff(start) <= 0)
+    if bad.size:
+        _fail(_at(_at(where, "start"), int(bad[0]) + 1), "is not above the start before it")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        bad = np.flatnonzero((value != np.rint(value)) | (value < info.min) | (value > info.max))
+        if bad.size:
+            i = int(bad[0])
+            _fail(_at(_at(where, "value"), i), f"is {_show(float(value[i]))}, not a {dtype} value")
+    lengths = np.diff(np.append(start, width))
+    return np.repeat(value, lengths).astype(dtype)
+
+
+def _lut_error(source: str) -> Callable[[_Invalid], Exception]:
+    def error(e: _Invalid) -> Exception:
+        if not e.where and e.problem.startswith(("is not", "is nested", "contains")):
+            return LUTFileError(f"{source} {e.problem}; {_LUT_FIX}")
+        return LUTFileError(f"{source}: {e.sentence()}; {_LUT_FIX}")
+
+    return error
+
+
+def lut_from_dict(d: Any) -> LUT:
+    """A LUT rebuilt from its document (format 1 or 2); LUTFileError when it is not valid."""
+    return _checked(lambda: _read_lut(d), _lut_error("LUT document"))
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def load_lut(path: str | os.PathLike[str]) -> LUT:
+    """Read and rebuild a LUT file; every problem is a LUTFileError naming the file."""
+    path = Path(path)
+    name = f"LUT file {path}"
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise LUTFileError(f"{name} is a directory, not a LUT file; pass the .json file")
+        if info.st_size > MAX_DOCUMENT_BYTES:
+            raise LUTFileError(
+                f"{name} is {info.st_size:,} bytes, more than the {MAX_DOCUMENT_BYTES:,} a LUT "
+                f"file can be; {_LUT_FIX}"
+            )
+        with open(path, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # a device or a growing file stops here
+    except FileNotFoundError:
+        raise LUTFileError(f"{name} does not exist; check the path") from None
+    except OSError as e:
+        raise LUTFileError(f"{name} cannot be read: {e.strerror or e}") from None
+    except MemoryError:
+        raise LUTFileError(f"{name} is too large to read into memory") from None
+    return _checked(lambda: _read_lut(parse_json(data)), _lut_error(name))
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temporary_name(final: Path, limit: int) -> Path:
+    """A hidden sibling, unique, whose name stays within ``limit`` bytes however long ``final``'s
+    name is (the final name's hash stands in for it when it is too long)."""
+    tail = f".rastermatch-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    name = f".{final.name}{tail}"
+    if len(name.encode()) > limit:
+        digest = hashlib.sha256(final.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f".{digest}{tail}"
+    return final.with_name(name)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
+def _real(path: Any) -> Path:
+    # os.path.realpath, not Path.resolve: it neither stats the result nor raises on a loop
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _refuse_inputs(final: Path, inputs: Iterable[Any]) -> None:
+    target = _real(final)
+    for source in inputs:
+        if source is None:
+            continue
+        resolved = _real(source)
+        inside = target.is_relative_to(resolved) and resolved.is_dir()
+        if resolved == target or inside or _same_file(final, resolved):
+            raise RasterWriteError(
+                f"refusing to write LUT file {final}: it would overwrite the input {source}; "
+                "write the LUT to another path"
+            )
+
+
+def _check_target(final: Path, *, overwrite: bool, inputs: Iterable[Any]) -> int:
+    """Refusals made before any work; the file system's name length limit."""
+    name_bytes = len(final.name.encode("utf-8", "surrogateescape"))
+    limit = 255 if name_bytes > 255 else _name_max(final.parent)
+    if name_bytes > limit:
+        raise RasterWriteError(
+            f"cannot write LUT file {final}: its name is {name_bytes} bytes, more than the "
+            f"{limit} this file system allows; choose a shorter name"
+        )
+    _refuse_inputs(final, inputs)
+    if final.is_dir() and not final.is_symlink():
+        raise RasterWriteError(f"LUT file {final} is a directory; pass a file name (*.json)")
+    if not overwrite and (final.exists() or final.is_symlink()):
+        raise OutputExistsError(
+            f"LUT file {final} exists already; allow replacing it (overwrite=True, or "
+            "--overwrite on the command line) or choose another name"
+        )
+    if not final.parent.is_dir():
+        raise RasterWriteError(
+            f"cannot write LUT file {final}: the directory {final.parent} does not exist"
+        )
+    return limit
+
+
+def save_lut(
+    lut: LUT, path: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[Any] = ()
+) -> Path:
+    """Write ``lut`` to ``path`` atomically (temporary sibling, then a rename).
+
+    ``inputs`` (paths the job read) are never written over, whatever ``overwrite`` says; an
+    existing ``path`` only with ``overwrite``. The same LUT always gives the same bytes.
+    """
+    final = Path(path)
+    try:
+        limit = _check_target(final, overwrite=overwrite, inputs=inputs)
+    except RastermatchError:
+        raise
+    except OSError as e:  # a path the file system refuses to even look at (too long, loops)
+        raise RasterWriteError(f"cannot write LUT file {final}: {e.strerror or e}") from e
+    data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
+    tmp = _temporary_name(final, limit)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _move_into_place(tmp, final, overwrite=overwrite)
+    except RastermatchError:
+        _remove(tmp)
+        raise
+    except OSError as e:
+        _remove(tmp)
+        raise RasterWriteError(
+            f"cannot write LUT file {final}: {e.strerror or e}; check the disk space and the "
+            "permissions of its directory"
+        ) from e
+    except BaseException:  # KeyboardInterrupt, SystemExit: nothing may stay behind
+        _remove(tmp)
+        raise
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, final)
+        return
+    # A hard link cannot replace a file that appeared in the meantime: the no-overwrite promise
+    # holds without a race.
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"LUT file {final} appeared while it was being written; allow replacing it "
+            "(overwrite=True, or --overwrite on the command line) or choose another name"
+        ) from None
+    except OSError:  # a file system without hard links
+        os.replace(tmp, final)
+        return
+    _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

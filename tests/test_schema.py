@@ -1,0 +1,766 @@
+"""LUT and histogram documents: round trips, format 1, one test per validation rule, fuzzing.
+
+A LUT file is untrusted input: whatever a document holds, reading it raises LUTFileError (or
+HistogramFileError) and nothing else, or gives a LUT whose table the builder made. The fuzz tests
+run ``RASTERMATCH_FUZZ_EXAMPLES`` documents each (300 by default; the large run is 15,000).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rastermatch.schema as schema
+from rastermatch import (
+    LUT,
+    Binning,
+    Histogram,
+    HistogramFileError,
+    LUTFileError,
+    OutputExistsError,
+    RastermatchError,
+    RasterWriteError,
+    band_histograms,
+)
+
+# per-bin statistics and the nodata recorded in histograms (the engine's part of issue #7)
+ENGINE = {"vmin", "nodata"} <= {f.name for f in dataclasses.fields(Histogram)}
+needs_engine = pytest.mark.skipif(not ENGINE, reason="histograms without vmin/vmax/nmin/nodata")
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("RASTERMATCH_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# -- documents to start from ------------------------------------------------------------------
+
+
+def levels_lut(method: str = "nearest") -> LUT:
+    src = np.array([[[0, 3, 3, 7, 7, 7, 9, 200]], [[1, 1, 2, 2, 2, 5, 5, 9]]], dtype=np.uint8)
+    ref = np.array([[[5, 5, 6, 8, 8, 8, 8, 100]], [[0, 4, 4, 4, 6, 6, 7, 7]]], dtype=np.uint8)
+    return LUT.from_histograms(
+        band_histograms(src, nodata=0), band_histograms(ref, nodata=0), method=method
+    )
+
+
+def uniform_lut(method: str = "nearest", dtype: str = "float32") -> LUT:
+    """Quantised floats with NaN, NaN nodata and string band labels."""
+    rng = np.random.default_rng(7)
+    values = np.round(rng.normal(0.3, 0.1, (2, 12, 12)), 3).astype(dtype)
+    values[:, 0, :3] = np.nan
+    src = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": ["red", "nir"]})
+    ref = src * 2 + 1
+    return LUT.from_histograms(
+        band_histograms(src, nodata=np.nan, bins=64),
+        band_histograms(ref, nodata=np.nan, bins=32),
+        method=method,
+    )
+
+
+LEVELS_DOC = levels_lut().to_dict()
+UNIFORM_DOC = uniform_lut("interp").to_dict()
+
+# Written by rastermatch 0.1.0 (format 1): a uint8 LUT with its nodata, an int16 interp LUT and
+# a float32 LUT (uniform binning).
+FORMAT1_UINT8 = {
+    "type": "rastermatch.LUT", "format": 1, "rastermatch_version": "0.1.0", "method": "nearest",
+    "levels": "present", "kind": "table", "dtype": "uint8", "bands": [1], "nodata": 0,
+    "out_nodata": 0,
+    "source_binning": {"kind": "levels", "dtype": "uint8", "nbins": 256, "lo": [0.0],
+                       "hi": [255.0]},
+    "table": [{"start": [0, 7, 200], "value": [5, 8, 100]}],
+    "source_histogram": {
+        "type": "rastermatch.Histogram", "format": 1,
+        "binning": {"kind": "levels", "dtype": "uint8", "nbins": 256, "lo": [0.0],
+                    "hi": [255.0]},
+        "bands": [1], "counts": [{"index": [3, 7, 9, 200], "count": [2, 3, 1, 1]}]},
+    "reference_histogram": {
+        "type": "rastermatch.Histogram", "format": 1,
+        "binning": {"kind": "levels", "dtype": "uint8", "nbins": 256, "lo": [0.0],
+                    "hi": [255.0]},
+        "bands": [1], "counts": [{"index": [5, 6, 8, 100], "count": [2, 1, 4, 1]}]},
+}  # fmt: skip
+_INT16 = {"kind": "levels", "dtype": "int16", "nbins": 65536, "lo": [-32768.0, -32768.0],
+          "hi": [32767.0, 32767.0]}  # fmt: skip
+FORMAT1_INT16_INTERP = {
+    "type": "rastermatch.LUT", "format": 1, "rastermatch_version": "0.1.0", "method": "interp",
+    "levels": "present", "kind": "table", "dtype": "int16", "bands": [1, 2], "nodata": None,
+    "out_nodata": None, "source_binning": _INT16,
+    "table": [{"start": [0, 32770, 32771, 32772, 32773], "value": [-2, 1, 4, 7, 10]},
+              {"start": [0, 32779, 32780, 32781, 32782], "value": [25, 28, 31, 34, 37]}],
+    "source_histogram": {
+        "type": "rastermatch.Histogram", "format": 1, "binning": _INT16, "bands": [1, 2],
+        "counts": [{"index": [32769, 32770, 32771, 32772, 32773], "count": [1, 2, 1, 3, 1]},
+                   {"index": [32778, 32779, 32780, 32781, 32782], "count": [2, 1, 3, 1, 1]}]},
+    "reference_histogram": {
+        "type": "rastermatch.Histogram", "format": 1, "binning": _INT16, "bands": [1, 2],
+        "counts": [{"index": [32766, 32769, 32772, 32775, 32778], "count": [1, 2, 1, 3, 1]},
+                   {"index": [32793, 32796, 32799, 32802, 32805], "count": [2, 1, 3, 1, 1]}]},
+}  # fmt: skip
+_F32 = {"kind": "uniform", "dtype": "float32", "nbins": 4, "lo": [0.25], "hi": [1.0]}
+FORMAT1_FLOAT32 = {
+    "type": "rastermatch.LUT", "format": 1, "rastermatch_version": "0.1.0", "method": "nearest",
+    "levels": "present", "kind": "table", "dtype": "float32", "bands": [1], "nodata": None,
+    "out_nodata": None, "source_binning": _F32,
+    "table": [{"start": [0, 1, 2, 3], "value": [0.6875, 1.0625, 1.4375, 1.8125]}],
+    "source_histogram": {
+        "type": "rastermatch.Histogram", "format": 1, "binning": _F32, "bands": [1],
+        "counts": [{"index": [0, 1, 2, 3], "count": [1, 1, 1, 1]}]},
+    "reference_histogram": {
+        "type": "rastermatch.Histogram", "format": 1,
+        "binning": {"kind": "uniform", "dtype": "float32", "nbins": 4, "lo": [0.5], "hi": [2.0]},
+        "bands": [1], "counts": [{"index": [0, 1, 2, 3], "count": [1, 1, 1, 1]}]},
+}  # fmt: skip
+
+
+def same_histogram(a: Histogram, b: Histogram) -> None:
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert a.binning.same_as(b.binning) and a.bands == b.bands
+    for key in ("vmin", "vmax", "nmin"):
+        x, y = getattr(a, key, None), getattr(b, key, None)
+        assert (x is None) == (y is None)
+        if x is not None:
+            np.testing.assert_array_equal(x, y)
+    assert repr(getattr(a, "nodata", None)) == repr(getattr(b, "nodata", None))
+    assert getattr(a, "masked", False) == getattr(b, "masked", False)
+
+
+def same_lut(a: LUT, b: LUT) -> None:
+    np.testing.assert_array_equal(a.table, b.table)
+    assert (a.method, a.levels, a.dtype, a.bands, a.kind) == (
+        b.method,
+        b.levels,
+        b.dtype,
+        b.bands,
+        b.kind,
+    )
+    assert repr((a.nodata, a.out_nodata)) == repr((b.nodata, b.out_nodata))
+    same_histogram(a.source_hist, b.source_hist)
+    same_histogram(a.reference_hist, b.reference_hist)
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["nearest", "interp"])
+@pytest.mark.parametrize("make", [levels_lut, uniform_lut], ids=["levels", "uniform"])
+def test_lut_round_trips(tmp_path, make, method):
+    lut = make(method)
+    path = lut.save(tmp_path / "lut.json")
+    back = LUT.load(path)
+    same_lut(back, lut)
+    same_lut(LUT.from_dict(json.loads(path.read_text())), lut)
+    assert os.listdir(tmp_path) == ["lut.json"]  # no temporary left
+    text = path.read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} written"))
+    doc = json.loads(text)
+    assert doc["format"] == 2 and "table" not in doc
+    assert doc["recipe"] == {"method": method, "levels": "present"}
+
+
+@needs_engine
+def test_uniform_round_trip_keeps_labels_nan_nodata_and_outputs():
+    lut = uniform_lut()
+    back = LUT.from_dict(json.loads(json.dumps(lut.to_dict())))
+    assert back.bands == ("red", "nir")
+    assert np.isnan(back.source_hist.nodata)
+    assert lut.to_dict()["source_histogram"]["nodata"] == "nan"
+    x = np.array([[[0.3, np.nan, 0.25]], [[0.1, 0.4, np.inf]]], dtype=np.float32)
+    np.testing.assert_array_equal(back.apply(x), lut.apply(x))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "float32", "float64"])
+def test_histogram_round_trips(dtype):
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 200, (3, 10, 10)).astype(dtype)
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0] = True
+    hist = band_histograms(data, nodata=0, mask=mask)
+    for back in (Histogram.from_json(hist.to_json()), Histogram.from_dict(hist.to_dict())):
+        same_histogram(back, hist)
+    assert Histogram.from_json(hist.to_json().encode()).total.tolist() == hist.total.tolist()
+
+
+def test_binning_round_trips():
+    for binning in (Binning.levels(np.dtype("int16"), 2), Binning("uniform", "float64", 5, [0.0],
+                                                                  [1.5])):  # fmt: skip
+        back = Binning.from_dict(json.loads(json.dumps(binning.to_dict())))
+        assert back.same_as(binning)
+    with pytest.raises(HistogramFileError, match=r"binning document: nbins is 10, but uint8 has"):
+        Binning.from_dict({"kind": "levels", "dtype": "uint8", "nbins": 10, "lo": [0], "hi": [9]})
+
+
+def test_same_lut_gives_the_same_bytes(tmp_path):
+    a = uniform_lut().save(tmp_path / "a.json")
+    b = uniform_lut().save(tmp_path / "b.json")
+    assert a.read_bytes() == b.read_bytes()
+
+
+# -- format 1 ---------------------------------------------------------------------------------
+
+
+def test_format1_luts_still_load(tmp_path):
+    lut = LUT.from_dict(FORMAT1_UINT8)
+    assert lut.table[0, :12].tolist() == [5, 5, 5, 5, 5, 5, 5, 8, 8, 8, 8, 8]
+    assert lut.table[0, 200] == 100 and (lut.nodata, lut.out_nodata) == (0, 0)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(FORMAT1_INT16_INTERP))
+    lut = LUT.load(path)
+    assert lut.method == "interp"
+    assert lut.table[0, 32768:32775].tolist() == [-2, -2, 1, 4, 7, 10, 10]
+    assert lut.table[1, 32778:32784].tolist() == [25, 28, 31, 34, 37, 37]
+
+
+def test_format1_table_is_compared_with_its_histograms(tmp_path):
+    doc = copy.deepcopy(FORMAT1_UINT8)
+    doc["table"][0]["value"][1] = 9  # an edit the histograms do not support
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LUTFileError, match=r"tampered\.json: table does not match the histograms"):
+        LUT.load(path)
+    doc = copy.deepcopy(FORMAT1_UINT8)
+    doc["source_histogram"] = None
+    with pytest.raises(LUTFileError, match="source_histogram is null"):
+        LUT.from_dict(doc)
+
+
+def test_format1_float_luts_load_or_are_refused_clearly():
+    # rastermatch 0.1 mapped floats onto bin centres; the table this version builds from the
+    # same histograms must either be that one or the file is refused, naming the table
+    try:
+        lut = LUT.from_dict(FORMAT1_FLOAT32)
+    except LUTFileError as e:
+        assert "table" in str(e) and "rastermatch fit" in str(e)
+    else:
+        assert lut.nbands == 1
+
+
+def test_format1_histograms_still_load():
+    doc = FORMAT1_INT16_INTERP["source_histogram"]
+    hist = Histogram.from_dict(doc)
+    assert hist.total.tolist() == [8, 8] and hist.counts[1, 32779] == 1
+
+
+# -- the crafted file of the issue ------------------------------------------------------------
+
+
+def test_crafted_lo_is_refused_at_load(tmp_path):
+    src = np.arange(64, dtype=np.uint16).reshape(1, 8, 8)
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(src * 2))
+    doc = lut.to_dict()
+    for key in ("source_histogram", "reference_histogram"):
+        doc[key]["binning"]["lo"][0] = -1e15
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LUTFileError) as info:
+        LUT.load(path)
+    assert str(info.value) == (
+        f"LUT file {path}: source_histogram.binning.lo[0] is -1e15, but uint16 levels start at "
+        "0; recreate it with `rastermatch fit`"
+    )
+    # the same in a format-1 file, whose source_binning was separate
+    old = copy.deepcopy(FORMAT1_UINT8)
+    old["source_binning"]["lo"] = [-1e15]
+    with pytest.raises(LUTFileError, match=r"source_binning\.lo\[0\] is -1e15"):
+        LUT.from_dict(old)
+
+
+# -- one test per rule ------------------------------------------------------------------------
+
+
+def _set(doc, path, value):
+    *parents, last = path
+    for key in parents:
+        doc = doc[key]
+    if value is _DELETE:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+_DELETE = object()
+L, U = "levels", "uniform"
+S, R = "source_histogram", "reference_histogram"
+SC = (S, "counts", 0)
+RULES = [
+    # (base, path, value, field and problem in the message)
+    (L, ("type",), "rastermatch.Histogram", r"type is the string .* not a rastermatch LUT"),
+    (L, ("format",), 3, r"format is 3; this version reads LUT formats 1 and 2"),
+    (L, ("format",), True, r"format is true"),
+    (L, ("format",), _DELETE, r"format is missing"),
+    (L, ("recipe",), _DELETE, r"recipe is missing"),
+    (L, ("extra",), 1, r"the document has an unknown field 'extra'"),
+    (L, ("rastermatch_version",), 2, r"rastermatch_version is 2, expected a version string"),
+    (L, ("recipe", "method"), "cubic", r"recipe.method is the string 'cubic', expected one of"),
+    (L, ("recipe", "levels"), None, r"recipe.levels is null, expected one of"),
+    (L, ("dtype",), "complex64", r"dtype is the string 'complex64', expected one of"),
+    (L, ("dtype",), "bool", r"dtype is the string 'bool'"),
+    (L, ("bands",), [1, 1], r"bands\[1\] is 1, a label used twice"),
+    (L, ("bands",), [1], r"bands has 1 entries, but there are 2 bands"),
+    (L, ("bands",), [1, True], r"bands\[1\] is true; a band label is"),
+    (L, ("bands",), [1, [2]], r"bands\[1\] is a list of 1; a band label is"),
+    (L, ("bands",), [1, 3], r"bands differ from source_histogram.bands"),
+    (L, (S, "bands"), [], r"source_histogram.bands has 0 bands, expected 1..10,000"),
+    (L, (S, "bands"), list(range(10_001)), r"has 10,001 bands, expected 1..10,000"),
+    (L, (S, "bands"), ["a", 1.5], r"bands differ from source_histogram.bands"),
+    (L, (S, "bands"), [1, float("nan")], r"bands\[1\] is nan; a band label"),
+    (L, ("nodata",), -1, r"nodata is -1, outside uint8's 0..255"),
+    (L, ("nodata",), 300, r"nodata is 300, outside uint8's 0..255"),
+    (L, ("nodata",), 2.5, r"nodata is 2.5, which uint8 cannot hold"),
+    (L, ("nodata",), "nan", r"nodata is nan, which uint8 cannot hold"),
+    (L, ("nodata",), "NaN", r"nodata is the string 'NaN', expected a number"),
+    (L, ("out_nodata",), 1e300, r"out_nodata is 1e300, outside uint8's"),
+    (L, ("nodata",), 2**64, r"nodata is 18446744073709551616, outside"),
+    (L, (S, "nodata"), -5, r"source_histogram.nodata is -5, outside uint8's"),
+    (L, (S, "masked"), 0, r"source_histogram.masked is 0, expected true or false"),
+    (L, (S, "type"), "x", r"source_histogram.type is the string 'x', not"),
+    (L, (S, "format"), 1, r"source_histogram.format is 1, outside 2..2"),
+    (L, (S, "binning", "kind"), "log", r"binning.kind is the string 'log', expected one of"),
+    (L, (S, "binning", "dtype"), "float32", r"binning.dtype is float32, but levels binning"),
+    (L, (S, "binning", "nbins"), 10**18, r"binning.nbins is 1000000000000000000, but uint8 has "),
+    (L, (S, "binning", "nbins"), True, r"binning.nbins is true, expected an integer"),
+    (L, (S, "binning", "nbins"), 256.0, r"binning.nbins is 256.0, expected an integer"),
+    (L, (S, "binning", "lo"), [0.0], r"binning.lo has 1 entries, but there are 2 bands"),
+    (L, (S, "binning", "lo"), [0, -1e15], r"binning.lo\[1\] is -1e15, but uint8 levels start"),
+    (L, (S, "binning", "hi"), [255, 256], r"binning.hi\[1\] is 256.0, but uint8 levels end"),
+    (L, (S, "binning", "hi"), [255, "inf"], r"binning.hi\[1\] is the string 'inf', expected a"),
+    (L, (S, "binning", "hi"), [255, 1e400], r"binning.hi\[1\] is inf, expected a finite"),
+    (L, (S, "binning", "hi"), [255, 10**400], r"is an integer of 401 digits, too large"),
+    (L, (*SC, "index"), [3, 3, 7], r"counts\[0\].index\[1\] is 3, not above the index before"),
+    (L, (*SC, "index"), [7, 3, 9], r"counts\[0\].index\[1\] is 3, not above"),
+    (L, (*SC, "index"), [3, 7, 256], r"counts\[0\].index\[2\] is 256, outside 0..255"),
+    (L, (*SC, "index"), [-1, 7, 9], r"counts\[0\].index\[0\] is -1, outside 0..255"),
+    (L, (*SC, "index"), [3, 7], r"counts\[0\].count has 4 entries, but .*index has 2"),
+    (L, (*SC, "count"), [2, -3, 1], r"counts\[0\].count\[1\] is -3, outside 1.."),
+    (L, (*SC, "count"), [2, 0, 1], r"counts\[0\].count\[1\] is 0, outside 1.."),
+    (L, (*SC, "count"), [2, 2**63, 1], r"count\[1\] is 9223372036854775808, outside"),
+    (L, (*SC, "count"), [2**61, 2**61, 1, 1], r"counts\[0\].count adds up to 2\*\*62"),
+    (L, (*SC, "count"), [2, True, 1], r"count\[1\] is true, expected an integer"),
+    (L, (*SC, "count"), [2, 3.0, 1], r"count\[1\] is 3.0, expected an integer"),
+    (L, (*SC, "vmin"), [1.0], r"counts\[0\] has an unknown field 'vmin'"),
+    (L, (S, "counts"), [], r"source_histogram.counts has 0 entries, but there are 2 bands"),
+    (L, (S, "counts", 1), [], r"source_histogram.counts\[1\] is a list of 0, expected an object"),
+    (L, (*SC, "index"), _DELETE, r"source_histogram.counts\[0\].index is missing"),
+    (
+        L,
+        (R, "counts", 1),
+        {"index": [], "count": []},
+        r"reference_histogram.counts\[1\].count "
+        r"is empty: band 2 has no pixels",
+    ),
+    (L, (R, "bands"), [1], r"reference_histogram.bands|reference_histogram.binning"),
+    (U, (S, "binning", "nbins"), 2**24 + 1, r"binning.nbins is 16777217, outside 1..16,777,216"),
+    (U, (S, "binning", "nbins"), 0, r"binning.nbins is 0, outside 1.."),
+    (U, (S, "binning", "lo"), [0.5, 1e9], r"source_histogram.binning.hi\[1\] is .*, below lo\[1\]"),
+    (
+        U,
+        (S, "binning"),
+        "huge range",
+        r"binning.hi\[0\] is 1.7e308: the range from -1.7e308 is "
+        r"wider than float64",
+    ),
+    (U, (*SC, "vmin"), "first>vmax", r"counts\[0\].vmax\[0\] is .*, below vmin"),
+    (U, (*SC, "vmin"), "first-1", r"counts\[0\].vmin\[0\] is .*, below its bin"),
+    (U, (*SC, "vmax"), "last+1", r"counts\[0\].vmax\[\d+\] is .*, above its bin"),
+    (U, (*SC, "vmin"), "short", r"counts\[0\].vmin has \d+ entries, but .*index has"),
+    (U, (*SC, "nmin"), "zero", r"counts\[0\].nmin\[0\] is 0, outside 1"),
+    (U, (*SC, "nmin"), "count+1", r"counts\[0\].nmin\[0\] is \d+, but must be"),
+    (U, (*SC, "nmin"), _DELETE, r"counts\[0\].nmin is missing"),
+    (U, (S, "nodata"), 1e39, r"source_histogram.nodata is 1e39, beyond float32's largest"),
+    (U, ("nodata",), "-inf", None),  # allowed: a float source can have -inf as nodata
+]
+
+
+def _apply_rule(doc, path, value):
+    if isinstance(value, str) and path[-1] in ("vmin", "vmax", "nmin"):
+        row = doc
+        for key in path[:-1]:
+            row = row[key]
+        arr = row[path[-1]]
+        if value == "first>vmax":
+            arr[0] = row["vmax"][0] + 1e-3
+            row["vmax"][0] = row["vmax"][0]  # unchanged: vmax now below vmin
+        elif value == "first-1":
+            arr[0] = -1e3
+        elif value == "last+1":
+            arr[-1] = 1e3
+        elif value == "short":
+            del arr[-1]
+        elif value == "zero":
+            arr[0] = 0
+        elif value == "count+1":
+            arr[0] = row["count"][0] + 1
+        return
+    if value == "huge range":
+        doc[S]["binning"]["lo"][0] = -1.7e308
+        doc[S]["binning"]["hi"][0] = 1.7e308
+        return
+    _set(doc, path, value)
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value", "message"),
+    [
+        pytest.param(*rule, marks=needs_engine) if rule[1][-1] in ("vmin", "vmax", "nmin") else rule
+        for rule in RULES
+    ],
+)
+def test_each_rule_names_the_field(base, path, value, message):
+    doc = copy.deepcopy(LEVELS_DOC if base == L else UNIFORM_DOC)
+    _apply_rule(doc, path, value)
+    if message is None:
+        LUT.from_dict(doc)
+        return
+    with pytest.raises(LUTFileError, match=rf"^LUT document: .*{message}") as info:
+        LUT.from_dict(doc)
+    assert str(info.value).endswith("; recreate it with `rastermatch fit`")
+    assert "\n" not in str(info.value)
+
+
+def test_histogram_rules_raise_histogram_file_errors():
+    doc = copy.deepcopy(LEVELS_DOC[S])
+    doc["binning"]["nbins"] = 10**18
+    with pytest.raises(HistogramFileError, match=r"^histogram document: binning.nbins is 10"):
+        Histogram.from_dict(doc)
+    for bad, message in [
+        ("[]", r"the document is a list of 0, expected an object"),
+        ('"x"', r"the document is the string 'x', expected an object"),
+        ("{", r"is not readable JSON"),
+        ('{"a": NaN}', r"contains the bare constant NaN"),
+        ('{"a": -Infinity}', r"contains the bare constant -Infinity"),
+        ('{"a": 1, "a": 2}', r"has the key the string 'a' twice"),
+        ("[" * 100_000 + "]" * 100_000, r"nested deeper than any rastermatch document"),
+        ("1" * 5000, r"contains an integer of 5000 digits"),
+        (b"\xff\xfe{}", r"is not UTF-8 text"),
+        ('{"type": "rastermatch.Histogram", "format": 2}', r"binning is missing"),
+        ('{"type": "rastermatch.Histogram"}', r"format is missing"),
+    ]:
+        with pytest.raises(HistogramFileError, match=message):
+            Histogram.from_json(bad)
+    with pytest.raises(HistogramFileError, match="expected JSON text"):
+        Histogram.from_json(3)
+
+
+def test_json_level_rules_for_lut_files(tmp_path, monkeypatch):
+    text = json.dumps(LEVELS_DOC)
+    cases = {
+        "nan.json": text.replace('"format": 2', '"format": NaN', 1),
+        "array.json": "[1, 2]",
+        "deep.json": "[" * 50_000 + "]" * 50_000,
+        "cut.json": text[:100],
+        "empty.json": "",
+    }
+    messages = {
+        "nan.json": "contains the bare constant NaN",
+        "array.json": "the document is a list of 2, expected an object",
+        "deep.json": "is nested deeper",
+        "cut.json": "is not readable JSON",
+        "empty.json": "is not readable JSON",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(LUTFileError, match=rf"LUT file .*{name}.*{messages[name]}"):
+            LUT.load(tmp_path / name)
+    monkeypatch.setattr(schema, "MAX_DOCUMENT_BYTES", 200)
+    (tmp_path / "big.json").write_text(text)
+    with pytest.raises(LUTFileError, match=r"big\.json is [\d,]+ bytes, more than the 200"):
+        LUT.load(tmp_path / "big.json")
+    with pytest.raises(LUTFileError, match=r"is 201 bytes long, more than the 200"):
+        LUT.load("/dev/zero")  # no size to stat: the read stops at the limit
+    with pytest.raises(LUTFileError, match=r"nope\.json does not exist"):
+        LUT.load(tmp_path / "nope.json")
+    with pytest.raises(LUTFileError, match=r"is a directory"):
+        LUT.load(tmp_path)
+
+
+def test_nothing_is_allocated_for_absurd_sizes():
+    doc = copy.deepcopy(LEVELS_DOC)
+    doc[S]["binning"] = {"kind": "uniform", "dtype": "float64", "nbins": 2**24,
+                         "lo": [0.0] * 2, "hi": [1.0] * 2}  # fmt: skip
+    doc[S]["bands"] = [1, 2]
+    # 2 x 2**24 bins pass; 10,000 bands of them would need terabytes and are refused first
+    doc[S]["binning"]["lo"] = [0.0] * 10_000
+    doc[S]["binning"]["hi"] = [1.0] * 10_000
+    doc[S]["bands"] = list(range(10_000))
+    with pytest.raises(LUTFileError, match=r"binning.nbins is 16,777,216: 10,000 bands"):
+        LUT.from_dict(doc)
+
+
+# -- saving -----------------------------------------------------------------------------------
+
+
+def test_save_refuses_existing_files_unless_overwrite(tmp_path):
+    path = tmp_path / "lut.json"
+    path.write_text("keep")
+    with pytest.raises(OutputExistsError, match=r"lut\.json exists already; allow replacing it"):
+        levels_lut().save(path)
+    assert path.read_text() == "keep"
+    levels_lut().save(path, overwrite=True)
+    assert LUT.load(path).nbands == 2
+    with pytest.raises(RasterWriteError, match="is a directory"):
+        levels_lut().save(tmp_path, overwrite=True)
+    with pytest.raises(RasterWriteError, match=r"the directory .* does not exist"):
+        levels_lut().save(tmp_path / "no" / "lut.json")
+    assert sorted(os.listdir(tmp_path)) == ["lut.json"]
+
+
+def test_save_never_writes_over_an_input(tmp_path, monkeypatch):
+    mask = tmp_path / "mask.tif"
+    mask.write_bytes(b"mask")
+    (tmp_path / "link.tif").symlink_to(mask)
+    os.link(mask, tmp_path / "hard.tif")
+    store = tmp_path / "input.zarr"
+    store.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for target, inputs in [
+        (mask, [mask]),
+        ("mask.tif", [str(mask)]),
+        (mask, ["link.tif"]),
+        (tmp_path / "link.tif", [mask]),
+        (tmp_path / "hard.tif", [mask]),
+        (store / "lut.json", [None, store]),
+    ]:
+        with pytest.raises(RasterWriteError, match=r"refusing to write LUT file .* input"):
+            levels_lut().save(target, overwrite=True, inputs=inputs)
+    assert mask.read_bytes() == b"mask" and os.listdir(store) == []
+    assert sorted(os.listdir(tmp_path)) == ["hard.tif", "input.zarr", "link.tif", "mask.tif"]
+
+
+def test_long_names_and_their_temporaries(tmp_path):
+    name = "x" * 245 + ".json"  # 250 bytes: the temporary's name must be shortened
+    path = levels_lut().save(tmp_path / name)
+    assert os.listdir(tmp_path) == [name] and LUT.load(path).nbands == 2
+    with pytest.raises(RasterWriteError, match=r"its name is 256 bytes, more than the 255"):
+        levels_lut().save(tmp_path / ("y" * 251 + ".json"))
+    assert os.listdir(tmp_path) == [name]
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_or_interrupted_saves_leave_nothing(tmp_path, monkeypatch, fault):
+    def fail(fd):
+        raise fault
+
+    monkeypatch.setattr(schema.os, "fsync", fail)
+    path = tmp_path / "lut.json"
+    if isinstance(fault, OSError):
+        with pytest.raises(RasterWriteError, match=r"cannot write LUT file .*lut\.json: No space"):
+            levels_lut().save(path)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            levels_lut().save(path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_under_a_file_size_limit_leaves_nothing(tmp_path):
+    # a real write error: files may grow to 100 bytes (SIGXFSZ ignored, so writes fail EFBIG)
+    resource = pytest.importorskip("resource")
+    lut = levels_lut()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        with pytest.raises(RasterWriteError, match=r"cannot write LUT file .*: File too large"):
+            lut.save(tmp_path / "lut.json")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert os.listdir(tmp_path) == []
+
+
+def test_luts_without_histograms_cannot_be_saved(tmp_path):
+    lut = levels_lut()
+    object.__setattr__(lut, "source_hist", None)
+    with pytest.raises(LUTFileError, match="this LUT has no histograms"):
+        lut.save(tmp_path / "lut.json")
+    assert os.listdir(tmp_path) == []
+
+
+# -- fuzzing ----------------------------------------------------------------------------------
+
+_DEEP = "__deep__"
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(
+        [
+            0,
+            1,
+            -1,
+            2,
+            255,
+            256,
+            65535,
+            65536,
+            2**24,
+            2**31,
+            2**62,
+            2**63,
+            -(2**63) - 1,
+            10**18,
+            10**30,
+            10**400,
+        ]
+    ),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from([0.5, -0.0, 1e-300, -1e15, 1e15, 1e308, -1e308, 3.4e38, 0.25]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(
+        [
+            "",
+            "nan",
+            "inf",
+            "-inf",
+            "uint8",
+            "uint16",
+            "float32",
+            "levels",
+            "uniform",
+            "nearest",
+            "interp",
+            "all",
+            "rastermatch.LUT",
+            "rastermatch.Histogram",
+            _DEEP,
+        ]
+    ),
+    st.lists(st.integers(-3, 300), max_size=5),
+    st.lists(st.floats(allow_nan=False), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["index", "count", "type", "format"]), st.integers(), max_size=2
+    ),
+)
+
+
+def _paths(doc, prefix=()):
+    yield prefix
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc[:4]):  # long lists: their first entries are enough
+            yield from _paths(value, (*prefix, i))
+
+
+@st.composite
+def mutated(draw, bases):
+    doc = copy.deepcopy(draw(st.sampled_from(bases)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        key = path[-1]
+        op = draw(st.sampled_from(["replace", "replace", "delete", "grow", "shrink", "tweak"]))
+        value = parent[key]
+        if op == "delete":
+            del parent[key]
+        elif op == "grow" and isinstance(value, list):
+            value.append(copy.deepcopy(value[-1]) if value else draw(JSON_VALUES))
+        elif op == "shrink" and isinstance(value, list) and value:
+            del value[draw(st.integers(0, len(value) - 1))]
+        elif op == "tweak" and type(value) in (int, float):
+            parent[key] = draw(st.sampled_from([value + 1, -value, value * 10**6, value - 1]))
+        else:
+            parent[key] = draw(JSON_VALUES)
+    return doc
+
+
+def _deepen(doc, depth):
+    """Replace the "__deep__" markers by nesting ``depth`` levels deep (built iteratively)."""
+
+    def walk(node):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if value == _DEEP:
+                deep: list = []
+                for _ in range(depth):
+                    deep = [deep]
+                node[key] = deep
+            elif isinstance(value, dict | list):
+                walk(value)
+
+    if isinstance(doc, dict | list):
+        walk(doc)
+    return doc
+
+
+def _check_loaded(lut):
+    """A LUT that was accepted: built by the builder, and safe to apply to any value."""
+    assert lut.table.shape[0] == lut.nbands == len(lut.bands)
+    dtype = lut.source_hist.binning.dtype
+    if dtype.kind == "f":
+        x = np.array([-np.inf, -1e300, -1.0, 0.0, 0.5, 1e300, np.inf, np.nan], dtype=dtype)
+    else:
+        info = np.iinfo(dtype)
+        x = np.array([info.min, 0, info.max], dtype=dtype)
+    data = np.broadcast_to(x, (lut.nbands, 1, x.size)).copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a nodata replaced for the output is fine here
+        try:
+            out = lut.apply(data)
+        except RastermatchError:  # a refusal (say, no free output nodata) is fine too
+            return
+    assert out.shape == data.shape
+
+
+def _only_project_errors(call, error):
+    try:
+        return call()
+    except error as e:
+        cause = e.__cause__
+        # a refusal the checks made, not a foreign exception caught after the fact
+        assert cause is None or isinstance(cause, RastermatchError), repr(cause)
+        assert "\n" not in str(e)
+        return None
+
+
+@FUZZ
+@given(doc=mutated([LEVELS_DOC, UNIFORM_DOC, FORMAT1_UINT8]), depth=st.sampled_from([3, 2000]))
+def test_fuzz_lut_from_dict(doc, depth):
+    lut = _only_project_errors(lambda: LUT.from_dict(_deepen(doc, depth)), LUTFileError)
+    if lut is not None:
+        _check_loaded(lut)
+
+
+@FUZZ
+@given(
+    doc=mutated([LEVELS_DOC, UNIFORM_DOC, FORMAT1_UINT8, FORMAT1_FLOAT32]),
+    depth=st.sampled_from([3, 900, 5000]),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_fuzz_lut_load(tmp_path_factory, doc, depth, cut):
+    text = json.dumps(doc).replace(f'"{_DEEP}"', "[" * depth + "]" * depth)
+    if cut is not None:
+        text = text[:cut]
+    path = tmp_path_factory.mktemp("fuzz") / "lut.json"
+    path.write_text(text)
+    lut = _only_project_errors(lambda: LUT.load(path), LUTFileError)
+    if lut is not None:
+        _check_loaded(lut)
+
+
+HIST_DOCS = [LEVELS_DOC[S], UNIFORM_DOC[S], UNIFORM_DOC[R], FORMAT1_UINT8[S]]
+
+
+@FUZZ
+@given(doc=mutated(HIST_DOCS), depth=st.sampled_from([3, 5000]))
+def test_fuzz_histogram_from_dict_and_json(doc, depth):
+    _only_project_errors(lambda: Histogram.from_dict(_deepen(copy.deepcopy(doc), 3)),
+                         HistogramFileError)  # fmt: skip
+    text = json.dumps(doc).replace(f'"{_DEEP}"', "[" * depth + "]" * depth)
+    _only_project_errors(lambda: Histogram.from_json(text), HistogramFileError)
