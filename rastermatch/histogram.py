@@ -32,13 +32,30 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ._data import BandArray, as_band_array, as_band_mask, python_scalar
-from .errors import BandMismatchError, BinningMismatchError, NoValidPixelsError, RastermatchError
+from ._data import BandArray, as_band_array, as_band_mask, no_valid_pixels, python_scalar
+from ._values import EXACT_MAX_ITEMSIZE, kernel_nodata, uniform_bin
+from .errors import (
+    BandMismatchError,
+    BinningMismatchError,
+    InputTypeError,
+    NotComputedError,
+    OptionError,
+)
 
-__all__ = ["DEFAULT_BINS", "Binning", "Histogram", "band_histograms", "band_ranges", "block_counts"]
+__all__ = [
+    "DEFAULT_BINS",
+    "MAX_BINS",
+    "Binning",
+    "Histogram",
+    "band_histograms",
+    "band_ranges",
+    "block_counts",
+    "block_stats",
+    "uniform_bin",
+]
 
 DEFAULT_BINS = 65_536
-_EXACT_MAX_ITEMSIZE = 2  # integers of up to 16 bits get one bin per level
+MAX_BINS = 2**24
 _INT32_BLOCK_LIMIT = 2**31 - 1
 
 
@@ -65,21 +82,48 @@ class Binning:
     hi: Any
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise OptionError(f"binning dtype {self.dtype!r} is not a numpy dtype") from None
+        object.__setattr__(self, "dtype", dtype)
         if self.kind not in ("levels", "uniform"):
-            raise ValueError(f"binning kind must be 'levels' or 'uniform', not {self.kind!r}")
-        if not (isinstance(self.nbins, int | np.integer) and self.nbins >= 1):
-            raise ValueError(f"the number of bins must be a positive integer, not {self.nbins!r}")
+            raise OptionError(f"binning kind must be 'levels' or 'uniform', not {self.kind!r}")
+        if isinstance(self.nbins, bool) or not (
+            isinstance(self.nbins, int | np.integer) and 1 <= self.nbins <= MAX_BINS
+        ):
+            raise OptionError(
+                f"the number of bins must be an integer in 1..{MAX_BINS}, not {self.nbins!r}"
+            )
         object.__setattr__(self, "nbins", int(self.nbins))
-        if not self.is_lazy:
-            lo = np.asarray(self.lo, dtype=np.float64).reshape(-1)
-            hi = np.asarray(self.hi, dtype=np.float64).reshape(-1)
-            if lo.shape != hi.shape or not (np.all(np.isfinite(lo)) and np.all(hi >= lo)):
-                raise ValueError(
-                    f"bad bin range lo={lo}, hi={hi}: need finite lo <= hi, one per band"
+        if dtype.kind not in "iuf":
+            raise OptionError(f"binning dtype {dtype} is not an integer or float dtype")
+        if self.is_lazy:
+            return
+        lo = np.asarray(self.lo, dtype=np.float64).reshape(-1)
+        hi = np.asarray(self.hi, dtype=np.float64).reshape(-1)
+        if lo.shape != hi.shape or not (np.all(np.isfinite(lo)) and np.all(hi >= lo)):
+            raise OptionError(f"bad bin range lo={lo}, hi={hi}: need finite lo <= hi, one per band")
+        if not np.all(np.isfinite(hi - lo)):
+            raise OptionError(f"bin range lo={lo}, hi={hi} is wider than float64 can hold")
+        if self.kind == "levels":
+            # the kernels index a table by level - offset: the binning must be the dtype's own
+            if dtype.kind not in "iu" or dtype.itemsize > EXACT_MAX_ITEMSIZE:
+                raise OptionError(
+                    f"levels binning needs an integer dtype of <= 16 bits, not {dtype}"
                 )
-            object.__setattr__(self, "lo", lo)
-            object.__setattr__(self, "hi", hi)
+            info = np.iinfo(dtype)
+            if (
+                self.nbins != int(info.max) - int(info.min) + 1
+                or np.any(lo != info.min)
+                or np.any(hi != info.max)
+            ):
+                raise OptionError(
+                    f"levels binning of {dtype} must have {int(info.max) - int(info.min) + 1} "
+                    f"bins from {info.min} to {info.max}, not {self.nbins} from {lo} to {hi}"
+                )
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
 
     @classmethod
     def levels(cls, dtype: np.dtype, nbands: int) -> Binning:
@@ -156,7 +200,7 @@ class Binning:
 
     def _require_concrete(self) -> None:
         if self.is_lazy:
-            raise RastermatchError(
+            raise NotComputedError(
                 "the bin range is not computed yet; compute the histogram first "
                 "(hist.compute() or dask.compute(h_src, h_ref))"
             )
@@ -176,9 +220,10 @@ def default_binning(
     dtype: np.dtype, nbands: int, *, bins: int | None, range: Any
 ) -> Binning | None:
     """The binning rastermatch uses for ``dtype``; None when a range must first be computed."""
+    check_bins(bins)
     if (
         dtype.kind in "iu"
-        and dtype.itemsize <= _EXACT_MAX_ITEMSIZE
+        and dtype.itemsize <= EXACT_MAX_ITEMSIZE
         and bins is None
         and range is None
     ):
@@ -186,34 +231,53 @@ def default_binning(
     nbins = DEFAULT_BINS if bins is None else bins
     if range is None:
         return None
-    lo, hi = np.broadcast_arrays(*(np.asarray(r, dtype=np.float64) for r in _split_range(range)))
-    lo = np.broadcast_to(lo, (nbands,))
-    hi = np.broadcast_to(hi, (nbands,))
-    return Binning("uniform", dtype, nbins, lo.copy(), hi.copy())
+    lo, hi = split_range(range, nbands)
+    return Binning("uniform", dtype, nbins, lo, hi)
 
 
-def _split_range(range: Any) -> tuple[Any, Any]:
-    """``(lo, hi)`` or per band ``[(lo, hi), ...]`` as two arrays."""
-    r = np.asarray(range, dtype=np.float64)
-    if r.shape == (2,):
-        return r[0], r[1]
-    if r.ndim == 2 and r.shape[1] == 2:
-        return r[:, 0], r[:, 1]
-    raise ValueError(f"range must be (lo, hi) or one (lo, hi) per band, not {range!r}")
+def check_bins(bins: Any) -> None:
+    """OptionError unless ``bins`` is None or an integer in 1..MAX_BINS."""
+    if bins is None:
+        return
+    if (
+        isinstance(bins, bool)
+        or not isinstance(bins, int | np.integer)
+        or not 1 <= bins <= MAX_BINS
+    ):
+        raise OptionError(
+            f"bins must be a positive integer (at most {MAX_BINS:,}), not {bins!r}; leave it "
+            f"unset for {DEFAULT_BINS:,} bins"
+        )
+
+
+def split_range(range: Any, nbands: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` for all bands or ``[(lo, hi), ...]`` per band, as two ``(nbands,)`` arrays.
+
+    OptionError for anything else: not numbers, not finite, a reversed or empty range.
+    """
+    try:
+        r = np.asarray(range, dtype=np.float64)
+    except (TypeError, ValueError):
+        r = None
+    if r is not None and r.shape == (2,):
+        r = np.broadcast_to(r, (nbands, 2))
+    if r is None or r.shape != (nbands, 2):
+        raise OptionError(
+            f"range must be (lo, hi) or one (lo, hi) per band ({nbands} bands), not {range!r}"
+        )
+    lo, hi = r[:, 0].copy(), r[:, 1].copy()
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise OptionError(f"range {range!r} is not finite; pass finite numbers (lo, hi)")
+    if np.any(lo > hi):
+        raise OptionError(f"range {range!r} is reversed (lo > hi); pass it as (lo, hi)")
+    if np.any(lo == hi):
+        raise OptionError(f"range {range!r} is empty (lo == hi); pass lo < hi")
+    if not np.all(np.isfinite(hi - lo)):
+        raise OptionError(f"range {range!r} is wider than float64 can hold; narrow it")
+    return lo, hi
 
 
 # -- compiled kernels -------------------------------------------------------------------------
-
-
-@numba.njit(inline="always")
-def uniform_bin(v: float, lo: float, scale: float, nbins: int) -> int:
-    """Bin of ``v`` among ``nbins`` equal bins starting at ``lo`` (``scale = nbins / width``),
-    clamped to the first and last bin. Shared with the LUT kernels so both agree on every value."""
-    t = (v - lo) * scale
-    if t <= 0.0:
-        return 0
-    k = int(t)
-    return k if k < nbins else nbins - 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -239,8 +303,17 @@ def _count_levels(block, offset, nodata, has_nodata, mask, has_mask, out):  # pr
                     ob[v - offset] += 1
 
 
+# Columns of the per-bin statistics of uniform binnings (last axis of a stats block).
+COUNT, VMIN, VMAX, NMIN = 0, 1, 2, 3
+
+
 @numba.njit(nogil=True, cache=True)
-def _count_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # pragma: no cover
+def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # pragma: no cover
+    """Count, smallest value, largest value and count of the smallest, per bin, in one pass.
+
+    ``out`` is ``(band, nbins, 4)`` float64 prefilled with (0, inf, -inf, 0); one bin's four
+    numbers share a cache line, so a pixel costs one memory access as plain counting does.
+    """
     nb, ny, nx = block.shape
     nbins = out.shape[1]
     for b in range(nb):
@@ -256,7 +329,16 @@ def _count_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # p
                     continue
                 if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
                     continue
-                out[b, uniform_bin(v, lo_b, scale, nbins)] += 1
+                f = np.float64(v)
+                k = uniform_bin(f, lo_b, scale, nbins)
+                out[b, k, 0] += 1.0
+                if f < out[b, k, 1]:
+                    out[b, k, 1] = f
+                    out[b, k, 3] = 1.0
+                elif f == out[b, k, 1]:
+                    out[b, k, 3] += 1.0
+                if f > out[b, k, 2]:
+                    out[b, k, 2] = f
 
 
 @numba.njit(nogil=True, cache=True)
@@ -283,23 +365,83 @@ def _valid_range(block, nodata, has_nodata, mask, has_mask, out):  # pragma: no 
 
 
 _NO_MASK = np.zeros((1, 1, 1), dtype=bool)
-
-
-def _kernel_nodata(block: np.ndarray, nodata: Any) -> tuple[Any, bool]:
-    """The nodata value as the block's own scalar type, and whether it can occur at all."""
-    if nodata is None or (isinstance(nodata, float) and np.isnan(nodata)):
-        return block.dtype.type(0), False  # NaN is never counted anyway
-    if block.dtype.kind in "iu":
-        info = np.iinfo(block.dtype)
-        if not float(nodata).is_integer() or not info.min <= nodata <= info.max:
-            return block.dtype.type(0), False
-    return block.dtype.type(nodata), True
+_kernel_nodata = kernel_nodata  # the name other modules used before the bottom layer existed
 
 
 def _kernel_mask(mask: np.ndarray | None, ndim: int) -> tuple[np.ndarray, bool]:
     if mask is None:
         return _NO_MASK, False
     return (mask if mask.ndim == 3 else mask.reshape((1,) * (3 - mask.ndim) + mask.shape)), True
+
+
+def block_stats(
+    block: np.ndarray,
+    mask: np.ndarray | None = None,
+    lohi: np.ndarray | None = None,
+    *,
+    nbins: int,
+    nodata: Any = None,
+) -> np.ndarray:
+    """Per-bin statistics of one ``(band, y, x)`` block for a uniform binning.
+
+    Returns ``(band, 1, 1, nbins, 4)`` float64: count, smallest value, largest value and the
+    number of pixels equal to the smallest (columns :data:`COUNT`, :data:`VMIN`, :data:`VMAX`,
+    :data:`NMIN`); empty bins hold (0, inf, -inf, 0). Counts in float64 are exact up to 2**53
+    pixels, far beyond any raster. ``lohi`` holds ``(lo, hi)`` per band.
+    """
+    out = np.empty((block.shape[0], nbins, 4), dtype=np.float64)
+    out[..., COUNT] = 0.0
+    out[..., VMIN] = np.inf
+    out[..., VMAX] = -np.inf
+    out[..., NMIN] = 0.0
+    nd, has_nd = kernel_nodata(block, nodata)
+    m, has_m = _kernel_mask(mask, block.ndim)
+    lohi = np.asarray(lohi, dtype=np.float64).reshape(block.shape[0], 2)
+    _stats_uniform(
+        block,
+        np.ascontiguousarray(lohi[:, 0]),
+        np.ascontiguousarray(lohi[:, 1]),
+        nd,
+        has_nd,
+        m,
+        has_m,
+        out,
+    )
+    return out[:, None, None]
+
+
+def combine_stats(parts: np.ndarray, axis: Any = (1, 2)) -> np.ndarray:
+    """Merge per-bin statistics ``(band, gy, gx, nbins, 4)`` over ``axis`` into ``(band, 1, 1,
+    nbins, 4)``, exactly: counts summed, min of the minima, max of the maxima, and the counts of
+    the minimum summed over the parts whose minimum is the merged one."""
+    nb, gy, gx, nbins, _ = parts.shape
+    x = parts.reshape(nb, gy * gx, nbins, 4)
+    out = np.empty((nb, nbins, 4), dtype=np.float64)
+    out[..., COUNT] = x[..., COUNT].sum(axis=1)
+    out[..., VMIN] = x[..., VMIN].min(axis=1)
+    out[..., VMAX] = x[..., VMAX].max(axis=1)
+    at_min = x[..., VMIN] == out[:, None, :, VMIN]
+    out[..., NMIN] = np.where(at_min, x[..., NMIN], 0.0).sum(axis=1)
+    return out[:, None, None]
+
+
+def _tree_combine(per_block: da.Array, split_every: int = 8) -> da.Array:
+    """Reduce ``(band, block_y, block_x, nbins, 4)`` block statistics to one row per band.
+
+    A tree, as dask's own reductions: blocks are grouped ``split_every`` at a time along y, then
+    along x, and each group is merged by :func:`combine_stats`, until one block is left.
+    """
+    for axis in (1, 2):
+        while per_block.numblocks[axis] > 1:
+            grouped = per_block.rechunk({axis: split_every})
+            chunks = list(grouped.chunks)
+            chunks[axis] = (1,) * grouped.numblocks[axis]
+            other = 3 - axis
+            chunks[other] = (1,) * grouped.numblocks[other]
+            per_block = grouped.map_blocks(
+                combine_stats, chunks=tuple(chunks), dtype=np.float64, meta=np.empty((0,) * 5)
+            )
+    return per_block
 
 
 def block_counts(
@@ -318,23 +460,13 @@ def block_counts(
     of fewer than 2**31 pixels (the tree reduction sums them as int64).
     """
     dtype = np.int32 if block[0].size <= _INT32_BLOCK_LIMIT else np.int64
+    if kind != "levels":
+        stats = block_stats(block, mask, lohi, nbins=nbins, nodata=nodata)
+        return stats[..., COUNT].astype(dtype)
     out = np.zeros((block.shape[0], nbins), dtype=dtype)
-    nd, has_nd = _kernel_nodata(block, nodata)
+    nd, has_nd = kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
-    if kind == "levels":
-        _count_levels(block, offset, nd, has_nd, m, has_m, out)
-    else:
-        lohi = np.asarray(lohi, dtype=np.float64).reshape(block.shape[0], 2)
-        _count_uniform(
-            block,
-            np.ascontiguousarray(lohi[:, 0]),
-            np.ascontiguousarray(lohi[:, 1]),
-            nd,
-            has_nd,
-            m,
-            has_m,
-            out,
-        )
+    _count_levels(block, offset, nd, has_nd, m, has_m, out)
     return out[:, None, None, :]
 
 
@@ -343,7 +475,7 @@ def block_range(
 ) -> np.ndarray:
     """Valid ``(min, max)`` per band of one block, ``(band, 1, 1, 2)``; (inf, -inf) if none."""
     out = np.empty((block.shape[0], 2), dtype=np.float64)
-    nd, has_nd = _kernel_nodata(block, nodata)
+    nd, has_nd = kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
     _valid_range(block, nd, has_nd, m, has_m, out)
     return out[:, None, None, :]
@@ -354,11 +486,23 @@ def block_range(
 
 @dataclass(frozen=True, eq=False)
 class Histogram:
-    """Per-band counts with their binning and band labels.
+    """Per-band counts with their binning and band labels, and what each bin holds.
 
     ``counts`` is ``(band, nbins)`` int64, exact. While it is a dask array the histogram is lazy
     and is itself a dask collection: ``hist.compute()`` or ``dask.compute(h_src, h_ref)`` give
     concrete histograms, computed in one pass over their inputs.
+
+    For a ``"uniform"`` binning (floats, integers wider than 16 bits) the histogram also knows,
+    per band and bin, the smallest value (``vmin``, float64), the largest (``vmax``) and the
+    number of pixels equal to the smallest (``nmin``, int64); empty bins hold +inf, -inf and 0.
+    A band whose bins each hold one distinct value (reflectance quantised in steps of 1e-4,
+    integers read as floats) is then known exactly. They are None for ``"levels"`` binning,
+    where a bin is one value, and for uniform histograms built without them (each bin's pixels
+    are then taken to sit at its centre).
+
+    ``nodata`` is the value that was left out of the counts (None if none) and ``masked`` says
+    whether a mask left pixels out; :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>`
+    carries the nodata on to the output.
 
     Examples
     --------
@@ -371,28 +515,75 @@ class Histogram:
     [2, 4, 0, 6]
     >>> Histogram.from_json(h.to_json()).counts[0, :4].tolist()
     [1, 2, 0, 3]
+    >>> f = band_histograms(np.array([[0.5, 0.25, np.nan, 0.25, 2.0]]), bins=2, nodata=2.0)
+    >>> f.counts.tolist(), f.vmin.tolist(), f.vmax.tolist(), f.nmin.tolist(), f.nodata
+    ([[2, 1]], [[0.25, 0.5]], [[0.25, 0.5]], [[2, 1]], 2.0)
     """
 
     counts: Any
     binning: Binning
     bands: tuple[Hashable, ...] = field(default=())
-    _name: str = field(default="data", repr=False, compare=False)
+    vmin: Any = field(default=None, kw_only=True, repr=False)
+    vmax: Any = field(default=None, kw_only=True, repr=False)
+    nmin: Any = field(default=None, kw_only=True, repr=False)
+    nodata: float | int | None = field(default=None, kw_only=True)
+    masked: bool = field(default=False, kw_only=True)
+    name: str = field(default="data", kw_only=True, repr=False, compare=False)
+    # exact (values, counts) per band when known better than the bins tell (set by
+    # metrics.matched_histogram); never serialized, dropped by every operation
+    _atoms: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.binning, Binning):
+            raise InputTypeError(f"binning must be a rastermatch.Binning, not {self.binning!r}")
+        if not hasattr(self.counts, "ndim"):
+            object.__setattr__(self, "counts", np.asarray(self.counts))
+        if self.counts.ndim != 2 or self.counts.shape[1] != self.binning.nbins:
+            raise OptionError(
+                f"counts must have shape (band, {self.binning.nbins}), not {self.counts.shape}"
+            )
         if not self.bands:
             object.__setattr__(self, "bands", tuple(range(1, self.counts.shape[0] + 1)))
         object.__setattr__(self, "bands", tuple(python_scalar(b) for b in self.bands))
-        if self.counts.ndim != 2 or self.counts.shape[1] != self.binning.nbins:
-            raise ValueError(
-                f"counts must have shape (band, {self.binning.nbins}), not {self.counts.shape}"
-            )
         if len(self.bands) != self.counts.shape[0]:
-            raise ValueError(f"{len(self.bands)} band labels for {self.counts.shape[0]} bands")
-        if not self.is_lazy:
-            counts = np.asarray(self.counts)
-            if counts.dtype.kind not in "iu" or (counts.size and counts.min() < 0):
-                raise ValueError("counts must be non-negative integers")
-            object.__setattr__(self, "counts", counts.astype(np.int64, copy=False))
+            raise OptionError(f"{len(self.bands)} band labels for {self.counts.shape[0]} bands")
+        object.__setattr__(self, "nodata", python_scalar(self.nodata))
+        object.__setattr__(self, "masked", bool(self.masked))
+        stats = (self.vmin, self.vmax, self.nmin)
+        if self.binning.kind == "levels" and any(v is not None for v in stats):
+            raise OptionError("vmin, vmax and nmin are for uniform binnings; a level is its value")
+        if any(v is None for v in stats) and any(v is not None for v in stats):
+            raise OptionError("give all of vmin, vmax and nmin, or none of them")
+        if self.is_lazy:
+            return
+        counts = np.asarray(self.counts)
+        if counts.dtype.kind not in "iu" or (counts.size and counts.min() < 0):
+            raise OptionError("counts must be non-negative integers")
+        counts = counts.astype(np.int64, copy=False)
+        object.__setattr__(self, "counts", counts)
+        if self.vmin is None:
+            return
+        vmin = np.asarray(self.vmin, dtype=np.float64)
+        vmax = np.asarray(self.vmax, dtype=np.float64)
+        nmin = np.asarray(self.nmin)
+        if not (vmin.shape == vmax.shape == nmin.shape == counts.shape):
+            raise OptionError(f"vmin, vmax and nmin must have the shape of counts {counts.shape}")
+        nmin = nmin.astype(np.int64)
+        seen = counts > 0
+        if not (
+            np.all(np.isfinite(vmin[seen]))
+            and np.all(vmin[seen] <= vmax[seen])
+            and np.all(nmin[seen] >= 1)
+            and np.all(nmin[seen] <= counts[seen])
+        ):
+            raise OptionError(
+                "inconsistent bin statistics: an occupied bin needs finite vmin <= vmax and "
+                "1 <= nmin <= count"
+            )
+        # empty bins always read (inf, -inf, 0), whatever was passed
+        object.__setattr__(self, "vmin", np.where(seen, vmin, np.inf))
+        object.__setattr__(self, "vmax", np.where(seen, vmax, -np.inf))
+        object.__setattr__(self, "nmin", np.where(seen, nmin, 0))
 
     # -- derived quantities
     @property
@@ -408,6 +599,11 @@ class Histogram:
         """Number of counted pixels per band."""
         return self.counts.sum(axis=1)
 
+    @property
+    def has_stats(self) -> bool:
+        """Whether the per-bin vmin/vmax/nmin are known (uniform binnings)."""
+        return self.vmin is not None
+
     def cumulative(self) -> np.ndarray:
         """Cumulative counts per band, ``(band, nbins)`` int64: the unnormalized CDF."""
         return np.cumsum(self.counts, axis=1)
@@ -417,16 +613,71 @@ class Histogram:
         c = self.cumulative()
         return c / np.maximum(c[:, -1:], 1)
 
+    def bin_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(vmin, vmax, nmin)`` for every binning, ``(band, nbins)`` each.
+
+        The recorded statistics when there are some; else a level is its own min and max, and
+        a uniform bin without statistics is taken to hold one value, its centre. Empty bins
+        give (inf, -inf, 0).
+        """
+        self._require_concrete()
+        if self.has_stats:
+            return self.vmin, self.vmax, self.nmin
+        seen = self.counts > 0
+        values = self.binning.values()
+        return (
+            np.where(seen, values, np.inf),
+            np.where(seen, values, -np.inf),
+            self.counts.copy(),
+        )
+
+    def atoms(self, band: int) -> tuple[np.ndarray, np.ndarray]:
+        """The band's distribution as increasing values and their pixel counts.
+
+        Exact for levels and for uniform bins holding at most two distinct values (the smallest
+        with ``nmin`` pixels, the largest with the rest); a bin holding more has its pixels
+        between its smallest and its largest value placed at the largest. Uniform bins without
+        statistics place their pixels at the centre.
+        """
+        if self._atoms is not None:
+            return self._atoms[band]
+        vmin, vmax, nmin = (a[band] for a in self.bin_stats())
+        counts = self.counts[band]
+        seen = counts > 0
+        two = seen & (vmax > vmin)
+        values = np.stack([vmin, vmax], axis=1)[seen].ravel()
+        weights = np.stack([np.where(two, nmin, counts), np.where(two, counts - nmin, 0)], axis=1)
+        weights = weights[seen].ravel()
+        keep = weights > 0
+        return values[keep], weights[keep]
+
     def band(self, index: int) -> Histogram:
         """The histogram of one band (by position)."""
         b = self.binning
         binning = Binning(
             b.kind, b.dtype, b.nbins, b.lo[index : index + 1], b.hi[index : index + 1]
         )
-        return Histogram(self.counts[index : index + 1], binning, (self.bands[index],))
+        one = slice(index, index + 1)
+        stats = {}
+        if self.has_stats:
+            stats = {"vmin": self.vmin[one], "vmax": self.vmax[one], "nmin": self.nmin[one]}
+        return Histogram(
+            self.counts[one],
+            binning,
+            (self.bands[index],),
+            nodata=self.nodata,
+            masked=self.masked,
+            name=self.name,
+            **stats,
+        )
 
     def __add__(self, other: Histogram) -> Histogram:
-        """Merge two histograms of the same binning (pixels counted in either)."""
+        """Merge two histograms of the same binning (pixels counted in either).
+
+        The bin statistics merge exactly (min of the minima, max of the maxima, the counts at
+        the minimum summed where it is the merged minimum); if one side has none, neither
+        does the sum. The nodata value is kept when both agree.
+        """
         if not isinstance(other, Histogram):
             return NotImplemented
         if self.nbands != other.nbands:
@@ -439,7 +690,31 @@ class Histogram:
                 f"cannot add histograms with different binnings: {self.binning!r} and "
                 f"{other.binning!r}; histogram both with the same range=... and bins=..."
             )
-        return Histogram(self.counts + other.counts, self.binning, self.bands)
+        stats: dict[str, Any] = {}
+        if self.has_stats and other.has_stats:
+            xp = da if self.is_lazy or other.is_lazy else np
+            vmin = xp.minimum(self.vmin, other.vmin)
+            stats = {
+                "vmin": vmin,
+                "vmax": xp.maximum(self.vmax, other.vmax),
+                "nmin": xp.where(self.vmin == vmin, self.nmin, 0)
+                + xp.where(other.vmin == vmin, other.nmin, 0),
+            }
+        same_nodata = self.nodata == other.nodata or (
+            isinstance(self.nodata, float)
+            and isinstance(other.nodata, float)
+            and np.isnan(self.nodata)
+            and np.isnan(other.nodata)
+        )
+        return Histogram(
+            self.counts + other.counts,
+            self.binning,
+            self.bands,
+            nodata=self.nodata if same_nodata else None,
+            masked=self.masked or other.masked,
+            name=self.name,
+            **stats,
+        )
 
     # -- serialization
     def to_dict(self) -> dict[str, Any]:
@@ -472,7 +747,7 @@ class Histogram:
 
     def _require_concrete(self) -> None:
         if self.is_lazy:
-            raise RastermatchError(
+            raise NotComputedError(
                 "this histogram is lazy; compute it first with hist.compute() or, for several "
                 "at once, dask.compute(h_src, h_ref)"
             )
@@ -480,7 +755,11 @@ class Histogram:
     # -- display
     def __repr__(self) -> str:
         state = "lazy" if self.is_lazy else f"{self.total.tolist()} pixels"
-        return f"<Histogram {self.nbands} band(s) {list(self.bands)}, {self.binning!r}, {state}>"
+        nodata = "" if self.nodata is None else f", nodata={self.nodata!r}"
+        return (
+            f"<Histogram {self.nbands} band(s) {list(self.bands)}, {self.binning!r}{nodata}, "
+            f"{state}>"
+        )
 
     def plot(self, ax: Any = None, **kwargs: Any) -> Any:
         """Plot the CDF of every band (matplotlib; the ``plot`` extra)."""
@@ -498,14 +777,26 @@ class Histogram:
     # -- dask collection protocol: a lazy histogram computes into a concrete one
     @cached_property
     def _parts(self) -> list[da.Array]:
-        parts = [
-            self.counts.rechunk(-1)
-            if isinstance(self.counts, da.Array)
-            else da.from_array(self.counts)
-        ]
+        """counts, then vmin/vmax/nmin if any, then the ``(2, band)`` range if lazy: each a
+        one-chunk dask array (slices of one reduction share its keys, so it runs once)."""
+        arrays = [self.counts]
+        if self.has_stats:
+            arrays += [self.vmin, self.vmax, self.nmin]
+        parts = [a.rechunk(-1) if isinstance(a, da.Array) else da.from_array(a) for a in arrays]
         if self.binning.is_lazy:
             parts.append(da.stack([self.binning.lo, self.binning.hi]).rechunk(-1))
         return parts
+
+    def _meta(self) -> dict[str, Any]:
+        """Everything besides the parts that a rebuilt histogram needs."""
+        return {
+            "binning": self.binning,
+            "bands": self.bands,
+            "stats": self.has_stats,
+            "nodata": self.nodata,
+            "masked": self.masked,
+            "name": self.name,
+        }
 
     def __dask_graph__(self) -> HighLevelGraph | None:
         if not self.is_lazy:
@@ -519,13 +810,19 @@ class Histogram:
         return tuple(layer for p in self._parts for layer in p.__dask_layers__())
 
     def __dask_tokenize__(self) -> str:
-        return tokenize(type(self).__name__, *(p.name for p in self._parts), self.bands)
+        return tokenize(
+            type(self).__name__, *(p.name for p in self._parts), self.bands, self.nodata
+        )
 
     __dask_optimize__ = staticmethod(da.Array.__dask_optimize__)
     __dask_scheduler__ = staticmethod(dask.threaded.get)
 
     def __dask_postcompute__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _finalize_histogram, (self.binning, self.bands, self._name)
+        return _finalize_histogram, (self._meta(),)
+
+    def __dask_postpersist__(self) -> tuple[Any, tuple[Any, ...]]:
+        rebuilds = [p.__dask_postpersist__() for p in self._parts]
+        return _rebuild_histogram, (rebuilds, self._meta())
 
     def compute(self, **kwargs: Any) -> Histogram:
         """The concrete histogram (``dask.compute`` keyword arguments pass through)."""
@@ -538,14 +835,36 @@ def _first_block(nested: Any) -> Any:
     return nested
 
 
-def _finalize_histogram(
-    results: list[Any], binning: Binning, bands: tuple[Hashable, ...], name: str
-) -> Histogram:
-    counts = _first_block(results[0])
+def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
+    """A histogram from its :attr:`Histogram._parts` (computed arrays or persisted ones)."""
+    binning = meta["binning"]
     if binning.is_lazy:
-        lohi = _check_range(_first_block(results[1]).T, bands, name)
-        binning = Binning(binning.kind, binning.dtype, binning.nbins, lohi[:, 0], lohi[:, 1])
-    return Histogram(counts, binning, bands)
+        lohi = parts[-1]
+        if not isinstance(lohi, da.Array):
+            lohi = _check_range(np.asarray(lohi).T, meta["bands"], meta["name"]).T
+        binning = Binning(binning.kind, binning.dtype, binning.nbins, lohi[0], lohi[1])
+    stats = {}
+    if meta["stats"]:
+        stats = {"vmin": parts[1], "vmax": parts[2], "nmin": parts[3]}
+    return Histogram(
+        parts[0],
+        binning,
+        meta["bands"],
+        nodata=meta["nodata"],
+        masked=meta["masked"],
+        name=meta["name"],
+        **stats,
+    )
+
+
+def _finalize_histogram(results: list[Any], meta: dict[str, Any]) -> Histogram:
+    return _assemble([_first_block(r) for r in results], meta)
+
+
+def _rebuild_histogram(
+    dsk: Any, rebuilds: list[Any], meta: dict[str, Any], rename: Any = None
+) -> Histogram:
+    return _assemble([func(dsk, *args, rename=rename) for func, args in rebuilds], meta)
 
 
 # -- public functions -------------------------------------------------------------------------
@@ -600,13 +919,14 @@ def band_ranges(
 
 
 def _check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
+    """``lohi`` if every band has a valid pixel, else the one "no valid pixels" error."""
     for label, (lo, hi) in zip(bands, lohi, strict=True):
         if not lo <= hi:
-            raise NoValidPixelsError(
-                f"band {label!r} of {name} has no valid pixels (all NaN, infinite, nodata or "
-                "masked); drop the band or check the nodata value and the mask"
-            )
+            raise no_valid_pixels(label, name)
     return lohi
+
+
+check_range = _check_range
 
 
 def band_histograms(
@@ -625,18 +945,22 @@ def band_histograms(
         ``(band, y, x)`` or ``(y, x)``: an xarray DataArray (numpy- or dask-backed), a numpy or a
         dask array.
     nodata
-        Value left out of the counts. Default: the DataArray's ``.rio.nodata`` (``_FillValue``),
-        else none. NaN and infinities are never counted.
+        Value left out of the counts and recorded in the histogram (``hist.nodata``), so that a
+        LUT built from it maps nodata to nodata. Default: the DataArray's ``.rio.nodata``
+        (``_FillValue``), else none. A value the dtype cannot hold raises
+        :class:`~rastermatch.errors.OptionError`. NaN and infinities are never counted.
     mask
         Boolean, True where a pixel is left out of the statistics (clouds, say): ``(y, x)`` or
         ``(band, y, x)``, a DataArray aligned with ``data`` or an array of the same grid.
     bins
         For floats and integers wider than 16 bits: the number of equal-width bins (default
-        65,536). Integers of at most 16 bits get one bin per level unless ``bins`` or ``range``
-        is given.
+        65,536, at most 2**24). Integers of at most 16 bits get one bin per level unless
+        ``bins`` or ``range`` is given. Each bin also records its smallest and largest value and
+        how many pixels equal the smallest (``vmin``, ``vmax``, ``nmin``), in the same pass.
     range
-        ``(lo, hi)`` for all bands or one pair per band. Default: each band's valid range, found
-        with a min/max reduction (a first pass over the data).
+        ``(lo, hi)`` for all bands or one pair per band, finite with ``lo < hi``; values outside
+        are not counted. Default: each band's valid range, found with a min/max reduction (a
+        first pass over the data).
 
     Returns
     -------
@@ -650,33 +974,32 @@ def band_histograms(
     >>> from rastermatch import band_histograms
     >>> scene = np.array([[[0, 0, 7], [7, 7, 9]], [[1, 2, 3], [4, 5, 6]]], dtype=np.uint16)
     >>> h = band_histograms(scene, nodata=0)
-    >>> h.binning.nbins, h.total.tolist()
-    (65536, [4, 6])
+    >>> h.binning.nbins, h.total.tolist(), h.nodata
+    (65536, [4, 6], 0)
     >>> h.counts[0, [7, 9]].tolist()
     [3, 1]
     """
     src = as_band_array(data, nodata=nodata)
+    check_bins(bins)
     m = None if mask is None else as_band_mask(mask, src)
     nbands = src.array.shape[0]
-    if bins is not None and not (isinstance(bins, int | np.integer) and bins >= 1):
-        raise ValueError(f"bins must be a positive integer, not {bins!r}")
     binning = default_binning(src.dtype, nbands, bins=bins, range=range)
+    recorded = {"nodata": src.nodata, "masked": m is not None, "name": src.name}
 
     if not src.is_dask:
         if binning is None:
             lohi = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
             lohi = _check_range(lohi, src.bands, src.name)
             binning = Binning("uniform", src.dtype, bins or DEFAULT_BINS, lohi[:, 0], lohi[:, 1])
-        counts = block_counts(
-            src.array,
-            m,
-            np.stack([binning.lo, binning.hi], axis=1),
-            kind=binning.kind,
-            nbins=binning.nbins,
-            offset=binning.offset,
-            nodata=src.nodata,
-        )
-        return Histogram(counts[:, 0, 0, :], binning, src.bands)
+        lohi = np.stack([binning.lo, binning.hi], axis=1)
+        if binning.kind == "levels":
+            counts = block_counts(
+                src.array, m, kind="levels", nbins=binning.nbins, offset=binning.offset,
+                nodata=src.nodata,
+            )  # fmt: skip
+            return Histogram(counts[:, 0, 0, :], binning, src.bands, **recorded)
+        stats = block_stats(src.array, m, lohi, nbins=binning.nbins, nodata=src.nodata)
+        return _histogram_from_stats(stats[:, 0, 0], binning, src.bands, recorded)
 
     arr = src.array
     if binning is None:
@@ -685,25 +1008,58 @@ def band_histograms(
     else:
         lohi = da.from_array(np.stack([binning.lo, binning.hi], axis=1), chunks=(arr.chunks[0], 2))
     lohi = lohi.rechunk((arr.chunks[0], 2))
+    token = tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata)
+    if binning.kind == "levels":
+        per_block = da.blockwise(
+            block_counts,
+            "byxn",
+            arr,
+            "byx",
+            *_mask_args(m),
+            new_axes={"n": binning.nbins},
+            adjust_chunks={"y": 1, "x": 1},
+            concatenate=True,
+            dtype=np.int32,
+            meta=np.empty((0, 0, 0, 0), np.int32),
+            kind="levels",
+            nbins=binning.nbins,
+            offset=binning.offset,
+            nodata=src.nodata,
+            name=f"rastermatch-counts-{token}",
+        )
+        counts = per_block.sum(axis=(1, 2), dtype=np.int64)
+        return Histogram(counts, binning, src.bands, **recorded)
     per_block = da.blockwise(
-        block_counts,
-        "byxn",
+        block_stats,
+        "byxnk",
         arr,
         "byx",
         *_mask_args(m),
         lohi,
-        "bk",
-        new_axes={"n": binning.nbins},
+        "bc",
+        new_axes={"n": binning.nbins, "k": 4},
         adjust_chunks={"y": 1, "x": 1},
         concatenate=True,
-        dtype=np.int32,
-        meta=np.empty((0, 0, 0, 0), np.int32),
-        kind=binning.kind,
+        dtype=np.float64,
+        meta=np.empty((0,) * 5, np.float64),
         nbins=binning.nbins,
-        offset=binning.offset if binning.kind == "levels" else 0,
         nodata=src.nodata,
-        name="rastermatch-counts-"
-        + tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata),
+        name=f"rastermatch-stats-{token}",
     )
-    counts = per_block.sum(axis=(1, 2), dtype=np.int64)
-    return Histogram(counts, binning, src.bands, src.name)
+    stats = _tree_combine(per_block)[:, 0, 0]
+    return _histogram_from_stats(stats, binning, src.bands, recorded)
+
+
+def _histogram_from_stats(
+    stats: Any, binning: Binning, bands: tuple[Hashable, ...], recorded: dict[str, Any]
+) -> Histogram:
+    """A histogram from ``(band, nbins, 4)`` statistics (numpy or dask)."""
+    return Histogram(
+        stats[..., COUNT].astype(np.int64),
+        binning,
+        bands,
+        vmin=stats[..., VMIN],
+        vmax=stats[..., VMAX],
+        nmin=stats[..., NMIN].astype(np.int64),
+        **recorded,
+    )

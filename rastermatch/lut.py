@@ -29,31 +29,66 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ._data import python_scalar
-from .errors import BandMismatchError, NoValidPixelsError, RastermatchError
+from ._data import no_valid_pixels, python_scalar
+from ._values import cast_values, check_nodata, nodata_fits, smallest_dtype
+from .errors import (
+    BandMismatchError,
+    InputTypeError,
+    NotComputedError,
+    NoValidPixelsError,
+    OptionError,
+)
 from .histogram import Binning, Histogram
 
-__all__ = ["LUT", "Levels", "Method", "interp_lut_values", "nearest_cdf_indices"]
+__all__ = [
+    "LUT",
+    "Levels",
+    "Method",
+    "cast_values",
+    "interp_lut_values",
+    "nearest_cdf_indices",
+    "reference_curve",
+]
 
 Method = Literal["nearest", "interp"]
 Levels = Literal["present", "all"]
-_METHODS = ("nearest", "interp")
-_LEVELS = ("present", "all")
+METHODS = ("nearest", "interp")
+LEVELS = ("present", "all")
 
 
-def _check_option(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+def check_option(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise OptionError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+
+
+def check_out_dtype(dtype: Any) -> np.dtype | None:
+    """``dtype`` as a numpy integer or float dtype (None stays None), else OptionError."""
+    if dtype is None:
+        return None
+    try:
+        out = np.dtype(dtype)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out.kind not in "iuf" or out.itemsize > 8:
+        raise OptionError(
+            f"dtype {dtype!r} is not a numeric output dtype; pass an integer or float dtype such "
+            "as 'uint16' or 'float32' (or leave it unset for the reference's)"
+        )
+    return out
 
 
 def nearest_cdf_indices(
-    source_counts: np.ndarray, reference_counts: np.ndarray, *, levels: Levels = "present"
+    source_counts: np.ndarray,
+    reference_counts: np.ndarray,
+    *,
+    levels: Levels = "present",
+    exclude: Iterable[int] = (),
 ) -> np.ndarray:
     """For every source bin ``p``, the reference bin ``q* = argmin_q |F_ref(q) - F_src(p)|``.
 
@@ -66,6 +101,8 @@ def nearest_cdf_indices(
     levels
         ``"present"``: ``q`` ranges over the reference bins that hold pixels; ``"all"``: over
         every bin, as in the published algorithm.
+    exclude
+        Bins never chosen (the reference's nodata level with ``levels="all"``).
 
     Examples
     --------
@@ -80,6 +117,9 @@ def nearest_cdf_indices(
     if n_src == 0 or n_ref == 0:
         raise NoValidPixelsError("both histograms need at least one pixel")
     candidates = np.flatnonzero(reference_counts) if levels == "present" else np.arange(cr.size)
+    excluded = [k for k in exclude if reference_counts[k] == 0]  # a present bin stays
+    if excluded:
+        candidates = np.setdiff1d(candidates, excluded)
     g = math.gcd(n_src, n_ref)
     m_src, m_ref = n_src // g, n_ref // g
     # 1. scale to integers; every product below is at most n_src * n_ref / g, and two of them are
@@ -100,6 +140,28 @@ def nearest_cdf_indices(
     return candidates[np.where(take_upper, upper, lower)]
 
 
+def reference_curve(
+    counts: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, nmin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The knots ``(quantile, value)`` of scikit-image's inverse CDF of one reference band.
+
+    scikit-image puts a knot at every distinct value ``v``: ``(count(<= v) / N, v)``. A bin
+    that holds one value gives that knot exactly; a bin holding several gives two of its knots
+    exactly: its smallest value at ``(c_{q-1} + nmin_q) / N`` and its largest at ``c_q / N``
+    (``c`` the cumulative counts). Between two knots both curves stay within one bin's values.
+    The quantiles are computed as scikit-image computes them (an int64 count over the int total).
+    """
+    present = np.flatnonzero(counts)
+    c = np.cumsum(counts, dtype=np.int64)
+    n = int(c[-1])
+    before = (c - counts)[present]
+    spread = vmin[present] < vmax[present]
+    x = np.stack([np.where(spread, before + nmin[present], c[present]), c[present]], axis=1)
+    y = np.stack([vmin[present], vmax[present]], axis=1)
+    keep = np.stack([spread, np.ones_like(spread)], axis=1)
+    return x[keep] / n, y[keep]
+
+
 def interp_lut_values(
     source_counts: np.ndarray, reference_counts: np.ndarray, reference_values: np.ndarray
 ) -> np.ndarray:
@@ -115,13 +177,73 @@ def interp_lut_values(
     return np.interp(src_q, ref_q, reference_values[present])
 
 
-def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Values in ``dtype``: integers rounded to nearest (half to even) and clipped to its range."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return np.asarray(values).astype(dtype)
+def _band_table(
+    src: Histogram, ref: Histogram, b: int, method: Method, levels: Levels
+) -> np.ndarray:
+    """One band's table: ``(nbins,)`` outputs for a levels-binned source, else ``(nbins, 4)``
+    rows ``(smin, smax, olo, ohi)`` (see :class:`LUT`)."""
+    sc, rc = src.counts[b], ref.counts[b]
+    rmin, rmax, rnmin = (a[b] for a in ref.bin_stats())
+    ref_seen = rc > 0
+    if method == "nearest":
+        k = ref.binning.level_bin(ref.nodata)
+        q = nearest_cdf_indices(sc, rc, levels=levels, exclude=() if k is None else (k,))
+        centre = ref.binning.values()[b]  # levels="all" on an empty bin: its centre
+        rlo = np.where(ref_seen, rmin, centre)[q]
+        if src.binning.kind == "levels":
+            return rlo
+        rhi = np.where(ref_seen, rmax, centre)[q]
+        smin, smax, _ = (a[b] for a in src.bin_stats())
+        seen = sc > 0
+        # a source bin that alone is mapped onto a reference bin holding exactly its own range
+        # is the same population: map it onto itself (self-matching is the identity)
+        mapped = np.bincount(q[seen], minlength=rc.size)
+        identity = seen & (mapped[q] == 1) & ref_seen[q] & (rmin[q] == smin) & (rmax[q] == smax)
+        olo, ohi = rlo, np.where(identity, rhi, rlo)
+        # an empty bin above an identity bin that shares its reference bin gives that bin's
+        # largest value, so the map stays monotone for scenes the LUT is applied to later
+        last = np.maximum.accumulate(np.where(seen, np.arange(sc.size), -1))
+        prev = np.concatenate([[-1], last[:-1]])
+        p = np.maximum(prev, 0)
+        after = ~seen & (prev >= 0) & identity[p] & (q[p] == q)
+        olo, ohi = np.where(after, rhi, olo), np.where(after, rhi, ohi)
+    else:
+        knots_u, knots_v = reference_curve(rc, rmin, rmax, rnmin)
+        cs = np.cumsum(sc, dtype=np.int64)
+        n = int(cs[-1])
+        hi_u = cs / n
+        if src.binning.kind == "levels":
+            return np.interp(hi_u, knots_u, knots_v)
+        smin, smax, snmin = (a[b] for a in src.bin_stats())
+        seen = sc > 0
+        # a bin's smallest value sits at quantile (c_{p-1} + nmin_p) / N, its largest at c_p / N
+        lo_u = np.where(smin < smax, (cs - sc + snmin) / n, hi_u)
+        olo, ohi = np.interp(lo_u, knots_u, knots_v), np.interp(hi_u, knots_u, knots_v)
+    centre = src.binning.values()[b]
+    smin, smax = np.where(seen, smin, centre), np.where(seen, smax, centre)
+    return np.stack([smin, smax, olo, ohi], axis=1)
+
+
+def _check_outputs_fit(
+    outputs: np.ndarray, dtype: np.dtype, bands: tuple[Hashable, ...], explicit: bool
+) -> None:
+    """OptionError when an integer ``dtype`` cannot hold a band's outputs (it would clip)."""
+    if dtype.kind not in "iu":
+        return
+    info = np.iinfo(dtype)
+    for label, row in zip(bands, outputs, strict=True):
+        lo, hi = float(np.rint(row.min())), float(np.rint(row.max()))
+        if lo < info.min or hi > info.max:
+            fit = smallest_dtype(lo, hi)
+            hint = "leave dtype unset or choose" if explicit else "pass dtype="
+            raise OptionError(
+                f"the LUT maps band {label!r} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
+                f"{hint} {fit.name}"
+            )
+
+
+# Columns of an interval LUT's table: the source bin's observed range and its output interval.
+SMIN, SMAX, OLO, OHI = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,9 +256,14 @@ class LUT:
     Attributes
     ----------
     table
-        ``kind="table"``: ``(band, nbins)`` output values, one per source bin, in ``dtype``.
-        ``kind="piecewise"``: ``(band, nbins + 1)`` float64 output values at the source bin
-        edges, interpolated linearly in between (continuous data with ``method="interp"``).
+        ``kind="table"`` (a levels-binned source: integers of at most 16 bits): ``(band, nbins)``
+        output values, one per source level, in ``dtype``.
+        ``kind="interval"`` (a uniform-binned source: floats, wider integers): ``(band, nbins,
+        4)`` float64, per source bin the smallest and largest source value seen in it and an
+        output interval, ``(smin, smax, olo, ohi)``. A value ``v`` of bin ``p`` becomes ``olo``
+        if ``olo == ohi`` or ``smin >= smax``; ``v`` itself (clipped to the bin's range) if
+        ``(olo, ohi) == (smin, smax)``; else ``olo + (v - smin) * (ohi - olo) / (smax - smin)``,
+        clipped to ``[olo, ohi]``. Integer outputs are rounded to nearest.
     source_binning
         How source values find their bin.
     dtype
@@ -162,6 +289,13 @@ class LUT:
     [0, 2]
     >>> lut.apply(np.array([[1, 0, 1]], dtype=np.uint8)).tolist()
     [[2, 0, 2]]
+
+    Floats: every output is a reference value, and a scene matched to itself is unchanged.
+
+    >>> x = np.array([[0.0, 1.0, 2.0, 3.0, 100.0]])
+    >>> h = band_histograms(x)
+    >>> LUT.from_histograms(h, h).apply(x).tolist()
+    [[0.0, 1.0, 2.0, 3.0, 100.0]]
     """
 
     table: np.ndarray
@@ -176,25 +310,56 @@ class LUT:
     out_nodata: float | int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
-        _check_option("method", self.method, _METHODS)
-        _check_option("levels", self.levels, _LEVELS)
+        dtype = check_out_dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype)
+        check_option("method", self.method, METHODS)
+        check_option("levels", self.levels, LEVELS)
         b = self.source_binning
+        if not isinstance(b, Binning):
+            raise InputTypeError(f"source_binning must be a rastermatch.Binning, not {b!r}")
         if b.is_lazy:
-            raise RastermatchError("a LUT needs a computed source binning")
-        if self.table.ndim != 2 or self.table.shape[1] not in (b.nbins, b.nbins + 1):
-            raise ValueError(f"table shape {self.table.shape} does not fit {b!r}")
-        if self.table.shape[0] != b.nbands:
-            raise BandMismatchError(f"table has {self.table.shape[0]} bands, binning {b.nbands}")
+            raise NotComputedError(
+                "a LUT needs a computed source binning; compute the source histogram first"
+            )
+        table = np.asarray(self.table)
+        # the kernels index the table by bin: its shape must be the binning's, exactly
+        shape = (b.nbands, b.nbins) if b.kind == "levels" else (b.nbands, b.nbins, 4)
+        if table.shape != shape:
+            if table.ndim >= 1 and table.shape[0] != b.nbands:
+                raise BandMismatchError(f"table has {table.shape[0]} bands, binning {b.nbands}")
+            raise OptionError(f"table shape {table.shape} does not fit {b!r}; expected {shape}")
+        if b.kind == "levels":
+            if table.dtype != dtype:
+                cast = cast_values(table, dtype)
+                if not np.array_equal(cast, table):
+                    raise OptionError(f"table values do not fit the output dtype {dtype}")
+                table = cast
+        else:
+            table = table.astype(np.float64, copy=False)
+            if not (
+                np.all(np.isfinite(table))
+                and np.all(table[..., SMIN] <= table[..., SMAX])
+                and np.all(table[..., OLO] <= table[..., OHI])
+            ):
+                raise OptionError(
+                    "an interval table needs finite (smin, smax, olo, ohi) with smin <= smax and "
+                    "olo <= ohi in every bin"
+                )
+            if dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                outs = np.rint(table[..., OLO:])
+                if outs.min() < info.min or outs.max() > info.max:
+                    raise OptionError(f"table outputs do not fit the output dtype {dtype}")
+        object.__setattr__(self, "table", table)
         if not self.bands:
-            object.__setattr__(self, "bands", tuple(range(1, self.table.shape[0] + 1)))
+            object.__setattr__(self, "bands", tuple(range(1, table.shape[0] + 1)))
         object.__setattr__(self, "nodata", python_scalar(self.nodata))
         object.__setattr__(self, "out_nodata", python_scalar(self.out_nodata))
 
     @property
-    def kind(self) -> Literal["table", "piecewise"]:
-        """``"piecewise"`` when values are interpolated between bin edges, else ``"table"``."""
-        return "piecewise" if self.table.shape[1] == self.source_binning.nbins + 1 else "table"
+    def kind(self) -> Literal["table", "interval"]:
+        """``"table"`` for a levels-binned source, ``"interval"`` for a uniform-binned one."""
+        return "table" if self.source_binning.kind == "levels" else "interval"
 
     @property
     def nbands(self) -> int:
@@ -221,22 +386,40 @@ class LUT:
             Computed histograms with the same number of bands (their binnings may differ).
         method
             ``"nearest"``: the nearest-CDF rule with ties to the smallest level, exact.
-            ``"interp"``: scikit-image's piecewise-linear inverse-CDF mapping; integer outputs
-            are rounded to nearest.
+            Every output is a value that occurs in the reference (for floats: the smallest
+            value of the chosen reference bin), except that a source bin which is the only one
+            mapped to a reference bin with the same observed range is mapped onto itself, so a
+            scene matched to itself is unchanged.
+            ``"interp"``: scikit-image's piecewise-linear inverse-CDF mapping, with the
+            reference's knots taken exactly from its bin statistics. Equal to
+            ``skimage.exposure.match_histograms`` (to float rounding) wherever each source bin
+            holds one distinct value; otherwise a value of source bin ``p`` lands between
+            scikit-image's outputs for the bin's smallest and largest values, which are exact
+            (the residual is at most their difference, which a finer binning shrinks).
+            Integer outputs are rounded to nearest.
         levels
-            ``"present"`` (default): outputs are levels (or bin centres) that occur in the
+            ``"present"`` (default): outputs are levels (or values) that occur in the
             reference, so no pixel is mapped onto a level the reference does not have, nodata
-            included. ``"all"``: any level of the reference's value range (``method="nearest"``).
+            included. ``"all"``: any level of the reference's value range (``method="nearest"``;
+            an empty float bin gives its centre), never the reference's nodata level.
         dtype
-            Output dtype; default the reference's.
-        nodata, out_nodata
-            Recorded for :meth:`apply`: source pixels equal to ``nodata`` become ``out_nodata``.
+            Output dtype; default the reference's. An integer dtype that cannot hold the
+            outputs raises :class:`~rastermatch.errors.OptionError` (it would clip them).
+        nodata
+            Source pixels equal to it become ``out_nodata`` in :meth:`apply`. Default: the
+            nodata the source histogram left out (``source_hist.nodata``).
+        out_nodata
+            Default: the reference histogram's nodata, else ``nodata``. :meth:`apply` replaces
+            it (with a warning) if valid pixels are mapped onto it.
         """
-        _check_option("method", method, _METHODS)
-        _check_option("levels", levels, _LEVELS)
+        check_option("method", method, METHODS)
+        check_option("levels", levels, LEVELS)
+        dtype = check_out_dtype(dtype)
         for h in (source_hist, reference_hist):
+            if not isinstance(h, Histogram):
+                raise InputTypeError(f"expected a rastermatch.Histogram, not {type(h).__name__}")
             if h.is_lazy:
-                raise RastermatchError(
+                raise NotComputedError(
                     "the histograms are lazy; compute them together first: "
                     "h_src, h_ref = dask.compute(h_src, h_ref)"
                 )
@@ -246,43 +429,31 @@ class LUT:
                 f"{reference_hist.nbands}; select matching bands (--bands / --reference-bands)"
             )
         for hist, what in ((source_hist, "source"), (reference_hist, "reference")):
+            name = hist.name if hist.name not in ("data", "source", "reference") else f"the {what}"
             for label, total in zip(hist.bands, hist.total, strict=True):
                 if total == 0:
-                    raise NoValidPixelsError(
-                        f"band {label!r} of the {what} has no valid pixels (all nodata, NaN or "
-                        "masked); check the nodata value and the mask, or drop the band"
-                    )
-        out_dtype = np.dtype(reference_hist.binning.dtype if dtype is None else dtype)
-        sb, rb = source_hist.binning, reference_hist.binning
-        rows = []
-        if method == "nearest":
-            ref_values = rb.values()
-            for b in range(source_hist.nbands):
-                q = nearest_cdf_indices(
-                    source_hist.counts[b], reference_hist.counts[b], levels=levels
-                )
-                rows.append(ref_values[b, q])
-            table = cast_values(np.stack(rows), out_dtype)
-        elif sb.kind == "levels":
-            # a level's quantile is its cumulative count: the source needs no interpolation
-            ref_values = rb.upper_values()
-            for b in range(source_hist.nbands):
-                rows.append(
-                    interp_lut_values(
-                        source_hist.counts[b], reference_hist.counts[b], ref_values[b]
-                    )
-                )
-            table = cast_values(np.stack(rows), out_dtype)
+                    raise no_valid_pixels(label, name)
+        out_dtype = reference_hist.binning.dtype if dtype is None else dtype
+        if nodata is None:
+            nodata = source_hist.nodata
+        if out_nodata is None:
+            out_nodata = reference_hist.nodata if reference_hist.nodata is not None else nodata
+            if out_nodata is not None and not nodata_fits(out_nodata, out_dtype):
+                out_nodata = None  # apply chooses one
         else:
-            # continuous source: knots at the bin edges, where the CDF is known exactly
-            ref_values = rb.upper_values()
-            for b in range(source_hist.nbands):
-                edge_counts = np.concatenate([[0], source_hist.counts[b]])
-                rows.append(interp_lut_values(edge_counts, reference_hist.counts[b], ref_values[b]))
-            table = np.stack(rows)
+            out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+        rows = [
+            _band_table(source_hist, reference_hist, b, method, levels)
+            for b in range(source_hist.nbands)
+        ]
+        table = np.stack(rows)
+        outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
+        _check_outputs_fit(outputs, out_dtype, source_hist.bands, dtype is not None)
+        if source_hist.binning.kind == "levels":
+            table = cast_values(table, out_dtype)
         return cls(
             table,
-            sb,
+            source_hist.binning,
             out_dtype,
             method,
             levels,
@@ -308,27 +479,25 @@ class LUT:
 
     def with_nodata(self, nodata: Any, out_nodata: Any) -> LUT:
         """The same LUT recording other nodata values."""
-        return LUT(
-            self.table,
-            self.source_binning,
-            self.dtype,
-            self.method,
-            self.levels,
-            self.bands,
-            self.source_hist,
-            self.reference_hist,
-            nodata,
-            out_nodata,
-        )
+        return replace(self, nodata=nodata, out_nodata=out_nodata)
 
     def valid_outputs(self) -> np.ndarray:
-        """Every output value a valid source pixel can take (the table, less the nodata level)."""
+        """The output values a valid source pixel can take, in ``dtype``: the table less the
+        nodata level; for an interval table the ends of every output interval."""
         table = self.table
-        b = self.source_binning
-        k = b.level_bin(self.nodata)
-        if self.kind == "table" and k is not None:
+        if self.kind == "interval":
+            return np.unique(cast_values(table[..., OLO:], self.dtype))
+        k = self.source_binning.level_bin(self.nodata)
+        if k is not None:
             table = np.delete(table, k, axis=1)
         return np.unique(table)
+
+    def output_taken(self, value: Any) -> bool:
+        """Whether some valid source pixel may be mapped onto ``value``."""
+        if self.kind == "table":
+            return bool(np.isin(value, self.valid_outputs()))
+        outs = cast_values(self.table[..., OLO:], self.dtype).astype(np.float64)
+        return bool(np.any((outs[..., 0] <= value) & (value <= outs[..., 1])))
 
     # -- files
     def to_dict(self) -> dict[str, Any]:
