@@ -27,14 +27,11 @@ The dashboard link is printed first: open it to watch the tasks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
-from distributed import Client
-
 from rastermatch import RastermatchError
-from rastermatch.pipeline import local_cluster, match_files
+from rastermatch.pipeline import check_output_path, dask_cluster, match_files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("reference", type=Path)
     parser.add_argument("output", type=Path, help="output, normally a .zarr store")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=2, help="local worker processes (2)")
+    where.add_argument("--workers", type=int, help="local worker processes (default 2)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="join this cluster instead")
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--nodata", type=float, help="source nodata (default: the file's own)")
@@ -55,15 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.output.exists() and not args.overwrite:  # before starting a cluster for nothing
-        sys.exit(f"error: {args.output} exists already; pass --overwrite to replace it")
-    with contextlib.ExitStack() as stack:
-        if args.scheduler:
-            client = stack.enter_context(Client(args.scheduler))
-        else:
-            client = stack.enter_context(
-                local_cluster(args.workers, threads_per_worker=args.threads_per_worker)
-            )
+    # before starting a cluster for nothing (match_files checks again, as it always does)
+    check_output_path(args.output, inputs=[args.source, args.reference], overwrite=args.overwrite)
+    workers = None if args.scheduler else (args.workers or 2)
+    with dask_cluster(
+        workers, args.scheduler, threads_per_worker=args.threads_per_worker
+    ) as client:
         print(f"dashboard: {client.dashboard_link}", flush=True)
         result = match_files(
             args.source,
@@ -73,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             reference_nodata=args.reference_nodata,
             chunks={"y": args.chunks, "x": args.chunks} if args.chunks else "auto",
             overwrite=args.overwrite,
-            show_progress=True,
+            show_progress=sys.stderr.isatty(),
         )
     print()
     print(result.quality_text())
@@ -84,5 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":  # required: the worker processes re-import this module
     try:
         sys.exit(main())
-    except (RastermatchError, OSError, ValueError) as error:
+    except RastermatchError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 bands=args.bands,
                 overwrite=args.overwrite,
             )
-        except (RastermatchError, OSError, ValueError) as error:
+        except RastermatchError as error:
             failed += 1
             print(f"{scene.name:<{width}}  FAILED: {error}")
             continue

@@ -43,7 +43,7 @@ from typing import Any
 import click
 
 from . import __version__, pipeline
-from .errors import RastermatchError
+from .errors import OutputExistsError, RastermatchError
 
 __all__ = ["BandList", "Chunks", "Range", "RastermatchGroup", "for_command_line", "main"]
 
@@ -203,6 +203,14 @@ def for_command_line(message: str) -> str:
     return text
 
 
+def _message(error: RastermatchError) -> str:
+    """The one line printed for a library error, in the command line's terms."""
+    path = getattr(error, "path", None)
+    if isinstance(error, OutputExistsError) and path is not None:
+        return f"{path} exists already; pass --overwrite to replace it"
+    return for_command_line(one_line(error))
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` and writer cleanup runs."""
 
@@ -301,7 +309,7 @@ class RastermatchGroup(click.Group):
         except RastermatchError as error:
             if settings.verbose:
                 raise
-            raise click.ClickException(for_command_line(one_line(error))) from None
+            raise click.ClickException(_message(error)) from None
         except Exception as error:
             if settings.verbose:
                 raise
