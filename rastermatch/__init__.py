@@ -31,6 +31,7 @@ from .errors import (
     RastermatchWarning,
     RasterReadError,
     RasterWriteError,
+    StaleTemporaryWarning,
     UnsupportedDtypeError,
 )
 from .histogram import Binning, Histogram, band_histograms, band_ranges
@@ -67,6 +68,7 @@ __all__ = [
     "RasterWriteError",
     "RastermatchError",
     "RastermatchWarning",
+    "StaleTemporaryWarning",
     "UnsupportedDtypeError",
     "__version__",
     "band_histograms",

@@ -27,6 +27,7 @@ __all__ = [
     "RastermatchError",
     "RastermatchWarning",
     "NodataReplacedWarning",
+    "StaleTemporaryWarning",
     "UnsupportedDtypeError",
 ]
 
@@ -105,3 +106,7 @@ class RastermatchWarning(UserWarning):
 
 class NodataReplacedWarning(RastermatchWarning):
     """The requested output nodata value was taken by valid pixels, so another value is used."""
+
+
+class StaleTemporaryWarning(RastermatchWarning):
+    """A temporary of an interrupted write was found that cannot be judged stale (another host)."""

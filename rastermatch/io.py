@@ -44,14 +44,20 @@ interrupt the temporary is removed and the final name is left untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import socket
 import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +65,7 @@ import dask
 import dask.array as da
 import numpy as np
 import rasterio
+import rasterio._err
 import rasterio.dtypes
 import rasterio.errors
 import rasterio.shutil
@@ -71,13 +78,23 @@ from rasterio.windows import Window
 from rastermatch.errors import (
     BandMismatchError,
     DimensionError,
+    InputTypeError,
+    OptionError,
     OutputExistsError,
+    RastermatchError,
     RasterReadError,
     RasterWriteError,
+    StaleTemporaryWarning,
     UnsupportedDtypeError,
 )
 
-__all__ = ["open_raster", "read_provenance", "write_raster"]
+__all__ = [
+    "check_output_path",
+    "open_raster",
+    "read_provenance",
+    "remove_stale_temporaries",
+    "write_raster",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -516,15 +533,14 @@ def write_raster(
     final = Path(path).expanduser().absolute()
     fmt = _output_format(final)
     if not isinstance(data, xr.DataArray):
-        raise TypeError(
-            f"write_raster needs an xarray.DataArray with dims (band, y, x), got {type(data)}"
+        raise InputTypeError(
+            f"write_raster needs an xarray.DataArray with dims (band, y, x), got "
+            f"{type(data).__name__} for {final}; wrap arrays with xarray.DataArray(...)"
         )
     data = _as_band_yx(data)
     _check_dtype(data.dtype, fmt, final)
     if cog and fmt != "gtiff":
         raise RasterWriteError(f"cog=True makes a Cloud-Optimized GeoTIFF; {final} is a Zarr path")
-    if not final.parent.is_dir():
-        raise RasterWriteError(f"the directory {final.parent} does not exist; create it first")
     if (
         isinstance(tile_size, bool)
         or not isinstance(tile_size, int)
@@ -534,8 +550,7 @@ def write_raster(
         raise RasterWriteError(f"tile_size must be a positive multiple of 16, got {tile_size!r}")
 
     sources = [data.encoding.get("source"), *inputs]
-    _refuse_inputs(final, [s for s in sources if s])
-    _refuse_existing(final, overwrite=overwrite)
+    check_output_path(final, inputs=[s for s in sources if s], overwrite=overwrite)
 
     job = _WriteJob(
         data=data,
@@ -630,6 +645,86 @@ def _provenance_json(provenance: Mapping[str, Any] | None) -> str | None:
         ) from exc
 
 
+def check_output_path(
+    path: PathLike,
+    *,
+    inputs: Iterable[PathLike | None] = (),
+    overwrite: bool = False,
+    kind: Literal["raster", "file"] = "raster",
+) -> Path:
+    """Check, before any work, that ``path`` can be written; return it as an absolute path.
+
+    The checks :func:`write_raster` makes up front, for callers that want them before a long
+    statistics pass (the pipeline and the command line call it first for every output:
+    rasters, LUT files, reports). The write itself checks again when it runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output.
+    inputs : iterable of path, optional
+        Every input of the job (sources, references, masks, LUT files); ``None`` entries
+        are skipped. The output may not be any of them (compared as resolved paths, so
+        links and ``..`` do not hide one), lie inside an input Zarr store, or contain one.
+    overwrite : bool, default False
+        Whether an existing output may be replaced.
+    kind : {"raster", "file"}, default "raster"
+        ``"raster"``: the suffix must name a raster format (``.tif``, ``.tiff``, ``.zarr``) and
+        an existing directory is replaced only when it is a Zarr store. ``"file"``: any
+        suffix; an existing directory is never replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        The absolute output path.
+
+    Raises
+    ------
+    OutputExistsError
+        The output exists and ``overwrite`` is False. Its ``path`` attribute is the output,
+        so a caller can word the fix in its own terms (``--overwrite``).
+    RasterWriteError
+        The suffix names no raster format, the name is longer than file systems allow
+        (255 bytes), the directory does not exist or is not writable, or the output is an
+        input.
+
+    Examples
+    --------
+    >>> from rastermatch.io import check_output_path
+    >>> check_output_path("data/new.tif").name
+    'new.tif'
+    >>> check_output_path("data/rasterio_RGB.byte.tif", overwrite=True,
+    ...                   inputs=["data/rasterio_RGB.byte.tif"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rastermatch.errors.RasterWriteError: refusing to write .../rasterio_RGB.byte.tif: ...
+    """
+    final = Path(path).expanduser().absolute()
+    if kind not in ("raster", "file"):
+        raise OptionError(f"kind must be 'raster' or 'file', got {kind!r} (checking {final})")
+    if kind == "raster":
+        _output_format(final)
+    size = len(os.fsencode(final.name))
+    if size > NAME_MAX:
+        raise RasterWriteError(
+            f"cannot write {final}: its name is {size} bytes long and file systems allow at "
+            f"most {NAME_MAX}; choose a shorter name"
+        )
+    parent = final.parent
+    if not parent.is_dir():
+        raise RasterWriteError(
+            f"cannot write {final}: the directory {parent} does not exist; create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RasterWriteError(
+            f"cannot write {final}: the directory {parent} is not writable; check its "
+            "permissions or write elsewhere"
+        )
+    _refuse_inputs(final, [source for source in inputs if source is not None])
+    _refuse_existing(final, overwrite=overwrite, kind=kind)
+    return final
+
+
 def _refuse_inputs(final: Path, sources: Iterable[PathLike]) -> None:
     target = final.resolve()
     for source in sources:
@@ -642,17 +737,29 @@ def _refuse_inputs(final: Path, sources: Iterable[PathLike]) -> None:
             )
 
 
-def _refuse_existing(final: Path, *, overwrite: bool) -> None:
+def _exists_error(final: Path, what: str = "exists already") -> OutputExistsError:
+    error = OutputExistsError(
+        f"{final} {what}; allow replacing it (overwrite=True, or --overwrite on the command "
+        "line) or write to another path"
+    )
+    error.path = final  # type: ignore[attr-defined]
+    return error
+
+
+def _refuse_existing(final: Path, *, overwrite: bool, kind: str = "raster") -> None:
     if not (final.exists() or final.is_symlink()):
         return
     if not overwrite:
-        raise OutputExistsError(
-            f"{final} exists already; pass overwrite=True (--overwrite) to replace it"
-        )
-    if final.is_dir() and not final.is_symlink() and not _is_zarr_path_on_disk(final):
+        raise _exists_error(final)
+    if (
+        final.is_dir()
+        and not final.is_symlink()
+        and (kind == "file" or not _is_zarr_path_on_disk(final))
+    ):
+        what = "not a Zarr store" if kind == "raster" else "not a file"
         raise RasterWriteError(
-            f"{final} is a directory that is not a Zarr store; refusing to replace it, remove "
-            "it yourself if it should go"
+            f"{final} is a directory, {what}; refusing to replace it, remove it yourself if "
+            "it should go"
         )
 
 
@@ -661,28 +768,168 @@ def _is_zarr_path_on_disk(path: Path) -> bool:
 
 
 # The write itself: temporary sibling, format writer, move into place ----------------------
+#
+# What a write leaves, whatever happens:
+# 1. Success: the complete output under its final name, nothing else.
+# 2. An error (a failed block, a full disk, GDAL reporting a failed tile flush) or an
+#    interrupt (KeyboardInterrupt; SIGTERM once the caller turns it into an exception): the
+#    final name untouched (absent, or the previous output when overwriting) and no
+#    temporary. Blocks are computed on a thread pool the write owns, and that pool is shut
+#    down (running blocks finished, queued ones cancelled) before the temporary is removed,
+#    so no thread writes into it afterwards; the move into place happens only after every
+#    block is written and the file is closed.
+# 3. A process killed outright (SIGKILL, power loss): a temporary whose name records the
+#    process id and a hash of the host name. The next write to the same output removes it
+#    when that process is gone, and warns about the ones it cannot judge (another host).
 
 
 def _execute(job: _WriteJob) -> Path:
     _refuse_existing(job.final, overwrite=job.overwrite)  # again: a delayed write runs later
+    remove_stale_temporaries(job.final)
     tmp = job.tmp
     _remove(tmp)  # left by an attempt killed mid-write (a lost worker), if any
     try:
         with _distributed_client() as client:
             if job.fmt == "zarr":
-                _write_zarr(job, tmp)
+                _write_zarr(job, tmp, client)
             else:
                 _write_geotiff(job, tmp, client)
         _move_into_place(tmp, job.final, overwrite=job.overwrite)
-    except BaseException:
-        _remove(tmp)
+    except BaseException as exc:
+        _remove_despite_interrupts(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):
+            raise _write_error(job.final, exc) from exc
         raise
     return job.final
 
 
+def _write_error(final: Path, exc: OSError) -> RasterWriteError:
+    """A RasterWriteError naming the output for an OSError of the file system (zarr, fsspec)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hints = {
+        errno.ENOSPC: "free some space on that device or write elsewhere",
+        errno.EDQUOT: "free some of your quota or write elsewhere",
+        errno.EFBIG: "the file system or a file-size limit (ulimit -f) refuses files this big",
+        errno.EACCES: "check the permissions of the output directory",
+        errno.EPERM: "check the permissions of the output directory",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+    }
+    hint = hints.get(exc.errno or -1, "check the output directory and try again")
+    return RasterWriteError(f"writing {final} failed: {reason}; {hint}")
+
+
+def _remove_despite_interrupts(path: Path) -> None:
+    """Remove ``path``; a second Ctrl-C while it is removed is held back until it is gone."""
+    interrupted = False
+    while True:
+        try:
+            _remove(path)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+# Temporary names -----------------------------------------------------------------------------
+#
+# .{name}.rastermatch-{pid}-{host}-{token}.{tag}: pid and host (a hash of the host name) say
+# who made it, so a later run can tell a temporary of a dead process from one still being
+# written. Names longer than the file system allows are shortened with a hash of the full
+# name (the same hash every run, so the next run still finds them).
+
+#: Longest file name (bytes) the writers allow: the NAME_MAX of common file systems.
+NAME_MAX = 255
+_TEMP_MARK = "rastermatch"
+_TEMP_TAGS = ("tmp", "staging", "old")
+# "-{pid}-{host}-{token}.staging": pid up to 10 digits, 8 hex host, 8 hex token
+_TEMP_TAIL_MAX = len("-0123456789-01234567-01234567.staging")
+_TEMP_RE = re.compile(r"-(\d+)-([0-9a-f]{8})-([0-9a-f]{8})\.(tmp|staging|old)")
+
+
+def _host_hash() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(final: Path) -> str:
+    """The part of every temporary name of ``final`` before ``-{pid}-{host}-{token}.{tag}``."""
+    prefix = f".{final.name}.{_TEMP_MARK}"
+    if len(os.fsencode(prefix)) + _TEMP_TAIL_MAX <= NAME_MAX:
+        return prefix
+    digest = hashlib.sha256(os.fsencode(final.name)).hexdigest()[:16]
+    keep = os.fsencode(final.name)[:100].decode(errors="ignore")
+    return f".{keep}~{digest}.{_TEMP_MARK}"
+
+
 def _sibling(path: Path, tag: str) -> Path:
     """A hidden, unique name next to ``path``: same file system, so the move is a rename."""
-    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+    token = secrets.token_hex(4)
+    return path.with_name(f"{_temp_prefix(path)}-{os.getpid()}-{_host_hash()}-{token}.{tag}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the temporaries that killed writes of ``path`` left; return what was removed.
+
+    A write killed by SIGKILL or a power loss cannot clean up after itself. Its temporaries
+    are recognised by their names (``.{name}.rastermatch-{pid}-{host}-{token}.{tag}``).
+    Those made on this host by a process that no longer runs are removed; a previous output
+    that was moved aside to be replaced is put back when the final name is empty, so a killed
+    overwrite keeps the old output. Temporaries made on another host (a shared file system)
+    cannot be judged from here: each is reported with a
+    :class:`~rastermatch.errors.StaleTemporaryWarning` naming it, and left in place.
+    :func:`write_raster` calls this before every write.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output path whose temporaries to look for.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The temporaries removed (or put back in place).
+    """
+    final = Path(path).expanduser().absolute()
+    prefix = _temp_prefix(final)
+    host = _host_hash()
+    removed: list[Path] = []
+    try:
+        candidates = sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = _TEMP_RE.fullmatch(candidate.name[len(prefix) :])
+        if match is None:
+            continue
+        pid, owner_host, tag = int(match[1]), match[2], match[4]
+        if owner_host != host:
+            warnings.warn(
+                f"{candidate} looks like the temporary of an interrupted write of {final} on "
+                "another host; remove it yourself once no write of that output runs there",
+                StaleTemporaryWarning,
+                stacklevel=2,
+            )
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue  # a write in progress
+        if tag == "old" and not (final.exists() or final.is_symlink()):
+            with contextlib.suppress(OSError):
+                os.replace(candidate, final)  # a killed overwrite: the old output comes back
+                removed.append(candidate)
+                continue
+        _remove(candidate)
+        removed.append(candidate)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -702,10 +949,7 @@ def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
             try:
                 os.link(tmp, final)
             except FileExistsError:
-                raise OutputExistsError(
-                    f"{final} appeared while it was being written; pass overwrite=True "
-                    "(--overwrite) to replace it"
-                ) from None
+                raise _exists_error(final, "appeared while it was being written") from None
             except OSError:  # file system without hard links
                 os.replace(tmp, final)
             else:
@@ -714,10 +958,7 @@ def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
         os.replace(tmp, final)  # refuses a non-empty directory that appeared meanwhile
         return
     if not overwrite:
-        raise OutputExistsError(
-            f"{final} appeared while it was being written; pass overwrite=True (--overwrite) "
-            "to replace it"
-        )
+        raise _exists_error(final, "appeared while it was being written")
     if not (tmp.is_dir() or (final.is_dir() and not final.is_symlink())):
         os.replace(tmp, final)  # file over file: atomic
         return
@@ -786,22 +1027,31 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
         # GDAL's multi-threaded averaging, then let the COG driver reuse them: measured twice
         # as fast as letting the COG driver compute the overviews itself.
         profile.update(compress="ZSTD", zstd_level=1, predictor=_predictor("ZSTD", dtype))
-        staging = tmp.with_name(tmp.name + ".staging")
+        staging = _sibling(job.final, "staging")
     else:
         profile["compress"] = compression
         if (predictor := _predictor(compression, dtype)) is not None:
             profile["predictor"] = predictor
         staging = tmp
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS="ALL_CPUS"):
+        with (
+            _gdal_failures() as failures,
+            rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS="ALL_CPUS"),
+        ):
             with rasterio.open(staging, "w", **profile) as dst:
                 _write_gtiff_metadata(dst, data, job.provenance)
                 if client is None:
-                    da.store(arr, _WindowWriter(dst), lock=job.lock or threading.Lock())
+                    stored = da.store(
+                        arr, _WindowWriter(dst), lock=job.lock or threading.Lock(), compute=False
+                    )
+                    _compute_on_own_pool(stored, thread_prefix=failures.thread_prefix)
                 else:
                     _write_blocks_from_cluster(arr, _WindowWriter(dst), client)
                 if job.cog and (factors := _overview_factors(dst.height, dst.width, job.tile_size)):
                     dst.build_overviews(factors, Resampling.average)  # nodata is left out
+            # GDAL reports a failed tile flush (disk full, file-size limit) only through its
+            # error handler, not as an exception: the file would look written.
+            failures.raise_if_any(job.final)
             if job.cog:
                 cog_options: dict[str, Any] = {
                     "COMPRESS": compression,
@@ -814,11 +1064,169 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                 if _predictor(compression, dtype) is not None:
                     cog_options["PREDICTOR"] = "YES"
                 rasterio.shutil.copy(staging, tmp, driver="COG", **cog_options)
-    except rasterio.errors.RasterioError as exc:
-        raise RasterWriteError(f"writing {job.final} failed: {exc}") from exc
+                failures.raise_if_any(job.final)
+    except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
+        raise RasterWriteError(
+            f"writing {job.final} failed: {exc}; {_space_hint(job.final.parent)}"
+        ) from exc
     finally:
         if job.cog:
-            _remove(staging)
+            _remove_despite_interrupts(staging)
+
+
+# Computing the blocks of a write ----------------------------------------------------------
+
+
+def _compute_on_own_pool(collection: Any, *, thread_prefix: str = "rastermatch-write") -> None:
+    """Compute ``collection``; on an error or interrupt return only once no block runs.
+
+    dask's threaded scheduler returns to the caller on the first exception (or Ctrl-C) while
+    its worker threads go on running the blocks they started, which would then write into a
+    temporary being removed (zarr recreates directories; GDAL's handle would be closed under
+    a writing thread). The write therefore runs on a pool it owns and shuts it down, waiting
+    for the running blocks and cancelling the queued ones, before anything is cleaned up.
+    Other local schedulers (synchronous, a custom callable) run in this thread and are used
+    as they are.
+    """
+    scheduler = dask.base.get_scheduler(collections=[collection])
+    if scheduler is not dask.threaded.get:
+        dask.compute(collection)
+        return
+    configured = dask.config.get("pool", None)
+    workers = (
+        dask.config.get("num_workers", None)
+        or getattr(configured, "_max_workers", None)
+        or dask.system.CPU_COUNT
+    )
+    executor = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
+    pool = executor(int(workers), thread_name_prefix=thread_prefix)
+    try:
+        dask.compute(collection, scheduler="threads", pool=pool)
+    finally:
+        _shutdown_despite_interrupts(pool)
+
+
+def _shutdown_despite_interrupts(pool: ThreadPoolExecutor) -> None:
+    interrupted = False
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _compute_on_cluster(collection: Any, client: Any) -> None:
+    """Compute ``collection`` on a distributed client; cancel it on an error or interrupt."""
+    future = client.compute(collection)
+    try:
+        future.result()
+    except BaseException:
+        client.cancel([future], force=True)
+        raise
+
+
+# GDAL's error handler -----------------------------------------------------------------------
+#
+# rasterio installs GDAL's error handler and forwards every CE_Failure to the logger
+# "rasterio._env" (or "rasterio._err") as an INFO record "GDAL signalled an error: ...",
+# CE_Fatal at CRITICAL. While a write runs, a filter on those loggers collects them; it
+# lowers the loggers' level to INFO if needed and drops the records it let through only for
+# that, so logging elsewhere sees what it saw before. Records are attributed to the write
+# whose threads emitted them, else to every write in progress.
+
+_GDAL_LOGGERS = ("rasterio._env", "rasterio._err")
+_GDAL_FAILURE = "GDAL signalled an error"
+_WRITER_THREAD_PREFIX = "rastermatch-write"
+_collectors_lock = threading.Lock()
+_collectors: list[_GdalFailures] = []
+_saved_levels: dict[str, tuple[int, int]] = {}  # logger name: (own level, effective level)
+
+
+class _GdalFailures:
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.thread_prefix = f"{_WRITER_THREAD_PREFIX}-{secrets.token_hex(4)}"
+        self.messages: list[str] = []
+
+    def claims(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread or record.threadName.startswith(self.thread_prefix)
+
+    def raise_if_any(self, final: Path) -> None:
+        if not self.messages:
+            return
+        unique = list(dict.fromkeys(self.messages))
+        more = f" (and {len(unique) - 1} more GDAL errors)" if len(unique) > 1 else ""
+        raise RasterWriteError(
+            f"writing {final} failed: GDAL: {unique[0]}{more}; {_space_hint(final.parent)}"
+        )
+
+
+class _GdalFailureFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.levelno >= logging.CRITICAL or (
+            isinstance(record.msg, str) and record.msg.startswith(_GDAL_FAILURE)
+        )
+        if failure:
+            if isinstance(record.args, tuple) and len(record.args) == 2:
+                message = str(record.args[1])
+            else:
+                message = record.getMessage()
+            with _collectors_lock:
+                owners = [c for c in _collectors if c.claims(record)] or _collectors
+                for collector in owners:
+                    collector.messages.append(message)
+        # let through only what the logger's own level passed before the write
+        return record.levelno >= _saved_levels.get(record.name, (0, logging.WARNING))[1]
+
+
+_failure_filter = _GdalFailureFilter()
+
+
+@contextlib.contextmanager
+def _gdal_failures() -> Iterator[_GdalFailures]:
+    collector = _GdalFailures()
+    with _collectors_lock:
+        if not _collectors:
+            for name in _GDAL_LOGGERS:
+                logger = logging.getLogger(name)
+                _saved_levels[name] = (logger.level, logger.getEffectiveLevel())
+                logger.addFilter(_failure_filter)
+                if logger.getEffectiveLevel() > logging.INFO:
+                    logger.setLevel(logging.INFO)
+        _collectors.append(collector)
+    try:
+        yield collector
+    finally:
+        with _collectors_lock:
+            _collectors.remove(collector)
+            if not _collectors:
+                for name in _GDAL_LOGGERS:
+                    logger = logging.getLogger(name)
+                    logger.removeFilter(_failure_filter)
+                    logger.setLevel(_saved_levels[name][0])
+                _saved_levels.clear()
+
+
+def _space_hint(directory: Path) -> str:
+    """What to try after a failed write: free space, a file-size limit, or the directory."""
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(directory)
+        free = stat.f_bavail * stat.f_frsize
+        if free < 4 * 2**20:
+            return (
+                f"the device holding {directory} is full ({free:,} bytes free); free some "
+                "space or write elsewhere"
+            )
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            return f"a file-size limit of {soft:,} bytes is set (ulimit -f); raise it"
+    return f"check that {directory} is writable and has space"
 
 
 def _overview_factors(height: int, width: int, tile_size: int) -> list[int]:
@@ -942,7 +1350,7 @@ def _zarr_compressors(compress: Any) -> tuple[Any, ...] | None:
     )
 
 
-def _write_zarr(job: _WriteJob, tmp: Path) -> None:
+def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
     from zarr.errors import ZarrUserWarning
 
     data: xr.DataArray = job.data
@@ -997,15 +1405,19 @@ def _write_zarr(job: _WriteJob, tmp: Path) -> None:
         )
         # write_empty_chunks: skipping chunks equal to the fill value costs a full comparison
         # of every chunk on zarr's one event-loop thread (18 % of a Zarr-to-Zarr match)
-        dataset.to_zarr(
+        delayed = dataset.to_zarr(
             tmp,
             mode="w-",
             zarr_format=3,
             consolidated=True,
-            compute=True,
+            compute=False,
             encoding=encoding,
             write_empty_chunks=True,
         )
+        if client is None:
+            _compute_on_own_pool(delayed)
+        else:
+            _compute_on_cluster(delayed, client)
 
 
 def _variable_name(data: xr.DataArray) -> str:
