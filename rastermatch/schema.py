@@ -51,7 +51,6 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
@@ -122,7 +121,6 @@ DTYPES = (
 _LUT_TYPE = "rastermatch.LUT"
 _HISTOGRAM_TYPE = "rastermatch.Histogram"
 _INT64 = (-(2**63), 2**63 - 1)
-_MAX_DIGITS = 40  # longer integer literals are refused while parsing (int() is quadratic)
 _MAX_LABEL = 1_000  # characters of a string band label
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _LUT_FIX = "recreate it with `rastermatch fit`"
@@ -196,12 +194,6 @@ def _refuse_constant(name: str) -> NoReturn:
     )
 
 
-def _bounded_int(text: str) -> int:
-    if len(text) > _MAX_DIGITS:
-        _fail("", f"contains an integer of {len(text.lstrip('-'))} digits")
-    return int(text)
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     d = dict(pairs)
     if len(d) != len(pairs):
@@ -228,7 +220,6 @@ def parse_json(data: str | bytes | bytearray) -> Any:
         return json.loads(
             data,
             parse_constant=_refuse_constant,
-            parse_int=_bounded_int,
             object_pairs_hook=_unique_keys,
         )
     except json.JSONDecodeError as e:
@@ -237,13 +228,13 @@ def parse_json(data: str | bytes | bytearray) -> Any:
         _fail("", "is nested deeper than any rastermatch document (not readable JSON)")
     except MemoryError:
         _fail("", "is too large to read into memory")
-    except ValueError as e:  # int() limits
-        _fail("", f"is not readable JSON: {e}")
+    except ValueError as e:  # int()'s limit of 4,300 digits, which also bounds its cost
+        _fail("", f"contains an integer too long to read ({e})")
 
 
 def _dumps(doc: Mapping[str, Any]) -> str:
     # allow_nan=False: NaN and infinities are written as strings, never as bare constants
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 # -- typed field readers ----------------------------------------------------------------------
@@ -504,12 +495,6 @@ def binning_from_dict(d: Any) -> Binning:
 # -- Histogram --------------------------------------------------------------------------------
 
 
-def _histogram_fields() -> set[str]:
-    from .histogram import Histogram
-
-    return {f.name for f in fields(Histogram)}
-
-
 def _read_counts(
     row: Any, where: str, nbins: int, stats: bool, lo: float, hi: float, fmt: int
 ) -> tuple[np.ndarray, ...]:
@@ -619,17 +604,14 @@ def _read_histogram(
     counts = np.zeros((nbands, nbins), dtype=np.int64)
     for row, parts in zip(counts, sparse, strict=True):
         row[parts[0]] = parts[1]
-    kwargs: dict[str, Any] = {}
-    have = _histogram_fields()
-    if stats and "vmin" in have:
+    kwargs: dict[str, Any] = {"nodata": nodata, "masked": masked}
+    if stats:
         vmin = np.full((nbands, nbins), np.inf)
         vmax = np.full((nbands, nbins), -np.inf)
         nmin = np.zeros((nbands, nbins), dtype=np.int64)
         for b, (index, _, lo_b, hi_b, n_b) in enumerate(sparse):
             vmin[b, index], vmax[b, index], nmin[b, index] = lo_b, hi_b, n_b
         kwargs.update(vmin=vmin, vmax=vmax, nmin=nmin)
-    if "nodata" in have:
-        kwargs.update(nodata=nodata, masked=masked)
     return _build(lambda: Histogram(counts, _binning(binning), bands, **kwargs), where)
 
 
@@ -646,7 +628,7 @@ def _build(make: Callable[[], Any], where: str) -> Any:
 def histogram_to_dict(hist: Histogram) -> dict[str, Any]:
     """The JSON-ready layout (format 2) of a computed histogram."""
     hist._require_concrete()
-    stats = hist.binning.kind == "uniform" and getattr(hist, "vmin", None) is not None
+    stats = hist.binning.kind == "uniform" and hist.vmin is not None
     rows = []
     for b, row in enumerate(np.asarray(hist.counts)):
         (index,) = np.nonzero(row)
@@ -661,8 +643,8 @@ def histogram_to_dict(hist: Histogram) -> dict[str, Any]:
         "format": FORMAT,
         "binning": binning_to_dict(hist.binning),
         "bands": _writable_labels(hist.bands, HistogramFileError, "histogram"),
-        "nodata": _json_number(getattr(hist, "nodata", None)),
-        "masked": bool(getattr(hist, "masked", False)),
+        "nodata": _json_number(hist.nodata),
+        "masked": bool(hist.masked),
         "counts": rows,
     }
 
