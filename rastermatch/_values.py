@@ -49,7 +49,8 @@ def uniform_bin(v: float, lo: float, scale: float, nbins: int) -> int:
 
 def uniform_bins(values: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
     """:func:`uniform_bin` vectorized, in the same float64 operations (same bin for every value)."""
-    scale = nbins / (hi - lo) if hi > lo else 0.0
+    lo, hi = float(lo), float(hi)
+    scale = nbins / (hi - lo) if hi > lo else 0.0  # Python floats: inf, never a warning
     with np.errstate(invalid="ignore", over="ignore"):
         t = (np.asarray(values, dtype=np.float64) - lo) * scale
         t = np.where(t > 0.0, np.minimum(t, nbins - 1), 0.0)

@@ -339,7 +339,7 @@ def quality_table(
     ]
 
 
-def _significant(value: float, digits: int = 4) -> str:
+def significant(value: float, digits: int = 4) -> str:
     """``value`` with about ``digits`` significant digits, without an exponent where sensible."""
     if not math.isfinite(value):
         return str(value)
@@ -367,8 +367,8 @@ def format_quality_table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["band"]),
             f"{r['ks_before']:.4f}",
             f"{r['ks_after']:.4f}",
-            _significant(r["w1_before"]),
-            _significant(r["w1_after"]),
+            significant(r["w1_before"]),
+            significant(r["w1_after"]),
         )
         for r in rows
     ]

@@ -28,7 +28,7 @@ from ._data import as_band_array
 from .errors import BandMismatchError, MissingDependencyError, RastermatchError
 from .histogram import Histogram
 from .lut import LUT
-from .metrics import _significant, matched_histogram
+from .metrics import matched_histogram, significant
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -108,17 +108,26 @@ def _quantiles(hist: Histogram, band: int, q: Sequence[float]) -> np.ndarray:
 
 
 def _lut_curve(lut: LUT, band: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source values and the LUT's output values, over the source's occupied bins if known."""
-    b = lut.source_binning
-    if lut.kind == "piecewise":
-        x, y = b.edges()[band], lut.table[band]  # knots at the bin edges
-    else:
-        x, y = b.values()[band], lut.table[band]
+    """Source values and the LUT's output values, over the source's occupied bins if known.
+
+    An interval LUT gives two points per bin: (smallest source value, its output) and
+    (largest source value, its output).
+    """
+    seen = None
     if lut.source_hist is not None:
-        occupied = np.flatnonzero(lut.source_hist.counts[band])
+        seen = lut.source_hist.counts[band] > 0
+    if lut.kind == "interval":
+        t = lut.table[band]
+        if seen is not None and seen.any():
+            t = t[seen]
+        x = np.stack([t[:, 0], t[:, 1]], axis=1).ravel()
+        y = np.stack([t[:, 2], t[:, 3]], axis=1).ravel()
+        return x, y.astype(np.float64)
+    x, y = lut.source_binning.values()[band], lut.table[band]
+    if seen is not None:
+        occupied = np.flatnonzero(seen)
         if occupied.size:
-            stop = occupied[-1] + (2 if lut.kind == "piecewise" else 1)
-            x, y = x[occupied[0] : stop], y[occupied[0] : stop]
+            x, y = x[occupied[0] : occupied[-1] + 1], y[occupied[0] : occupied[-1] + 1]
     return x, y.astype(np.float64)
 
 
@@ -194,7 +203,7 @@ def plot_lut(lut: LUT, ax: Axes | None = None, **kwargs: Any) -> Axes:
     """
     ax = _axes(ax)
     prefix = kwargs.pop("label", None)
-    kwargs.setdefault("drawstyle", "default" if lut.kind == "piecewise" else "steps-mid")
+    kwargs.setdefault("drawstyle", "default" if lut.kind == "interval" else "steps-mid")
     for i, label in enumerate(lut.bands):
         x, y = _lut_curve(lut, i)
         name = f"band {label}" if prefix is None else f"{prefix}, band {label}"
@@ -298,7 +307,7 @@ def _limits_text(limits: np.ndarray, dtype: np.dtype) -> str:
     if np.dtype(dtype).kind in "iu":
         lo, hi = (f"{round(float(v))}" for v in limits)
     else:
-        lo, hi = (_significant(float(v), 4) for v in limits)
+        lo, hi = (significant(float(v), 4) for v in limits)
     return f"{lo}{_DASH}{hi}"
 
 
@@ -307,7 +316,7 @@ def _row_title(label: Any, row: dict[str, Any] | None) -> str:
         return f"band {label}"
     return (
         f"band {label}    KS {row['ks_before']:.3f} → {row['ks_after']:.3f}    "
-        f"W1 {_significant(row['w1_before'])} → {_significant(row['w1_after'])}"
+        f"W1 {significant(row['w1_before'])} → {significant(row['w1_after'])}"
     )
 
 
@@ -357,7 +366,7 @@ def _padded(limits: np.ndarray, pad: float = 0.03) -> tuple[float, float]:
 
 def _lut_panel(ax: Axes, lut: LUT, band: int) -> None:
     x, y = _lut_curve(lut, band)
-    drawstyle = "default" if lut.kind == "piecewise" else "steps-mid"
+    drawstyle = "default" if lut.kind == "interval" else "steps-mid"
     ax.plot(x, y, color=COLORS["matched"], linewidth=1.3, drawstyle=drawstyle)
     ax.set_xlabel(f"source value ({lut.source_binning.dtype})", color=COLORS["source"])
     ax.set_ylabel(f"matched value ({lut.dtype})", color=COLORS["matched"])
