@@ -72,7 +72,7 @@ import rasterio.shutil
 import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from dask.delayed import Delayed
-from rasterio.enums import Interleaving, Resampling
+from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.windows import Window
 
 from rastermatch.errors import (
@@ -113,6 +113,10 @@ PROVENANCE_KEY = "provenance"
 PROVENANCE_ATTR = "rastermatch"
 #: Attribute of the data variable holding the nodata value in Zarr outputs.
 NODATA_ATTR = "nodata"
+#: Attribute holding each band's colour interpretation (GDAL's names: "red", "green", "blue",
+#: "alpha", ...) keyed by band label; set by open_raster for GDAL rasters that have one, kept
+#: by matching, and written back to GeoTIFF outputs (and as an attribute to Zarr).
+COLORINTERP_ATTR = "colorinterp"
 
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 _GTIFF_SUFFIXES = (".tif", ".tiff")
@@ -271,27 +275,176 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
             descriptions = src.descriptions
             height, width = src.height, src.width
             subdatasets = src.subdatasets
-    except rasterio.errors.RasterioError as exc:
-        raise RasterReadError(f"cannot read {path} as a raster: {exc}") from exc
+            colorinterp = [ci.name for ci in src.colorinterp]
+    except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
+        raise RasterReadError(f"cannot read {path} as a raster: {_cause(exc)}") from exc
     if count == 0:
         hint = f" (subdatasets: {', '.join(subdatasets[:3])}, ...)" if subdatasets else ""
         raise RasterReadError(
             f"{path} has no raster bands{hint}; open one of its subdatasets by name instead"
         )
 
+    shape = (count, height, width)
     if isinstance(chunks, str) and chunks == "auto":
         band_chunk = count if pixel_interleaved else 1
-        chunks = _aligned_chunks((count, height, width), (band_chunk, *block_shape))
+        chunks = _aligned_chunks(shape, (band_chunk, *block_shape))
     try:
-        result = rioxarray.open_rasterio(path, chunks=chunks, masked=False, lock=False)
-    except rasterio.errors.RasterioError as exc:
-        raise RasterReadError(f"cannot read {path} as a raster: {exc}") from exc
+        # chunks=None: a lazily indexed array with one rasterio handle per thread (lock=False),
+        # chunked below through the guard that names file, band and window on a failed read
+        result = rioxarray.open_rasterio(path, chunks=None, masked=False, lock=False)
+    except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
+        raise RasterReadError(f"cannot read {path} as a raster: {_cause(exc)}") from exc
     if not isinstance(result, xr.DataArray):  # pragma: no cover - count > 0 was checked
         raise RasterReadError(f"{path} holds several rasters; open one of them by name")
+    if chunks is not None:
+        result = _guarded_chunks(result, chunks, where=str(path), source=path, stored=None)
+    if any(name not in ("gray", "undefined", "palette") for name in colorinterp):
+        result.attrs[COLORINTERP_ATTR] = dict(
+            zip((str(b) for b in result.band.values), colorinterp, strict=True)
+        )
     labels = _labels_from_descriptions(descriptions)
     if labels is not None:
-        result = result.assign_coords(band=labels)
+        result = _relabel(result, labels)
     return result
+
+
+# Reading blocks: errors that name file, band, window and cause ---------------------------
+
+
+class _GuardedBlocks:
+    """The array :func:`dask.array.from_array` reads blocks from, around a lazy xarray variable.
+
+    Any failure reading a block (a truncated or corrupt GeoTIFF, a corrupt Zarr chunk)
+    becomes a RasterReadError naming the file, the bands, the rows and columns and, for
+    Zarr, the stored chunks, with the underlying cause (GDAL's message is in the
+    exception's ``__cause__`` chain). The variable keeps xarray's lazy indexing, so every
+    block reads only its window through the backend's per-thread handle.
+    """
+
+    def __init__(self, variable: xr.Variable, where: str, stored: tuple[int, ...] | None) -> None:
+        self._variable = variable
+        self._where = where
+        self._stored = stored
+        self.shape = variable.shape
+        self.dtype = variable.dtype
+        self.ndim = variable.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self._variable[key].values)
+        except RastermatchError:
+            raise
+        except Exception as exc:
+            raise RasterReadError(
+                f"reading {self._where} {self._window(key)} failed: {_cause(exc)}; the file "
+                "is damaged or incomplete, copy or download it again"
+            ) from exc
+
+    def _window(self, key: Any) -> str:
+        key = key if isinstance(key, tuple) else (key,)
+        parts: list[str] = []
+        chunk_parts: list[str] = []
+        for axis, (dim, size) in enumerate(zip(self._variable.dims, self.shape, strict=True)):
+            part = key[axis] if axis < len(key) else slice(None)
+            if isinstance(part, slice):
+                start, stop, _ = part.indices(size)
+            else:
+                start, stop = int(part), int(part) + 1
+            last = max(start, stop - 1)
+            if dim == "band":
+                parts.append(
+                    f"band {start + 1}" if last == start else f"bands {start + 1}-{last + 1}"
+                )
+            elif dim == "y":
+                parts.append(f"rows {start}-{last}")
+            elif dim == "x":
+                parts.append(f"columns {start}-{last}")
+            else:
+                parts.append(f"{dim} {start}-{last}")
+            if self._stored is not None:
+                first_chunk, last_chunk = start // self._stored[axis], last // self._stored[axis]
+                span = (
+                    str(first_chunk) if first_chunk == last_chunk else f"{first_chunk}-{last_chunk}"
+                )
+                chunk_parts.append(f"{dim} {span}")
+        if self._variable.ndim == 2:  # a (y, x) Zarr variable is band 1
+            parts.insert(0, "band 1")
+        text = ", ".join(parts)
+        if chunk_parts:
+            text += f" (stored chunk {', '.join(chunk_parts)})"
+        return text
+
+
+def _cause(exc: BaseException) -> str:
+    """The messages of ``exc`` and its causes in one line, without rasterio's pointer text."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if text and "See previous exception" not in text and not any(text in p for p in parts):
+            parts.append(text)
+        current = current.__cause__ or current.__context__
+    if not parts:
+        return type(exc).__name__
+    return "; ".join(parts)
+
+
+def _guarded_chunks(
+    data: xr.DataArray,
+    chunks: Any,
+    *,
+    where: str,
+    source: Path,
+    stored: tuple[int, ...] | None,
+) -> xr.DataArray:
+    """``data`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedBlocks`."""
+    normalized = _normalize_chunks(chunks, data, source)
+    try:
+        mtime = source.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    token = dask.base.tokenize(str(source), mtime, where, normalized)
+    blocks = _GuardedBlocks(data.variable, where, stored)
+    arr = da.from_array(
+        blocks,
+        chunks=normalized,
+        name=f"open_raster-{token}",
+        lock=False,
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0,) * data.ndim, dtype=data.dtype),
+    )
+    return data.copy(data=arr)
+
+
+#: Most dask blocks :func:`open_raster` accepts per array: a graph of more tasks takes longer
+#: to schedule than to compute, and a million-block graph needs gigabytes of memory.
+MAX_BLOCKS = 100_000
+
+
+def _normalize_chunks(chunks: Any, data: xr.DataArray, source: Path) -> tuple[tuple[int, ...], ...]:
+    spec = chunks
+    if isinstance(chunks, Mapping):
+        spec = tuple(chunks.get(dim, -1) for dim in data.dims)
+    try:
+        normalized = da.core.normalize_chunks(spec, data.shape, dtype=data.dtype)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise OptionError(
+            f"chunks={chunks!r} cannot chunk {source} (shape {dict(data.sizes)}): {exc}; give "
+            "'auto', one size, or a size per dim such as {'band': 1, 'y': 2048, 'x': 2048}"
+        ) from exc
+    blocks = math.prod(len(sizes) for sizes in normalized)
+    if blocks > MAX_BLOCKS:
+        pixels = math.prod(data.shape)
+        edge = max(256, math.isqrt(max(1, pixels // (data.sizes.get("band", 1) * 1000))))
+        raise OptionError(
+            f"chunks {chunks!r} would split {source} into {blocks:,} blocks, more than the "
+            f"{MAX_BLOCKS:,} that can be scheduled in reasonable time; use larger chunks "
+            f"(e.g. {edge} pixels square, or 'auto')"
+        )
+    return normalized
 
 
 def _labels_from_descriptions(descriptions: Sequence[str | None]) -> np.ndarray | None:
@@ -378,8 +531,10 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
             f"variable {name!r} of {path} has dims {result.dims}; expected (band, y, x) or "
             "(y, x). Rename its dims (e.g. ds.rename({'lat': 'y', 'lon': 'x'})) and rewrite it"
         )
+    _refuse_missing_chunks(path, name, result)
+    stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
+    stored = dict(zip(result.dims, stored_chunks, strict=True))
     if isinstance(chunks, str) and chunks == "auto":
-        stored = dict(zip(result.dims, result.encoding.get("chunks") or result.shape, strict=True))
         shape = (result.sizes.get("band", 1), result.sizes["y"], result.sizes["x"])
         block = (stored.get("band", 1), stored["y"], stored["x"])
         chunks = _aligned_chunks(shape, block)
@@ -388,13 +543,45 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
     if chunks is not None:
         # Chunk before adding the band dim: expanding a lazily indexed (not yet dask) array
         # would load it.
-        result = result.chunk(chunks)
+        where = f"the Zarr store {path}, variable {name!r},"
+        result = _guarded_chunks(result, chunks, where=where, source=path, stored=stored_chunks)
     if "band" not in result.dims:
         result = result.expand_dims(band=np.array([1]))
     result = result.transpose("band", "y", "x")
     if result.band.dtype.kind in "OT":  # variable-length strings: use plain numpy str
         result = result.assign_coords(band=np.array([str(v) for v in result.band.values]))
     return result
+
+
+def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -> None:
+    """Refuse a Zarr variable with chunks never written, unless they read as its nodata.
+
+    Zarr reads a missing chunk as the array's fill value. When that value is the
+    variable's nodata, missing chunks are no data by Zarr's own rule; otherwise they would
+    enter the statistics as valid pixels of an arbitrary value.
+    """
+    import zarr
+
+    try:
+        array = zarr.open_group(path, mode="r")[str(name)]
+        total = int(array.nchunks)
+        present = int(array.nchunks_initialized)
+        fill = array.fill_value
+    except Exception:  # not judged here: reading the chunks reports any real problem
+        return
+    if present >= total:
+        return
+    nodata = variable.rio.nodata
+    if nodata is not None and fill is not None:
+        fill_value, nodata_value = float(fill), float(nodata)
+        if fill_value == nodata_value or (math.isnan(fill_value) and math.isnan(nodata_value)):
+            return
+    raise RasterReadError(
+        f"variable {name!r} of the Zarr store {path} is missing {total - present:,} of its "
+        f"{total:,} chunks, which would read as the fill value {fill} although the nodata is "
+        f"{nodata}; write the store completely again, or set its nodata to {fill} if missing "
+        "chunks mean no data"
+    )
 
 
 def _select_variable(dataset: xr.Dataset, variable: str | None, path: Path) -> Hashable:
@@ -427,7 +614,19 @@ def _relabel_bands(data: xr.DataArray, band_names: Sequence[str], path: Path) ->
         )
     if len(set(labels)) != len(labels):
         raise BandMismatchError(f"band_names {labels} has duplicates; band names must be unique")
-    return data.assign_coords(band=np.array(labels, dtype=str))
+    return _relabel(data, np.array(labels, dtype=str))
+
+
+def _relabel(data: xr.DataArray, labels: np.ndarray) -> xr.DataArray:
+    """New band labels; the colour interpretation, keyed by label, follows them."""
+    result = data.assign_coords(band=labels)
+    interp = data.attrs.get(COLORINTERP_ATTR)
+    if isinstance(interp, Mapping):
+        old = [str(b) for b in data.band.values]
+        result.attrs[COLORINTERP_ATTR] = {
+            str(new): interp[o] for o, new in zip(old, labels, strict=True) if o in interp
+        }
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -1036,7 +1235,13 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
     try:
         with (
             _gdal_failures() as failures,
-            rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS="ALL_CPUS"),
+            # no PAM: metadata GeoTIFF cannot hold would go to a .aux.xml sidecar file,
+            # which the move into place would leave behind
+            rasterio.Env(
+                GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB,
+                GDAL_NUM_THREADS="ALL_CPUS",
+                GDAL_PAM_ENABLED="NO",
+            ),
         ):
             with rasterio.open(staging, "w", **profile) as dst:
                 _write_gtiff_metadata(dst, data, job.provenance)
@@ -1253,6 +1458,11 @@ def _write_gtiff_metadata(
     }
     if tags:
         dst.update_tags(**tags)
+    interp = data.attrs.get(COLORINTERP_ATTR)
+    if isinstance(interp, Mapping):
+        names = [interp.get(str(label)) for label in labels]
+        if all(name in ColorInterp.__members__ for name in names):
+            dst.colorinterp = [ColorInterp[name] for name in names]
     scale, offset = _scale_offset(data)
     if scale is not None:
         dst.scales = (scale,) * dst.count
