@@ -197,9 +197,10 @@ def for_command_line(message: str) -> str:
     )
     text = re.sub(rf"(?<![\w.-])({_NAMES})=(?=[\s,;)]|$)", lambda m: _OPTIONS[m[1]], text)
     # the hints the library already gives for the command line now say the same twice
-    text = re.sub(r"\((--[\w-]+)[^()]*?, or \1 on the command line\)", r"(\1)", text)
-    text = re.sub(r"(--[\w-]+(?: and --[\w-]+)?),? \(?\1(?: on the command line)?\)", r"\1", text)
-    text = re.sub(r"\((--[\w-]+(?: and --[\w-]+)?), \1 on the command line\)", r"(\1)", text)
+    opts = r"(--[\w-]+(?: and --[\w-]+)?)"
+    text = re.sub(rf"\({opts}, \1 on the command line\)", r"(\1)", text)
+    text = re.sub(rf"\({opts}[^()]*?, or \1 on the command line\)", r"(\1)", text)
+    text = re.sub(rf"{opts} \(\1\)", r"\1", text)
     return text
 
 

@@ -111,6 +111,10 @@ def active_client() -> Any:
         return None
 
 
+#: The bar appears only for computations that run longer than this (seconds).
+PROGRESS_AFTER_SECONDS = 1.0
+
+
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[None]:
     """dask's progress bar, on stderr, around what is computed inside, when enabled.
@@ -123,7 +127,7 @@ def progress(enabled: bool) -> Iterator[None]:
     if enabled and active_client() is None:
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr):
+        with ProgressBar(minimum=PROGRESS_AFTER_SECONDS, dt=0.5, out=sys.stderr):
             yield
     else:
         yield
@@ -511,20 +515,30 @@ class _Staged:
     """Small outputs (LUT file, report) written under temporary names, moved in at the end.
 
     A job that fails or is interrupted before :meth:`commit` removes them (``discard``), so a
-    failed job leaves neither the final names nor the temporaries.
+    failed job leaves neither the final names nor the temporaries. A temporary's name records
+    the host and process that wrote it; one left by a killed run on this host (its process is
+    gone) is removed by the next job writing the same output.
     """
 
     def __init__(self) -> None:
         self._files: list[tuple[Path, Path]] = []
 
     def path_for(self, final: Path) -> Path:
-        stem = final.name
-        if len(os.fsencode(stem)) > 200:  # keep the temporary name within NAME_MAX
-            stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16] + final.suffix
-        tmp = final.with_name(f".{stem}.rastermatch-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        tmp = tmp.with_name(tmp.name + final.suffix)  # matplotlib picks the format by suffix
+        final = Path(final).expanduser().absolute()
+        prefix = self._prefix(final)
+        _remove_stale(final.parent, prefix, final.suffix)
+        tmp = final.with_name(
+            f"{prefix}{os.getpid()}-{secrets.token_hex(4)}.tmp{final.suffix}"
+        )  # the suffix last: matplotlib picks the format by it
         self._files.append((tmp, final))
         return tmp
+
+    @staticmethod
+    def _prefix(final: Path) -> str:
+        stem = final.name
+        if len(os.fsencode(stem)) > 200:  # keep the temporary name within NAME_MAX
+            stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
+        return f".{stem}.rastermatch-{_HOST}-"
 
     def commit(self) -> None:
         for tmp, final in self._files:
@@ -538,6 +552,35 @@ class _Staged:
         self._files.clear()
 
 
+#: This host, in temporary names: a process id only says something on the host that wrote it.
+_HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove temporaries named ``{prefix}{pid}-{token}.tmp{suffix}`` whose process is gone."""
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            name = path.name
+            if not (name.startswith(prefix) and name.endswith(f".tmp{suffix}")):
+                continue
+            pid = name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _staging() -> Iterator[_Staged]:
     staged = _Staged()
@@ -549,11 +592,11 @@ def _staging() -> Iterator[_Staged]:
     staged.discard()  # nothing left after a commit; anything not committed goes
 
 
-def _save_lut(lut: LUT, tmp: Path) -> None:
+def _save_lut(lut: LUT, tmp: Path, final: PathLike) -> None:
     try:
         lut.save(tmp)
-    except OSError as exc:
-        raise RasterWriteError(f"writing the LUT file {tmp.name} failed: {exc}") from exc
+    except (RasterWriteError, OSError) as exc:
+        raise RasterWriteError(f"writing the LUT file {final} failed: {exc}") from exc
 
 
 def _remove_output(path: Path) -> None:
@@ -669,7 +712,7 @@ def fit_files(
     saved = None
     if lut_path is not None:
         with _staging() as staged:
-            _save_lut(fitted.lut, staged.path_for(Path(lut_path)))
+            _save_lut(fitted.lut, staged.path_for(Path(lut_path)), lut_path)
             # checked again: another process may have created it meanwhile
             check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
             staged.commit()
@@ -744,7 +787,7 @@ def match_files(
                         reference_mask=reference_mask)  # fmt: skip
     with _staging() as staged:
         if lut_path is not None:
-            _save_lut(lut, staged.path_for(Path(lut_path)))
+            _save_lut(lut, staged.path_for(Path(lut_path)), lut_path)
         if report is not None:
             from .plot import save_report
 

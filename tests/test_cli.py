@@ -47,6 +47,7 @@ def assert_refused(result: Result, exit_code: int, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+    assert "=True" not in errors[0]  # options, not Python keywords
     assert result.stdout == ""
 
 
@@ -385,3 +386,164 @@ def test_console_script_as_a_process(tmp_path):
     assert "Traceback" not in done.stderr and "Error" not in done.stderr
     assert "KS after" in done.stdout
     assert rastermatch.open_raster(tmp_path / "out.zarr").dtype == np.uint16
+
+
+# -- nodata for both scenes, progress, errors, signals, exact info, identical bytes ------------
+
+
+def _strip_nodata_tag(src: Path, dst: Path) -> None:
+    with rasterio.open(src) as f:
+        profile, data = f.profile, f.read()
+    profile.update(nodata=None)
+    with rasterio.open(dst, "w", **profile) as f:
+        f.write(data)
+
+
+def test_nodata_applies_to_a_reference_without_its_own(tmp_path):
+    """The issue's Landsat pair: the reference has the zero border but no nodata tag."""
+    reference = tmp_path / "reference_untagged.tif"
+    _strip_nodata_tag(DATA / "arrnorm_ref_adjusted2target.tif", reference)
+    assert rastermatch.open_raster(reference).rio.nodata is None
+    assert_ok(run("-q", "match", ARRNORM, reference, "-o", tmp_path / "a.tif", "--nodata", "0"))
+    explicit = run("match", ARRNORM, reference, "-o", tmp_path / "b.tif", "--nodata", "0",
+                   "--reference-nodata", "0")  # fmt: skip
+    assert_ok(explicit)
+    assert "Warning" not in explicit.stderr  # the output nodata did not have to move
+    tagged = run("-q", "match", ARRNORM, DATA / "arrnorm_ref_adjusted2target.tif", "-o",
+                 tmp_path / "c.tif", "--nodata", "0")  # fmt: skip
+    assert_ok(tagged)
+    a, a_nodata = values(tmp_path / "a.tif")
+    source = rastermatch.open_raster(ARRNORM).values
+    assert a_nodata == 0
+    np.testing.assert_array_equal(a == 0, source == 0)  # no valid pixel mapped onto nodata
+    for other in ("b.tif", "c.tif"):
+        b, b_nodata = values(tmp_path / other)
+        np.testing.assert_array_equal(a, b)
+        assert b_nodata == a_nodata
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setattr(rastermatch.pipeline, "PROGRESS_AFTER_SECONDS", 0.0)
+    # CliRunner's stderr is not a terminal: no bar, no carriage returns anywhere
+    quiet = run("match", NAIP, LANDSAT, "-o", tmp_path / "a.tif")
+    assert_ok(quiet)
+    assert "\r" not in quiet.output and "%" not in quiet.stderr
+    shown = run("match", NAIP, LANDSAT, "-o", tmp_path / "b.tif", "--progress")
+    assert_ok(shown)
+    assert "100%" in shown.stderr and "\r" in shown.stderr  # the bar, on stderr
+    assert "\r" not in shown.stdout and "KS after" in shown.stdout  # the table, on stdout
+    off = run("--progress", "match", NAIP, LANDSAT, "-o", tmp_path / "c.tif", "--no-progress")
+    assert_ok(off)
+    assert "%" not in off.stderr
+    assert_ok(muted := run("-q", "--progress", "fit", NAIP, LANDSAT, "-o", tmp_path / "l.json"))
+    assert muted.output == ""
+
+
+def test_unexpected_errors_are_one_line(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero somewhere deep")
+
+    monkeypatch.setattr(rastermatch.pipeline, "match_files", broken)
+    result = run("match", NAIP, LANDSAT, "-o", tmp_path / "x.tif")
+    assert_refused(result, 1, "unexpected ZeroDivisionError", "somewhere deep", "--verbose",
+                   "please report it")  # fmt: skip
+    verbose = run("match", NAIP, LANDSAT, "-o", tmp_path / "x.tif", "-v")
+    assert isinstance(verbose.exception, ZeroDivisionError)
+
+
+def test_sigterm_exits_143(monkeypatch, tmp_path):
+    import signal
+    import time
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not turned into an exception")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(rastermatch.pipeline, "match_files", terminated)
+    result = run("match", NAIP, LANDSAT, "-o", tmp_path / "x.tif")
+    assert result.exit_code == 143
+    assert result.stderr.strip() == "Terminated."
+    assert signal.getsignal(signal.SIGTERM) == before  # restored after the command
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("x.tif exists already; pass overwrite=True (--overwrite) to replace it",
+         "x.tif exists already; pass --overwrite to replace it"),
+        ("x exists; allow replacing it (overwrite=True, or --overwrite on the command line)",
+         "x exists; allow replacing it (--overwrite)"),
+        ("select as many bands (bands=, --bands on the command line)",
+         "select as many bands (--bands)"),
+        ("cog=True (--cog) makes a COG", "--cog makes a COG"),
+        ("pass nodata=0 or drop the band", "pass --nodata 0 or drop the band"),
+        ("band 1 is all nodata=0", "band 1 is all nodata=0"),
+    ],
+)  # fmt: skip
+def test_messages_are_worded_for_the_command_line(message, expected):
+    from rastermatch.cli import for_command_line
+
+    assert for_command_line(message) == expected
+
+
+def test_info_prints_coordinates_exactly(tmp_path):
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "fine.tif"
+    transform = from_origin(123456.789012345, 0.1 + 0.2, 0.1, 1 / 3)
+    profile = {"driver": "GTiff", "width": 4, "height": 3, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": transform}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as f:
+        f.write(np.ones((1, 3, 4), np.uint8))
+    result = run("info", path, "--no-stats")
+    assert_ok(result)
+    text = result.stdout
+    assert "123456.789012345" in text and "0.30000000000000004" in text
+    assert "pixel      0.1 x 0.3333333333333333" in text
+    right = 123456.789012345 + 0.1 * 4
+    assert repr(right) in text  # the bounds too, to the last digit
+
+
+def test_identical_inputs_give_identical_bytes(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    for name in ("a", "b"):
+        assert_ok(run("-q", "match", NAIP, LANDSAT, "-o", tmp_path / f"{name}.tif",
+                      "--lut", tmp_path / f"{name}.json"))  # fmt: skip
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert "created" not in rastermatch.read_provenance(tmp_path / "a.tif")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert_ok(run("-q", "match", NAIP, LANDSAT, "-o", tmp_path / "c.tif"))
+    assert rastermatch.read_provenance(tmp_path / "c.tif")["created"] == "2023-11-14T22:13:20+00:00"
+
+
+def test_a_failed_job_leaves_nothing(tmp_path, monkeypatch):
+    """A failure in the write removes the staged LUT file and report too."""
+    from rastermatch import RasterWriteError
+
+    def failing_write(*args, **kwargs):
+        raise RasterWriteError("writing out.tif failed: disk full (simulated)")
+
+    monkeypatch.setattr(rastermatch.pipeline, "write_raster", failing_write)
+    monkeypatch.chdir(tmp_path)
+    result = run("match", NAIP, LANDSAT, "-o", "out.tif", "--lut", "out.json", "--report",
+                 "out.png")  # fmt: skip
+    assert_refused(result, 1, "out.tif", "disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_staged_temporaries_are_removed(tmp_path):
+    from rastermatch.pipeline import _Staged
+
+    final = tmp_path / "calib.json"
+    dead = tmp_path / f"{_Staged._prefix(final)}999999999-abcd.tmp.json"  # no such process
+    live = tmp_path / f"{_Staged._prefix(final)}{os.getpid()}-abcd.tmp.json"
+    other = tmp_path / ".calib.json.rastermatch-0000ffff-999999999-abcd.tmp.json"  # another host
+    for path in (dead, live, other):
+        path.write_text("{}")
+    assert_ok(run("-q", "fit", NAIP, LANDSAT, "-o", final))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["calib.json", live.name, other.name]
+    )
