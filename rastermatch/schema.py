@@ -868,7 +868,22 @@ def _lut_error(source: str) -> Callable[[_Invalid], Exception]:
 
 
 def lut_from_dict(d: Any) -> LUT:
-    """A LUT rebuilt from its document (format 1 or 2); LUTFileError when it is not valid."""
+    """A LUT rebuilt from its document (format 1 or 2); LUTFileError when it is not valid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import LUT, band_histograms
+    >>> h = band_histograms(np.array([[1, 2, 2, 3]], dtype=np.uint16))
+    >>> doc = LUT.from_histograms(h, h).to_dict()
+    >>> LUT.from_dict(doc).table[0, 1:4].tolist()
+    [1, 2, 3]
+    >>> doc["source_histogram"]["binning"]["lo"][0] = -1e15
+    >>> LUT.from_dict(doc)
+    Traceback (most recent call last):
+    ...
+    rastermatch.errors.LUTFileError: LUT document: source_histogram.binning.lo[0] is -1e15, but ...
+    """
     return _checked(lambda: _read_lut(d), _lut_error("LUT document"))
 
 
@@ -943,27 +958,13 @@ def _refuse_inputs(final: Path, inputs: Iterable[Any]) -> None:
 
 
 def _check_target(final: Path, *, overwrite: bool, inputs: Iterable[Any]) -> int:
-    """Refusals made before any work; the file system's name length limit."""
-    name_bytes = len(final.name.encode("utf-8", "surrogateescape"))
-    limit = 255 if name_bytes > 255 else _name_max(final.parent)
-    if name_bytes > limit:
-        raise RasterWriteError(
-            f"cannot write LUT file {final}: its name is {name_bytes} bytes, more than the "
-            f"{limit} this file system allows; choose a shorter name"
-        )
-    _refuse_inputs(final, inputs)
-    if final.is_dir() and not final.is_symlink():
-        raise RasterWriteError(f"LUT file {final} is a directory; pass a file name (*.json)")
-    if not overwrite and (final.exists() or final.is_symlink()):
-        raise OutputExistsError(
-            f"LUT file {final} exists already; allow replacing it (overwrite=True, or "
-            "--overwrite on the command line) or choose another name"
-        )
-    if not final.parent.is_dir():
-        raise RasterWriteError(
-            f"cannot write LUT file {final}: the directory {final.parent} does not exist"
-        )
-    return limit
+    """The output checks every writer makes (io's), and the name length limit of temporaries."""
+    from .io import check_output_path
+
+    inputs = list(inputs)
+    check_output_path(final, inputs=inputs, overwrite=overwrite, kind="file")
+    _refuse_inputs(final, inputs)  # also hard links to an input, and any input directory
+    return _name_max(final.parent)
 
 
 def save_lut(
@@ -1014,10 +1015,12 @@ def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise OutputExistsError(
+        error = OutputExistsError(
             f"LUT file {final} appeared while it was being written; allow replacing it "
             "(overwrite=True, or --overwrite on the command line) or choose another name"
-        ) from None
+        )
+        error.path = final  # type: ignore[attr-defined]  # as io's: the CLI words the fix
+        raise error from None
     except OSError:  # a file system without hard links
         os.replace(tmp, final)
         return

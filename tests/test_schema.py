@@ -520,7 +520,7 @@ def test_save_never_writes_over_an_input(tmp_path, monkeypatch):
         (tmp_path / "hard.tif", [mask]),
         (store / "lut.json", [None, store]),
     ]:
-        with pytest.raises(RasterWriteError, match=r"refusing to write LUT file .* input"):
+        with pytest.raises(RasterWriteError, match=r"refusing to write .* input"):
             levels_lut().save(target, overwrite=True, inputs=inputs)
     assert mask.read_bytes() == b"mask" and os.listdir(store) == []
     assert sorted(os.listdir(tmp_path)) == ["hard.tif", "input.zarr", "link.tif", "mask.tif"]
@@ -530,7 +530,7 @@ def test_long_names_and_their_temporaries(tmp_path):
     name = "x" * 245 + ".json"  # 250 bytes: the temporary's name must be shortened
     path = levels_lut().save(tmp_path / name)
     assert os.listdir(tmp_path) == [name] and LUT.load(path).nbands == 2
-    with pytest.raises(RasterWriteError, match=r"its name is 256 bytes, more than the 255"):
+    with pytest.raises(RasterWriteError, match=r"name is 256 bytes long .* at most 255"):
         levels_lut().save(tmp_path / ("y" * 251 + ".json"))
     assert os.listdir(tmp_path) == [name]
 
