@@ -1245,13 +1245,13 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
         ):
             with rasterio.open(staging, "w", **profile) as dst:
                 _write_gtiff_metadata(dst, data, job.provenance)
+                writer = _WindowWriter(dst, arr.chunks)
                 if client is None:
-                    stored = da.store(
-                        arr, _WindowWriter(dst), lock=job.lock or threading.Lock(), compute=False
-                    )
+                    stored = da.store(arr, writer, lock=job.lock or threading.Lock(), compute=False)
                     _compute_on_own_pool(stored, thread_prefix=failures.thread_prefix)
                 else:
-                    _write_blocks_from_cluster(arr, _WindowWriter(dst), client)
+                    _write_blocks_from_cluster(arr, writer, client)
+                writer.flush()
                 if job.cog and (factors := _overview_factors(dst.height, dst.width, job.tile_size)):
                     dst.build_overviews(factors, Resampling.average)  # nodata is left out
             # GDAL reports a failed tile flush (disk full, file-size limit) only through its
@@ -1471,16 +1471,68 @@ def _write_gtiff_metadata(
         dst.update_tags(ns=PROVENANCE_DOMAIN, **{PROVENANCE_KEY: provenance})
 
 
-class _WindowWriter:
-    """The ``__setitem__`` target :func:`dask.array.store` writes each block through."""
+#: Bytes of finished blocks a GeoTIFF write holds back to write them in order (see below).
+ORDERED_WRITE_BUFFER = 256 * 2**20
 
-    def __init__(self, dst: rasterio.io.DatasetWriter) -> None:
+
+class _WindowWriter:
+    """The ``__setitem__`` target each block is written through, in a fixed order.
+
+    GDAL appends each tile to the file when it is flushed, so the byte layout of a GeoTIFF
+    follows the order in which blocks arrive, which threads make random: two writes of the
+    same data would differ. Blocks are therefore written in row-major block order: one that
+    finishes early waits here until those before it are written. Blocks finish nearly in
+    order (dask computes them in key order), so little waits; should more than
+    ORDERED_WRITE_BUFFER bytes wait, the earliest waiting block is written at once (memory
+    stays bounded, and only that write's layout depends on timing).
+    """
+
+    def __init__(self, dst: rasterio.io.DatasetWriter, chunks: tuple[tuple[int, ...], ...]) -> None:
         self._dst = dst
+        starts = [np.cumsum((0, *sizes))[:-1].tolist() for sizes in chunks]
+        self._order = {
+            key: position
+            for position, key in enumerate(
+                (b, y, x) for b in starts[0] for y in starts[1] for x in starts[2]
+            )
+        }
+        self._next = 0
+        self._done: set[int] = set()
+        self._waiting: dict[int, tuple[tuple[slice, slice, slice], np.ndarray]] = {}
+        self._waiting_bytes = 0
+        self._lock = threading.Lock()
 
     def __setitem__(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
+        position = self._order.get(tuple(int(part.start) for part in key))
+        with self._lock:
+            if position is None:  # not on the chunk grid (a caller's own store): no order
+                self._write(key, block)
+                return
+            self._waiting[position] = (key, block)
+            self._waiting_bytes += block.nbytes
+            while self._waiting and (
+                self._next in self._waiting or self._waiting_bytes > ORDERED_WRITE_BUFFER
+            ):
+                first = self._next if self._next in self._waiting else min(self._waiting)
+                waiting_key, waiting_block = self._waiting.pop(first)
+                self._waiting_bytes -= waiting_block.nbytes
+                self._write(waiting_key, waiting_block)
+                self._done.add(first)
+                while self._next in self._done:
+                    self._done.discard(self._next)
+                    self._next += 1
+
+    def _write(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
         bands, rows, cols = key
         indexes = list(range(bands.start + 1, bands.stop + 1))
         self._dst.write(block, indexes=indexes, window=Window.from_slices(rows, cols))
+
+    def flush(self) -> None:
+        """Write whatever still waits (blocks after one that failed are never written)."""
+        with self._lock:
+            for position in sorted(self._waiting):
+                self._write(*self._waiting.pop(position))
+            self._waiting_bytes = 0
 
 
 @contextlib.contextmanager
