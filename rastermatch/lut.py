@@ -392,11 +392,14 @@ class LUT:
             scene matched to itself is unchanged.
             ``"interp"``: scikit-image's piecewise-linear inverse-CDF mapping, with the
             reference's knots taken exactly from its bin statistics. Equal to
-            ``skimage.exposure.match_histograms`` (to float rounding) wherever each source bin
-            holds one distinct value; otherwise a value of source bin ``p`` lands between
-            scikit-image's outputs for the bin's smallest and largest values, which are exact
-            (the residual is at most their difference, which a finer binning shrinks).
-            Integer outputs are rounded to nearest.
+            ``skimage.exposure.match_histograms`` (to float rounding) wherever each source and
+            reference bin holds one distinct value, and a scene matched to itself is unchanged.
+            Otherwise the curve is exact at every reference bin's smallest and largest value
+            and within one reference bin width in between, and a value of source bin ``p`` is
+            mapped linearly between the outputs of the bin's smallest and largest values: it
+            lands within one reference bin width of the range of scikit-image's outputs for
+            the values of bin ``p`` (more bins shrink both widths). Integer outputs are
+            rounded to nearest.
         levels
             ``"present"`` (default): outputs are levels (or values) that occur in the
             reference, so no pixel is mapped onto a level the reference does not have, nodata
