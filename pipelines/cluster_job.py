@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 from rastermatch import RastermatchError
-from rastermatch.pipeline import check_output_path, dask_cluster, match_files
+from rastermatch.io import check_output_path
+from rastermatch.pipeline import dask_cluster, match_files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -207,7 +207,7 @@ def for_command_line(message: str) -> str:
 def _message(error: RastermatchError) -> str:
     """The one line printed for a library error, in the command line's terms."""
     path = getattr(error, "path", None)
-    if isinstance(error, OutputExistsError) and path is not None:
+    if isinstance(error, OutputExistsError) and path is not None and "exists already" in str(error):
         return f"{path} exists already; pass --overwrite to replace it"
     return for_command_line(one_line(error))
 

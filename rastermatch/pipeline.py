@@ -43,14 +43,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import dask
 import numpy as np
 import rasterio
 import xarray as xr
 
-from . import io as _io
 from ._data import as_band_array
 from .errors import (
     BandMismatchError,
@@ -59,7 +58,7 @@ from .errors import (
     RasterReadError,
     RasterWriteError,
 )
-from .io import open_raster, write_raster
+from .io import check_output_path, open_raster, write_raster
 from .lut import LUT, Levels, Method
 from .match import equalize, fit_lut
 from .metrics import format_quality_table, matched_histogram, quality_table
@@ -67,7 +66,6 @@ from .metrics import format_quality_table, matched_histogram, quality_table
 __all__ = [
     "MatchResult",
     "apply_file",
-    "check_output_path",
     "dask_cluster",
     "equalize_file",
     "fit_files",
@@ -231,60 +229,6 @@ def dask_cluster(
 
 # -- checks before any work -------------------------------------------------------------------
 
-Kind = Literal["raster", "file"]
-
-#: Longest file name (bytes) the temporaries of small outputs can be derived from as is; longer
-#: names are shortened with a hash (NAME_MAX is 255 on the usual file systems).
-_NAME_MAX = 255
-
-
-def check_output_path(
-    path: PathLike,
-    *,
-    inputs: Sequence[PathLike | None] = (),
-    overwrite: bool = False,
-    kind: Kind = "raster",
-) -> Path:
-    """Refuse a bad output path before any work (:func:`rastermatch.io.check_output_path`).
-
-    ``kind="raster"`` also checks the format from the suffix (.tif, .tiff, .zarr). An output is
-    never one of ``inputs`` (nor inside an input Zarr store), whatever ``overwrite`` says.
-    Returns the absolute path.
-    """
-    given = [Path(p) for p in inputs if p is not None]
-    check = getattr(_io, "check_output_path", None)
-    if check is not None:
-        return Path(check(path, inputs=given, overwrite=overwrite, kind=kind))
-    return _check_output_path_fallback(Path(path), given, overwrite, kind)
-
-
-def _check_output_path_fallback(
-    path: Path, inputs: list[Path], overwrite: bool, kind: Kind
-) -> Path:
-    # used until rastermatch.io provides check_output_path; the same rules
-    final = path.expanduser().absolute()
-    if kind == "raster":
-        _io._output_format(final)
-    if len(os.fsencode(final.name)) > _NAME_MAX:
-        raise RasterWriteError(
-            f"the file name of {final} is {len(os.fsencode(final.name))} bytes long; file "
-            f"systems allow {_NAME_MAX}: choose a shorter name"
-        )
-    if not final.parent.is_dir():
-        raise RasterWriteError(f"the directory {final.parent} does not exist; create it first")
-    _io._refuse_inputs(final, inputs)
-    if final.exists() or final.is_symlink():
-        if not overwrite:
-            from .errors import OutputExistsError
-
-            raise OutputExistsError(
-                f"{final} exists already; allow replacing it (overwrite=True, or --overwrite "
-                "on the command line)"
-            )
-        if final.is_dir() and kind == "file":
-            raise RasterWriteError(f"{final} is a directory; choose a file name")
-    return final
-
 
 def _check_distinct(**paths: PathLike | None) -> None:
     """Two outputs of one job must not share a path (the second would replace the first)."""
@@ -316,15 +260,16 @@ def _check_report_path(report: PathLike) -> None:
         )
 
 
-def _check_nodata(value: float | None, data: xr.DataArray, what: str) -> None:
+def _check_nodata(value: float | None, data: xr.DataArray, what: str, option: str) -> None:
     """Refuse a nodata value the input's dtype cannot hold (it would match no pixel)."""
     if value is None:
         return
     problem = _unrepresentable(value, np.dtype(data.dtype))
     if problem:
         raise OptionError(
-            f"nodata={_show(value)} cannot be a value of the {data.dtype} {what}: {problem}; "
-            "give a value the data can hold, or leave nodata unset to use the file's own"
+            f"the nodata value {_show(value)} cannot occur in the {data.dtype} {what} "
+            f"({problem}); give {option}= a value the data can hold, or leave it unset to use "
+            "the file's own"
         )
 
 
@@ -631,8 +576,8 @@ def _open_pair(
     """Open both inputs and check the options that only need their headers."""
     src = open_input(source, bands=bands, chunks=chunks)
     ref = open_input(reference, bands=reference_bands or bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}")
-    _check_nodata(reference_nodata, ref, f"reference {reference}")
+    _check_nodata(nodata, src, f"source {source}", "nodata")
+    _check_nodata(reference_nodata, ref, f"reference {reference}", "reference_nodata")
     if src.sizes["band"] != ref.sizes["band"]:
         raise BandMismatchError(
             f"the source {source} has {src.sizes['band']} bands and the reference {reference} "
@@ -833,7 +778,7 @@ def apply_file(
         lut = LUT.load(lut_file)
     assert isinstance(lut, LUT)
     src = open_input(source, bands=bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}")
+    _check_nodata(nodata, src, f"source {source}", "nodata")
     if src.sizes["band"] != lut.nbands:
         raise BandMismatchError(
             f"the LUT {lut_file or ''} has {lut.nbands} band(s) but {source} has "
@@ -868,7 +813,7 @@ def equalize_file(
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
     _check_write_options(final, cog)
     src = open_input(source, bands=bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}")
+    _check_nodata(nodata, src, f"source {source}", "nodata")
     src_mask = open_mask(mask, src)
     with progress(show_progress):
         out = equalize(src, nodata=nodata, mask=src_mask, range=range, bins=bins)
