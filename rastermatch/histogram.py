@@ -984,6 +984,14 @@ def band_histograms(
     m = None if mask is None else as_band_mask(mask, src)
     nbands = src.array.shape[0]
     binning = default_binning(src.dtype, nbands, bins=bins, range=range)
+    return binned_histogram(src, m, binning, bins=bins)
+
+
+def binned_histogram(
+    src: BandArray, m: Any, binning: Binning | None, *, bins: int | None = None
+) -> Histogram:
+    """The histogram of a normalized input with a given binning (None: uniform over each band's
+    valid range, found first). ``m`` is a mask from :func:`as_band_mask` or None."""
     recorded = {"nodata": src.nodata, "masked": m is not None, "name": src.name}
 
     if not src.is_dask:

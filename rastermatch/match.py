@@ -23,10 +23,11 @@ from ._values import nodata_fits
 from .apply import apply_block, apply_lut_array, block_arguments, resolve_out_nodata
 from .errors import BandMismatchError
 from .histogram import (
+    DEFAULT_BINS,
     Binning,
     Histogram,
-    band_histograms,
     band_ranges,
+    binned_histogram,
     check_bins,
     check_range,
     default_binning,
@@ -94,16 +95,14 @@ def _histograms(
         )
         for i, r in zip(need, computed, strict=True):
             ranges[i] = _valid_range_or_raise(r, arrays[i][1])
-    lazy = [
-        band_histograms(arr, nodata=src.nodata, mask=mask, bins=bins, range=rng)
-        for (arr, src, mask, bins), rng in zip(arrays, ranges, strict=True)
-    ]
-    hists = dask.compute(*lazy, scheduler=scheduler)
-    # band labels and names come from the inputs, not from the wrapped arrays
-    return [
-        replace(h, bands=src.bands, name=src.name)
-        for h, (_, src, _, _) in zip(hists, arrays, strict=True)
-    ]
+    lazy = []
+    for (arr, src, mask, bins), rng in zip(arrays, ranges, strict=True):
+        binning = default_binning(src.dtype, arr.shape[0], bins=bins, range=None)
+        if binning is None:  # a data range may be a single value: no range= check applies
+            nbins = DEFAULT_BINS if bins is None else bins
+            binning = Binning("uniform", src.dtype, nbins, rng[:, 0], rng[:, 1])
+        lazy.append(binned_histogram(replace(src, array=arr), mask, binning))
+    return list(dask.compute(*lazy, scheduler=scheduler))
 
 
 def _valid_range_or_raise(lohi: np.ndarray, src: BandArray) -> np.ndarray:
