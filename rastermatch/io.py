@@ -18,7 +18,8 @@ Reading
   the CF ``spatial_ref`` grid-mapping variable and integer data are not cast to float.
 
 Every opened array records its resolved path in ``encoding["source"]``; the writer refuses
-to overwrite it.
+to overwrite it. A band colour interpretation (an RGB GeoTIFF) is kept in
+``attrs["colorinterp"]`` and written back to GeoTIFF outputs.
 
 Writing
 -------
@@ -36,9 +37,35 @@ Writing
   the CF/rioxarray way, so ``xr.open_zarr(path, decode_coords="all")`` gives back the CRS,
   transform, dtype, band labels and (through ``.rio.nodata``) the nodata value.
 
-Nothing is ever half-written: the output is built under a hidden temporary sibling
-(``.{name}.tmp-<random>``) and moved into place only when complete; on any error or
-interrupt the temporary is removed and the final name is left untouched.
+What a write leaves
+-------------------
+* Success: the complete output under its final name. Identical inputs give identical bytes
+  (GeoTIFF blocks are written in block order; nothing time-dependent is written).
+* Any error (a failed block, a full disk or file-size limit, which GDAL reports only
+  through its error handler and which is collected here, an OSError of the Zarr store):
+  :class:`~rastermatch.errors.RasterWriteError` naming the output, the final name untouched
+  (absent, or the previous output when overwriting) and no temporary.
+* An interrupt (``KeyboardInterrupt``, i.e. SIGINT): the same. The blocks run on a thread
+  pool the write owns, shut down before the temporary is removed, so nothing writes into it
+  afterwards. SIGTERM kills Python without cleanup by default: a program that wants the
+  same guarantee for SIGTERM turns it into the same exception, as the command line does::
+
+      def _terminate(signum, frame):
+          raise KeyboardInterrupt
+
+      signal.signal(signal.SIGTERM, _terminate)
+
+* A process killed outright (SIGKILL, power loss): a hidden temporary next to the output,
+  ``.{name}.rastermatch-{pid}-{host}-{token}.{tmp|staging|old}`` (shortened with a hash
+  for long names). The next write of the same output removes it when that process is gone
+  (:func:`remove_stale_temporaries`) and warns about those written from another host.
+
+Damaged inputs
+--------------
+A block that cannot be read (a truncated or corrupt file, a damaged Zarr chunk) raises
+:class:`~rastermatch.errors.RasterReadError` naming the file, the band, the rows and
+columns (and the stored chunk, for Zarr) and the cause. A Zarr variable with chunks never
+written is refused at open unless its fill value is its nodata.
 """
 
 from __future__ import annotations
@@ -713,7 +740,12 @@ def write_raster(
     persisted on the cluster and this process writes each block as soon as it is finished,
     then releases it; blocks finished faster than they are written wait in worker memory.
     Zarr chunks are written by whichever worker computes them, so with a distributed
-    cluster the output directory must be on storage all workers share. dask's
+    cluster the output directory must be on storage all workers share.
+
+    A failed or interrupted write leaves neither the output nor a temporary (see the
+    module documentation; turn SIGTERM into ``KeyboardInterrupt`` to extend this to it).
+    Under a distributed client an interrupted write cancels its futures; a task already
+    running on a worker cannot be stopped and finishes its block. dask's
     multiprocessing scheduler cannot share the GeoTIFF handle and is refused for GeoTIFF
     outputs (use threads or a distributed client).
 
@@ -1006,8 +1038,8 @@ def _write_error(final: Path, exc: OSError) -> RasterWriteError:
     """A RasterWriteError naming the output for an OSError of the file system (zarr, fsspec)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     hints = {
-        errno.ENOSPC: "free some space on that device or write elsewhere",
-        errno.EDQUOT: "free some of your quota or write elsewhere",
+        errno.ENOSPC: f"free some space on the device holding {final.parent} or write elsewhere",
+        errno.EDQUOT: "free some of your disk quota or write elsewhere",
         errno.EFBIG: "the file system or a file-size limit (ulimit -f) refuses files this big",
         errno.EACCES: "check the permissions of the output directory",
         errno.EPERM: "check the permissions of the output directory",
@@ -1401,6 +1433,7 @@ def _gdal_failures() -> Iterator[_GdalFailures]:
                 logger.addFilter(_failure_filter)
                 if logger.getEffectiveLevel() > logging.INFO:
                     logger.setLevel(logging.INFO)
+            _libtiff_stderr(quiet=True)
         _collectors.append(collector)
     try:
         yield collector
@@ -1408,11 +1441,43 @@ def _gdal_failures() -> Iterator[_GdalFailures]:
         with _collectors_lock:
             _collectors.remove(collector)
             if not _collectors:
+                _libtiff_stderr(quiet=False)
                 for name in _GDAL_LOGGERS:
                     logger = logging.getLogger(name)
                     logger.removeFilter(_failure_filter)
                     logger.setLevel(_saved_levels[name][0])
                 _saved_levels.clear()
+
+
+_libtiff_saved_handler: list[Any] = []
+
+
+def _libtiff_stderr(*, quiet: bool) -> None:
+    """Silence (or restore) libtiff's own stderr messages while a write runs.
+
+    GDAL's TIFF I/O layer reports a failed write twice: through GDAL's error handler (which
+    is collected above and becomes the RasterWriteError) and, with libtiff's default
+    handler, as bare lines on stderr ("_tiffWriteProc: No space left on device."), one per
+    tile. Those lines would bury the one error message. Best effort: the libtiff that GDAL
+    loaded is found in the process's memory map (Linux); elsewhere nothing changes.
+    """
+    try:
+        import ctypes
+
+        if quiet:
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "/libtiff" in line and ".so" in line}
+            for path in sorted(paths):
+                library = ctypes.CDLL(path)
+                library.TIFFSetErrorHandler.restype = ctypes.c_void_p
+                library.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+                _libtiff_saved_handler.append((library, library.TIFFSetErrorHandler(None)))
+        else:
+            while _libtiff_saved_handler:
+                library, previous = _libtiff_saved_handler.pop()
+                library.TIFFSetErrorHandler(previous)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _space_hint(directory: Path) -> str:

@@ -106,7 +106,7 @@ FORMATS = [("out.tif", {}), ("out.tif", {"cog": True}), ("out.zarr", {})]
 
 
 @pytest.mark.parametrize(("name", "options"), FORMATS, ids=["gtiff", "cog", "zarr"])
-def test_disk_full_fails_and_leaves_nothing(small_disk, name, options):
+def test_disk_full_fails_and_leaves_nothing(small_disk, name, options, capfd):
     output = small_disk / name
     with pytest.raises(RasterWriteError) as caught:
         write_raster(noise((2, 1024, 1024)), output, **options)
@@ -114,6 +114,7 @@ def test_disk_full_fails_and_leaves_nothing(small_disk, name, options):
     assert str(output) in message
     assert "full" in message or "No space" in message
     assert entries(small_disk) == []
+    assert "_tiff" not in capfd.readouterr().err  # libtiff's own per-tile lines are silenced
 
 
 FSIZE_WRITE = """
@@ -143,6 +144,7 @@ def test_file_size_limit_fails_and_leaves_nothing(tmp_path, name, options):
     assert process.returncode == 3, stderr
     assert str(output) in stdout and "failed" in stdout
     assert len(stdout.strip().splitlines()) == 1
+    assert "_tiff" not in stderr
     assert entries(tmp_path) == []
 
 
