@@ -547,3 +547,48 @@ def test_stale_staged_temporaries_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["calib.json", live.name, other.name]
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_mid_write_leaves_nothing(tmp_path, signum, exit_code):
+    """A real ``rastermatch match`` process, signalled once its output's temporary exists."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(7)
+    scene = tmp_path / "in"
+    scene.mkdir()
+    profile = {"driver": "GTiff", "width": 2048, "height": 2048, "count": 2, "dtype": "uint16",
+               "crs": "EPSG:32633", "transform": rasterio.transform.from_origin(0, 0, 10, 10),
+               "tiled": True, "blockxsize": 512, "blockysize": 512}  # fmt: skip
+    for name in ("src.tif", "ref.tif"):
+        with rasterio.open(scene / name, "w", **profile) as f:
+            f.write(rng.integers(0, 4096, (2, 2048, 2048), dtype=np.uint16))
+    before = {p.name: p.read_bytes() for p in scene.iterdir()}
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rastermatch", "match", scene / "src.tif", scene / "ref.tif",
+         "-o", out / "matched.tif", "--lut", out / "matched.json", "--compress", "lzma",
+         "--chunks", "512"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".matched.tif") for p in out.iterdir()):  # the write started
+            process.send_signal(getattr(signal, signum))
+            break
+        time.sleep(0.005)
+    stdout, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the job finished before it could be signalled")
+    assert process.returncode == exit_code, stderr
+    assert stderr.strip().splitlines()[-1] in ("Terminated.", "Interrupted."), stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(out.iterdir()) == []  # no output, no LUT file, no temporary
+    assert {p.name: p.read_bytes() for p in scene.iterdir()} == before
