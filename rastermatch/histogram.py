@@ -320,6 +320,7 @@ def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # p
         mb = b if mask.shape[0] > 1 else 0
         lo_b = lo[b]
         hi_b = hi[b]
+        ob = out[b]
         scale = nbins / (hi_b - lo_b) if hi_b > lo_b else 0.0
         for i in range(ny):
             for j in range(nx):
@@ -331,14 +332,15 @@ def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # p
                     continue
                 f = np.float64(v)
                 k = uniform_bin(f, lo_b, scale, nbins)
-                out[b, k, 0] += 1.0
-                if f < out[b, k, 1]:
-                    out[b, k, 1] = f
-                    out[b, k, 3] = 1.0
-                elif f == out[b, k, 1]:
-                    out[b, k, 3] += 1.0
-                if f > out[b, k, 2]:
-                    out[b, k, 2] = f
+                ob[k, 0] += 1.0
+                m = ob[k, 1]
+                if f == m:  # the common case first: quantised bins hold one value
+                    ob[k, 3] += 1.0
+                elif f < m:
+                    ob[k, 1] = f
+                    ob[k, 3] = 1.0
+                if f > ob[k, 2]:
+                    ob[k, 2] = f
 
 
 @numba.njit(nogil=True, cache=True)
