@@ -82,6 +82,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1165,7 +1166,10 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(3):  # a directory tree still being written to may need another pass
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                break
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -1356,13 +1360,47 @@ def _shutdown_despite_interrupts(pool: ThreadPoolExecutor) -> None:
 
 
 def _compute_on_cluster(collection: Any, client: Any) -> None:
-    """Compute ``collection`` on a distributed client; cancel it on an error or interrupt."""
+    """Compute ``collection`` on a distributed client; cancel it on an error or interrupt.
+
+    A task already running on a worker cannot be stopped: after cancelling, wait (up to
+    :data:`CANCEL_WAIT_SECONDS`) until none of the write's tasks runs any more, so that no
+    worker writes a chunk into the temporary after it is removed.
+    """
     future = client.compute(collection)
     try:
         future.result()
     except BaseException:
-        client.cancel([future], force=True)
+        keys = {str(key) for key in collection.__dask_graph__()}
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        interrupted = False
+        while True:
+            try:
+                client.cancel([future], force=True)
+                while time.monotonic() < deadline and _running_on_workers(client, keys):
+                    time.sleep(0.1)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+            except Exception:  # the scheduler is gone: nothing runs for us any more
+                break
+        if interrupted:
+            raise KeyboardInterrupt from None
         raise
+
+
+def _running_on_workers(client: Any, keys: set[str]) -> bool:
+    """Whether a worker still executes one of ``keys`` (the scheduler's view lags behind)."""
+
+    def executing(dask_worker: Any) -> list[str]:
+        state = dask_worker.state
+        running = set(state.executing) | set(getattr(state, "long_running", ()))
+        return [str(task.key) for task in running]
+
+    return any(key in keys for found in client.run(executing).values() for key in found)
+
+
+#: Longest wait, after an error or interrupt, for running distributed tasks to finish.
+CANCEL_WAIT_SECONDS = 60
 
 
 # GDAL's error handler -----------------------------------------------------------------------

@@ -435,3 +435,32 @@ def test_identical_inputs_give_identical_bytes(tmp_path, name, options):
     first = write_raster(scene, tmp_path / f"a-{name}", tile_size=128, **options)
     second = write_raster(scene, tmp_path / f"b-{name}", tile_size=128, **options)
     assert tree_bytes(first) == tree_bytes(second)
+
+
+# -- distributed ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_failed_distributed_write_leaves_nothing(tmp_path):
+    distributed = pytest.importorskip("distributed")
+
+    def fail_last(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        location = block_info[0]["chunk-location"]
+        if location == (0, 3, 3):
+            raise RuntimeError("boom in the last block")
+        time.sleep(0.2)  # others still run when the failure arrives
+        return block
+
+    data = noise()
+    failing = data.copy(data=data.data.map_blocks(fail_last, dtype=data.dtype))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        for name in ("out.zarr", "out.tif"):
+            with pytest.raises(RuntimeError, match="boom"):
+                write_raster(failing, tmp_path / name)
+            time.sleep(0.5)  # a chunk written late would show up now
+            assert entries(tmp_path) == []
