@@ -20,6 +20,7 @@ from dask.delayed import Delayed
 from rastermatch.errors import (
     BandMismatchError,
     DimensionError,
+    InputTypeError,
     OutputExistsError,
     RasterReadError,
     RasterWriteError,
@@ -445,6 +446,35 @@ def test_bad_arguments(tmp_path):
     ):
         write_raster(scene, tmp_path / "out.tif")
     assert entries(tmp_path) == []
+
+
+def test_write_raster_refuses_what_is_not_a_dataarray(tmp_path):
+    with pytest.raises(InputTypeError, match="DataArray"):
+        write_raster(np.zeros((1, 4, 4)), tmp_path / "out.tif")
+    with pytest.raises(InputTypeError, match="list"):
+        write_raster([[1, 2]], tmp_path / "out.tif")
+    assert entries(tmp_path) == []
+
+
+def test_existing_output_message_and_path(tmp_path):
+    out = write_raster(synthetic(), tmp_path / "out.tif")
+    with pytest.raises(OutputExistsError) as caught:
+        write_raster(synthetic(), out)
+    assert caught.value.path == out
+    message = str(caught.value)
+    assert "allow replacing it (overwrite=True, or --overwrite on the command line)" in message
+    assert "pass overwrite" not in message
+
+
+def test_user_chunks_keep_their_layout_and_values(tmp_path):
+    scene = open_raster(RGB, chunks={"band": 1, "y": 300, "x": 400})
+    assert scene.chunks == ((1, 1, 1), (300, 300, 118), (400, 391))
+    assert scene.data.name.startswith("open_raster-")
+    with rasterio.open(RGB) as src:
+        np.testing.assert_array_equal(scene.values, src.read())
+    # the same file opened twice gives the same graph keys (dask merges them)
+    assert open_raster(RGB, chunks={"band": 1, "y": 300, "x": 400}).data.name == scene.data.name
+    assert open_raster(RGB, chunks=(3, 718, 791)).data.npartitions == 1
 
 
 def test_custom_lock_is_used(tmp_path):
