@@ -794,9 +794,6 @@ def write_raster(
         compress=(_gtiff_compression(compress) if fmt == "gtiff" else _zarr_compressors(compress)),
         lock=lock,
         tile_size=tile_size,
-        # chosen now, not when the write runs: a write retried after its worker died reuses
-        # (and first clears) the temporary the dead attempt could not remove
-        tmp=_sibling(final, "tmp"),
     )
     if not compute:
         # One task runs the whole write, so the temporary-then-move rule (and the cleanup on
@@ -822,7 +819,6 @@ class _WriteJob:
         "overwrite",
         "provenance",
         "tile_size",
-        "tmp",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -1018,8 +1014,9 @@ def _is_zarr_path_on_disk(path: Path) -> bool:
 def _execute(job: _WriteJob) -> Path:
     _refuse_existing(job.final, overwrite=job.overwrite)  # again: a delayed write runs later
     remove_stale_temporaries(job.final)
-    tmp = job.tmp
-    _remove(tmp)  # left by an attempt killed mid-write (a lost worker), if any
+    # Named when the write runs, by the process that writes: a write retried after its
+    # worker died finds the dead attempt's temporary by that worker's pid and host.
+    tmp = _sibling(job.final, "tmp")
     try:
         with _distributed_client() as client:
             if job.fmt == "zarr":
