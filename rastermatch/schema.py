@@ -98,9 +98,12 @@ MAX_DOCUMENT_BYTES = 512 * 2**20
 MAX_BANDS = 10_000
 #: Bins of a ``"uniform"`` binning (``"levels"`` have exactly the dtype's level count).
 MAX_UNIFORM_BINS = 2**24
-#: Bands x bins of one histogram: its dense counts then take at most 512 MB (1,024 bands of
-#: 65,536 levels), its per-bin statistics three times that.
-MAX_CELLS = 2**26
+#: Bands x bins of one histogram in a document: 64 bands of 65,536 bins, or one of 2**22. Counts
+#: are sparse, so without a bound a document of a kilobyte asks for the dense arrays of any size:
+#: two histograms of 4 bands x 2**24 bins took 167 s and 7.9 GB to rebuild. At this bound a
+#: LUT is rebuilt in seconds. Raise it (``rastermatch.schema.MAX_CELLS = ...``) to exchange
+#: larger histograms; :func:`save_lut` refuses what :func:`load_lut` would.
+MAX_CELLS = 2**22
 #: Pixels per band of a histogram (sums of two of them still fit int64).
 MAX_TOTAL = 2**62
 #: dtypes a histogram or a LUT output can have.
@@ -430,8 +433,8 @@ def _read_binning(value: Any, where: str, nbands: int | None) -> tuple[Any, ...]
     if nbands * nbins > MAX_CELLS:
         _fail(
             _at(where, "nbins"),
-            f"is {nbins:,}: {nbands:,} bands of {nbins:,} bins are more "
-            f"than the {MAX_CELLS:,} a histogram can hold",
+            f"is {nbins:,}: {nbands:,} band(s) of {nbins:,} bins are more than the "
+            f"{MAX_CELLS:,} a document may hold (rastermatch.schema.MAX_CELLS)",
         )
     bounds = []
     for key in ("lo", "hi"):
@@ -982,6 +985,14 @@ def save_lut(
         raise
     except OSError as e:  # a path the file system refuses to even look at (too long, loops)
         raise RasterWriteError(f"cannot write LUT file {final}: {e.strerror or e}") from e
+    for hist, key in ((lut.source_hist, "source"), (lut.reference_hist, "reference")):
+        if hist is not None and hist.nbands * hist.binning.nbins > MAX_CELLS:
+            raise LUTFileError(
+                f"cannot write LUT file {final}: the {key} histogram has {hist.nbands} band(s) "
+                f"of {hist.binning.nbins:,} bins, more than the {MAX_CELLS:,} a LUT file may "
+                "hold, so it could not be read back; fit with fewer bins (65,536 by default) "
+                "or raise rastermatch.schema.MAX_CELLS"
+            )
     data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
     tmp = _temporary_name(final, limit)
     try:

@@ -482,8 +482,22 @@ def test_nothing_is_allocated_for_absurd_sizes():
     doc[S]["binning"]["lo"] = [0.0] * 10_000
     doc[S]["binning"]["hi"] = [1.0] * 10_000
     doc[S]["bands"] = list(range(10_000))
-    with pytest.raises(LUTFileError, match=r"binning.nbins is 16,777,216: 10,000 bands"):
+    with pytest.raises(LUTFileError, match=r"binning.nbins is 16,777,216: 10,000 band\(s\)"):
         LUT.from_dict(doc)
+    # a kilobyte may not ask for gigabytes: 2 bands of 2**24 bins are refused too
+    doc[S]["binning"]["lo"] = doc[S]["binning"]["hi"] = [0.0, 0.0]
+    doc[S]["bands"] = [1, 2]
+    limit = r"2 band\(s\) of 16,777,216 bins are more than the 4,194,304 a document may hold"
+    with pytest.raises(LUTFileError, match=limit):
+        LUT.from_dict(doc)
+
+
+def test_save_refuses_what_load_would(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema, "MAX_CELLS", 256)  # the uint8 LUT's 2 bands x 256 levels: 512
+    with pytest.raises(LUTFileError, match=r"the source histogram has 2 band\(s\) of 256 bins, "
+                       r"more than the 256 a LUT file may hold"):  # fmt: skip
+        levels_lut().save(tmp_path / "lut.json")
+    assert os.listdir(tmp_path) == []
 
 
 # -- saving -----------------------------------------------------------------------------------
