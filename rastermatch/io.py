@@ -319,7 +319,7 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
     try:
         # chunks=None: a lazily indexed array with one rasterio handle per thread (lock=False),
         # chunked below through the guard that names file, band and window on a failed read
-        result = rioxarray.open_rasterio(path, chunks=None, masked=False, lock=False)
+        result = rioxarray.open_rasterio(path, chunks=None, cache=False, masked=False, lock=False)
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
         raise RasterReadError(f"cannot read {path} as a raster: {_cause(exc)}") from exc
     if not isinstance(result, xr.DataArray):  # pragma: no cover - count > 0 was checked
