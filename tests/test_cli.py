@@ -592,3 +592,29 @@ def test_signal_mid_write_leaves_nothing(tmp_path, signum, exit_code):
     assert "Traceback" not in stderr and stdout == ""
     assert list(out.iterdir()) == []  # no output, no LUT file, no temporary
     assert {p.name: p.read_bytes() for p in scene.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_disk_full_names_the_output_and_leaves_nothing(tmp_path):
+    """A file-size limit (as a full disk): one error line naming the output, exit 1, no file."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "rastermatch", "match", NAIP, LANDSAT, "-o", "matched.tif"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, preexec_fn=limit,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), done.stderr
+    assert "matched.tif" in lines[0] and "unexpected" not in lines[0], lines[0]
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
