@@ -1276,17 +1276,27 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                 GDAL_PAM_ENABLED="NO",
             ),
         ):
-            with rasterio.open(staging, "w", **profile) as dst:
-                _write_gtiff_metadata(dst, data, job.provenance)
+            # GDAL calls that write are marked (_writing) so that a failure GDAL reports
+            # while an input block is read (no exception: its own error) is not taken for one
+            with _writing():
+                dst = rasterio.open(staging, "w", **profile)
+            try:
+                with _writing():
+                    _write_gtiff_metadata(dst, data, job.provenance)
                 writer = _WindowWriter(dst, arr.chunks)
                 if client is None:
                     stored = da.store(arr, writer, lock=job.lock or threading.Lock(), compute=False)
                     _compute_on_own_pool(stored, thread_prefix=failures.thread_prefix)
                 else:
                     _write_blocks_from_cluster(arr, writer, client)
-                writer.flush()
-                if job.cog and (factors := _overview_factors(dst.height, dst.width, job.tile_size)):
-                    dst.build_overviews(factors, Resampling.average)  # nodata is left out
+                with _writing():
+                    writer.flush()
+                    factors = _overview_factors(dst.height, dst.width, job.tile_size)
+                    if job.cog and factors:
+                        dst.build_overviews(factors, Resampling.average)  # nodata is left out
+            finally:
+                with _writing():
+                    dst.close()  # flushes the last tiles: failures are reported here too
             # GDAL reports a failed tile flush (disk full, file-size limit) only through its
             # error handler, not as an exception: the file would look written.
             failures.raise_if_any(job.final)
@@ -1301,7 +1311,8 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                 }
                 if _predictor(compression, dtype) is not None:
                     cog_options["PREDICTOR"] = "YES"
-                rasterio.shutil.copy(staging, tmp, driver="COG", **cog_options)
+                with _writing():
+                    rasterio.shutil.copy(staging, tmp, driver="COG", **cog_options)
                 failures.raise_if_any(job.final)
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
         raise RasterWriteError(
@@ -1441,7 +1452,8 @@ class _GdalFailureFilter(logging.Filter):
         failure = record.levelno >= logging.CRITICAL or (
             isinstance(record.msg, str) and record.msg.startswith(_GDAL_FAILURE)
         )
-        if failure:
+        # GDAL's own threads (compression) are not Python's: their names start with "Dummy"
+        if failure and (getattr(_gdal_io, "writing", 0) or record.threadName.startswith("Dummy")):
             if isinstance(record.args, tuple) and len(record.args) == 2:
                 message = str(record.args[1])
             else:
@@ -1455,6 +1467,17 @@ class _GdalFailureFilter(logging.Filter):
 
 
 _failure_filter = _GdalFailureFilter()
+_gdal_io = threading.local()
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """Mark this thread as inside a GDAL call that writes the output."""
+    _gdal_io.writing = getattr(_gdal_io, "writing", 0) + 1
+    try:
+        yield
+    finally:
+        _gdal_io.writing -= 1
 
 
 @contextlib.contextmanager
@@ -1625,7 +1648,8 @@ class _WindowWriter:
     def _write(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
         bands, rows, cols = key
         indexes = list(range(bands.start + 1, bands.stop + 1))
-        self._dst.write(block, indexes=indexes, window=Window.from_slices(rows, cols))
+        with _writing():
+            self._dst.write(block, indexes=indexes, window=Window.from_slices(rows, cols))
 
     def flush(self) -> None:
         """Write whatever still waits (blocks after one that failed are never written)."""
