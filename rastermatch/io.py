@@ -207,8 +207,13 @@ def open_raster(
     Raises
     ------
     RasterReadError
-        The path does not exist, is not a raster, cannot be read, or ``variable`` is
-        missing or needed.
+        The path does not exist, is not a raster, cannot be read, ``variable`` is missing
+        or needed, or a Zarr variable has chunks that were never written (unless its fill
+        value is its nodata). Later, when blocks are computed: a block that cannot be read
+        (damaged file or chunk), naming the file, band, rows, columns and cause.
+    OptionError
+        ``chunks`` cannot chunk the array, or would give more than :data:`MAX_BLOCKS`
+        blocks.
     DimensionError
         The Zarr variable does not have dims ``(band, y, x)`` or ``(y, x)``.
     BandMismatchError
