@@ -198,3 +198,63 @@ def test_block_counts_stay_compact():
     assert (
         block_counts(np.zeros((1, 4, 4), np.uint16), kind="levels", nbins=65536).dtype == np.int32
     )
+
+
+# -- per-bin statistics of uniform binnings ---------------------------------------------------
+
+
+def stats_oracle(x, lo, hi, nbins):
+    """vmin, vmax, nmin per bin by brute force (np.unique per bin)."""
+    from rastermatch._values import uniform_bins
+
+    vmin = np.full(nbins, np.inf)
+    vmax = np.full(nbins, -np.inf)
+    nmin = np.zeros(nbins, np.int64)
+    v = x[np.isfinite(x) & (x >= lo) & (x <= hi)].astype(np.float64)
+    k = uniform_bins(v, lo, hi, nbins)
+    for b in np.unique(k):
+        values = v[k == b]
+        vmin[b], vmax[b] = values.min(), values.max()
+        nmin[b] = np.count_nonzero(values == values.min())
+    return vmin, vmax, nmin
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_bin_statistics_are_exact_for_any_chunking(data):
+    shape = (2, data.draw(st.integers(1, 30)), data.draw(st.integers(1, 30)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    dtype = data.draw(st.sampled_from(["float32", "float64", "int32"]))
+    x = (rng.integers(-20, 20, shape) * data.draw(st.sampled_from([1, 3]))).astype(dtype)
+    if dtype != "int32":
+        x[rng.random(shape) < 0.1] = np.nan
+    x[0, 0, 0] = 0
+    bins = data.draw(st.sampled_from([1, 4, 7, 100]))
+    dx = da.from_array(x, chunks=data.draw(chunkings(shape)))
+    h = band_histograms(dx, bins=bins, nodata=3, range=(-50, 50))
+    assert h.is_lazy
+    h = h.compute()
+    assert h.nodata == 3 and not h.masked
+    for b in range(2):
+        xb = np.where(x[b] == 3, np.nan, x[b].astype(np.float64))
+        vmin, vmax, nmin = stats_oracle(xb, -50.0, 50.0, bins)
+        np.testing.assert_array_equal(h.vmin[b], vmin)
+        np.testing.assert_array_equal(h.vmax[b], vmax)
+        np.testing.assert_array_equal(h.nmin[b], nmin)
+    both = h + band_histograms(x[:, ::-1] * 2, bins=bins, nodata=3, range=(-50, 50))
+    for b in range(2):
+        xb = np.concatenate([x[b].ravel(), (x[b] * 2).ravel()]).astype(np.float64)
+        vmin, vmax, nmin = stats_oracle(np.where(xb == 3, np.nan, xb), -50.0, 50.0, bins)
+        np.testing.assert_array_equal(both.nmin[b], nmin)
+        np.testing.assert_array_equal(both.vmin[b], vmin)
+
+
+def test_a_lazy_histogram_persists_and_computes_once():
+    x = da.from_array(np.arange(60, dtype=np.float64).reshape(1, 6, 10), chunks=(1, 2, 5))
+    h = band_histograms(x, bins=4)
+    (kept,) = dask.persist(h)
+    assert kept.is_lazy
+    with raise_if_dask_computes(1):
+        got = kept.compute()
+    np.testing.assert_array_equal(got.counts, band_histograms(x.compute(), bins=4).counts)
+    np.testing.assert_array_equal(got.vmin, [[0, 15, 30, 45]])
