@@ -44,11 +44,9 @@ histograms and refused when the stored table differs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import secrets
 import stat
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -530,8 +528,9 @@ def _read_counts(
     # (v - lo) * nbins / (hi - lo), which may differ from the edges by a few ulps)
     width = (hi - lo) / nbins
     tol = 1e-12 * max(abs(lo), abs(hi), hi - lo)
-    left = np.maximum(lo + width * index - tol, lo)
-    right = np.minimum(lo + width * (index + 1) + tol, hi)
+    with np.errstate(over="ignore", invalid="ignore"):  # near float64's limits: clipped below
+        left = np.maximum(lo + width * index - tol, lo)
+        right = np.minimum(lo + width * (index + 1) + tol, hi)
     checks = (
         ("vmin", vmin, vmin >= left, "below its bin, which starts at", left),
         ("vmax", vmax, vmax <= right, "above its bin, which ends at", right),
@@ -858,7 +857,8 @@ def _run_length_decode(row: Any, where: str, width: int, dtype: np.dtype) -> np.
             i = int(bad[0])
             _fail(_at(_at(where, "value"), i), f"is {_show(float(value[i]))}, not a {dtype} value")
     lengths = np.diff(np.append(start, width))
-    return np.repeat(value, lengths).astype(dtype)
+    with np.errstate(over="ignore"):  # floats beyond float32: inf, then unequal to the rebuild
+        return np.repeat(value, lengths).astype(dtype)
 
 
 def _lut_error(source: str) -> Callable[[_Invalid], Exception]:
@@ -917,24 +917,6 @@ def load_lut(path: str | os.PathLike[str]) -> LUT:
     return _checked(lambda: _read_lut(parse_json(data)), _lut_error(name))
 
 
-def _name_max(directory: Path) -> int:
-    try:
-        return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        return 255
-
-
-def _temporary_name(final: Path, limit: int) -> Path:
-    """A hidden sibling, unique, whose name stays within ``limit`` bytes however long ``final``'s
-    name is (the final name's hash stands in for it when it is too long)."""
-    tail = f".rastermatch-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    name = f".{final.name}{tail}"
-    if len(name.encode()) > limit:
-        digest = hashlib.sha256(final.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        name = f".{digest}{tail}"
-    return final.with_name(name)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     with contextlib.suppress(OSError):
         return os.path.samefile(a, b)
@@ -960,14 +942,13 @@ def _refuse_inputs(final: Path, inputs: Iterable[Any]) -> None:
             )
 
 
-def _check_target(final: Path, *, overwrite: bool, inputs: Iterable[Any]) -> int:
-    """The output checks every writer makes (io's), and the name length limit of temporaries."""
+def _check_target(final: Path, *, overwrite: bool, inputs: Iterable[Any]) -> None:
+    """The output checks every writer makes (io's: name length, directory, inputs, exists)."""
     from .io import check_output_path
 
     inputs = list(inputs)
     check_output_path(final, inputs=inputs, overwrite=overwrite, kind="file")
     _refuse_inputs(final, inputs)  # also hard links to an input, and any input directory
-    return _name_max(final.parent)
 
 
 def save_lut(
@@ -980,7 +961,7 @@ def save_lut(
     """
     final = Path(path)
     try:
-        limit = _check_target(final, overwrite=overwrite, inputs=inputs)
+        _check_target(final, overwrite=overwrite, inputs=inputs)
     except RastermatchError:
         raise
     except OSError as e:  # a path the file system refuses to even look at (too long, loops)
@@ -994,7 +975,12 @@ def save_lut(
                 "or raise rastermatch.schema.MAX_CELLS"
             )
     data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
-    tmp = _temporary_name(final, limit)
+    # io's temporaries: named by pid and host (shortened with a hash for long names), so a save
+    # killed outright (SIGKILL) leaves one that the next save of the same file removes
+    from .io import _sibling, remove_stale_temporaries
+
+    remove_stale_temporaries(final)
+    tmp = _sibling(final, "tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:

@@ -11,6 +11,8 @@ import copy
 import json
 import os
 import signal
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -579,6 +581,18 @@ def test_save_under_a_file_size_limit_leaves_nothing(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_saves_temporary_is_removed_by_the_next_save(tmp_path):
+    from rastermatch.io import _host_hash, _temp_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid no longer runs
+    final = tmp_path / "lut.json"
+    stale = final.with_name(f"{_temp_prefix(final)}-{dead.pid}-{_host_hash()}-0badf00d.tmp")
+    stale.write_text('{"type": "rastermatch.LUT"')  # cut short by SIGKILL
+    levels_lut().save(final)
+    assert os.listdir(tmp_path) == ["lut.json"]
 
 
 def test_luts_without_histograms_cannot_be_saved(tmp_path):
