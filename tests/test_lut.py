@@ -36,6 +36,13 @@ def test_float_cdfs_would_decide_this_tie_wrongly():
         0,
         2,
     ]
+    f_src, f_ref = np.cumsum([8, 2]) / 10, np.cumsum([7, 2, 1]) / 10
+    assert np.argmin(np.abs(f_ref - f_src[0])) == 1  # float64 CDFs pick the wrong level
+    # the same tie on float64 data, through uniform bins and their statistics
+    src = np.array([[0.0] * 8 + [1.0] * 2])
+    ref = np.array([[0.0] * 7 + [1.0] * 2 + [2.0]])
+    lut = LUT.from_histograms(band_histograms(src), band_histograms(ref), levels="all")
+    assert lut.apply(src).tolist() == [[0.0] * 8 + [2.0] * 2]
 
 
 @settings(max_examples=400, deadline=None)
