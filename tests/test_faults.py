@@ -455,7 +455,7 @@ def test_failed_distributed_write_leaves_nothing(tmp_path):
     failing = data.copy(data=data.data.map_blocks(fail_last, dtype=data.dtype))
     with (
         distributed.LocalCluster(
-            n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None
+            n_workers=1, processes=False, threads_per_worker=2, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster),
     ):
