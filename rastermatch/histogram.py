@@ -308,19 +308,22 @@ COUNT, VMIN, VMAX, NMIN = 0, 1, 2, 3
 
 
 @numba.njit(nogil=True, cache=True)
-def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # pragma: no cover
-    """Count, smallest value, largest value and count of the smallest, per bin, in one pass.
+def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, rec):  # pragma: no cover
+    """Smallest value, largest value, pixels equal to the smallest and the other pixels, per bin,
+    in one pass.
 
-    ``out`` is ``(band, nbins, 4)`` float64 prefilled with (0, inf, -inf, 0); one bin's four
-    numbers share a cache line, so a pixel costs one memory access as plain counting does.
+    ``rec`` is a ``(band, nbins)`` record array (see :func:`_record_dtype`) prefilled by
+    :func:`_stats_reset`. A bin's record is 16 bytes for float32 data, so the table of 65,536
+    bins is 1 MiB; the count is ``nmin + nother``, so a pixel equal to its bin's minimum (the
+    common case: quantised bins hold one value) costs one comparison and one increment.
     """
     nb, ny, nx = block.shape
-    nbins = out.shape[1]
+    nbins = rec.shape[1]
     for b in range(nb):
         mb = b if mask.shape[0] > 1 else 0
         lo_b = lo[b]
         hi_b = hi[b]
-        ob = out[b]
+        rb = rec[b]
         scale = nbins / (hi_b - lo_b) if hi_b > lo_b else 0.0
         for i in range(ny):
             for j in range(nx):
@@ -331,16 +334,58 @@ def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, out):  # p
                 if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
                     continue
                 f = np.float64(v)
-                k = uniform_bin(f, lo_b, scale, nbins)
-                ob[k, 0] += 1.0
-                m = ob[k, 1]
-                if f == m:  # the common case first: quantised bins hold one value
-                    ob[k, 3] += 1.0
-                elif f < m:
-                    ob[k, 1] = f
-                    ob[k, 3] = 1.0
-                if f > ob[k, 2]:
-                    ob[k, 2] = f
+                r = rb[uniform_bin(f, lo_b, scale, nbins)]
+                m = r.vmin
+                if f == m:
+                    r.nmin += 1
+                elif f > m:
+                    r.nother += 1
+                    if f > r.vmax:
+                        r.vmax = f
+                else:  # a new minimum (or the bin's first pixel: vmin is +inf)
+                    r.nother += r.nmin
+                    r.nmin = 1
+                    r.vmin = f
+                    if f > r.vmax:
+                        r.vmax = f
+
+
+@numba.njit(nogil=True, cache=True)
+def _stats_reset(rec):  # pragma: no cover
+    for b in range(rec.shape[0]):
+        for k in range(rec.shape[1]):
+            r = rec[b, k]
+            r.vmin = np.inf
+            r.vmax = -np.inf
+            r.nmin = 0
+            r.nother = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _stats_columns(rec, out):  # pragma: no cover
+    """The records as ``(band, nbins, 4)`` float64 columns COUNT, VMIN, VMAX, NMIN."""
+    for b in range(rec.shape[0]):
+        for k in range(rec.shape[1]):
+            r = rec[b, k]
+            out[b, k, 0] = r.nmin + r.nother
+            out[b, k, 1] = r.vmin
+            out[b, k, 2] = r.vmax
+            out[b, k, 3] = r.nmin
+
+
+def _record_dtype(value_dtype: np.dtype, pixels: int) -> np.dtype:
+    """The per-bin record of :func:`_stats_uniform` for a block of ``value_dtype``.
+
+    Values are held in float32 when every value of the dtype is a float32 exactly (the recorded
+    minimum and maximum read back as the same float64), else in float64; counts in int32 for
+    blocks of fewer than 2**31 pixels.
+    """
+    exact32 = value_dtype == np.float32 or (
+        value_dtype.kind in "iu" and value_dtype.itemsize <= 2
+    )
+    vt = np.float32 if exact32 else np.float64
+    ct = np.int32 if pixels <= _INT32_BLOCK_LIMIT else np.int64
+    return np.dtype([("vmin", vt), ("vmax", vt), ("nmin", ct), ("nother", ct)])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -391,14 +436,12 @@ def block_stats(
     :data:`NMIN`); empty bins hold (0, inf, -inf, 0). Counts in float64 are exact up to 2**53
     pixels, far beyond any raster. ``lohi`` holds ``(lo, hi)`` per band.
     """
-    out = np.empty((block.shape[0], nbins, 4), dtype=np.float64)
-    out[..., COUNT] = 0.0
-    out[..., VMIN] = np.inf
-    out[..., VMAX] = -np.inf
-    out[..., NMIN] = 0.0
     nd, has_nd = kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
     lohi = np.asarray(lohi, dtype=np.float64).reshape(block.shape[0], 2)
+    rdt = _record_dtype(block.dtype, block.shape[1] * block.shape[2])
+    rec = np.empty((block.shape[0], nbins), dtype=rdt)
+    _stats_reset(rec)
     _stats_uniform(
         block,
         np.ascontiguousarray(lohi[:, 0]),
@@ -407,8 +450,10 @@ def block_stats(
         has_nd,
         m,
         has_m,
-        out,
+        rec,
     )
+    out = np.empty((block.shape[0], nbins, 4), dtype=np.float64)
+    _stats_columns(rec, out)
     return out[:, None, None]
 
 
