@@ -20,6 +20,7 @@ __all__ = [
     "cast_values",
     "check_nodata",
     "dtype_range",
+    "float_bounds",
     "kernel_nodata",
     "nodata_fits",
     "smallest_dtype",
@@ -114,12 +115,24 @@ def kernel_nodata(block: np.ndarray, nodata: Any) -> tuple[Any, bool]:
     return block.dtype.type(nodata), True
 
 
+def float_bounds(dtype: np.dtype) -> tuple[float, float]:
+    """The smallest and largest float64 that convert to the integer ``dtype`` without overflow.
+
+    ``float(iinfo(int64).max)`` is 2**63, one past the range: the largest float below it is used
+    (64-bit integers are matched in float64, exact up to 2**53).
+    """
+    info = np.iinfo(dtype)
+    hi = float(info.max)
+    if hi > info.max:  # exact comparison of a float with a Python int
+        hi = float(np.nextafter(hi, 0.0))
+    return float(info.min), hi
+
+
 def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Values in ``dtype``: integers rounded to nearest (half to even) and clipped to its range."""
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        return np.clip(np.rint(values), *float_bounds(dtype)).astype(dtype)
     return np.asarray(values).astype(dtype)
 
 

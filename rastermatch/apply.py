@@ -16,7 +16,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ._data import as_band_array
-from ._values import check_nodata, kernel_nodata, nodata_fits, uniform_bin
+from ._values import check_nodata, float_bounds, kernel_nodata, nodata_fits, uniform_bin
 from .errors import (
     BandMismatchError,
     NodataConflictError,
@@ -157,11 +157,7 @@ def apply_block(
         raise BandMismatchError(
             f"an interval table of shape {table.shape} cannot map a block of shape {block.shape}"
         )
-    out_lo, out_hi = (
-        (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))
-        if dtype.kind in "iu"
-        else (-np.inf, np.inf)
-    )
+    out_lo, out_hi = float_bounds(dtype) if dtype.kind in "iu" else (-np.inf, np.inf)
     _apply_intervals(block, table, lohi, nd, has_nd, fill, dtype.kind in "iu", out_lo, out_hi, out)
     return out
 

@@ -20,6 +20,7 @@ h_ref)`` computes several histograms in one pass over their inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -168,7 +169,7 @@ class Binning:
             v = self.offset + np.arange(self.nbins, dtype=np.float64)
             return np.broadcast_to(v, (self.nbands, self.nbins))
         e = self.edges()
-        return (e[:, :-1] + e[:, 1:]) / 2
+        return e[:, :-1] / 2 + e[:, 1:] / 2  # halves first: no overflow near +-float64 max
 
     def upper_values(self) -> np.ndarray:
         """The largest value each bin holds, ``(band, nbins)``: the level, or the upper edge."""
@@ -966,10 +967,16 @@ def band_ranges(
 
 
 def _check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
-    """``lohi`` if every band has a valid pixel, else the one "no valid pixels" error."""
+    """``lohi`` if every band has a valid pixel and a range float64 can bin, else the error."""
     for label, (lo, hi) in zip(bands, lohi, strict=True):
         if not lo <= hi:
             raise no_valid_pixels(label, name)
+        if not math.isfinite(float(hi) - float(lo)):  # Python floats: inf, never a warning
+            raise OptionError(
+                f"band {label!r} of {name} spans {float(lo):g} to {float(hi):g}, wider than "
+                "float64 can bin; is one end an undeclared fill value? Pass it as nodata "
+                "(--nodata on the command line)"
+            )
     return lohi
 
 

@@ -233,7 +233,8 @@ def _check_outputs_fit(
     info = np.iinfo(dtype)
     for label, row in zip(bands, outputs, strict=True):
         lo, hi = float(np.rint(row.min())), float(np.rint(row.max()))
-        if lo < info.min or hi > info.max:
+        # float(info.max) is 2**63 for int64: a value rounding there is the top of the range
+        if lo < info.min or hi > float(info.max):
             fit = smallest_dtype(lo, hi)
             hint = "leave dtype unset or choose" if explicit else "pass dtype="
             raise OptionError(
@@ -348,7 +349,7 @@ class LUT:
             if dtype.kind in "iu":
                 info = np.iinfo(dtype)
                 outs = np.rint(table[..., OLO:])
-                if outs.min() < info.min or outs.max() > info.max:
+                if outs.min() < info.min or outs.max() > float(info.max):
                     raise OptionError(f"table outputs do not fit the output dtype {dtype}")
         object.__setattr__(self, "table", table)
         if not self.bands:

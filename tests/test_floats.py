@@ -347,3 +347,24 @@ def test_tables_cannot_be_indexed_outside(rng):
     out = wild.apply(probe)
     finite = out[np.isfinite(out)]
     assert set(finite) <= set(lut.table[0, :, 2:].ravel().astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["nearest", "interp"])
+def test_64_bit_integers_match_themselves_to_the_top_of_their_range(method):
+    # matched in float64: exact up to 2**53, the top of the range clamped inside the dtype
+    for x, top in (
+        (np.array([[-(2**62), 0, 5, 2**40]], dtype=np.int64), 2**40),
+        (np.array([[-(2**62), 0, 5, 2**63 - 1]], dtype=np.int64), 2**63 - 1024),
+        (np.array([[0, 1, 2**40, 2**64 - 1]], dtype=np.uint64), 2**64 - 2048),
+    ):
+        out = match_histograms(x, x, method=method)
+        assert out.dtype == x.dtype
+        assert out[0, :3].tolist() == x[0, :3].tolist() and int(out[0, 3]) == top
+
+
+def test_a_span_float64_cannot_bin_names_the_band_and_suggests_nodata():
+    x = np.array([[-1.7976931348623157e308, 0.0, 1.0, 2.0]])
+    assert match_histograms(x, x).tolist() == x.tolist()  # wide, but binnable
+    y = np.array([[-1.7976931348623157e308, 0.0, 1.0, 1.7e308]])
+    with pytest.raises(OptionError, match="band 1 of source spans .* nodata"):
+        match_histograms(y, y)
