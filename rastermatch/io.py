@@ -66,6 +66,12 @@ A block that cannot be read (a truncated or corrupt file, a damaged Zarr chunk) 
 :class:`~rastermatch.errors.RasterReadError` naming the file, the band, the rows and
 columns (and the stored chunk, for Zarr) and the cause. A Zarr variable with chunks never
 written is refused at open unless its fill value is its nodata.
+
+Zarr stores written here carry a crc32c checksum per chunk (the standard Zarr v3
+``crc32c`` codec, after the compressor), so a truncated or altered chunk fails its checksum
+before it is decompressed. Stores written elsewhere without a checksum have no such guard:
+a chunk that still decompresses (a truncated blosc frame may) is read as wrong pixels, and
+a damaged frame can crash the decompressor itself.
 """
 
 from __future__ import annotations
@@ -210,7 +216,10 @@ def open_raster(
         The path does not exist, is not a raster, cannot be read, ``variable`` is missing
         or needed, or a Zarr variable has chunks that were never written (unless its fill
         value is its nodata). Later, when blocks are computed: a block that cannot be read
-        (damaged file or chunk), naming the file, band, rows, columns and cause.
+        (damaged file or chunk), naming the file, band, rows, columns and cause. Chunks
+        of Zarr stores written by :func:`write_raster` are checked against their crc32c
+        checksum; a foreign store without one is only as safe as its compressor, which
+        may decode a truncated chunk into wrong pixels without an error.
     OptionError
         ``chunks`` cannot chunk the array, or would give more than :data:`MAX_BLOCKS`
         blocks.
@@ -711,7 +720,8 @@ def write_raster(
         or ``"none"``; a horizontal (integers) or floating-point predictor is added for the
         first four. Zarr: ``"lz4"`` (default: Blosc LZ4 with byte shuffle, which measured far
         faster than zstd and compressed better), ``"zstd"`` (level 1), ``"none"``, or zarr
-        bytes-to-bytes codec object(s).
+        bytes-to-bytes codec object(s). A ``crc32c`` checksum codec always follows, so
+        damaged chunks are detected when read.
     lock : threading.Lock-like, optional
         GeoTIFF: the lock serialising writes to the one open file handle (a new
         :class:`threading.Lock` by default). Not used for Zarr, whose chunks are
@@ -1721,20 +1731,31 @@ def _write_blocks_from_cluster(arr: da.Array, writer: _WindowWriter, client: Any
 # Zarr --------------------------------------------------------------------------------------
 
 
-def _zarr_compressors(compress: Any) -> tuple[Any, ...] | None:
-    from zarr.abc.codec import BytesBytesCodec
-    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+def _zarr_compressors(compress: Any) -> tuple[Any, ...]:
+    """The bytes-to-bytes codecs of a Zarr output: the compressor, then a crc32c checksum.
 
+    The checksum (the standard Zarr v3 ``crc32c`` codec, 4 bytes per chunk) is checked
+    before the compressor sees a chunk, so a truncated or altered chunk is refused instead
+    of being decoded into wrong pixels (or crashing the decompressor).
+    """
+    from zarr.abc.codec import BytesBytesCodec
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+
+    codecs: tuple[Any, ...] | None = None
     if compress is None or (isinstance(compress, str) and compress.lower() == "lz4"):
-        return (BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle),)
-    if isinstance(compress, str) and compress.lower() == "zstd":
-        return (ZstdCodec(level=1),)
-    if isinstance(compress, str) and compress.lower() == "none":
-        return None
-    if isinstance(compress, BytesBytesCodec):
-        return (compress,)
-    if isinstance(compress, Sequence) and all(isinstance(c, BytesBytesCodec) for c in compress):
-        return tuple(compress)
+        codecs = (BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle),)
+    elif isinstance(compress, str) and compress.lower() == "zstd":
+        codecs = (ZstdCodec(level=1),)
+    elif isinstance(compress, str) and compress.lower() == "none":
+        codecs = ()
+    elif isinstance(compress, BytesBytesCodec):
+        codecs = (compress,)
+    elif isinstance(compress, Sequence) and all(isinstance(c, BytesBytesCodec) for c in compress):
+        codecs = tuple(compress)
+    if codecs is not None:
+        if any(isinstance(c, Crc32cCodec) for c in codecs):
+            return codecs
+        return (*codecs, Crc32cCodec())
     raise RasterWriteError(
         f"Zarr compress must be 'lz4', 'zstd', 'none' or zarr bytes-to-bytes codec(s) such as "
         f"zarr.codecs.ZstdCodec(level=3); got {compress!r}"

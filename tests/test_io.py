@@ -249,7 +249,7 @@ def test_zarr_round_trip(tmp_path):
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["consolidated_metadata"] is not None
     meta = json.loads((path / "data" / "zarr.json").read_text())
-    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     assert meta["codecs"][1]["configuration"]["cname"] == "lz4"
     assert meta["codecs"][1]["configuration"]["shuffle"] == "shuffle"
 
@@ -298,9 +298,10 @@ def test_zarr_codec_choices(tmp_path):
     custom = write_raster(scene, tmp_path / "custom.zarr", compress=ZstdCodec(level=5))
     assert [
         c["name"] for c in json.loads((plain / "data" / "zarr.json").read_text())["codecs"]
-    ] == ["bytes"]
+    ] == ["bytes", "crc32c"]
     codecs = json.loads((custom / "data" / "zarr.json").read_text())["codecs"]
     assert codecs[1] == {"name": "zstd", "configuration": {"level": 5, "checksum": False}}
+    assert codecs[2] == {"name": "crc32c"}  # the checksum always follows the compressor
     for out in (plain, custom):
         np.testing.assert_array_equal(open_raster(out).values, scene.values)
     with pytest.raises(RasterWriteError, match="Zarr compress"):
