@@ -94,6 +94,9 @@ class BandList(click.ParamType):
             )
         if any(b < 1 for b in bands):
             self.fail(f"{value!r}: band numbers count from 1", param, ctx)
+        twice = sorted({b for b in bands if bands.count(b) > 1})
+        if twice:
+            self.fail(f"{value!r} lists band {twice[0]} more than once", param, ctx)
         return bands
 
 

@@ -371,6 +371,8 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
             f"mask {path} has {m.sizes['band']} bands; give one band or one per image band"
         )
     out = m != 0
+    if m.dtype.kind == "f":  # NaN marks no decision in a float mask: the pixel is kept
+        out = out & ~np.isnan(m)
     if m.rio.nodata is not None:
         out = out & (m != m.rio.nodata)
     out = out.data
@@ -540,8 +542,9 @@ def _staging() -> Iterator[_Staged]:
 def _save_lut(lut: LUT, tmp: Path, final: PathLike) -> None:
     try:
         lut.save(tmp)
-    except (RasterWriteError, OSError) as exc:
-        raise RasterWriteError(f"writing the LUT file {final} failed: {exc}") from exc
+    except OSError as exc:  # RasterWriteError included; name the file, not its temporary
+        cause = exc.strerror if type(exc) is not RasterWriteError and exc.strerror else exc
+        raise RasterWriteError(f"writing the LUT file {final} failed: {cause}") from exc
 
 
 def _remove_output(path: Path) -> None:
@@ -736,8 +739,13 @@ def match_files(
         if report is not None:
             from .plot import save_report
 
-            save_report(staged.path_for(Path(report)), fitted.src, fitted.ref, matched, lut,
-                        metrics=fitted.quality)  # fmt: skip
+            try:
+                save_report(staged.path_for(Path(report)), fitted.src, fitted.ref, matched, lut,
+                            metrics=fitted.quality)  # fmt: skip
+            except OSError as exc:  # a full disk, say: name the report, not its temporary
+                raise RasterWriteError(
+                    f"writing the report {report} failed: {exc.strerror or exc}"
+                ) from exc
         written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
         try:
             staged.commit()

@@ -97,6 +97,7 @@ def test_param_types_convert(param, text, expected):
         (BandList(), "0"),
         (BandList(), "1,,2"),
         (BandList(), "red"),
+        (BandList(), "1,2,1"),
         (Range(), "5,1"),
         (Range(), "0"),
         (Range(), "0,nan"),

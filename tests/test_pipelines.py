@@ -92,3 +92,20 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
         exec(compile(snippet, "README.md", "exec"), {"__name__": "readme"})
     assert rastermatch.open_raster("matched.tif").dtype == np.uint16
     assert rastermatch.LUT.load("landsat.lut.json").nbands == 4
+
+
+def test_a_float_mask_keeps_its_nan_pixels(tmp_path):
+    import rasterio
+
+    from rastermatch.pipeline import open_mask
+
+    image = rastermatch.open_raster(DATA / "arrnorm_target.tif")
+    with rasterio.open(DATA / "arrnorm_target.tif") as src:
+        profile = src.profile | {"count": 1, "dtype": "float32", "nodata": None}
+    values = np.zeros(image.shape[1:], dtype=np.float32)
+    values[0, :3] = [np.nan, 1.0, 0.5]
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
+        dst.write(values, 1)
+    mask = np.asarray(open_mask(tmp_path / "mask.tif", image))
+    assert mask[0, :4].tolist() == [False, True, True, False]
+    assert int(mask.sum()) == 2
