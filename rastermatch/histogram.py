@@ -21,7 +21,7 @@ h_ref)`` computes several histograms in one pass over their inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -701,18 +701,20 @@ class Histogram:
 
     def band(self, index: int) -> Histogram:
         """The histogram of one band (by position)."""
+        return self.take([index])
+
+    def take(self, indices: Sequence[int]) -> Histogram:
+        """The histogram of the bands at ``indices`` (positions), in that order."""
         b = self.binning
-        binning = Binning(
-            b.kind, b.dtype, b.nbins, b.lo[index : index + 1], b.hi[index : index + 1]
-        )
-        one = slice(index, index + 1)
+        rows = np.asarray(indices, dtype=np.int64)
+        binning = Binning(b.kind, b.dtype, b.nbins, b.lo[rows], b.hi[rows])
         stats = {}
         if self.has_stats:
-            stats = {"vmin": self.vmin[one], "vmax": self.vmax[one], "nmin": self.nmin[one]}
+            stats = {"vmin": self.vmin[rows], "vmax": self.vmax[rows], "nmin": self.nmin[rows]}
         return Histogram(
-            self.counts[one],
+            self.counts[rows],
             binning,
-            (self.bands[index],),
+            tuple(self.bands[i] for i in rows),
             nodata=self.nodata,
             masked=self.masked,
             name=self.name,

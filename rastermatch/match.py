@@ -215,10 +215,21 @@ def _fit(
         ],
         _scheduler(src, ref),
     )
+    h_ref = h_ref.take(_reference_order(src, ref))
     lut = LUT.from_histograms(h_src, h_ref, method=method, levels=levels, dtype=dtype)
     preferred = ref.nodata if ref.nodata is not None else src.nodata
     out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
     return lut.with_nodata(src.nodata, out_nodata)
+
+
+def _reference_order(src: BandArray, ref: BandArray) -> list[int]:
+    """Which reference band each source band is matched to: by label when both inputs name
+    their bands with the same set of strings (``red, nir`` onto ``nir, red``), else by position.
+    """
+    named = all(isinstance(b, str) for b in (*src.bands, *ref.bands))
+    if named and len(set(ref.bands)) == len(ref.bands) and set(src.bands) == set(ref.bands):
+        return [ref.bands.index(b) for b in src.bands]
+    return list(range(len(ref.bands)))
 
 
 def match_histograms(
@@ -244,6 +255,8 @@ def match_histograms(
     source, reference
         ``(band, y, x)`` or ``(y, x)`` numpy arrays, dask arrays or DataArrays, with the same
         number of bands. Shapes, grids and dtypes may differ: histograms ignore geometry.
+        Bands are paired by position, or by label when both name their bands with the same
+        set of strings (``red, nir`` onto ``nir, red``).
     method
         ``"nearest"`` (default): the nearest-CDF rule, exact, ties to the smallest level; for
         floats too, every output is a value of the reference and a scene matched to itself is

@@ -184,3 +184,20 @@ def test_fit_lut_records_nodata_and_applies_elsewhere(rng):
     other = rng.integers(0, 200, (2, 11, 13)).astype(np.uint8)
     y = lut.apply(other)
     assert np.all((y == 0) == (other == 0))
+
+
+def test_bands_named_alike_are_paired_by_label():
+    import xarray as xr
+
+    def scene(labels, values):
+        data = np.array(values, dtype=np.uint8)[:, None, :]
+        return xr.DataArray(data, dims=("band", "y", "x"), coords={"band": labels})
+
+    src = scene(["red", "nir"], [[1, 2], [3, 4]])
+    ref = scene(["nir", "red"], [[200, 201], [100, 101]])
+    out = match_histograms(src, ref)
+    assert out.band.values.tolist() == ["red", "nir"]
+    assert out.values[:, 0, :].tolist() == [[100, 101], [200, 201]]
+    # labels that differ (another sensor's names) pair by position
+    other = scene(["B4", "B5"], [[200, 201], [100, 101]])
+    assert match_histograms(src, other).values[:, 0, :].tolist() == [[200, 201], [100, 101]]
