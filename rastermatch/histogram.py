@@ -381,9 +381,7 @@ def _record_dtype(value_dtype: np.dtype, pixels: int) -> np.dtype:
     minimum and maximum read back as the same float64), else in float64; counts in int32 for
     blocks of fewer than 2**31 pixels.
     """
-    exact32 = value_dtype == np.float32 or (
-        value_dtype.kind in "iu" and value_dtype.itemsize <= 2
-    )
+    exact32 = value_dtype == np.float32 or (value_dtype.kind in "iu" and value_dtype.itemsize <= 2)
     vt = np.float32 if exact32 else np.float64
     ct = np.int32 if pixels <= _INT32_BLOCK_LIMIT else np.int64
     return np.dtype([("vmin", vt), ("vmax", vt), ("nmin", ct), ("nother", ct)])
