@@ -65,7 +65,9 @@ Damaged inputs
 A block that cannot be read (a truncated or corrupt file, a damaged Zarr chunk) raises
 :class:`~rastermatch.errors.RasterReadError` naming the file, the band, the rows and
 columns (and the stored chunk, for Zarr) and the cause. A Zarr variable with chunks never
-written is refused at open unless its fill value is its nodata.
+written is refused at open unless its fill value is its nodata; in a store written here
+(which writes every chunk and says so in the ``rastermatch_complete_chunks`` attribute, or
+carries the ``rastermatch`` provenance attribute) any missing chunk is refused.
 
 Zarr stores written here carry a crc32c checksum per chunk (the standard Zarr v3
 ``crc32c`` codec, after the compressor), so a truncated or altered chunk fails its checksum
@@ -147,6 +149,9 @@ PROVENANCE_KEY = "provenance"
 PROVENANCE_ATTR = "rastermatch"
 #: Attribute of the data variable holding the nodata value in Zarr outputs.
 NODATA_ATTR = "nodata"
+#: Attribute (``true``) of the data variable of Zarr outputs: every chunk was written
+#: (``write_empty_chunks=True``), so a missing chunk means a damaged or partial copy.
+COMPLETE_CHUNKS_ATTR = "rastermatch_complete_chunks"
 #: Attribute holding each band's colour interpretation (GDAL's names: "red", "green", "blue",
 #: "alpha", ...) keyed by band label; set by open_raster for GDAL rasters that have one, kept
 #: by matching, and written back to GeoTIFF outputs (and as an attribute to Zarr).
@@ -164,6 +169,7 @@ _MANAGED_ATTRS = frozenset(
         "fill_value",
         NODATA_ATTR,
         PROVENANCE_ATTR,
+        COMPLETE_CHUNKS_ATTR,
         "grid_mapping",
         "coordinates",
         "scale_factor",
@@ -215,7 +221,8 @@ def open_raster(
     RasterReadError
         The path does not exist, is not a raster, cannot be read, ``variable`` is missing
         or needed, or a Zarr variable has chunks that were never written (unless its fill
-        value is its nodata). Later, when blocks are computed: a block that cannot be read
+        value is its nodata and the store was not written by :func:`write_raster`, which
+        writes every chunk). Later, when blocks are computed: a block that cannot be read
         (damaged file or chunk), naming the file, band, rows, columns and cause. Chunks
         of Zarr stores written by :func:`write_raster` are checked against their crc32c
         checksum; a foreign store without one is only as safe as its compressor, which
@@ -600,7 +607,9 @@ def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -
 
     Zarr reads a missing chunk as the array's fill value. When that value is the
     variable's nodata, missing chunks are no data by Zarr's own rule; otherwise they would
-    enter the statistics as valid pixels of an arbitrary value.
+    enter the statistics as valid pixels of an arbitrary value. A store written by
+    :func:`write_raster` has every chunk (its marker or provenance attribute says so): a
+    missing one there is a damaged or partial copy, refused whatever the fill value.
     """
     import zarr
 
@@ -613,6 +622,13 @@ def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -
         return
     if present >= total:
         return
+    attrs = variable.attrs
+    if attrs.get(COMPLETE_CHUNKS_ATTR) is True or PROVENANCE_ATTR in attrs:
+        raise RasterReadError(
+            f"variable {name!r} of the Zarr store {path} is missing {total - present:,} of its "
+            f"{total:,} chunks, although the store was written with every chunk: it is "
+            "damaged or an incomplete copy; copy or write it again"
+        )
     nodata = variable.rio.nodata
     if nodata is not None and fill is not None:
         fill_value, nodata_value = float(fill), float(nodata)
@@ -1856,6 +1872,7 @@ def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
         attrs[NODATA_ATTR] = nodata
     if job.provenance is not None:
         attrs[PROVENANCE_ATTR] = json.loads(job.provenance)
+    attrs[COMPLETE_CHUNKS_ATTR] = True  # write_empty_chunks=True: every chunk is written
     return attrs
 
 

@@ -8,6 +8,7 @@ subprocess.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -322,12 +323,36 @@ def test_zarr_with_a_missing_chunk_is_refused(tmp_path):
     assert str(store) in message and "missing 1 of its 8 chunks" in message
 
 
-def test_zarr_missing_chunks_that_are_nodata_by_zarrs_rule_are_accepted(tmp_path):
+def test_zarr_written_here_with_a_missing_chunk_is_refused_whatever_the_fill(tmp_path):
     store = written_zarr(tmp_path, nodata=0)  # the writer makes the fill value the nodata
+    meta = json.loads((store / "data" / "zarr.json").read_text())
+    assert meta["attributes"]["rastermatch_complete_chunks"] is True
+    chunk_files(store)[3].unlink()
+    chunk_files(store)[0].unlink()
+    with pytest.raises(RasterReadError) as caught:
+        open_raster(store)
+    message = one_line(caught.value)
+    assert str(store) in message and "missing 2 of its 8 chunks" in message
+
+
+def test_zarr_marker_is_not_copied_into_geotiff_tags(tmp_path):
+    scene = open_raster(written_zarr(tmp_path, nodata=0))
+    assert scene.attrs["rastermatch_complete_chunks"] is True
+    with rasterio.open(write_raster(scene, tmp_path / "out.tif")) as src:
+        assert "rastermatch_complete_chunks" not in src.tags()
+
+
+def test_foreign_zarr_missing_chunks_that_are_nodata_by_zarrs_rule_are_accepted(tmp_path):
+    values = np.arange(1, 512 * 512 + 1, dtype=np.uint32).reshape(1, 512, 512)
+    dataset = xr.Dataset({"data": (("band", "y", "x"), values, {"nodata": 0})})
+    store = tmp_path / "foreign.zarr"
+    encoding = {"data": {"chunks": (1, 256, 256), "fill_value": 0, "_FillValue": None}}
+    dataset.to_zarr(store, zarr_format=3, consolidated=False, encoding=encoding)
     chunk_files(store)[0].unlink()
     scene = open_raster(store)
     assert scene.rio.nodata == 0
     assert int((scene.isel(band=0, y=slice(0, 256), x=slice(0, 256)) != 0).sum()) == 0
+    assert int((scene.isel(band=0, y=slice(256, 512)) == 0).sum()) == 0
 
 
 def test_zarr_with_a_corrupt_chunk_names_store_variable_band_and_chunk(tmp_path):
