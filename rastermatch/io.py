@@ -1346,8 +1346,16 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                     rasterio.shutil.copy(staging, tmp, driver="COG", **cog_options)
                 failures.raise_if_any(job.final)
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
+        # rasterio's "Write failed. See previous exception for details." carries GDAL's
+        # cause in __cause__ (and GDAL's error handler in the collected messages)
+        reason = _cause(exc)
+        collected = dict.fromkeys(" ".join(m.split()) for m in failures.messages)
+        extra = [message for message in collected if message and message not in reason]
+        if extra:
+            more = f" (and {len(extra) - 1} more GDAL errors)" if len(extra) > 1 else ""
+            reason = f"{reason}; GDAL: {extra[0]}{more}"
         raise RasterWriteError(
-            f"writing {job.final} failed: {exc}; {_space_hint(job.final.parent)}"
+            f"writing {job.final} failed: {reason}; {_space_hint(job.final.parent)}"
         ) from exc
     finally:
         if job.cog:
