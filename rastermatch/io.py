@@ -81,6 +81,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -384,10 +385,42 @@ class _GuardedBlocks:
         except RastermatchError:
             raise
         except Exception as exc:
+            # Zarr: only now, after a failure, read the window stored chunk by stored chunk
+            # to name the damaged one (a block spans many chunks; the first read says not
+            # which failed).
+            key, error = self._failed_chunk(key) or (key, exc)
             raise RasterReadError(
-                f"reading {self._where} {self._window(key)} failed: {_cause(exc)}; the file "
+                f"reading {self._where} {self._window(key)} failed: {_cause(error)}; the file "
                 "is damaged or incomplete, copy or download it again"
-            ) from exc
+            ) from error
+
+    def _failed_chunk(self, key: Any) -> tuple[tuple[slice, ...], Exception] | None:
+        """The window of the first stored chunk in ``key`` that fails to read, and its error."""
+        if self._stored is None:
+            return None
+        key = key if isinstance(key, tuple) else (key,)
+        ranges: list[list[slice]] = []
+        for axis, (size, edge) in enumerate(zip(self.shape, self._stored, strict=True)):
+            part = key[axis] if axis < len(key) else slice(None)
+            if not isinstance(part, slice) or part.step not in (None, 1):
+                return None
+            start, stop, _ = part.indices(size)
+            if stop <= start or edge < 1:
+                return None
+            ranges.append(
+                [
+                    slice(max(start, first), min(stop, first + edge))
+                    for first in range(start // edge * edge, stop, edge)
+                ]
+            )
+        if math.prod(len(r) for r in ranges) == 1:
+            return None  # the window is one chunk already
+        for chunk in itertools.product(*ranges):
+            try:
+                np.asarray(self._variable[chunk].values)
+            except Exception as exc:
+                return chunk, exc
+        return None
 
     def _window(self, key: Any) -> str:
         key = key if isinstance(key, tuple) else (key,)

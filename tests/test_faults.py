@@ -389,6 +389,18 @@ def test_zarr_with_a_truncated_chunk_fails_its_checksum(tmp_path, compress):
     assert "checksum" in message
 
 
+def test_zarr_damaged_chunk_named_inside_a_larger_block(tmp_path):
+    store = written_zarr(tmp_path, nodata=0)  # 2 x 512 x 512 in chunks of 1 x 256 x 256
+    chunk = chunk_files(store)[6]  # band 1, y 1, x 0
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    with pytest.raises(RasterReadError) as caught:
+        open_raster(store, chunks={"band": 2, "y": 512, "x": 512}).compute()  # one block
+    message = one_line(caught.value)
+    assert message.startswith(f"reading the Zarr store {store}, variable 'data', band 2,")
+    assert "rows 256-511, columns 0-255 (stored chunk band 1, y 1, x 0)" in message
+    assert "checksum" in message
+
+
 # -- names, checks before any work -------------------------------------------------------
 
 
