@@ -130,6 +130,7 @@ __all__ = [
     "open_raster",
     "read_provenance",
     "remove_stale_temporaries",
+    "temporary_sibling",
     "write_raster",
 ]
 
@@ -1137,7 +1138,8 @@ _TEMP_MARK = "rastermatch"
 _TEMP_TAGS = ("tmp", "staging", "old")
 # "-{pid}-{host}-{token}.staging": pid up to 10 digits, 8 hex host, 8 hex token
 _TEMP_TAIL_MAX = len("-0123456789-01234567-01234567.staging")
-_TEMP_RE = re.compile(r"-(\d+)-([0-9a-f]{8})-([0-9a-f]{8})\.(tmp|staging|old)")
+# the tag may be followed by the output's own suffix (".tmp.png": a report keeps its format)
+_TEMP_RE = re.compile(r"-(\d+)-([0-9a-f]{8})-([0-9a-f]{8})\.(tmp|staging|old)(?:\.\w{1,8})?")
 
 
 def _host_hash() -> str:
@@ -1158,6 +1160,19 @@ def _sibling(path: Path, tag: str) -> Path:
     """A hidden, unique name next to ``path``: same file system, so the move is a rename."""
     token = secrets.token_hex(4)
     return path.with_name(f"{_temp_prefix(path)}-{os.getpid()}-{_host_hash()}-{token}.{tag}")
+
+
+def temporary_sibling(path: PathLike, *, keep_suffix: bool = False) -> Path:
+    """A unique hidden name next to ``path`` for writing it before moving it into place.
+
+    Named by process and host like every temporary of rastermatch, so that
+    :func:`remove_stale_temporaries` finds it if the process is killed. ``keep_suffix`` ends
+    the name with ``path``'s own suffix (a writer that picks its format by the suffix).
+    """
+    final = Path(path).expanduser().absolute()
+    tmp = _sibling(final, "tmp")
+    suffix = final.suffix if keep_suffix and re.fullmatch(r"\.\w{1,8}", final.suffix) else ""
+    return tmp.with_name(tmp.name + suffix)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -34,10 +34,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import hashlib
 import math
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +56,13 @@ from .errors import (
     RasterReadError,
     RasterWriteError,
 )
-from .io import check_output_path, open_raster, write_raster
+from .io import (
+    check_output_path,
+    open_raster,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_raster,
+)
 from .lut import LUT, Levels, Method
 from .match import equalize, fit_lut
 from .metrics import format_quality_table, matched_histogram, quality_table
@@ -472,20 +476,11 @@ class _Staged:
 
     def path_for(self, final: Path) -> Path:
         final = Path(final).expanduser().absolute()
-        prefix = self._prefix(final)
-        _remove_stale(final.parent, prefix, final.suffix)
-        tmp = final.with_name(
-            f"{prefix}{os.getpid()}-{secrets.token_hex(4)}.tmp{final.suffix}"
-        )  # the suffix last: matplotlib picks the format by it
+        remove_stale_temporaries(final)
+        # the suffix last: matplotlib picks the report's format by it
+        tmp = temporary_sibling(final, keep_suffix=True)
         self._files.append((tmp, final))
         return tmp
-
-    @staticmethod
-    def _prefix(final: Path) -> str:
-        stem = final.name
-        if len(os.fsencode(stem)) > 200:  # keep the temporary name within NAME_MAX
-            stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
-        return f".{stem}.rastermatch-{_HOST}-"
 
     def commit(self) -> None:
         for tmp, final in self._files:
@@ -497,35 +492,6 @@ class _Staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._files.clear()
-
-
-#: This host, in temporary names: a process id only says something on the host that wrote it.
-_HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
-
-
-def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
-    """Remove temporaries named ``{prefix}{pid}-{token}.tmp{suffix}`` whose process is gone."""
-    with contextlib.suppress(OSError):
-        for path in folder.iterdir():
-            name = path.name
-            if not (name.startswith(prefix) and name.endswith(f".tmp{suffix}")):
-                continue
-            pid = name[len(prefix) :].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -977,10 +977,10 @@ def save_lut(
     data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
     # io's temporaries: named by pid and host (shortened with a hash for long names), so a save
     # killed outright (SIGKILL) leaves one that the next save of the same file removes
-    from .io import _sibling, remove_stale_temporaries
+    from .io import remove_stale_temporaries, temporary_sibling
 
     remove_stale_temporaries(final)
-    tmp = _sibling(final, "tmp")
+    tmp = temporary_sibling(final)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:

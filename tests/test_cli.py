@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from click.testing import CliRunner, Result
 import rastermatch
 from rastermatch import OutputExistsError
 from rastermatch.cli import BandList, Chunks, Range, main
+from rastermatch.errors import StaleTemporaryWarning
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -536,15 +538,20 @@ def test_a_failed_job_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_stale_staged_temporaries_are_removed(tmp_path):
-    from rastermatch.pipeline import _Staged
+    from rastermatch.io import _host_hash, _temp_prefix
 
     final = tmp_path / "calib.json"
-    dead = tmp_path / f"{_Staged._prefix(final)}999999999-abcd.tmp.json"  # no such process
-    live = tmp_path / f"{_Staged._prefix(final)}{os.getpid()}-abcd.tmp.json"
-    other = tmp_path / ".calib.json.rastermatch-0000ffff-999999999-abcd.tmp.json"  # another host
+    prefix, host = _temp_prefix(final), _host_hash()
+    dead = tmp_path / f"{prefix}-999999999-{host}-abcd0123.tmp.json"  # no such process
+    live = tmp_path / f"{prefix}-{os.getpid()}-{host}-abcd0123.tmp.json"
+    other = tmp_path / f"{prefix}-999999999-0000ffff-abcd0123.tmp.json"  # another host
     for path in (dead, live, other):
         path.write_text("{}")
-    assert_ok(run("-q", "fit", NAIP, LANDSAT, "-o", final))
+    with warnings.catch_warnings():  # shown as a warning line, as outside the test suite
+        warnings.simplefilter("default", StaleTemporaryWarning)
+        result = run("fit", NAIP, LANDSAT, "-o", final)
+    assert_ok(result)
+    assert "Warning:" in result.stderr and "another host" in result.stderr  # left in place
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["calib.json", live.name, other.name]
     )

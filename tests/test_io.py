@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import warnings
@@ -532,3 +533,14 @@ def test_distributed_write_matches_threaded(tmp_path):
             assert (local / "s.zarr" / rel).read_bytes() == (
                 cluster_dir / "s.zarr" / rel
             ).read_bytes()
+
+
+def test_a_temporary_keeping_its_suffix_is_found_when_stale(tmp_path):
+    from rastermatch.io import remove_stale_temporaries, temporary_sibling
+
+    final = tmp_path / "report.png"
+    tmp = temporary_sibling(final, keep_suffix=True)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".report.png.") and tmp.suffix == ".png"
+    dead = tmp.with_name(tmp.name.replace(f"-{os.getpid()}-", "-999999999-", 1))
+    dead.write_bytes(b"")
+    assert remove_stale_temporaries(final) == [dead] and not dead.exists()
