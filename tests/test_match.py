@@ -201,3 +201,20 @@ def test_bands_named_alike_are_paired_by_label():
     # labels that differ (another sensor's names) pair by position
     other = scene(["B4", "B5"], [[200, 201], [100, 101]])
     assert match_histograms(src, other).values[:, 0, :].tolist() == [[200, 201], [100, 101]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+    lo=st.integers(0, 20),
+    width=st.integers(1, 60),
+)
+def test_equalize_is_algorithm1_onto_a_uniform_reference(values, lo, width):
+    """Exact: every level becomes the nearest-CDF level of a uniform reference on lo..hi."""
+    x = np.array([values], dtype=np.uint8)
+    hi = lo + width
+    uniform = np.zeros(256, dtype=np.int64)
+    uniform[lo : hi + 1] = 1
+    q = algorithm1(np.bincount(x.ravel(), minlength=256), uniform, range(lo, hi + 1))
+    expected = np.asarray(q, dtype=np.uint8)[x]
+    np.testing.assert_array_equal(equalize(x, range=(lo, hi)), expected)
