@@ -192,7 +192,7 @@ def apply_lut_array(
     if b.kind == "levels" and array.dtype != b.dtype:
         raise UnsupportedDtypeError(
             f"this LUT was fitted on {b.dtype} data and cannot map {array.dtype} data; fit a LUT "
-            f"on {array.dtype} data or convert with .astype({b.dtype.name!r})"
+            f"on {array.dtype} data, or convert the data to {b.dtype} first"
         )
     if array.shape[0] != lut.nbands:
         raise BandMismatchError(
