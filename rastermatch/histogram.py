@@ -889,7 +889,7 @@ def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
     if binning.is_lazy:
         lohi = parts[-1]
         if not isinstance(lohi, da.Array):
-            lohi = _check_range(np.asarray(lohi).T, meta["bands"], meta["name"]).T
+            lohi = check_range(np.asarray(lohi).T, meta["bands"], meta["name"]).T
         binning = Binning(binning.kind, binning.dtype, binning.nbins, lohi[0], lohi[1])
     stats = {}
     if meta["stats"]:
@@ -966,7 +966,7 @@ def band_ranges(
     return _lazy_range(src, m)
 
 
-def _check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
+def check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
     """``lohi`` if every band has a valid pixel and a range float64 can bin, else the error."""
     for label, (lo, hi) in zip(bands, lohi, strict=True):
         if not lo <= hi:
@@ -978,9 +978,6 @@ def _check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np
                 "(--nodata on the command line)"
             )
     return lohi
-
-
-check_range = _check_range
 
 
 def band_histograms(
@@ -1051,7 +1048,7 @@ def binned_histogram(
     if not src.is_dask:
         if binning is None:
             lohi = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
-            lohi = _check_range(lohi, src.bands, src.name)
+            lohi = check_range(lohi, src.bands, src.name)
             binning = Binning("uniform", src.dtype, bins or DEFAULT_BINS, lohi[:, 0], lohi[:, 1])
         lohi = np.stack([binning.lo, binning.hi], axis=1)
         if binning.kind == "levels":

@@ -1088,7 +1088,7 @@ def _execute(job: _WriteJob) -> Path:
                 _write_zarr(job, tmp, client)
             else:
                 _write_geotiff(job, tmp, client)
-        _move_into_place(tmp, job.final, overwrite=job.overwrite)
+        move_into_place(tmp, job.final, overwrite=job.overwrite)
     except BaseException as exc:
         _remove_despite_interrupts(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):
@@ -1251,7 +1251,9 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
+def move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
+    """Move a finished temporary onto ``final``; without ``overwrite`` never replace a file that
+    appeared meanwhile (OutputExistsError)."""
     exists = final.exists() or final.is_symlink()
     if not exists:
         if not tmp.is_dir():

@@ -51,7 +51,6 @@ __all__ = [
     "Levels",
     "Method",
     "cast_values",
-    "interp_lut_values",
     "nearest_cdf_indices",
     "reference_curve",
 ]
@@ -160,21 +159,6 @@ def reference_curve(
     y = np.stack([vmin[present], vmax[present]], axis=1)
     keep = np.stack([spread, np.ones_like(spread)], axis=1)
     return x[keep] / n, y[keep]
-
-
-def interp_lut_values(
-    source_counts: np.ndarray, reference_counts: np.ndarray, reference_values: np.ndarray
-) -> np.ndarray:
-    """scikit-image's mapping: source quantiles interpolated into the reference's present levels.
-
-    For every source bin ``p`` the value ``interp(c_src(p) / N_src, c_ref(q) / N_ref, value(q))``
-    over the reference bins ``q`` that hold pixels, in the same float64 operations as
-    ``skimage.exposure.match_histograms``.
-    """
-    present = np.flatnonzero(reference_counts)
-    src_q = np.cumsum(source_counts) / int(np.sum(source_counts))
-    ref_q = np.cumsum(reference_counts[present]) / int(np.sum(reference_counts))
-    return np.interp(src_q, ref_q, reference_values[present])
 
 
 def _band_table(

@@ -58,7 +58,6 @@ from ._data import python_scalar
 from .errors import (
     HistogramFileError,
     LUTFileError,
-    OutputExistsError,
     RastermatchError,
     RasterWriteError,
 )
@@ -977,7 +976,7 @@ def save_lut(
     data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
     # io's temporaries: named by pid and host (shortened with a hash for long names), so a save
     # killed outright (SIGKILL) leaves one that the next save of the same file removes
-    from .io import remove_stale_temporaries, temporary_sibling
+    from .io import move_into_place, remove_stale_temporaries, temporary_sibling
 
     remove_stale_temporaries(final)
     tmp = temporary_sibling(final)
@@ -987,7 +986,7 @@ def save_lut(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _move_into_place(tmp, final, overwrite=overwrite)
+        move_into_place(tmp, final, overwrite=overwrite)
     except RastermatchError:
         _remove(tmp)
         raise
@@ -1001,27 +1000,6 @@ def save_lut(
         _remove(tmp)
         raise
     return final
-
-
-def _move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, final)
-        return
-    # A hard link cannot replace a file that appeared in the meantime: the no-overwrite promise
-    # holds without a race.
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        error = OutputExistsError(
-            f"LUT file {final} appeared while it was being written; allow replacing it "
-            "(overwrite=True, or --overwrite on the command line) or choose another name"
-        )
-        error.path = final  # type: ignore[attr-defined]  # as io's: the CLI words the fix
-        raise error from None
-    except OSError:  # a file system without hard links
-        os.replace(tmp, final)
-        return
-    _remove(tmp)
 
 
 def _remove(path: Path) -> None:
