@@ -45,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -726,7 +727,11 @@ def stage_geotiff(ctx: dict, res: Results) -> None:
 
 
 def child_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one end-to-end job in this (child) process and report its memory high-water mark."""
+    """Run one end-to-end job in this (child) process and report its memory high-water mark.
+
+    ``spec["job"]``: ``"files"`` (default; ``match_files``) or ``"stack"`` (the stack job of
+    stage 7 on the first ``spec["dates"]`` dates, on ``spec["threads"]`` threads).
+    """
     baseline = psutil.Process().memory_info().rss
     out = Path(spec["output"])
     env: Any = contextlib.nullcontext()
@@ -734,9 +739,14 @@ def child_job(spec: dict[str, Any]) -> dict[str, Any]:
         import rasterio
 
         env = rasterio.Env(GDAL_CACHEMAX=int(spec["gdal_cachemax_mb"]))
+    if spec.get("job") == "stack":
+        env = dask.config.set(scheduler="threads", num_workers=spec["threads"])
     with env, PeakRSS(interval=0.01) as mem:
         t0 = time.perf_counter()
-        match_files(spec["source"], spec["reference"], out, nodata=0)
+        if spec.get("job") == "stack":
+            stack_job(Path(spec["stack"]), Path(spec["reference"]), out, spec["dates"])
+        else:
+            match_files(spec["source"], spec["reference"], out, nodata=0)
         elapsed = time.perf_counter() - t0
     # VmHWM is the high-water mark of this process image. Not ru_maxrss: Linux carries it over
     # fork + exec, so a child of a big parent reports at least the parent's RSS at fork time.
@@ -955,6 +965,375 @@ def stage_cluster(ctx: dict, res: Results) -> None:
     )
 
 
+# -- time stacks (stage 7) --------------------------------------------------------------------
+#
+# A stack is T dates of one base scene: the source's smooth field plus noise drawn anew for
+# every date, each (date, band) then mapped through its own strictly increasing level map
+# (a random power curve over the 12-bit levels, spread over up to ~15 bits), so every date has
+# its own histogram and every LUT is far from the identity. The nodata footprint is the
+# source's, the same on every date. The reference is the stage-3 reference scene (another
+# field through a gamma curve, its own footprint). Blocks depend only on position, date,
+# band and the seed.
+
+STACK_GENERATOR_VERSION = 1
+STACK_START = np.datetime64("2024-01-05", "ns")
+STACK_STEP = np.timedelta64(16, "D")
+
+
+def stack_level_map(date: int, band: int) -> np.ndarray:
+    """The strictly increasing level map of one (date, band): 4,096 entries, 0 (nodata) kept."""
+    rng = np.random.default_rng([SEED, 8, date, band])
+    power, span, offset = rng.uniform(0.6, 1.7), rng.uniform(3000, 12000), rng.integers(20, 600)
+    x = np.arange(4096, dtype=np.float64) / 4095
+    # floor(span x^power) never decreases and arange strictly increases: the sum strictly does
+    table = offset + np.floor(span * x**power).astype(np.int64) + np.arange(4096)
+    table[0] = 0
+    return table.astype(np.uint16)
+
+
+def stack_block(date: int, band: int, y0: int, y1: int, x0: int, x1: int, size: int) -> np.ndarray:
+    """One band of one block of one date of the stack, uint16."""
+    f = _field(0, band, y0, y1, x0, x1, size)
+    noise = np.random.default_rng([SEED, 100 + date, band, y0, x0]).standard_normal(
+        f.shape, dtype=np.float32
+    )
+    noise *= np.float32(0.04)
+    f += noise
+    f *= np.float32(2300 + 150 * band)
+    f += np.float32(250 + 60 * band)
+    np.rint(f, out=f)
+    np.clip(f, 1, 4095, out=f)
+    base = f.astype(np.uint16)
+    base[~_footprint(0, y0, y1, x0, x1, size)] = 0
+    return stack_level_map(date, band)[base]
+
+
+def _stack_chunk(block: np.ndarray, block_info: Any = None, *, size: int) -> np.ndarray:
+    (t0, t1), (b0, b1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    out = np.empty(block.shape, dtype=np.uint16)
+    for t in range(t0, t1):
+        for b in range(b0, b1):
+            out[t - t0, b - b0] = stack_block(t, b, y0, y1, x0, x1, size)
+    return out
+
+
+def synth_stack(dates: int, size: int, bands: int, chunk: int) -> xr.DataArray:
+    """A lazy, georeferenced ``(time, band, y, x)`` stack, one task per ``chunk²`` block."""
+    grid = da.zeros((dates, bands, size, size), chunks=(1, 1, chunk, chunk), dtype=np.uint8)
+    data = grid.map_blocks(
+        _stack_chunk, dtype=np.uint16, meta=np.empty((0, 0, 0, 0), np.uint16), size=size
+    )
+    like = synth_scene(0, size, bands, chunk)
+    stack = xr.DataArray(
+        data,
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": STACK_START + STACK_STEP * np.arange(dates),
+            "band": like.band.values,
+            "y": like.y.values,
+            "x": like.x.values,
+        },
+        name="reflectance",
+    )
+    stack = stack.rio.write_crs(like.rio.crs)
+    stack = stack.rio.write_transform(like.rio.transform())
+    return stack.rio.write_nodata(0, encoded=False)
+
+
+def stack_support(tmp: Path) -> dict[str, str | None]:
+    """What main can do with stacks today: None where it works, else the error it raised.
+
+    Probed on a tiny stack: ``write_raster`` of a ``(time, band, y, x)`` DataArray to Zarr and
+    ``open_raster`` of it back with the same dims, and ``match_histograms`` of a 4-D stack onto
+    a ``(band, y, x)`` reference giving a 4-D result.
+    """
+    tiny = synth_stack(2, 64, 2, 32)
+    ref = synth_scene(1, 64, 2, 32)
+    support: dict[str, str | None] = {"write": None, "match": None}
+    probe = tmp / "stack-probe.zarr"
+    try:
+        rastermatch.write_raster(tiny, probe)
+        back = rastermatch.open_raster(probe)
+        if back.dims != tiny.dims or not np.array_equal(back.time.values, tiny.time.values):
+            support["write"] = f"read back as {back.dims}"
+    except Exception as exc:  # a probe: any failure means "not yet"
+        support["write"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        remove(probe)()
+    try:
+        with dask.config.set(scheduler="sync"):
+            out = rastermatch.match_histograms(tiny, ref, nodata=0)
+            if out.dims != tiny.dims:
+                support["match"] = f"gave dims {out.dims}"
+    except Exception as exc:
+        support["match"] = f"{type(exc).__name__}: {exc}"
+    return support
+
+
+def stack_paths(workdir: Path, dates: int, size: int, bands: int, chunk: int) -> dict[str, Path]:
+    base = workdir / f"stack-{dates}x{bands}x{size}x{size}-c{chunk}-v{STACK_GENERATOR_VERSION}"
+    return {
+        "dir": base,
+        "stack.zarr": base / "stack.zarr",
+        "ref.zarr": base / "ref.zarr",
+        "manifest": base / "manifest.json",
+    }
+
+
+def _write_stack_xarray(stack: xr.DataArray, path: Path) -> None:
+    """Only while ``write_raster`` refuses stacks: the same layout and codec, via xarray."""
+    from zarr.codecs import BloscCodec
+
+    chunks = tuple(c[0] for c in stack.data.chunks)
+    ds = stack.to_dataset(name="data")
+    ds["data"].attrs = {"nodata": 0, "rastermatch_complete_chunks": True}
+    encoding = {
+        "data": {
+            "chunks": chunks,
+            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+            "fill_value": 0,
+            "_FillValue": None,
+            "grid_mapping": "spatial_ref",
+        },
+        "x": {"_FillValue": None},
+        "y": {"_FillValue": None},
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
+
+
+def ensure_stack(
+    workdir: Path, dates: int, size: int, bands: int, chunk: int, writer: str, log: Callable
+) -> dict:
+    """Generate the stack and the reference once (Zarr, blosc-lz4); reuse them afterwards.
+
+    ``writer`` is ``"write_raster"`` when main writes stacks, else ``"xarray"``; a store made
+    by the stand-in writer is regenerated once ``write_raster`` can write it.
+    """
+    paths = stack_paths(workdir, dates, size, bands, chunk)
+    if paths["manifest"].exists():
+        manifest = json.loads(paths["manifest"].read_text())
+        if manifest.get("writer") == writer:
+            log(f"  reusing {paths['dir']} (generated in {manifest['seconds']:.0f} s)")
+            return paths | {"manifest_data": manifest}
+    if paths["dir"].exists():
+        shutil.rmtree(paths["dir"])
+    paths["dir"].mkdir(parents=True)
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        stack = synth_stack(dates, size, bands, chunk)
+        if writer == "write_raster":
+            rastermatch.write_raster(stack, paths["stack.zarr"])
+        else:
+            _write_stack_xarray(stack, paths["stack.zarr"])
+        t_stack = time.perf_counter() - t0
+        rastermatch.write_raster(synth_scene(1, size, bands, chunk), paths["ref.zarr"])
+    manifest = {
+        "dates": dates,
+        "size": size,
+        "bands": bands,
+        "chunk": chunk,
+        "writer": writer,
+        "generator_version": STACK_GENERATOR_VERSION,
+        "seconds": time.perf_counter() - t0,
+        "bytes_on_disk": {k: _du(paths[k]) for k in ("stack.zarr", "ref.zarr")},
+    }
+    log(
+        f"  generated {dates}x{bands}x{size}² stack in {t_stack:.1f} s and the reference "
+        f"({manifest['seconds']:.1f} s in all, writer {writer})"
+    )
+    paths["manifest"].write_text(json.dumps(manifest, indent=1))
+    return paths | {"manifest_data": manifest}
+
+
+def open_stack(path: Path, dates: int | None = None) -> xr.DataArray:
+    """The stack, lazily: ``open_raster`` (or xarray while open_raster refuses stacks)."""
+    try:
+        stack = rastermatch.open_raster(path)
+    except rastermatch.errors.DimensionError:
+        ds = xr.open_zarr(path, decode_coords="all", chunks={})
+        stack = ds["data"]
+        stack = stack.rio.write_nodata(stack.attrs.get("nodata"), encoded=False)
+    if dates is not None:
+        stack = stack.isel(time=slice(0, dates))
+    return stack
+
+
+def stack_job(stack_path: Path, ref_path: Path, out: Path, dates: int | None = None) -> None:
+    """The job measured: the stack normalized to the reference in one call, written to Zarr."""
+    matched = rastermatch.match_histograms(
+        open_stack(stack_path, dates), rastermatch.open_raster(ref_path), nodata=0
+    )
+    rastermatch.write_raster(matched, out)
+
+
+def date_loop(stack_path: Path, ref_path: Path, out_dir: Path, dates: int | None = None) -> None:
+    """What one does without stacks: one match per date (each reads the reference again)."""
+    stack = open_stack(stack_path, dates)
+    out_dir.mkdir()
+    for t in range(stack.sizes["time"]):
+        ref = rastermatch.open_raster(ref_path)
+        matched = rastermatch.match_histograms(stack.isel(time=t), ref, nodata=0)
+        rastermatch.write_raster(matched, out_dir / f"date-{t:03d}.zarr")
+
+
+def _read_stack_and_ref(stack_path: Path, ref_path: Path, dates: int | None = None) -> None:
+    s, r = open_stack(stack_path, dates), rastermatch.open_raster(ref_path)
+    dask.compute(s.data.max(), r.data.max())
+
+
+def _copy_stack(stack_path: Path, out: Path, whole: bool, dates: int | None = None) -> None:
+    """The floor's copy: the stack through ``write_raster`` (per date while it refuses stacks)."""
+    stack = open_stack(stack_path, dates)
+    if whole:
+        rastermatch.write_raster(stack, out)
+        return
+    out.mkdir()
+    for t in range(stack.sizes["time"]):
+        rastermatch.write_raster(stack.isel(time=t), out / f"date-{t:03d}.zarr")
+
+
+def _stack_vs_loop(stack_out: Path, loop_dir: Path) -> int:
+    """Pixels of the stack output differing from the per-date loop's outputs."""
+    stack = rastermatch.open_raster(stack_out)
+    differing = []
+    for t in range(stack.sizes["time"]):
+        date = rastermatch.open_raster(loop_dir / f"date-{t:03d}.zarr")
+        differing.append((stack.data[t] != date.data).sum())
+    return int(sum(dask.compute(*differing)))
+
+
+def stage_stack(ctx: dict, res: Results) -> None:
+    log, tmp = ctx["log"], ctx["tmp"]
+    size, bands = ctx["stack_size"], ctx["bands"]
+    chunk = min(ctx["chunk"], size)
+    dates = ctx["dates"]
+    memory_dates = ctx["memory_dates"]
+    support = stack_support(tmp)
+    log(f"    main's stacks: write {support['write'] or 'ok'}; match {support['match'] or 'ok'}")
+    writer = "write_raster" if support["write"] is None else "xarray"
+    stored = max([dates, *memory_dates])
+    p = ensure_stack(ctx["workdir"], stored, size, bands, chunk, writer, log)
+    res.extra["stack_inputs"] = p["manifest_data"] | {"main_support": support}
+    sp, rp = p["stack.zarr"], p["ref.zarr"]
+    npx = dates * bands * size * size
+    label = f"{dates}x{bands}x{size}²"
+    out, copy, loop = tmp / "stack-matched.zarr", tmp / "stack-copy.zarr", tmp / "stack-loop"
+    whole = support["write"] is None
+    floor_what = "read all + copy stack" + ("" if whole else " (per-date stores: no stack writer)")
+    f = Case(
+        "floor (read stack and reference + write_raster copy)",
+        lambda: (_read_stack_and_ref(sp, rp, dates), _copy_stack(sp, copy, whole, dates)),
+        setup=remove(copy),
+    )
+    r = Case("  of which read all", lambda: _read_stack_and_ref(sp, rp, dates))
+    lp = Case(
+        f"loop of {dates} match_histograms + write_raster",
+        lambda: date_loop(sp, rp, loop, dates),
+        setup=remove(loop),
+    )
+    cases = [f, lp, r]
+    m = None
+    if support["match"] is None and support["write"] is None:
+        m = Case(
+            "match_histograms(stack) + write_raster",
+            lambda: stack_job(sp, rp, out, dates),
+            setup=remove(out),
+        )
+        cases.insert(0, m)
+    else:
+        log("    the stack job is not on main yet: measuring the floor and the per-date loop only")
+    with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+        measure(cases, ctx["repeats"], log)
+        differing = _stack_vs_loop(out, loop) if m is not None else None
+    detail = {"cases": {c.name: c.as_dict() for c in cases}, "main_support": support}
+    if m is not None:
+        ratio = m.median / f.median
+        res.add(
+            "7 stack",
+            f"stack {label}: match_histograms + write_raster",
+            m.median,
+            npx,
+            peer="two-pass floor",
+            peer_time_s=f.median,
+            ratio=ratio,
+            ratio_label="x floor",
+            peak_rss=m.peak,
+            target="≤ 1.2x floor",
+            met=ratio <= 1.2,
+            **detail,
+        )
+        res.add(
+            "7 stack",
+            f"stack {label} (output = loop's: {differing == 0}, {differing} px differ)",
+            m.median,
+            npx,
+            peer=f"loop of {dates} matches",
+            peer_time_s=lp.median,
+            ratio=lp.median / m.median,
+            ratio_label="x faster",
+            peak_rss=m.peak,
+            pixels_differing_from_loop=differing,
+        )
+    else:
+        res.add("7 stack", f"stack {label}: not on main yet", None, None, **detail)
+    res.add("7 stack", f"floor: {floor_what}", f.median, npx, peak_rss=f.peak)
+    res.add("7 stack", "  floor part: read all (.max())", r.median, npx, peak_rss=r.peak)
+    res.add(
+        "7 stack",
+        f"loop: {dates} x (match_histograms(date) + write_raster)",
+        lp.median,
+        npx,
+        peer="two-pass floor",
+        peer_time_s=f.median,
+        ratio=lp.median / f.median,
+        ratio_label="x floor",
+        peak_rss=lp.peak,
+    )
+
+    if m is None or len(memory_dates) < 1:
+        return
+    # peak RSS of the stack job in a fresh process per T, on the first T dates of the store
+    runs = []
+    for t in memory_dates:
+        o = tmp / f"stack-mem-{t}.zarr"
+        remove(o)()
+        spec = {"job": "stack", "stack": str(sp), "reference": str(rp)}
+        r_ = run_child(spec | {"dates": t, "output": str(o), "threads": ctx["threads"]})
+        remove(o)()
+        log(
+            f"    stack T={t}: peak {r_['peak_rss_bytes'] / MiB:.0f} MiB "
+            f"(after imports {r_['baseline_rss_bytes'] / MiB:.0f} MiB), {r_['seconds']:.1f} s"
+        )
+        runs.append((t, r_))
+        res.add(
+            "7 stack",
+            f"stack {t}x{bands}x{size}² child process",
+            r_["seconds"],
+            t * bands * size * size,
+            peak_rss=r_["peak_rss_bytes"],
+            baseline_rss_bytes=r_["baseline_rss_bytes"],
+            dates=t,
+            child=r_,
+        )
+    if len(runs) >= 2:
+        (t0, r0), (t1, r1) = runs[0], runs[-1]
+        growth = r1["peak_rss_bytes"] / r0["peak_rss_bytes"]
+        res.add(
+            "7 stack",
+            f"peak RSS T={t1} vs T={t0}",
+            None,
+            None,
+            peer=f"T={t0} run",
+            ratio=growth,
+            ratio_label="x growth",
+            peak_rss=r1["peak_rss_bytes"],
+            target="≤ 1.25x growth",
+            met=growth <= 1.25,
+        )
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -975,9 +1354,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="shorthand: --memory-sizes SIZE,LARGE; 0 measures --size only",
     )
+    ap.add_argument(
+        "--stack-size",
+        type=int,
+        default=4096,
+        help="scene edge of the time stack of stage 7 (e.g. 1024 for a quick check)",
+    )
+    ap.add_argument("--dates", type=int, default=12, help="dates of the stack timed in stage 7")
+    ap.add_argument(
+        "--memory-dates",
+        default="3,12",
+        help="stage 7: dates of the stack jobs whose peak RSS is compared, small,large "
+        "(empty: none)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--stages", default="1,2,3,4,5,6")
+    ap.add_argument("--stages", default="1,2,3,4,5,6,7")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
     ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
     ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
@@ -989,6 +1381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     else:
         args.memory_sizes = [4096, 16384]
     args.stages = sorted({int(s) for s in args.stages.split(",") if s.strip()})
+    args.memory_dates = [int(s) for s in args.memory_dates.split(",") if s.strip()]
     return args
 
 
@@ -1019,6 +1412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tmp": tmp,
         "memory_sizes": args.memory_sizes,
         "npx": args.bands * args.size**2,
+        "stack_size": args.stack_size,
+        "dates": args.dates,
+        "memory_dates": args.memory_dates,
     }
     stage_seconds: dict[str, float] = {}
     log(
@@ -1042,6 +1438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         4: ("geotiff→geotiff", stage_geotiff),
         5: ("peak memory", stage_memory),
         6: ("LocalCluster", stage_cluster),
+        7: ("time stack", stage_stack),
     }
     # the memory stage runs last: its large scene (several GB of files) evicts the other
     # inputs from the page cache
