@@ -175,6 +175,7 @@ _OPTIONS = {
         "compress", "workers", "scheduler",
     )
 }  # fmt: skip
+_OPTIONS.update({"lut_path": "--lut", "format": "--format", "pool": "--pool"})
 _NAMES = "|".join(sorted(_OPTIONS, key=len, reverse=True))
 
 
@@ -411,7 +412,7 @@ _chunks = click.option(
     help="Dask chunks of the inputs: auto, N (N x N pixels) or ROWS,COLUMNS.",
 )
 
-statistics_options = _options(
+_method_levels = (
     click.option(
         "--method",
         type=click.Choice(["nearest", "interp"]),
@@ -426,12 +427,27 @@ statistics_options = _options(
         show_default=True,
         help="Output only levels present in the reference, or any level of its range.",
     ),
+)
+_reference_nodata = click.option(
+    "--reference-nodata",
+    type=float,
+    help="Nodata value of the reference (default: the file's own, else --nodata).",
+)
+_reference_bands = click.option(
+    "--reference-bands",
+    type=BANDS,
+    help="Bands of the reference, when they differ from --bands.",
+)
+_dtype = click.option(
+    "--dtype",
+    type=click.Choice(_DTYPES, case_sensitive=False),
+    help="Output dtype (default: the reference's).",
+)
+
+statistics_options = _options(
+    *_method_levels,
     _nodata,
-    click.option(
-        "--reference-nodata",
-        type=float,
-        help="Nodata value of the reference (default: the file's own, else --nodata).",
-    ),
+    _reference_nodata,
     _mask,
     click.option(
         "--reference-mask",
@@ -439,17 +455,9 @@ statistics_options = _options(
         help="Like --mask, on the reference grid.",
     ),
     _bands,
-    click.option(
-        "--reference-bands",
-        type=BANDS,
-        help="Bands of the reference, when they differ from --bands.",
-    ),
+    _reference_bands,
     _bins,
-    click.option(
-        "--dtype",
-        type=click.Choice(_DTYPES, case_sensitive=False),
-        help="Output dtype (default: the reference's).",
-    ),
+    _dtype,
     _chunks,
 )
 
@@ -602,6 +610,116 @@ def fit(
         )
     _print_quality(result)
     _print_written(LUT=result.lut_path)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-r",
+    "--reference",
+    "references",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The reference (a file, folder or pattern); repeat it to pool several references.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="DIR/ (a folder: one output per source, named after it) or OUT.zarr (one "
+    "(time, band, y, x) stack; the sources must share a grid).",
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["tif", "zarr"]),
+    help="Format of the outputs in a folder: tif (GeoTIFF, default) or zarr.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["counts", "cdf"]),
+    default="counts",
+    show_default=True,
+    help="Pooling several references: counts (summed; scenes weighted by their valid pixels) "
+    "or cdf (averaged CDFs; every scene weighted equally).",
+)
+@_options(*_method_levels, _nodata, _reference_nodata, _bands, _reference_bands, _bins, _dtype)
+@_chunks
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Raster of nonzero pixels left out of the statistics: once for every source (all on "
+    "its grid), or once per source in the order of the sources.",
+)
+@click.option(
+    "--reference-mask",
+    "reference_masks",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Like --mask, for the references.",
+)
+@output_options
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw every source's CDF against the reference, before and after (PNG, PDF, SVG).",
+)
+@click.option(
+    "--lut",
+    "lut_path",
+    type=click.Path(path_type=Path),
+    help="Also save the LUTs as JSON: a folder (DIR/) gets one per source; a file for one source.",
+)
+@cluster_options
+@_quiet
+@_verbose
+@_progress
+def normalize(
+    sources: tuple[Path, ...],
+    references: tuple[Path, ...],
+    output: Path,
+    format_: str | None,
+    masks: tuple[Path, ...],
+    reference_masks: tuple[Path, ...],
+    report: Path | None,
+    lut_path: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    **options: Any,
+) -> None:
+    """Normalize every SOURCE to one (pooled) reference, in one job.
+
+    SOURCES are files, folders (the rasters directly inside) or quoted patterns ("scenes/*.tif");
+    the references are left out of what folders and patterns find. -o DIR/ writes one output per
+    source, named after it; -o OUT.zarr writes one (time, band, y, x) stack, time labelled by the
+    dates in the file names (20200131, 2020-01-31) when every name holds one, else by the file
+    names. One statistics pass reads every source and reference once; every output is checked
+    before any work.
+    """
+    with _cluster(workers, scheduler):
+        result = pipeline.normalize_files(
+            list(sources),
+            list(references),
+            output,
+            format=format_,  # type: ignore[arg-type]
+            mask=list(masks) or None,
+            reference_mask=list(reference_masks) or None,
+            lut_path=lut_path,
+            report=report,
+            show_progress=_settings().show_progress,
+            **options,
+        )
+    _echo("Distance to the reference (KS: Kolmogorov-Smirnov, W1: Wasserstein-1):")
+    _echo(result.quality_text())
+    for path in result.outputs:
+        _print_written(output=path)
+    for path in result.lut_paths:
+        _print_written(LUT=path)
+    _print_written(report=result.report)
 
 
 @main.command()

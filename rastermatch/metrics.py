@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._rows import Rows, show_label
 from ._values import EXACT_MAX_ITEMSIZE, cast_values, uniform_bins
 from .errors import BandMismatchError, InputTypeError, NoValidPixelsError, RastermatchError
 from .histogram import DEFAULT_BINS, Binning, Histogram
@@ -304,7 +305,9 @@ def quality_table(
     Returns
     -------
     list of dict
-        One row per band with keys ``band`` (the source's band label), ``ks_before``,
+        One row per row of the source (a band; a (date, band) pair of a stack) with keys
+        ``band`` (the source's band label, None for a 2-D image), ``row`` (the row described
+        for people: ``band 3``, ``time 2020-01-31, band 1``; ``""`` for a 2-D image), ``ks_before``,
         ``ks_after``, ``w1_before`` and ``w1_after`` (plain floats, ready for JSON). ``w1``
         values are in the reference's units; ``w1_before`` compares the source's raw values, so
         it mixes units when source and reference differ in scale (uint8 against uint16, say).
@@ -317,7 +320,9 @@ def quality_table(
     >>> lut = rastermatch.fit_lut(src, ref, nodata=0)
     >>> rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
     >>> sorted(rows[0])
-    ['band', 'ks_after', 'ks_before', 'w1_after', 'w1_before']
+    ['band', 'ks_after', 'ks_before', 'row', 'w1_after', 'w1_before']
+    >>> rows[0]["band"], rows[0]["row"]
+    (1, 'band 1')
     >>> rows[0]["ks_before"], rows[0]["ks_after"] < 0.01
     (1.0, True)
     """
@@ -327,16 +332,31 @@ def quality_table(
     ks_after = ks_distance(matched_hist, reference_hist)
     w1_before = wasserstein_distance(source_hist, reference_hist)
     w1_after = wasserstein_distance(matched_hist, reference_hist)
+    rows = _rows(source_hist)
     return [
         {
-            "band": label,
+            "band": _band_label(rows, i),
+            "row": rows.describe(i),
             "ks_before": float(ks_before[i]),
             "ks_after": float(ks_after[i]),
             "w1_before": float(w1_before[i]),
             "w1_after": float(w1_after[i]),
         }
-        for i, label in enumerate(source_hist.bands)
+        for i in range(source_hist.nbands)
     ]
+
+
+def _rows(hist: Histogram) -> Rows:
+    rows = getattr(hist, "rows", None)
+    return rows if rows is not None else Rows.bands(hist.bands)
+
+
+def _band_label(rows: Rows, index: int) -> Any:
+    """The row's ``band`` label (a plain JSON value: dates as ISO text), or None without one."""
+    if "band" not in rows.dims:
+        return None
+    label = rows.label(index)[rows.dims.index("band")]
+    return show_label(label) if isinstance(label, np.datetime64) else label
 
 
 def significant(value: float, digits: int = 4) -> str:
@@ -352,6 +372,10 @@ def significant(value: float, digits: int = 4) -> str:
 def format_quality_table(rows: Sequence[dict[str, Any]]) -> str:
     """Render :func:`quality_table` rows as a fixed-width text table (for the command line).
 
+    Rows that carry a ``source`` (the file of a many-source job) get a first column naming it.
+    Rows of one band dim show the band label; rows of other dims (a stack's dates) show the
+    whole row description.
+
     Examples
     --------
     >>> rows = [{"band": 1, "ks_before": 0.52, "ks_after": 0.0031,
@@ -360,11 +384,27 @@ def format_quality_table(rows: Sequence[dict[str, Any]]) -> str:
     band  KS before  KS after  W1 before  W1 after
     ----  ---------  --------  ---------  --------
     1        0.5200    0.0031       5317    0.7500
+    >>> rows = [{"source": "a_20200131.tif", "band": 2, "row": "band 2", "ks_before": 0.5,
+    ...          "ks_after": 0.001, "w1_before": 12.0, "w1_after": 0.5}]
+    >>> print(format_quality_table(rows))
+    source          band  KS before  KS after  W1 before  W1 after
+    --------------  ----  ---------  --------  ---------  --------
+    a_20200131.tif  2        0.5000    0.0010      12.00    0.5000
     """
-    header = ("band", "KS before", "KS after", "W1 before", "W1 after")
+    with_source = any("source" in r for r in rows)
+    by_band = all(_band_only(r) for r in rows)
+    header = (
+        *(("source",) if with_source else ()),
+        "band" if by_band else "row",
+        "KS before",
+        "KS after",
+        "W1 before",
+        "W1 after",
+    )
     body = [
         (
-            str(r["band"]),
+            *((str(r.get("source", "")),) if with_source else ()),
+            _band_text(r) if by_band else str(r.get("row") or "-"),
             f"{r['ks_before']:.4f}",
             f"{r['ks_after']:.4f}",
             significant(r["w1_before"]),
@@ -372,14 +412,27 @@ def format_quality_table(rows: Sequence[dict[str, Any]]) -> str:
         )
         for r in rows
     ]
+    labels = 2 if with_source else 1  # the label columns, left-aligned
     widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        # the band label left-aligned, the numbers right-aligned
         return "  ".join(
-            c.rjust(w) if i else c.ljust(w)
+            c.ljust(w) if i < labels else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
     rule = ["-" * w for w in widths]
     return "\n".join(line(cells).rstrip() for cells in [header, rule, *body])
+
+
+def _band_only(row: dict[str, Any]) -> bool:
+    """Whether a quality row is told apart by its band label alone (no other row dims)."""
+    described = row.get("row")
+    if described is None or described == "":
+        return True
+    return row.get("band") is not None and "," not in described
+
+
+def _band_text(row: dict[str, Any]) -> str:
+    band = row.get("band")
+    return "-" if band is None else str(band)

@@ -34,14 +34,16 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import glob
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import dask
 import numpy as np
@@ -69,12 +71,14 @@ from .metrics import format_quality_table, matched_histogram, quality_table
 
 __all__ = [
     "MatchResult",
+    "NormalizeResult",
     "apply_file",
     "dask_cluster",
     "equalize_file",
     "fit_files",
     "local_cluster",
     "match_files",
+    "normalize_files",
     "raster_info",
     "run_demo",
 ]
@@ -425,6 +429,15 @@ def _created() -> dict[str, str]:
     return {"created": when.isoformat(timespec="seconds")}
 
 
+def _path_text(value: Any) -> Any:
+    """An input path (or a list of them) as the record stores it."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return str(value)
+
+
 def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:
     """The record stored with every output: inputs, options, quality, versions and the LUT.
 
@@ -433,7 +446,7 @@ def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dic
     return {
         **_created(),
         "operation": "match",
-        "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
+        "inputs": {k: _path_text(v) for k, v in inputs.items()},
         "method": lut.method,
         "levels": lut.levels,
         "quality": quality,
@@ -874,6 +887,518 @@ def dask_where(valid: Any, arr: Any) -> tuple[Any, Any, Any]:
         da.where(valid, arr, -np.inf),
         da.where(valid, arr, 0.0),
     )
+
+
+# -- many sources to one reference ------------------------------------------------------------
+
+#: What a folder given as a source holds that is read: rasters directly inside it.
+RASTER_SUFFIXES = (".tif", ".tiff", ".zarr")
+
+#: A date in a file name: 20200131, 2020-01-31 or 2020_01_31 (one separator throughout), not
+#: part of a longer run of digits. The first one found counts (Landsat names hold two).
+_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})([-_]?)(0[1-9]|1[0-2])\2(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def expand_sources(
+    items: PathLike | Sequence[PathLike],
+    *,
+    leave_out: Sequence[PathLike] = (),
+    what: str = "source",
+) -> list[Path]:
+    """The raster files that ``items`` name: files as given, folders and glob patterns expanded.
+
+    A folder stands for the GeoTIFFs and Zarr stores directly inside it (hidden names skipped);
+    a pattern (``*``, ``?``, ``[``) for the paths it matches, sorted. Paths in ``leave_out``
+    (the references) are left out of what a folder or a pattern finds, never out of a file
+    named on purpose. A path found twice counts once.
+
+    Examples
+    --------
+    >>> [p.name for p in expand_sources("data/riohist_*.tif")]
+    ['riohist_reference1_landsat.tif', 'riohist_source1_naip.tif']
+    >>> len(expand_sources("data", leave_out=["data/arrnorm_target.tif"]))
+    5
+    """
+    if isinstance(items, str | os.PathLike):
+        items = [items]
+    skip = {Path(p).expanduser().resolve() for p in leave_out}
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if _is_pattern(str(item)) and not path.exists():
+            matches = [Path(p) for p in sorted(glob.glob(str(path)))]
+            matches = [p for p in matches if p.is_file() or p.suffix.lower() == ".zarr"]
+            if not matches:
+                raise RasterReadError(
+                    f"the {what} pattern {item} matches no file; check the pattern (quote it "
+                    "so the shell leaves it to rastermatch, or let the shell expand it)"
+                )
+            found += [p for p in matches if p.resolve() not in skip]
+        elif path.is_dir() and path.suffix.lower() != ".zarr":
+            inside = [
+                p
+                for p in sorted(path.iterdir())
+                if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+            ]
+            inside = [p for p in inside if p.resolve() not in skip]
+            if not inside:
+                raise RasterReadError(
+                    f"the {what} folder {item} holds no .tif, .tiff or .zarr raster; name the "
+                    "files, or a pattern such as folder/*.TIF"
+                )
+            found += inside
+        elif path.exists():
+            found.append(path)
+        else:
+            raise RasterReadError(f"the {what} {item} does not exist; check the path")
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def time_labels(paths: Sequence[PathLike]) -> np.ndarray:
+    """One time label per source: the date in its file name, else its name without suffix.
+
+    Dates are read when every name holds one (``20200131``, ``2020-01-31``, ``2020_01_31``;
+    the first date of a name counts) and no two names give the same date; the labels are then
+    ``datetime64[ns]``. Otherwise the labels are the file stems, which must differ.
+
+    Examples
+    --------
+    >>> time_labels(["LC08_044034_20200131_T1.tif", "s2_2020-03-01.tif"]).tolist()
+    [1580428800000000000, 1583020800000000000]
+    >>> time_labels(["north.tif", "south.zarr"]).tolist()
+    ['north', 'south']
+    """
+    paths = [Path(p) for p in paths]
+    dates = []
+    for p in paths:
+        match = _DATE.search(_stem(p))
+        if match is None:
+            break
+        year, _, month, day = match.groups()
+        try:
+            dates.append(np.datetime64(f"{year}-{month}-{day}", "ns"))
+        except ValueError:  # 2020-02-31
+            break
+    if len(dates) == len(paths) and len(set(dates)) == len(dates):
+        return np.array(dates, dtype="datetime64[ns]")
+    stems = [_stem(p) for p in paths]
+    seen: dict[str, Path] = {}
+    for stem, p in zip(stems, paths, strict=True):
+        if stem in seen:
+            raise OptionError(
+                f"the sources {seen[stem]} and {p} would both be labelled {stem!r} in the "
+                "stack (their names hold no distinct dates); rename one, or write one output "
+                "per source into a folder"
+            )
+        seen[stem] = p
+    return np.array(stems, dtype=object)
+
+
+def check_same_grid(arrays: Sequence[xr.DataArray], paths: Sequence[PathLike]) -> None:
+    """Refuse sources that cannot be stacked: another size, band count, CRS or transform.
+
+    The first source sets the grid; the error names the first one that differs and how.
+    """
+    first, where = arrays[0], paths[0]
+    crs, transform = first.rio.crs, first.rio.transform()
+    for data, path in zip(arrays[1:], paths[1:], strict=True):
+        problem = None
+        if data.shape[1:] != first.shape[1:]:
+            problem = (
+                f"is {data.shape[2]} x {data.shape[1]} pixels but {where} is "
+                f"{first.shape[2]} x {first.shape[1]} (columns x rows)"
+            )
+        elif data.shape[0] != first.shape[0]:
+            problem = f"has {data.shape[0]} bands but {where} has {first.shape[0]}"
+        elif (data.rio.crs is None) != (crs is None) or (crs is not None and data.rio.crs != crs):
+            theirs = data.rio.crs.to_string() if data.rio.crs is not None else "no CRS"
+            problem = f"is in {theirs} but {where} is in {crs.to_string() if crs else 'no CRS'}"
+        elif not data.rio.transform().almost_equals(transform):
+            problem = f"has another transform (origin or pixel size) than {where}"
+        if problem:
+            error = BandMismatchError if "bands" in problem else GridMismatchError
+            raise error(
+                f"the source {path} {problem}; a stack needs every source on one grid: write one "
+                "output per source into a folder (an output path ending in /), or resample the "
+                "sources onto one grid first"
+            )
+
+
+@dataclass(frozen=True)
+class NormalizeResult:
+    """What :func:`normalize_files` produced.
+
+    ``outputs``: one raster per source (a folder as output) or the one stack; ``luts``: one
+    LUT per source, in the order of ``sources``; ``quality``: one row per (source, band), each
+    with the key ``source``; ``time``: the stack's time labels (None for a folder).
+    """
+
+    sources: list[Path]
+    outputs: list[Path]
+    luts: list[LUT]
+    quality: list[dict[str, Any]] = field(default_factory=list)
+    lut_paths: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    time: np.ndarray | None = None
+
+    def quality_text(self) -> str:
+        return format_quality_table(self.quality)
+
+
+def _is_folder_output(output: PathLike) -> bool:
+    text = os.fspath(output)
+    path = Path(text).expanduser()
+    if text.endswith(("/", os.sep)):
+        return True
+    if path.is_dir():
+        return not _looks_like_zarr(path)
+    return path.suffix == ""
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or any(
+        (path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+def _per_item(
+    value: PathLike | Sequence[PathLike | None] | None, items: Sequence[Path], what: str
+) -> list[Path | None]:
+    """One mask per item: none, one for all, or one per item in their order."""
+    if value is None:
+        return [None] * len(items)
+    if isinstance(value, str | os.PathLike):
+        return [Path(value)] * len(items)
+    values = [Path(v) if v is not None else None for v in value]
+    if len(values) == 1:
+        return values * len(items)
+    if len(values) != len(items):
+        raise OptionError(
+            f"{len(values)} {what}s for {len(items)} inputs; give one {what} for all of them "
+            f"or one per input, in the order of the inputs (mask= and reference_mask=, --mask and "
+            "--reference-mask on the command line)"
+        )
+    return values
+
+
+def _lut_files(lut_path: PathLike | None, names: Sequence[str]) -> tuple[list[Path], Path | None]:
+    """Where the LUT of each source is saved, and the folder that holds them (created if
+    needed): ``lut_path`` itself for one source named as a file; else ``<name>.lut.json`` per
+    source inside the folder ``lut_path`` (an existing folder, or a path ending in ``/``)."""
+    if lut_path is None:
+        return [], None
+    text = os.fspath(lut_path)
+    folder = Path(text).expanduser().absolute()
+    if not (text.endswith(("/", os.sep)) or folder.is_dir()):
+        if len(names) == 1:
+            return [folder], None
+        raise OptionError(
+            f"{len(names)} sources have {len(names)} LUTs, which one file {lut_path} cannot "
+            "hold: give lut_path= a folder (a path ending in /) to get one LUT file per source"
+        )
+    return [folder / f"{name}.lut.json" for name in names], folder
+
+
+def _folder_outputs(folder: Path, sources: Sequence[Path], suffix: str) -> list[Path]:
+    outputs = [folder / f"{_stem(s)}{suffix}" for s in sources]
+    seen: dict[Path, Path] = {}
+    for source, out in zip(sources, outputs, strict=True):
+        if out in seen:
+            raise OptionError(
+                f"the sources {seen[out]} and {source} would both be written to {out}; rename "
+                "one, or normalize them in two runs"
+            )
+        seen[out] = source
+    return outputs
+
+
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[None]:
+    """The output folder, created if needed; one created here is removed again (when still
+    empty) if the job fails, so a failed job leaves nothing."""
+    created = False
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise RasterWriteError(
+                f"cannot create the output folder {folder}: {folder.parent} does not exist; "
+                "create it first"
+            )
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            raise RasterWriteError(
+                f"cannot create the output folder {folder}: {exc.strerror or exc}"
+            ) from exc
+        created = True
+    elif not folder.is_dir():
+        raise RasterWriteError(f"{folder} exists and is not a folder; choose another output")
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@bounded_gdal_cache
+def normalize_files(
+    sources: PathLike | Sequence[PathLike],
+    reference: PathLike | Sequence[PathLike],
+    output: PathLike,
+    *,
+    format: Literal["tif", "zarr"] | None = None,
+    method: Method = "nearest",
+    levels: Levels = "present",
+    pool: Literal["counts", "cdf"] = "counts",
+    nodata: float | None = None,
+    reference_nodata: float | None = None,
+    mask: PathLike | Sequence[PathLike | None] | None = None,
+    reference_mask: PathLike | Sequence[PathLike | None] | None = None,
+    bands: Sequence[int] | None = None,
+    reference_bands: Sequence[int] | None = None,
+    bins: int | None = None,
+    dtype: Any = None,
+    chunks: Any = "auto",
+    overwrite: bool = False,
+    lut_path: PathLike | None = None,
+    report: PathLike | None = None,
+    cog: bool = False,
+    compress: Any = None,
+    show_progress: bool = False,
+) -> NormalizeResult:
+    """Normalize every source to one (pooled) reference: a time series or the scenes of a mosaic.
+
+    ``sources`` and ``reference`` are files, folders (the rasters directly inside) or glob
+    patterns; several references are pooled into one (``pool="counts"``: summed counts, scenes
+    weighted by their valid pixels; ``"cdf"``: every scene weighted equally). What ``output``
+    is decides what is written:
+
+    - a folder (a path ending in ``/``, an existing folder, or a name without suffix; created
+      if needed): one raster per source, named after it, GeoTIFF or Zarr by ``format``
+      (default ``"tif"``);
+    - ``OUT.zarr``: one Zarr stack ``(time, band, y, x)``; every source must be on one grid
+      (size, band count, CRS, transform), else :class:`~rastermatch.GridMismatchError` names the
+      first that is not. The time labels are the dates in the file names when every name holds
+      a distinct one, else the file stems (:func:`time_labels`).
+
+    The job runs as :func:`match_files` does, for all sources at once:
+
+    0. every output path (each per-source raster, the stack, the LUT files, the report) and
+       every option is checked before any work; no output may be an input;
+    1. one statistics pass: the histograms of every source and every reference are computed
+       together, each file read once;
+    2. every source is mapped through its LUT and streamed to its output.
+
+    ``mask`` is one mask for every source (all on its grid) or one per source, in the order of
+    the sources after expansion; ``reference_mask`` likewise per reference. ``lut_path`` saves
+    the LUTs: a file for a single source, else a folder receiving ``<output name>.lut.json``
+    per source. ``report`` draws one figure with every source's CDF against the reference,
+    before and after. A failed or interrupted job leaves nothing under any output name (the
+    rasters written before the failure are removed) and no temporaries.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp() + "/normalized/"
+    >>> result = normalize_files(["data/riohist_source1_naip.tif", "data/rasterio_RGB.byte.tif"],
+    ...                          "data/riohist_reference1_landsat.tif", out)
+    >>> [p.name for p in result.outputs]
+    ['riohist_source1_naip.tif', 'rasterio_RGB.byte.tif']
+    >>> len(result.quality), all(r["ks_after"] < r["ks_before"] for r in result.quality)
+    (6, True)
+    """
+    from .match import MatchOptions, apply_arrays, as_reference, fit_many
+
+    options = MatchOptions(method=method, levels=levels, bins=bins, dtype=dtype, pool=pool)
+    if format is not None and format not in ("tif", "zarr"):
+        raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
+    refs = expand_sources(reference, what="reference")
+    srcs = expand_sources(sources, leave_out=refs)
+    masks = _per_item(mask, srcs, "mask")
+    ref_masks = _per_item(reference_mask, refs, "reference mask")
+    inputs: list[PathLike | None] = [*srcs, *refs, *masks, *ref_masks]
+
+    # 0. every output, before any work
+    stacked = not _is_folder_output(output)
+    if stacked:
+        final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+        if final.suffix.lower() != ".zarr" or format == "tif":
+            raise OptionError(
+                f"{output} would hold every source in one (time, band, y, x) stack, which only "
+                "Zarr stores: give a .zarr path, or a folder (ending in /) for one GeoTIFF per "
+                "source"
+            )
+        _check_write_options(final, cog)
+        folder = final.parent
+        outputs = [final]
+    else:
+        folder = Path(os.fspath(output)).expanduser().absolute()
+        suffix = ".zarr" if format == "zarr" else ".tif"
+        outputs = _folder_outputs(folder, srcs, suffix)
+        if cog and suffix == ".zarr":
+            _check_write_options(outputs[0], cog)
+    lut_files, lut_folder = _lut_files(lut_path, [_stem(s) for s in srcs])
+    with contextlib.ExitStack() as folders:
+        folders.enter_context(_output_folder(folder))
+        if lut_folder is not None:
+            folders.enter_context(_output_folder(lut_folder))
+        if not stacked:
+            for out in outputs:
+                check_output_path(out, inputs=inputs, overwrite=overwrite, kind="raster")
+        for path in [*lut_files, *([report] if report is not None else [])]:
+            check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
+        if report is not None:
+            _check_report_path(report)
+        _check_distinct_all([*outputs, *lut_files, *([Path(report)] if report else [])])
+
+        # the headers: nodata, bands, masks and grids, all before the statistics
+        opened = [open_input(s, bands=bands, chunks=chunks) for s in srcs]
+        for data, path in zip(opened, srcs, strict=True):
+            _check_nodata(nodata, data, f"source {path}", "nodata")
+        ref_opened = [open_input(r, bands=reference_bands or bands, chunks=chunks) for r in refs]
+        for data, path in zip(ref_opened, refs, strict=True):
+            _check_nodata(reference_nodata, data, f"reference {path}", "reference_nodata")
+        labels = None
+        if stacked:
+            check_same_grid(opened, srcs)
+            labels = time_labels(srcs)
+        src_masks = [open_mask(m, d) for m, d in zip(masks, opened, strict=True)]
+        ref_mask_arrays = [open_mask(m, d) for m, d in zip(ref_masks, ref_opened, strict=True)]
+        arrays = [as_band_array(d, nodata=nodata, name="source") for d in opened]
+        members = [
+            as_band_array(d, nodata=_reference_nodata(nodata, reference_nodata, d),
+                          name="reference")
+            for d in ref_opened
+        ]  # fmt: skip
+        ref = as_reference(
+            members[0] if len(members) == 1 else members,
+            mask=ref_mask_arrays[0] if len(members) == 1 else ref_mask_arrays,
+        )
+
+        # 1. one statistics pass over every source and every reference
+        with progress(show_progress):
+            luts = fit_many(arrays, ref, options, masks=src_masks)
+        quality = []
+        for i, (lut, path) in enumerate(zip(luts, srcs, strict=True)):
+            rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
+            for row in rows:
+                extra = {"time": _label_text(labels[i])} if labels is not None else {}
+                quality.append({"source": path.name, **extra, **row})
+        matched = [apply_arrays(a, lut) for a, lut in zip(arrays, luts, strict=True)]
+
+        # 2. the rasters, then the staged LUT files and report
+        inputs_record = {"sources": [str(s) for s in srcs], "references": [str(r) for r in refs]}
+        written: list[Path] = []
+        how = (overwrite, cog, compress, show_progress)
+        with _staging() as staged:
+            for lut, lut_file in zip(luts, lut_files, strict=True):
+                _save_lut(lut, staged.path_for(lut_file), lut_file)
+            if report is not None:
+                from .plot import save_series_report
+
+                try:
+                    save_series_report(staged.path_for(Path(report)), luts,
+                                       [s.name for s in srcs], metrics=quality)  # fmt: skip
+                except OSError as exc:
+                    raise RasterWriteError(
+                        f"writing the report {report} failed: {exc.strerror or exc}"
+                    ) from exc
+            try:
+                if stacked:
+                    assert labels is not None
+                    stack = _stack(matched, labels)
+                    record = _normalize_record(luts, quality, inputs_record, labels)
+                    out, data = outputs[0], stack
+                    written.append(_write(data, out, record, inputs, *how))
+                else:
+                    for i, (data, out) in enumerate(zip(matched, outputs, strict=True)):
+                        rows = [q for q in quality if q["source"] == srcs[i].name]
+                        record = provenance(luts[i], rows, source=srcs[i], references=refs,
+                                            mask=masks[i])  # fmt: skip
+                        record["operation"] = "normalize"
+                        written.append(_write(data, out, record, inputs, *how))
+                staged.commit()
+            except BaseException:
+                for path in written:
+                    _remove_output(path)
+                raise
+    return NormalizeResult(
+        srcs, written, list(luts), quality, [Path(p) for p in lut_files],
+        Path(report) if report is not None else None, labels,
+    )  # fmt: skip
+
+
+def _check_distinct_all(paths: Sequence[Path]) -> None:
+    seen: set[Path] = set()
+    for path in paths:
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise OptionError(
+                f"two outputs of the job would both be written to {path}; give them different paths"
+            )
+        seen.add(resolved)
+
+
+def _label_text(label: Any) -> str:
+    if isinstance(label, np.datetime64):
+        return str(np.datetime_as_string(label, unit="D"))
+    return str(label)
+
+
+def _stack(matched: Sequence[xr.DataArray], labels: np.ndarray) -> xr.DataArray:
+    """The matched sources as one ``(time, band, y, x)`` DataArray (lazy), labelled in time.
+
+    The sources share a grid (checked before any work); coordinates, band labels and attrs are
+    the first source's. Every output has the LUTs' one dtype; its nodata is the one value the
+    outputs agree on.
+    """
+    nodatas = {m.rio.nodata for m in matched if m.rio.nodata is not None}
+    if len(nodatas) > 1:
+        raise OptionError(
+            f"the matched sources need different nodata values ({sorted(nodatas)}), which one "
+            "stack cannot hold; pass nodata= (--nodata) or write one output per source"
+        )
+    first = matched[0]
+    parts = [m.assign_coords(first.coords) for m in matched]
+    stack = xr.concat(parts, dim="time", coords="minimal", compat="override", join="override")
+    stack = stack.assign_coords(time=("time", labels))
+    stack.attrs = dict(first.attrs)
+    stack.encoding = {}
+    if nodatas:
+        stack = stack.rio.write_nodata(nodatas.pop(), encoded=False)
+    return stack
+
+
+def _normalize_record(
+    luts: Sequence[LUT],
+    quality: list[dict[str, Any]],
+    inputs: dict[str, Any],
+    labels: np.ndarray,
+) -> dict[str, Any]:
+    first = luts[0]
+    return {
+        **_created(),
+        "operation": "normalize",
+        "inputs": inputs,
+        "time": [_label_text(t) for t in labels],
+        "method": first.method,
+        "levels": first.levels,
+        "quality": quality,
+        "versions": versions(),
+        "luts": [lut.to_dict() for lut in luts],
+    }
 
 
 # -- the demo ---------------------------------------------------------------------------------

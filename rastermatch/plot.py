@@ -34,7 +34,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["figure_png", "plot_histogram", "plot_lut", "report_figure", "save_report"]
+__all__ = [
+    "figure_png",
+    "plot_histogram",
+    "plot_lut",
+    "report_figure",
+    "save_report",
+    "save_series_report",
+    "series_report_figure",
+]
 
 # one colour per role, everywhere in a report
 COLORS = {"source": "#1f77b4", "reference": "#4d4d4d", "matched": "#d62728"}
@@ -161,9 +169,9 @@ def plot_histogram(hist: Histogram, ax: Axes | None = None, **kwargs: Any) -> Ax
     hist._require_concrete()
     ax = _axes(ax)
     prefix = kwargs.pop("label", None)
-    for i, label in enumerate(hist.bands):
+    for i, label in enumerate(_row_names(hist)):
         x, y = _cdf_steps(hist, i)
-        name = f"band {label}" if prefix is None else f"{prefix}, band {label}"
+        name = label if prefix is None else f"{prefix}, {label}"
         ax.step(x, y, where="post", label=name, **kwargs)
     ax.set_xlabel(f"value ({hist.binning.dtype})")
     ax.set_ylabel("cumulative fraction of pixels")
@@ -204,9 +212,11 @@ def plot_lut(lut: LUT, ax: Axes | None = None, **kwargs: Any) -> Axes:
     ax = _axes(ax)
     prefix = kwargs.pop("label", None)
     kwargs.setdefault("drawstyle", "default" if lut.kind == "interval" else "steps-mid")
+    names = _row_names(lut.source_hist) if lut.source_hist is not None else None
     for i, label in enumerate(lut.bands):
         x, y = _lut_curve(lut, i)
-        name = f"band {label}" if prefix is None else f"{prefix}, band {label}"
+        label = names[i] if names is not None else f"band {label}"
+        name = label if prefix is None else f"{prefix}, {label}"
         ax.plot(x, y, label=name, **kwargs)
     ax.set_xlabel(f"source value ({lut.source_binning.dtype})")
     ax.set_ylabel(f"output value ({lut.dtype})")
@@ -311,11 +321,11 @@ def _limits_text(limits: np.ndarray, dtype: np.dtype) -> str:
     return f"{lo}{_DASH}{hi}"
 
 
-def _row_title(label: Any, row: dict[str, Any] | None) -> str:
+def _row_title(label: str, row: dict[str, Any] | None) -> str:
     if row is None:
-        return f"band {label}"
+        return label
     return (
-        f"band {label}    KS {row['ks_before']:.3f} → {row['ks_after']:.3f}    "
+        f"{label}    KS {row['ks_before']:.3f} → {row['ks_after']:.3f}    "
         f"W1 {significant(row['w1_before'])} → {significant(row['w1_after'])}"
     )
 
@@ -539,7 +549,7 @@ def report_figure(
             color="#555555",
         )
         rows = fig.subfigures(lut.nbands, 1, squeeze=False)[:, 0]
-        for b, (row_fig, label) in enumerate(zip(rows, lut.bands, strict=True)):
+        for b, (row_fig, label) in enumerate(zip(rows, _row_names(hists["source"]), strict=True)):
             row_fig.suptitle(
                 _row_title(label, None if metrics is None else metrics[b]),
                 x=0.005,
@@ -597,6 +607,167 @@ def save_report(
     True
     """
     fig = report_figure(source, reference, matched, lut, **kwargs)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
+
+
+# -- the report of a many-source job ----------------------------------------------------------
+
+
+def _row_names(hist: Histogram) -> list[str]:
+    rows = getattr(hist, "rows", None)
+    if rows is None:
+        return [f"band {label}" for label in hist.bands]
+    return [rows.describe(i) or "the image" for i in range(hist.nbands)]
+
+
+def _worst(metrics: Sequence[dict[str, Any]] | None, name: str) -> str:
+    if not metrics:
+        return name
+    rows = [m for m in metrics if m.get("source") == name]
+    if not rows:
+        return name
+    before = max(r["ks_before"] for r in rows)
+    after = max(r["ks_after"] for r in rows)
+    return f"{name}  (KS {before:.3f} → {after:.3f})"
+
+
+def series_report_figure(
+    luts: Sequence[LUT],
+    names: Sequence[str],
+    *,
+    metrics: Sequence[dict[str, Any]] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The report of many sources matched to one reference: one row per band, two panels.
+
+    Left, every source's CDF with the reference's (before); right, every matched output's CDF
+    with the reference's (after): a source that was not brought onto the reference stands out
+    as the one curve off the grey one. All curves come from histograms (each LUT's source and
+    reference histograms and :func:`~rastermatch.metrics.matched_histogram`); no pixel is read.
+
+    Parameters
+    ----------
+    luts
+        One fitted LUT per source (they carry their histograms), e.g. from
+        :func:`rastermatch.pipeline.normalize_files`.
+    names
+        One name per source, for the legend.
+    metrics
+        Quality rows with a ``source`` key (as ``normalize_files`` gives them): the legend adds
+        each source's worst KS distance before and after.
+    title
+        The figure title; default names the number of sources and the method.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import fit_lut
+    >>> rng = np.random.default_rng(0)
+    >>> reference = rng.integers(60, 255, (2, 30, 30), dtype=np.uint8)
+    >>> luts = [fit_lut(rng.integers(0, 120 + 40 * i, (2, 20, 20), dtype=np.uint8), reference)
+    ...         for i in range(3)]
+    >>> fig = series_report_figure(luts, ["a.tif", "b.tif", "c.tif"])
+    >>> len(fig.subfigs), len(fig.subfigs[0].axes)
+    (2, 2)
+    """
+    require_matplotlib()
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if len(luts) != len(names) or not luts:
+        raise BandMismatchError(f"{len(luts)} LUTs for {len(names)} source names")
+    for lut, name in zip(luts, names, strict=True):
+        if lut.source_hist is None or lut.reference_hist is None:
+            raise RastermatchError(
+                f"the LUT of {name} carries no histograms, so the report has no CDFs to draw; "
+                "fit it with rastermatch.fit_lut (LUT files written by LUT.save keep them)"
+            )
+    matched = [matched_histogram(lut) for lut in luts]
+    nrows = max(lut.nbands for lut in luts)
+    reference = next(lut.reference_hist for lut in luts if lut.nbands == nrows)
+    row_names = _row_names(next(lut.source_hist for lut in luts if lut.nbands == nrows))
+    cmap = mpl.colormaps["viridis" if len(luts) > 10 else "tab10"]
+    colors = [
+        cmap(i / max(len(luts) - 1, 1) if len(luts) > 10 else i % 10) for i in range(len(luts))
+    ]
+    ref_kw = {"color": COLORS["reference"], "linewidth": 3.0, "alpha": 0.45}
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(11.0, 0.9 + 3.0 * nrows), layout="constrained")
+        FigureCanvasAgg(fig)
+        fig.suptitle(
+            title
+            or (
+                f"{len(luts)} source{'s' if len(luts) != 1 else ''} matched to one reference: "
+                f"{luts[0].method} / {luts[0].levels} levels (output {luts[0].dtype})"
+            ),
+            fontsize=11,
+            fontweight="bold",
+        )
+        fig.supxlabel(
+            "CDFs from full-resolution histograms (matched: each source histogram pushed "
+            "through its LUT); thick grey: the reference.",
+            fontsize=7,
+            color="#555555",
+        )
+        subfigs = fig.subfigures(nrows, 1, squeeze=False)[:, 0]
+        for r, row_fig in enumerate(subfigs):
+            row_fig.suptitle(row_names[r], x=0.005, ha="left", fontsize=9.5, fontweight="bold")
+            before, after = row_fig.subplots(1, 2)
+            ref_steps = _cdf_steps(reference, r)
+            for ax, hists, what in ((before, [lut.source_hist for lut in luts], "source"),
+                                    (after, matched, "matched")):  # fmt: skip
+                ranges = []
+                ref_ax = ax
+                if what == "source" and any(
+                    h.binning.dtype != reference.binning.dtype for h in hists
+                ):  # sources in other units: the reference on its own axis, on top
+                    ref_ax = ax.twiny()
+                    ref_ax.spines["top"].set_visible(True)
+                    ref_ax.set_xlabel(f"reference value ({reference.binning.dtype})")
+                    ref_ax.set_xlim(*_padded(_quantiles(reference, r, _CDF_RANGE)))
+                    _plain_ticks(ref_ax, "x")
+                else:
+                    ranges.append(_quantiles(reference, r, _CDF_RANGE))
+                ref_ax.step(*ref_steps, where="post", label="reference", **ref_kw)
+                for i, (hist, name) in enumerate(zip(hists, names, strict=True)):
+                    if r >= hist.nbands or hist.counts[r].sum() == 0:
+                        continue
+                    ax.step(*_cdf_steps(hist, r), where="post", color=colors[i],
+                            linewidth=1.1, label=_worst(metrics, name))  # fmt: skip
+                    ranges.append(_quantiles(hist, r, _CDF_RANGE))
+                lo = min(float(q[0]) for q in ranges)
+                hi = max(float(q[1]) for q in ranges)
+                ax.set_xlim(*_padded(np.array([lo, hi])))
+                ax.set_ylim(0, 1.02)
+                ax.set_title("before: sources" if what == "source" else "after: matched",
+                             loc="left")  # fmt: skip
+                ax.set_xlabel("source value" if ref_ax is not ax else "value")
+                ax.set_ylabel("cumulative fraction")
+                ax.grid(alpha=0.25, linewidth=0.5)
+                _plain_ticks(ax, "x")
+            handles, labels = after.get_legend_handles_labels()
+            if len(handles) <= 13:
+                after.legend(handles, labels, loc="lower right", frameon=False, fontsize=6)
+    return fig
+
+
+def save_series_report(
+    path: str | os.PathLike[str],
+    luts: Sequence[LUT],
+    names: Sequence[str],
+    *,
+    dpi: int = 120,
+    **kwargs: Any,
+) -> Path:
+    """Write :func:`series_report_figure` to ``path`` (PNG, PDF or SVG, by the suffix)."""
+    fig = series_report_figure(luts, names, **kwargs)
     path = Path(path)
     fig.savefig(path, dpi=dpi, facecolor="white")
     return path

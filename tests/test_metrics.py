@@ -221,8 +221,9 @@ def test_quality_table_rows_are_plain_and_improve(rng):
     rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
     assert [r["band"] for r in rows] == [1, 2, 3]
     for r in rows:
-        assert set(r) == {"band", "ks_before", "ks_after", "w1_before", "w1_after"}
-        assert all(type(r[k]) is float for k in r if k != "band")
+        assert set(r) == {"band", "row", "ks_before", "ks_after", "w1_before", "w1_after"}
+        assert r["row"] == f"band {r['band']}"
+        assert all(type(r[k]) is float for k in r if k not in ("band", "row"))
         assert r["ks_after"] < r["ks_before"] and r["w1_after"] < r["w1_before"]
     assert json.loads(json.dumps(rows)) == rows
 
