@@ -16,7 +16,14 @@ Stages (``--stages``, all by default):
    two scene sizes (``--memory-sizes``; 16x the pixels between them); run last, because its
    large scene evicts the other inputs from the page cache;
 6. threaded scheduler vs a 2-process ``distributed.LocalCluster`` for Zarr -> Zarr, with the
-   outputs compared pixel for pixel.
+   outputs compared pixel for pixel;
+7. a time stack (``--dates`` x bands x ``--stack-size``², Zarr) normalized to one reference:
+   ``match_histograms(stack, reference)`` + ``write_raster`` vs the two-pass I/O floor of the
+   stack (read every date and the reference once, then copy the stack with ``write_raster``)
+   and vs a loop of one ``match_histograms`` + ``write_raster`` per date (each reads the
+   reference again), the outputs compared pixel for pixel; then the peak RSS of the stack job
+   in a child process for T = 3 and 12 dates (``--memory-dates``). ``--stack-size 1024``
+   checks the stage in a minute.
 
 Every ratio compares two things measured in the same run, repeats interleaved (A B, B A, ...) so
 that drift hits both alike; times are medians after an untimed warm-up. These are
@@ -1082,7 +1089,7 @@ def stack_paths(workdir: Path, dates: int, size: int, bands: int, chunk: int) ->
 
 def _write_stack_xarray(stack: xr.DataArray, path: Path) -> None:
     """Only while ``write_raster`` refuses stacks: the same layout and codec, via xarray."""
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     chunks = tuple(c[0] for c in stack.data.chunks)
     ds = stack.to_dataset(name="data")
@@ -1090,7 +1097,7 @@ def _write_stack_xarray(stack: xr.DataArray, path: Path) -> None:
     encoding = {
         "data": {
             "chunks": chunks,
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()),
             "fill_value": 0,
             "_FillValue": None,
             "grid_mapping": "spatial_ref",
@@ -1210,6 +1217,8 @@ def stage_stack(ctx: dict, res: Results) -> None:
     chunk = min(ctx["chunk"], size)
     dates = ctx["dates"]
     memory_dates = ctx["memory_dates"]
+    # the machine's load (other processes share the 2 cores): recorded with the results
+    res.extra["stack_loadavg_start"] = os.getloadavg()
     support = stack_support(tmp)
     log(f"    main's stacks: write {support['write'] or 'ok'}; match {support['match'] or 'ok'}")
     writer = "write_raster" if support["write"] is None else "xarray"
@@ -1247,6 +1256,9 @@ def stage_stack(ctx: dict, res: Results) -> None:
     with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
         measure(cases, ctx["repeats"], log)
         differing = _stack_vs_loop(out, loop) if m is not None else None
+    load = os.getloadavg()
+    res.extra["stack_loadavg_after_timing"] = load
+    log(f"    load average after timing: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     detail = {"cases": {c.name: c.as_dict() for c in cases}, "main_support": support}
     if m is not None:
         ratio = m.median / f.median
