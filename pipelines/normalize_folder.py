@@ -1,11 +1,14 @@
-"""Normalize every scene of a folder to one reference scene, writing Zarr.
+"""Normalize every scene of a folder to one reference scene, writing Zarr: an example script.
 
-Each GeoTIFF (``*.tif``, ``*.tiff``) and Zarr store (``*.zarr``) directly inside INPUT_DIR is
-histogram-matched to REFERENCE and written to ``OUTPUT_DIR/<scene name>.zarr``, with its
-provenance (inputs, options, quality, LUT). One line per scene reports the worst band's
-Kolmogorov-Smirnov distance to the reference before and after. A scene that fails (a band count
-that differs from the reference's, an existing output without ``--overwrite``) is reported and
-skipped; the exit status is 1 when any scene failed.
+A thin layer over :func:`rastermatch.pipeline.normalize_files`, which does the work (and which
+``rastermatch normalize INPUT_DIR --reference REFERENCE -o OUTPUT_DIR/ --format zarr`` runs
+from the command line): every GeoTIFF and Zarr store directly inside INPUT_DIR (the reference
+left out) is matched to REFERENCE in one job, with one statistics pass over all of them, and
+written to ``OUTPUT_DIR/<scene name>.zarr`` with its provenance. Every output is checked before
+any work; a scene that cannot be matched (a band count that differs from the reference's, an
+existing output without ``--overwrite``) stops the job before anything is written, with one
+line naming it, and the exit status is 1. One line per scene then reports the worst band's
+Kolmogorov-Smirnov distance to the reference before and after.
 
 Run::
 
@@ -15,10 +18,6 @@ for example, on the sample scenes::
 
     python pipelines/normalize_folder.py data data/arrnorm_ref_adjusted2target.tif \\
         /tmp/normalized --nodata 0 --bands 1,2,3
-
-Every scene is one :func:`rastermatch.pipeline.match_files` job: two reads of the scene and one
-of the reference, on dask's threads (or on the cluster of an active ``dask.distributed``
-client).
 """
 
 from __future__ import annotations
@@ -28,19 +27,7 @@ import sys
 from pathlib import Path
 
 from rastermatch import RastermatchError
-from rastermatch.pipeline import match_files
-
-SUFFIXES = (".tif", ".tiff", ".zarr")
-
-
-def scenes_in(folder: Path, reference: Path) -> list[Path]:
-    """The GeoTIFFs and Zarr stores directly inside ``folder``, the reference left out."""
-    found = [
-        p
-        for p in sorted(folder.iterdir())
-        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
-    ]
-    return [p for p in found if p.resolve() != reference.resolve()]
+from rastermatch.pipeline import normalize_files
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -68,47 +55,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.input_dir.is_dir():
-        sys.exit(f"error: {args.input_dir} is not a folder")
-    if args.output_dir.resolve() == args.input_dir.resolve():
-        sys.exit("error: write the outputs to another folder than the inputs")
-    scenes = scenes_in(args.input_dir, args.reference)
-    stems = [s.stem for s in scenes]
-    clashes = sorted({s for s in stems if stems.count(s) > 1})
-    if clashes:  # scene.tif and scene.zarr would both be written to scene.zarr
-        sys.exit(f"error: several scenes would be written to the same output: {clashes}")
-    if not scenes:
-        sys.exit(f"error: no .tif, .tiff or .zarr scenes in {args.input_dir}")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-
-    failed = 0
-    width = max(len(s.name) for s in scenes)
-    for scene in scenes:
-        output = args.output_dir / f"{scene.stem}.zarr"
-        try:
-            result = match_files(
-                scene,
-                args.reference,
-                output,
-                method=args.method,
-                nodata=args.nodata,
-                reference_nodata=args.reference_nodata,
-                bands=args.bands,
-                overwrite=args.overwrite,
-            )
-        except RastermatchError as error:
-            failed += 1
-            print(f"{scene.name:<{width}}  FAILED: {error}")
-            continue
-        ks_before = max(row["ks_before"] for row in result.quality)
-        ks_after = max(row["ks_after"] for row in result.quality)
-        print(
-            f"{scene.name:<{width}}  KS {ks_before:.4f} -> {ks_after:.4f} (worst band)  "
-            f"-> {result.output}"
+    try:
+        result = normalize_files(
+            args.input_dir,
+            args.reference,
+            f"{args.output_dir}/",  # a folder: one output per scene
+            format="zarr",
+            method=args.method,
+            nodata=args.nodata,
+            reference_nodata=args.reference_nodata,
+            bands=args.bands,
+            overwrite=args.overwrite,
         )
-    if failed:
-        print(f"{failed} of {len(scenes)} scenes failed", file=sys.stderr)
-    return 1 if failed else 0
+    except RastermatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    width = max(len(s.name) for s in result.sources)
+    for source, output in zip(result.sources, result.outputs, strict=True):
+        rows = [r for r in result.quality if r["source"] == source.name]
+        ks_before = max(r["ks_before"] for r in rows)
+        ks_after = max(r["ks_after"] for r in rows)
+        print(
+            f"{source.name:<{width}}  KS {ks_before:.4f} -> {ks_after:.4f} (worst band)  "
+            f"-> {output}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

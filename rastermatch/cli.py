@@ -627,7 +627,7 @@ def fit(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),  # str keeps the trailing / of a folder
     help="DIR/ (a folder: one output per source, named after it) or OUT.zarr (one "
     "(time, band, y, x) stack; the sources must share a grid).",
 )
@@ -671,7 +671,7 @@ def fit(
 @click.option(
     "--lut",
     "lut_path",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     help="Also save the LUTs as JSON: a folder (DIR/) gets one per source; a file for one source.",
 )
 @cluster_options
@@ -681,12 +681,12 @@ def fit(
 def normalize(
     sources: tuple[Path, ...],
     references: tuple[Path, ...],
-    output: Path,
+    output: str,
     format_: str | None,
     masks: tuple[Path, ...],
     reference_masks: tuple[Path, ...],
     report: Path | None,
-    lut_path: Path | None,
+    lut_path: str | None,
     workers: int | None,
     scheduler: str | None,
     **options: Any,

@@ -1303,7 +1303,9 @@ def normalize_files(
         written: list[Path] = []
         how = (overwrite, cog, compress, show_progress)
         with _staging() as staged:
-            for lut, lut_file in zip(luts, lut_files, strict=True):
+            for lut, lut_file in zip(luts, lut_files or [None] * len(luts), strict=True):
+                if lut_file is None:
+                    continue
                 _save_lut(lut, staged.path_for(lut_file), lut_file)
             if report is not None:
                 from .plot import save_series_report

@@ -626,3 +626,153 @@ def test_disk_full_names_the_output_and_leaves_nothing(tmp_path):
     assert "matched.tif" in lines[0] and "unexpected" not in lines[0], lines[0]
     assert done.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+# -- normalize: many sources to one reference -------------------------------------------------
+
+
+def _dated_scenes(folder: Path, dates: list[str], seed: int = 8) -> np.ndarray:
+    """One 4-band uint16 base scene (a window of arrnorm_target.tif) through a random strictly
+    increasing map of its levels per date, written as ``scene_<date>.tif``; returns the base."""
+    from rasterio.windows import Window
+
+    window = Window(100, 100, 96, 64)
+    with rasterio.open(ARRNORM) as f:
+        base = f.read(window=window)
+        profile = f.profile | {"width": 96, "height": 64,
+                               "transform": f.window_transform(window), "nodata": 0}  # fmt: skip
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    profile.update(tiled=False, compress=None)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
+    for date in dates:
+        levels = np.concatenate([[0], np.cumsum(rng.integers(1, 4, 65535))])  # 0 stays 0
+        with rasterio.open(folder / f"scene_{date}.tif", "w", **profile) as dst:
+            dst.write(np.minimum(levels[base], 65535).astype(np.uint16))
+    return base
+
+
+def test_normalize_into_a_folder_matches_each_source_alone(tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "normalize", NAIP, RGB, "--reference", LANDSAT, "-o", f"{out}/", "--format", "zarr",
+        "--lut", f"{out}/", "--report", tmp_path / "report.png",
+    )  # fmt: skip
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[:2] == ["source", "band"]
+    assert (
+        sum(NAIP.name in line for line in lines) >= 3
+        and sum(RGB.name in line for line in lines) >= 3
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "rasterio_RGB.byte.lut.json", "rasterio_RGB.byte.zarr",
+        "riohist_source1_naip.lut.json", "riohist_source1_naip.zarr",
+    ]  # fmt: skip
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    for source in (NAIP, RGB):
+        alone = rastermatch.match_histograms(
+            rastermatch.open_raster(source), rastermatch.open_raster(LANDSAT)
+        )
+        stem = source.name.removesuffix(".tif")
+        written, nodata = values(out / f"{stem}.zarr")
+        np.testing.assert_array_equal(written, alone.values)
+        assert nodata == alone.rio.nodata
+        assert rastermatch.LUT.load(out / f"{stem}.lut.json").nbands == 3
+        assert rastermatch.read_provenance(out / f"{stem}.zarr")["operation"] == "normalize"
+
+
+def test_normalize_a_dated_series_into_one_stack(tmp_path):
+    """The oracle: dates made from one base scene through strictly increasing level maps,
+    normalized onto the base, all equal the base exactly; time labels from the file names."""
+    dates = ["20200131", "20200302", "20200415"]
+    base = _dated_scenes(tmp_path / "scenes", dates)
+    (tmp_path / "base.tif").write_bytes(b"")  # replaced below by the base scene itself
+    ref = rastermatch.open_raster(tmp_path / "scenes" / f"scene_{dates[0]}.tif").copy(data=base)
+    rastermatch.write_raster(ref, tmp_path / "base.tif", overwrite=True)
+    result = run(
+        "normalize", tmp_path / "scenes", "-r", tmp_path / "base.tif", "-o", tmp_path / "s.zarr",
+    )  # fmt: skip
+    assert_ok(result)
+    stack = rastermatch.open_raster(tmp_path / "s.zarr")
+    assert stack.dims == ("time", "band", "y", "x")
+    assert [str(t)[:10] for t in stack["time"].values] == ["2020-01-31", "2020-03-02", "2020-04-15"]
+    for t in range(len(dates)):
+        np.testing.assert_array_equal(stack.values[t], base)
+    assert stack.rio.crs == ref.rio.crs and stack.rio.transform() == ref.rio.transform()
+    rows = [line for line in result.stdout.splitlines() if line.startswith("scene_")]
+    assert len(rows) == 3 * 4
+    assert all(float(line.split()[3]) == 0 for line in rows)  # KS after
+
+
+def test_normalize_pools_several_references(tmp_path):
+    from rastermatch.pipeline import normalize_files
+
+    refs = [LANDSAT, tmp_path / "other.tif"]
+    other = rastermatch.open_raster(LANDSAT)
+    rastermatch.write_raster(other[:, ::2, ::3], refs[1])
+    result = normalize_files([NAIP], refs, tmp_path / "out/")
+    pooled = result.luts[0].reference_hist
+    alone = [rastermatch.band_histograms(rastermatch.open_raster(r)).compute() for r in refs]
+    np.testing.assert_array_equal(pooled.counts, alone[0].counts + alone[1].counts)
+    assert result.outputs == [tmp_path / "out" / NAIP.name]
+
+
+def test_normalize_refuses_sources_on_different_grids(tmp_path):
+    result = run("normalize", NAIP, RGB, "-r", LANDSAT, "-o", tmp_path / "s.zarr")
+    assert_refused(result, 1, RGB.name, "grid", "folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_normalize_refuses_an_existing_output_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RGB.name).write_bytes(b"earlier")
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("statistics computed before the outputs were checked")
+
+    monkeypatch.setattr("rastermatch.match.fit_many", no_statistics)
+    result = run("normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/")
+    assert_refused(result, 1, RGB.name, "exists already", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == [RGB.name]
+    assert (out / RGB.name).read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["LC08_L1TP_044034_20200131_20200210_01_T1.tif", "S2A_MSIL2A_20200305T103321.zarr"],
+         ["2020-01-31", "2020-03-05"]),
+        (["a_2020-01-31.tif", "b_2021_12_01.tif"], ["2020-01-31", "2021-12-01"]),
+        (["north.tif", "south_20200131.tif"], ["north", "south_20200131"]),  # not every name
+        (["x_20200131.tif", "y_20200131.tif"], ["x_20200131", "y_20200131"]),  # one date twice
+        (["a_20200231.tif", "b_20200301.tif"], ["a_20200231", "b_20200301"]),  # no 31 February
+        (["id_120200131.tif", "id_220200131.tif"], ["id_120200131", "id_220200131"]),  # digits
+    ],
+)  # fmt: skip
+def test_time_labels(names, expected):
+    from rastermatch.pipeline import time_labels
+
+    labels = time_labels(names)
+    shown = [str(v)[:10] if labels.dtype.kind == "M" else v for v in labels]
+    assert shown == expected
+
+
+def test_time_labels_refuse_two_sources_of_one_name():
+    from rastermatch.pipeline import time_labels
+
+    with pytest.raises(rastermatch.OptionError, match="both be labelled 'scene'"):
+        time_labels(["a/scene.tif", "b/scene.zarr"])
+
+
+def test_sources_from_folders_and_patterns(tmp_path):
+    from rastermatch.pipeline import expand_sources
+
+    found = expand_sources([DATA, str(DATA / "riohist_*.tif")], leave_out=[LANDSAT])
+    assert LANDSAT not in found and found.count(NAIP) == 1
+    assert len(found) == len(list(DATA.glob("*.tif"))) - 1
+    with pytest.raises(rastermatch.RasterReadError, match="matches no file"):
+        expand_sources(str(tmp_path / "*.tif"))
+    with pytest.raises(rastermatch.RasterReadError, match=r"holds no \.tif"):
+        expand_sources(tmp_path)

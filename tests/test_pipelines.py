@@ -50,6 +50,30 @@ def test_normalize_folder(tmp_path):
         assert rastermatch.read_provenance(out / f"{stem}.zarr")["method"] == "nearest"
 
 
+def test_readme_normalize_command_runs(tmp_path):
+    """The README's ``rastermatch normalize data/ ...`` line, as a process, from a folder
+    holding data/."""
+    import re
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^rastermatch normalize data/ .*$", readme, flags=re.M)
+    assert line is not None
+    (tmp_path / "data").symlink_to(DATA)
+    args = shlex.split(line[0])[1:]
+    done = subprocess.run(
+        [sys.executable, "-m", "rastermatch", *args], capture_output=True, text=True,
+        cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in (tmp_path / "normalized").iterdir())
+    expected = sorted(p.name for p in DATA.glob("*.tif") if "reference1_landsat" not in p.name)
+    assert written == expected
+    for name in written:
+        assert rastermatch.open_raster(tmp_path / "normalized" / name).dtype == np.uint16
+        assert name in done.stdout
+
+
 def test_cluster_job(tmp_path):
     out = tmp_path / "matched.zarr"
     done = script(
