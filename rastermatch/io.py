@@ -112,6 +112,7 @@ from dask.delayed import Delayed
 from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.windows import Window
 
+from rastermatch._rows import show_label
 from rastermatch.errors import (
     BandMismatchError,
     DimensionError,
@@ -177,6 +178,16 @@ _MANAGED_ATTRS = frozenset(
         "scale_factor",
         "add_offset",
         "long_name",
+        # the grid, which the writers store themselves from .rio (stale copies that STAC
+        # loaders attach: stackstac's crs, transform, spec and resolution_xy)
+        "crs",
+        "transform",
+        "spec",
+        "res",
+        "resolution",
+        "resolution_xy",
+        "nodatavals",
+        "_Unsigned",
     }
 )
 
@@ -372,10 +383,17 @@ class _GuardedBlocks:
     block reads only its window through the backend's per-thread handle.
     """
 
-    def __init__(self, variable: xr.Variable, where: str, stored: tuple[int, ...] | None) -> None:
+    def __init__(
+        self,
+        variable: xr.Variable,
+        where: str,
+        stored: tuple[int, ...] | None,
+        labels: Mapping[Hashable, np.ndarray] | None = None,
+    ) -> None:
         self._variable = variable
         self._where = where
         self._stored = stored
+        self._labels = dict(labels or {})
         self.shape = variable.shape
         self.dtype = variable.dtype
         self.ndim = variable.ndim
@@ -438,10 +456,14 @@ class _GuardedBlocks:
                 parts.append(
                     f"band {start + 1}" if last == start else f"bands {start + 1}-{last + 1}"
                 )
-            elif dim == "y":
+            elif dim in _Y_NAMES:
                 parts.append(f"rows {start}-{last}")
-            elif dim == "x":
+            elif dim in _X_NAMES:
                 parts.append(f"columns {start}-{last}")
+            elif dim in self._labels:  # a row dim (a date of a stack): by its labels
+                labels = self._labels[dim]
+                first, final = show_label(labels[start]), show_label(labels[last])
+                parts.append(f"{dim} {first}" if last == start else f"{dim} {first} to {final}")
             else:
                 parts.append(f"{dim} {start}-{last}")
             if self._stored is not None:
@@ -482,14 +504,23 @@ def _guarded_chunks(
     source: Path,
     stored: tuple[int, ...] | None,
 ) -> xr.DataArray:
-    """``data`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedBlocks`."""
+    """``data`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedBlocks`.
+
+    Row dims other than ``band`` with a coordinate (a stack's dates) are named by their labels
+    in read errors.
+    """
     normalized = _normalize_chunks(chunks, data, source)
     try:
         mtime = source.stat().st_mtime_ns
     except OSError:
         mtime = None
     token = dask.base.tokenize(str(source), mtime, where, normalized)
-    blocks = _GuardedBlocks(data.variable, where, stored)
+    labels = {
+        dim: np.asarray(data[dim].values)
+        for dim in data.dims
+        if dim not in ("band", *_Y_NAMES, *_X_NAMES) and dim in data.coords and data[dim].ndim == 1
+    }
+    blocks = _GuardedBlocks(data.variable, where, stored, labels)
     arr = da.from_array(
         blocks,
         chunks=normalized,
@@ -520,8 +551,8 @@ def _normalize_chunks(chunks: Any, data: xr.DataArray, source: Path) -> tuple[tu
         ) from exc
     blocks = math.prod(len(sizes) for sizes in normalized)
     if blocks > MAX_BLOCKS:
-        pixels = math.prod(data.shape)
-        edge = max(256, math.isqrt(max(1, pixels // (data.sizes.get("band", 1) * 1000))))
+        # every row (band, date) is split alike: aim at about 1000 blocks per row
+        edge = max(256, math.isqrt(max(1, math.prod(sorted(data.shape)[-2:]) // 1000)))
         raise OptionError(
             f"chunks {chunks!r} would split {source} into {blocks:,} blocks, more than the "
             f"{MAX_BLOCKS:,} that can be scheduled in reasonable time; use larger chunks "
@@ -546,11 +577,17 @@ def _aligned_chunks(shape: tuple[int, int, int], block: tuple[int, int, int]) ->
     """Chunks that are whole multiples of ``block``, about TARGET_CHUNK_EDGE**2 pixels each."""
     _, height, width = shape
     band_chunk, block_y, block_x = block
+    y, x = _aligned_yx(height, width, block_y, block_x)
+    return {"band": max(1, min(band_chunk, shape[0])), "y": y, "x": x}
+
+
+def _aligned_yx(height: int, width: int, block_y: int, block_x: int) -> tuple[int, int]:
+    """Chunk edges that are whole multiples of the block, about TARGET_CHUNK_EDGE**2 pixels."""
     x = _aligned_size(width, block_x, TARGET_CHUNK_EDGE)
     # Thin strips (stripped GeoTIFFs have one-row blocks as wide as the image) get taller
     # chunks so that every chunk holds about the same number of pixels.
     y = _aligned_size(height, block_y, max(TARGET_CHUNK_EDGE**2 // x, 1))
-    return {"band": max(1, min(band_chunk, shape[0])), "y": y, "x": x}
+    return y, x
 
 
 def _aligned_size(extent: int, block: int, target: int) -> int:
@@ -609,18 +646,17 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
     dataset = _open_zarr_dataset(path)
     name = _select_variable(dataset, variable, path)
     result = dataset[name]
-    if set(result.dims) not in ({"y", "x"}, {"band", "y", "x"}):
-        raise DimensionError(
-            f"variable {name!r} of {path} has dims {result.dims}; expected (band, y, x) or "
-            "(y, x). Rename its dims (e.g. ds.rename({'lat': 'y', 'lon': 'x'})) and rewrite it"
-        )
+    ydim, xdim = _spatial_dims(result, f"variable {name!r} of {path}")
+    rows = [dim for dim in result.dims if dim not in (ydim, xdim)]
     _refuse_missing_chunks(path, name, result)
     stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
     stored = dict(zip(result.dims, stored_chunks, strict=True))
     if isinstance(chunks, str) and chunks == "auto":
-        shape = (result.sizes.get("band", 1), result.sizes["y"], result.sizes["x"])
-        block = (stored.get("band", 1), stored["y"], stored["x"])
-        chunks = _aligned_chunks(shape, block)
+        # one stored chunk along every row dim (one date and band for stores written here),
+        # about TARGET_CHUNK_EDGE pixels square along y/x
+        y, x = _aligned_yx(result.sizes[ydim], result.sizes[xdim], stored[ydim], stored[xdim])
+        chunks = {dim: max(1, min(stored[dim], result.sizes[dim])) for dim in rows}
+        chunks.update({ydim: y, xdim: x})
     if isinstance(chunks, Mapping):
         chunks = {dim: size for dim, size in chunks.items() if dim in result.dims}
     if chunks is not None:
@@ -628,12 +664,59 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
         # would load it.
         where = f"the Zarr store {path}, variable {name!r},"
         result = _guarded_chunks(result, chunks, where=where, source=path, stored=stored_chunks)
-    if "band" not in result.dims:
+    if not rows:  # a single image reads as band 1, as a GeoTIFF would
         result = result.expand_dims(band=np.array([1]))
-    result = result.transpose("band", "y", "x")
-    if result.band.dtype.kind in "OT":  # variable-length strings: use plain numpy str
-        result = result.assign_coords(band=np.array([str(v) for v in result.band.values]))
-    return result
+        rows = ["band"]
+    result = result.transpose(*rows, ydim, xdim)
+    for key, coord in result.coords.items():
+        if coord.dtype.kind in "OT" and all(isinstance(v, str) for v in coord.values.flat):
+            # variable-length strings (labels, stackstac's ids): plain numpy str
+            result = result.assign_coords(
+                {key: (coord.dims, np.array(coord.values.tolist(), dtype=str), coord.attrs)}
+            )
+    return _one_nodata(result)
+
+
+def _one_nodata(data: xr.DataArray) -> xr.DataArray:
+    """The nodata in ``_FillValue`` only, as rioxarray's GeoTIFF reader leaves it.
+
+    A second copy in a ``nodata`` attribute (how Zarr outputs store it) would go stale the
+    first time the nodata is changed with ``.rio.write_nodata``, and odc-geo's ``.odc.nodata``
+    reads ``nodata`` before ``_FillValue``: one attribute keeps both readers agreeing.
+    """
+    nodata = nodata_of(data)
+    attrs = {
+        key: value
+        for key, value in data.attrs.items()
+        if key not in (NODATA_ATTR, "_FillValue", "missing_value", "fill_value")
+    }
+    if nodata is not None:
+        attrs["_FillValue"] = nodata
+    data.attrs = attrs
+    return data
+
+
+#: Names of the spatial dims, (y, x), in the order they are looked for.
+_SPATIAL_NAMES = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
+_Y_NAMES = tuple(y for y, _ in _SPATIAL_NAMES)
+_X_NAMES = tuple(x for _, x in _SPATIAL_NAMES)
+
+
+def _spatial_dims(data: xr.DataArray, what: str) -> tuple[Hashable, Hashable]:
+    """The (y, x) dims of ``data`` by name (or as rioxarray finds them); every other is a row."""
+    for ydim, xdim in _SPATIAL_NAMES:
+        if ydim in data.dims and xdim in data.dims:
+            return ydim, xdim
+    try:
+        ydim, xdim = data.rio.y_dim, data.rio.x_dim
+    except Exception:  # rioxarray raises its own error when it finds none
+        ydim = xdim = None
+    if ydim in data.dims and xdim in data.dims and ydim != xdim:
+        return ydim, xdim
+    raise DimensionError(
+        f"{what} has dims {data.dims} and no spatial dims among them (y/x, latitude/longitude "
+        "or lat/lon); rename its dims (e.g. data.rename({'row': 'y', 'col': 'x'}))"
+    )
 
 
 def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -> None:
@@ -663,7 +746,7 @@ def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -
             f"{total:,} chunks, although the store was written with every chunk: it is "
             "damaged or an incomplete copy; copy or write it again"
         )
-    nodata = variable.rio.nodata
+    nodata = nodata_of(variable)
     if nodata is not None and fill is not None:
         fill_value, nodata_value = float(fill), float(nodata)
         if fill_value == nodata_value or (math.isnan(fill_value) and math.isnan(nodata_value)):
@@ -699,6 +782,11 @@ def _names(names: Iterable[Hashable]) -> str:
 
 def _relabel_bands(data: xr.DataArray, band_names: Sequence[str], path: Path) -> xr.DataArray:
     labels = [str(name) for name in band_names]
+    if "band" not in data.dims:
+        raise DimensionError(
+            f"band_names relabels the band dim, but {path} has dims {data.dims}; relabel its "
+            "coordinates with assign_coords instead"
+        )
     if len(labels) != data.sizes["band"]:
         raise BandMismatchError(
             f"band_names has {len(labels)} names but {path} has {data.sizes['band']} bands; "
@@ -829,12 +917,17 @@ def write_raster(
     """
     final = Path(path).expanduser().absolute()
     fmt = _output_format(final)
+    if isinstance(data, xr.Dataset):
+        raise InputTypeError(
+            f"write_raster writes one xarray.DataArray, got a Dataset for {final}; stack its "
+            "variables as bands with ds.to_dataarray('band'), or write each variable"
+        )
     if not isinstance(data, xr.DataArray):
         raise InputTypeError(
             f"write_raster needs an xarray.DataArray with dims (band, y, x), got "
             f"{type(data).__name__} for {final}; wrap arrays with xarray.DataArray(...)"
         )
-    data = _as_band_yx(data)
+    data = _as_rows_yx(data, fmt, final)
     _check_dtype(data.dtype, fmt, final)
     if cog and fmt != "gtiff":
         raise RasterWriteError(f"cog=True makes a Cloud-Optimized GeoTIFF; {final} is a Zarr path")
@@ -903,15 +996,33 @@ def _output_format(path: Path) -> Literal["gtiff", "zarr"]:
     )
 
 
-def _as_band_yx(data: xr.DataArray) -> xr.DataArray:
-    if data.dims == ("y", "x"):
-        return data.expand_dims(band=np.array([1]))
-    if set(data.dims) == {"band", "y", "x"}:
-        return data.transpose("band", "y", "x")
-    raise DimensionError(
-        f"write_raster needs dims (band, y, x) or (y, x), got {data.dims}; rename or "
-        "transpose the array (e.g. data.rename({'lat': 'y', 'lon': 'x'}))"
-    )
+def _as_rows_yx(data: xr.DataArray, fmt: str, final: Path) -> xr.DataArray:
+    """``data`` as ``(*row dims, y, x)``: the row dims in their order, the spatial dims last.
+
+    A GeoTIFF holds ``(band, y, x)``: row dims other than ``band`` must be of length 1 (a
+    ``groupby("time")`` group) and are squeezed (their label stays a scalar coordinate,
+    which a GeoTIFF does not store); anything else is refused here, before any work.
+    """
+    ydim, xdim = _spatial_dims(data, f"the data to write to {final}")
+    rows = [dim for dim in data.dims if dim not in (ydim, xdim)]
+    if fmt == "gtiff":
+        extra = [dim for dim in rows if dim != "band" and data.sizes[dim] == 1]
+        data = data.squeeze(extra) if extra else data
+        rows = [dim for dim in rows if dim not in extra]
+        if rows not in ([], ["band"]):
+            sizes = ", ".join(f"{dim}: {data.sizes[dim]}" for dim in rows)
+            date = next(dim for dim in rows if dim != "band")
+            rename = f", or store it as bands: data.rename({{{date!r}: 'band'}})"
+            raise DimensionError(
+                f"a GeoTIFF holds (band, y, x) but the data for {final} has rows ({sizes}); "
+                f"write a .zarr stack instead, or one GeoTIFF per {date} "
+                f"(data.isel({date}=i) for each i){rename if rows == [date] else ''}"
+            )
+        data = data.rename({ydim: "y", xdim: "x"}) if (ydim, xdim) != ("y", "x") else data
+        ydim, xdim = "y", "x"
+    if not rows:
+        return data.transpose(ydim, xdim).expand_dims(band=np.array([1]))
+    return data.transpose(*rows, ydim, xdim)
 
 
 def _check_dtype(dtype: np.dtype, fmt: str, path: Path) -> None:
@@ -1840,23 +1951,23 @@ def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
     from zarr.errors import ZarrUserWarning
 
     data: xr.DataArray = job.data
-    arr, chunk_shape = _regular_chunks(_dask_array(data, job.tile_size))
+    arr, chunk_shape = _zarr_chunks(_dask_array(data, job.tile_size))
     nodata = _nodata(data, job.final)
     name = _variable_name(data)
+    # the grid-mapping coord (odc-stac's spatial_ref) is written again from .rio below
+    grid_mapping = {
+        "spatial_ref",
+        data.encoding.get("grid_mapping"),
+        data.attrs.get("grid_mapping"),
+    }
 
     variable = xr.DataArray(
         arr,
-        dims=("band", "y", "x"),
-        coords={key: coord.variable for key, coord in data.coords.items() if key != "spatial_ref"},
+        dims=data.dims,
+        coords=_zarr_coords(data, exclude=grid_mapping),
         attrs=_zarr_attrs(data, job),
         name=name,
     )
-    # Band labels as variable-length UTF-8 (the zarr v3 "string" data type, registered in
-    # zarr-extensions): numpy fixed-width unicode would be stored as the unstable
-    # "fixed_length_utf32" type, which zarr warns about and other readers may not know.
-    if variable.band.dtype.kind in "UST":
-        labels = np.array([str(v) for v in variable.band.values], dtype=object)
-        variable = variable.assign_coords(band=labels)
     if data.rio.crs is not None:
         variable = variable.rio.write_crs(data.rio.crs)
     variable = variable.rio.write_transform(data.rio.transform())
@@ -1878,9 +1989,9 @@ def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
         },
         "spatial_ref": {},
     }
-    for coord in ("x", "y"):
-        if coord in dataset.coords and dataset[coord].dtype.kind == "f":
-            encoding[coord] = {"_FillValue": None}
+    for key, coord in dataset.coords.items():
+        if coord.dtype.kind == "f":  # labels are values: no CF masking of NaN ones
+            encoding[key] = {"_FillValue": None}
     with warnings.catch_warnings():
         # Consolidated metadata is not (yet) part of the zarr v3 specification; zarr says so
         # on every write. We want it (one read opens the store), so the notice is noise.
@@ -1906,6 +2017,49 @@ def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
             _compute_on_cluster(delayed, client)
 
 
+def _zarr_coords(data: xr.DataArray, *, exclude: set[Any]) -> dict[Hashable, xr.Variable]:
+    """The coordinates a Zarr store can hold, in a form every reader knows.
+
+    What STAC loaders attach is kept when it is plain data and dropped when it is not, never
+    an error: odc-stac's ``spatial_ref`` is written again from ``.rio``; stackstac's object
+    coords are kept as strings when every value is one (item ids, titles), as numbers when
+    every value is a number, and dropped otherwise (``eo:cloud_cover`` with ``None`` for some
+    dates, ``proj:transform`` sets, ``raster:bands`` dicts). A name with ``/`` would be a Zarr
+    path, so such a coord is dropped too. Strings are stored as variable-length UTF-8 (the zarr
+    v3 "string" data type): numpy fixed-width unicode would be the unstable
+    "fixed_length_utf32" type, which zarr warns about and other readers may not know.
+    """
+    coords: dict[Hashable, xr.Variable] = {}
+    for key, coord in data.coords.items():
+        if key in exclude or "/" in str(key):
+            continue
+        variable = coord.variable
+        values = variable.values
+        if values.dtype.kind in "UST" or (
+            values.dtype.kind == "O" and all(isinstance(v, str) for v in values.flat)
+        ):
+            values = np.array([str(v) for v in values.flat], dtype=object).reshape(values.shape)
+        elif values.dtype.kind == "O":
+            plain = [_plain_number(v) for v in values.flat]
+            if any(v is None for v in plain):
+                continue
+            values = np.array(plain).reshape(values.shape)
+            if values.dtype.kind not in "biuf":
+                continue
+        elif values.dtype.kind not in "biufmM":
+            continue  # complex, void, ...: no Zarr reader expects them as labels
+        coords[key] = xr.Variable(variable.dims, values, _zarr_json_attrs(variable.attrs))
+    return coords
+
+
+def _plain_number(value: Any) -> bool | int | float | None:
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        return value.item() if isinstance(value, np.generic) else value
+    return None
+
+
 def _variable_name(data: xr.DataArray) -> str:
     """The DataArray's own name, or "data" (xarray copies a dask array's key as the name)."""
     name = data.name
@@ -1913,15 +2067,13 @@ def _variable_name(data: xr.DataArray) -> str:
         return "data"
     if isinstance(data.data, da.Array) and name == data.data.name:
         return "data"
+    if re.fullmatch(r".*-[0-9a-f]{32}", name):  # a token name (stackstac's) changes every run
+        return "data"
     return name
 
 
 def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
-    attrs = {
-        str(key): _json_native(value)
-        for key, value in data.attrs.items()
-        if key not in _MANAGED_ATTRS
-    }
+    attrs = _zarr_json_attrs(data.attrs)
     scale, offset = _scale_offset(data)
     if scale is not None:
         attrs.update(scale_factor=scale, add_offset=offset)
@@ -1934,14 +2086,47 @@ def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
     return attrs
 
 
-def _json_native(value: Any) -> Any:
+def _zarr_json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    """The attributes that are JSON values, the ones the writers manage left out.
+
+    Others (stackstac's ``spec``, a RasterSpec object) are dropped rather than refused: they
+    describe how the data were loaded, not the data.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key in _MANAGED_ATTRS:
+            continue
+        native = _json_native(value)
+        if native is not _NOT_JSON:
+            kept[str(key)] = native
+    return kept
+
+
+_NOT_JSON = object()
+
+
+def _json_native(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON data (numpy scalars and arrays, tuples and dates converted), or
+    ``_NOT_JSON``."""
+    if depth > 16:
+        return _NOT_JSON
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, np.datetime64 | np.timedelta64):
+        return str(value)  # ISO 8601 text: what a date attribute means to a reader
     if isinstance(value, np.generic):
-        return value.item()
+        return _json_native(value.item(), depth + 1)
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return [_json_native(v) for v in value]
-    return value
+        value = value.tolist() if value.dtype.kind in "biufUS" else list(value.flat)
+    if isinstance(value, list | tuple):
+        items = [_json_native(v, depth + 1) for v in value]
+        return _NOT_JSON if any(v is _NOT_JSON for v in items) else items
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return _NOT_JSON
+        entries = {k: _json_native(v, depth + 1) for k, v in value.items()}
+        return _NOT_JSON if any(v is _NOT_JSON for v in entries.values()) else entries
+    return _NOT_JSON
 
 
 # Shared helpers ----------------------------------------------------------------------------
@@ -1950,9 +2135,9 @@ def _json_native(value: Any) -> Any:
 def _dask_array(data: xr.DataArray, tile_size: int) -> da.Array:
     if isinstance(data.data, da.Array):
         return data.data
-    _, height, width = data.shape
+    *rows, height, width = data.shape
     chunks = (
-        1,
+        *(1 for _ in rows),
         _aligned_size(height, tile_size, TARGET_CHUNK_EDGE),
         _aligned_size(width, tile_size, TARGET_CHUNK_EDGE),
     )
@@ -1972,25 +2157,79 @@ def _tile_aligned(arr: da.Array, tile_size: int) -> da.Array:
     return arr.rechunk(tuple(chunks)) if changed else arr
 
 
-def _regular_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
-    """Zarr needs one chunk shape: rechunk axes whose chunks are not all equal (but the last)."""
-    shape: list[int] = []
+def _zarr_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
+    """The stored chunk shape of a Zarr output, and the dask array rechunked to fit it.
+
+    One row (one date and band) per stored chunk along every row dim: reading a date or a
+    band reads only its own chunks, and any dask chunking of the rows fits (a block of
+    several rows writes several whole chunks, no rechunk). Along y and x Zarr needs one
+    chunk shape: axes whose dask chunks are not all equal (but the last) are rechunked.
+    """
+    shape: list[int] = [1] * (arr.ndim - 2)
     changed = False
-    for sizes in arr.chunks:
+    for sizes in arr.chunks[-2:]:
         if len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]:
             shape.append(max(sizes))
             changed = True
         else:
             shape.append(sizes[0])
-    return (arr.rechunk(tuple(shape)) if changed else arr), tuple(shape)
+    if changed:
+        arr = arr.rechunk((*arr.chunks[:-2], *shape[-2:]))
+    return arr, tuple(shape)
+
+
+def nodata_of(data: xr.DataArray) -> Any:
+    """The one nodata value of ``data``, however rioxarray, odc-geo or a STAC loader set it.
+
+    1. ``attrs["_FillValue"]``: rioxarray's current value (``.rio.write_nodata``); it wins
+       over a stale ``nodata`` attribute left by a loader, as it does for ``.rio.nodata``.
+    2. ``encoding["_FillValue"]`` equal to ``attrs["nodata"]``: odc-geo's ``.odc.nodata = v``
+       (which sets both and leaves the pixels as they are).
+    3. ``encoding["_FillValue"]`` alone: the file's nodata of data opened masked. Float data
+       were masked, so their nodata is NaN (rioxarray's rule); integer data cannot have been
+       (``.rio.nodata`` fails on them), so their nodata is that value.
+    4. Then ``missing_value``, ``fill_value``, ``nodata`` attributes, then anything else
+       ``.rio.nodata`` finds.
+
+    Returns ``None`` when there is none.
+    """
+    attrs, encoding = data.attrs, data.encoding
+    if "_FillValue" in attrs:
+        return attrs["_FillValue"]
+    encoded = encoding.get("_FillValue")
+    if encoded is not None:
+        if NODATA_ATTR in attrs and _same_value(attrs[NODATA_ATTR], encoded):
+            return attrs[NODATA_ATTR]
+        return math.nan if np.dtype(data.dtype).kind in "fc" else encoded
+    for key in ("missing_value", "fill_value", NODATA_ATTR):
+        if key in attrs:
+            return attrs[key]
+    try:
+        return data.rio.nodata
+    except (ValueError, TypeError, OverflowError):  # pragma: no cover - attrs cover rioxarray's
+        return None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        x, y = float(a), float(b)
+    except (TypeError, ValueError):
+        return False
+    return x == y or (math.isnan(x) and math.isnan(y))
 
 
 def _nodata(data: xr.DataArray, path: Path) -> int | float | None:
-    nodata = data.rio.nodata
+    nodata = nodata_of(data)
     if nodata is None:
         return None
     dtype = np.dtype(data.dtype)
-    value = float(nodata)
+    try:
+        value = float(nodata)
+    except (TypeError, ValueError) as exc:
+        raise RasterWriteError(
+            f"the nodata {nodata!r} of the data for {path} is not a number; set one with "
+            "data.rio.write_nodata(...)"
+        ) from exc
     if dtype.kind == "f":
         return value
     low, high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)

@@ -337,7 +337,8 @@ def test_zarr_variable_choice_and_dims(tmp_path):
         {
             "a": (("band", "y", "x"), np.zeros((1, 4, 5), dtype="uint8")),
             "b": (("band", "y", "x"), np.ones((1, 4, 5), dtype="uint8")),
-            "c": (("time", "lat", "lon"), np.ones((1, 4, 5), dtype="uint8")),
+            "c": (("time", "row", "col"), np.ones((1, 4, 5), dtype="uint8")),
+            "d": (("date", "lat", "lon"), np.ones((2, 4, 5), dtype="uint8")),
         }
     )
     path = tmp_path / "multi.zarr"
@@ -345,10 +346,12 @@ def test_zarr_variable_choice_and_dims(tmp_path):
     with pytest.raises(RasterReadError, match="variable="):
         open_raster(path)
     assert int(open_raster(path, variable="b").sum()) == 20
-    with pytest.raises(DimensionError, match="expected"):
+    with pytest.raises(DimensionError, match=r"no spatial dims .*rename its dims"):
         open_raster(path, variable="c")
-    with pytest.raises(RasterReadError, match="no data variable 'd'"):
-        open_raster(path, variable="d")
+    stack = open_raster(path, variable="d")  # spatial dims by name: lat/lon are y/x
+    assert stack.dims == ("date", "lat", "lon") and int(stack.sum()) == 40
+    with pytest.raises(RasterReadError, match="no data variable 'e'"):
+        open_raster(path, variable="e")
 
 
 # -- safety: refusals, failures, overwrite -----------------------------------------------
