@@ -175,6 +175,7 @@ class CLICase:
 
 
 M = ["match", "{d}/src.tif", "{d}/ref.tif"]  # a valid pair
+N = ["normalize", "{d}/src.tif"]  # a valid first source
 
 CLI_CASES = [
     # missing, non-raster and truncated inputs
@@ -303,6 +304,39 @@ CLI_CASES = [
             ["lut_lo.json"]),
     CLICase("lut-missing", ["apply", "{d}/src.tif", "nolut.json", "-o", "o.tif"], 2,
             ["nolut.json"]),
+    # normalize: a bad file among good ones is named; nothing is written, not even the folder
+    CLICase("normalize-non-raster-among", [*N, "{d}/notraster.tif", "-r", "{d}/ref.tif", "-o",
+                                           "out/"], 1, ["notraster.tif"]),
+    CLICase("normalize-all-nodata-among", [*N, "{d}/allnodata.tif", "-r", "{d}/ref.tif", "-o",
+                                           "out/"], 1, ["allnodata.tif", "band"]),
+    CLICase("normalize-band-count-among", [*N, "{d}/u8.tif", "-r", "{d}/ref.tif", "-o", "out/"],
+            1, ["u8.tif", "band"]),
+    CLICase("normalize-nodata-300-among", [*N, "{d}/u8.tif", "-r", "{d}/ref3.tif", "-o", "out/",
+                                           "--bands", "1,2,3", "--nodata", "300"], 1,
+            ["u8.tif", "300", "uint8"]),
+    CLICase("normalize-missing-source", [*N, "nofile.tif", "-r", "{d}/ref.tif", "-o", "out/"], 1,
+            ["nofile.tif", "does not exist"]),
+    CLICase("normalize-pattern-matches-nothing", [*N, "{d}/nothing*.tif", "-r", "{d}/ref.tif",
+                                                  "-o", "out/"], 1, ["nothing*.tif"]),
+    CLICase("normalize-into-the-input-folder", [*N, "-r", "{d}/ref.tif", "-o", "{d}/",
+                                                "--overwrite"], 1, ["src.tif", "input"]),
+    CLICase("normalize-stack-other-grid", [*N, "{d}/big.tif", "-r", "{d}/ref.tif", "-o",
+                                           "s.zarr"], 1, ["big.tif", "grid"]),
+    CLICase("normalize-stack-as-geotiff", [*N, "-r", "{d}/ref.tif", "-o", "s.tif"], 1,
+            ["s.tif", "Zarr"]),
+    CLICase("normalize-stack-over-reference", [*N, "-r", "{d}/missing.zarr", "-o",
+                                               "{d}/missing.zarr", "--overwrite"], 1,
+            ["missing.zarr", "input"]),
+    CLICase("normalize-one-lut-file-for-two", [*N, "{d}/big.tif", "-r", "{d}/ref.tif", "-o",
+                                               "out/", "--lut", "l.json"], 1,
+            ["l.json", "folder"]),
+    CLICase("normalize-masks-miscounted", [*N, "{d}/big.tif", "{d}/allnodata.tif", "-r",
+                                           "{d}/ref.tif", "-o", "out/", "--mask",
+                                           "{d}/mask.tif", "--mask", "{d}/mask.tif"], 1,
+            ["2 masks", "3", "--mask"]),
+    CLICase("normalize-mask-other-grid", [*N, "{d}/big.tif", "-r", "{d}/ref.tif", "-o", "out/",
+                                          "--mask", "{d}/mask.tif"], 1, ["mask.tif", "big.tif"]),
+    CLICase("normalize-no-reference", [*N, "-o", "out/"], 2, ["--reference"]),
 ]  # fmt: skip
 
 DRIVER = textwrap.dedent(
@@ -588,6 +622,17 @@ API_CASES = [
         _open(d, "src.tif"), d / "src.tif", overwrite=True), RasterWriteError, ["src.tif"]),
     APICase("write-bad-suffix", lambda d, o: rastermatch.write_raster(
         _open(d, "src.tif"), o / "o.jpg"), RasterWriteError, ["o.jpg"]),
+    APICase("normalize-files-existing", lambda d, o: P.normalize_files(
+        [d / "src.tif", d / "existing.tif"], d / "ref.tif", d), RasterWriteError,
+        ["src.tif"]),
+    APICase("normalize-files-other-grid", lambda d, o: P.normalize_files(
+        [d / "src.tif", d / "big.tif"], d / "ref.tif", o / "s.zarr"), GridMismatchError,
+        ["big.tif", "src.tif"]),
+    APICase("normalize-files-bad-format", lambda d, o: P.normalize_files(
+        d / "src.tif", d / "ref.tif", o, format="jpg"), OptionError, ["jpg"]),
+    APICase("normalize-files-all-nodata", lambda d, o: P.normalize_files(
+        [d / "src.tif", d / "allnodata.tif"], [d / "ref.tif"], o), NoValidPixelsError,
+        ["allnodata.tif"]),
 ]  # fmt: skip
 
 

@@ -776,3 +776,28 @@ def test_sources_from_folders_and_patterns(tmp_path):
         expand_sources(str(tmp_path / "*.tif"))
     with pytest.raises(rastermatch.RasterReadError, match=r"holds no \.tif"):
         expand_sources(tmp_path)
+
+
+def test_normalize_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while the second output is written: the first output, the LUT files, the report
+    and the folder the job created are all gone."""
+    from rastermatch import pipeline
+
+    write = pipeline._write
+    calls = []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_write", interrupted_second)
+    out = tmp_path / "out"
+    result = run(
+        "normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/", "--lut", f"{out}/",
+        "--report", tmp_path / "report.png",
+    )  # fmt: skip
+    assert result.exit_code == 130
+    assert len(calls) == 2
+    assert list(tmp_path.iterdir()) == []
