@@ -30,10 +30,12 @@ import dask
 import dask.array as da
 import numba
 import numpy as np
+import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ._data import BandArray, as_band_array, as_band_mask, no_valid_pixels, python_scalar
+from ._rows import Rows
 from ._values import EXACT_MAX_ITEMSIZE, kernel_nodata, uniform_bin
 from .errors import (
     BandMismatchError,
@@ -53,6 +55,7 @@ __all__ = [
     "block_counts",
     "block_stats",
     "uniform_bin",
+    "union_ranges",
 ]
 
 DEFAULT_BINS = 65_536
@@ -530,7 +533,7 @@ def block_range(
 # -- the Histogram value object ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Histogram:
     """Per-band counts with their binning and band labels, and what each bin holds.
 
@@ -568,31 +571,70 @@ class Histogram:
 
     counts: Any
     binning: Binning
-    bands: tuple[Hashable, ...] = field(default=())
-    vmin: Any = field(default=None, kw_only=True, repr=False)
-    vmax: Any = field(default=None, kw_only=True, repr=False)
-    nmin: Any = field(default=None, kw_only=True, repr=False)
-    nodata: float | int | None = field(default=None, kw_only=True)
-    masked: bool = field(default=False, kw_only=True)
-    name: str = field(default="data", kw_only=True, repr=False, compare=False)
+    rows: Rows
+    vmin: Any = field(default=None, repr=False)
+    vmax: Any = field(default=None, repr=False)
+    nmin: Any = field(default=None, repr=False)
+    nodata: float | int | None = None
+    masked: bool = False
+    name: str = field(default="data", repr=False, compare=False)
     # exact (values, counts) per band when known better than the bins tell (set by
     # metrics.matched_histogram); never serialized, dropped by every operation
     _atoms: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        counts: Any,
+        binning: Binning,
+        bands: Sequence[Hashable] = (),
+        *,
+        rows: Rows | None = None,
+        vmin: Any = None,
+        vmax: Any = None,
+        nmin: Any = None,
+        nodata: float | int | None = None,
+        masked: bool = False,
+        name: str = "data",
+    ) -> None:
+        # written by hand for the positional ``bands`` of earlier versions: ``rows`` given wins,
+        # else the rows are one ``band`` dim labelled ``bands`` (default 1..n)
+        if rows is not None and not isinstance(rows, Rows):
+            raise InputTypeError(f"rows must be a rastermatch Rows, not {type(rows).__name__}")
+        values = {
+            "counts": counts,
+            "binning": binning,
+            "rows": rows,
+            "vmin": vmin,
+            "vmax": vmax,
+            "nmin": nmin,
+            "nodata": nodata,
+            "masked": masked,
+            "name": name,
+            "_atoms": None,
+        }
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        self._check(tuple(bands) if bands is not None else ())
+
+    def _check(self, bands: tuple[Hashable, ...]) -> None:
         if not isinstance(self.binning, Binning):
             raise InputTypeError(f"binning must be a rastermatch.Binning, not {self.binning!r}")
         if not hasattr(self.counts, "ndim"):
             object.__setattr__(self, "counts", np.asarray(self.counts))
         if self.counts.ndim != 2 or self.counts.shape[1] != self.binning.nbins:
             raise OptionError(
-                f"counts must have shape (band, {self.binning.nbins}), not {self.counts.shape}"
+                f"counts must have shape (row, {self.binning.nbins}), not {self.counts.shape}"
             )
-        if not self.bands:
-            object.__setattr__(self, "bands", tuple(range(1, self.counts.shape[0] + 1)))
-        object.__setattr__(self, "bands", tuple(python_scalar(b) for b in self.bands))
-        if len(self.bands) != self.counts.shape[0]:
-            raise OptionError(f"{len(self.bands)} band labels for {self.counts.shape[0]} bands")
+        n = self.counts.shape[0]
+        if self.rows is None:
+            labels = bands or tuple(range(1, n + 1))
+            if len(labels) != n:
+                raise OptionError(f"{len(labels)} band labels for {n} bands")
+            object.__setattr__(self, "rows", Rows.bands(labels))
+        if self.rows.size != n:
+            raise OptionError(f"{self.rows!r} name {self.rows.size} rows, but counts have {n}")
+        if not self.binning.is_lazy and self.binning.nbands != n:
+            raise OptionError(f"the binning has {self.binning.nbands} rows, but counts have {n}")
         object.__setattr__(self, "nodata", python_scalar(self.nodata))
         object.__setattr__(self, "masked", bool(self.masked))
         stats = (self.vmin, self.vmax, self.nmin)
@@ -637,8 +679,28 @@ class Histogram:
         return isinstance(self.counts, da.Array) or self.binning.is_lazy
 
     @property
+    def bands(self) -> tuple[Hashable, ...]:
+        """One label per row: the band labels for a ``band`` dim, else tuples of labels (see
+        :meth:`Rows.labels <rastermatch._rows.Rows.labels>`)."""
+        return self.rows.labels()
+
+    @property
     def nbands(self) -> int:
+        """The number of rows (bands of a scene; (date, band) pairs of a stack)."""
         return int(self.counts.shape[0])
+
+    nrows = nbands
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The row dims, e.g. ``("time", "band")``; ``()`` for a 2-D image."""
+        return self.rows.dims
+
+    def describe(self, index: int) -> str:
+        """Row ``index`` for a message: ``band 3 of source.tif``, ``time 2020-01-01, band 'red'
+        of stack``, or just the name for a 2-D image."""
+        where = self.rows.describe(index)
+        return f"{where} of {self.name}" if where else self.name
 
     @property
     def total(self) -> Any:
@@ -697,26 +759,193 @@ class Histogram:
         keep = weights > 0
         return values[keep], weights[keep]
 
-    def band(self, index: int) -> Histogram:
-        """The histogram of one band (by position)."""
-        return self.take([index])
+    # -- selection and pooling, as xarray reads
+    def isel(self, **indexers: int | slice | Sequence[int]) -> Histogram:
+        """The rows at these positions along row dims; an integer drops its dim (as xarray).
 
-    def take(self, indices: Sequence[int]) -> Histogram:
-        """The histogram of the bands at ``indices`` (positions), in that order."""
-        b = self.binning
-        rows = np.asarray(indices, dtype=np.int64)
-        binning = Binning(b.kind, b.dtype, b.nbins, b.lo[rows], b.hi[rows])
+        ``hist.isel(time=0)`` is the first date's histogram, with the ``band`` dim left.
+        """
+        at, rows = self.rows.isel(**indexers)
+        return self.take(at, rows=rows)
+
+    def sel(self, **indexers: Any) -> Histogram:
+        """The rows with these labels along row dims; a label drops its dim, a list of labels
+        keeps it (as xarray). Dates may be given as strings: ``hist.sel(time="2020-01-31")``."""
+        at, rows = self.rows.sel(**indexers)
+        return self.take(at, rows=rows)
+
+    def sum(self, dim: str | Sequence[str] | None = None) -> Histogram:
+        """Pool the rows along ``dim`` (default: every row dim) by summing their counts.
+
+        The same as ``hist.pool(dim, how="counts")``: every pixel weighs the same, so a
+        date with more valid pixels weighs more. ``hist.sum("time")`` of a ``(time, band)``
+        histogram is one histogram per band. The rows of a group must share one binning (the
+        bin statistics merge exactly, as in ``+``); else :class:`BinningMismatchError`.
+        """
+        return self.pool(dim, how="counts")
+
+    def pool(
+        self, dim: str | Sequence[str] | None = None, how: Literal["counts", "cdf"] = "counts"
+    ) -> Histogram:
+        """One row per group of rows that differ only along ``dim`` (default: every row dim).
+
+        ``how="counts"`` sums the counts (every pixel weighs the same). ``how="cdf"`` weighs
+        every row of a group the same, whatever its number of valid pixels: the pooled CDF is
+        the mean of the rows' CDFs. Each row is scaled to a common total before summing:
+
+        - exactly when ``lcm(totals) * group size`` fits in int64 (each row multiplied by
+          ``lcm // total``; the pooled CDF is then exactly the mean CDF);
+        - otherwise to the common total ``S = max(largest total, 2**32)`` with largest-remainder
+          rounding (floors, then one more pixel in the bins with the largest remainders): every
+          row still sums to exactly ``S`` and each scaled CDF is within ``1 / S`` of the row's
+          own at every bin. Occupied bins stay occupied and empty ones empty.
+
+        ``how="cdf"`` needs a computed histogram; every row needs a valid pixel. The bin
+        statistics merge exactly (``nmin`` scaled as the counts are: rounded down, or equal to
+        the count where it was).
+        """
+        if how not in ("counts", "cdf"):
+            raise OptionError(f"how must be 'counts' or 'cdf', not {how!r}")
+        dims = self.dims if dim is None else (dim,) if isinstance(dim, str) else tuple(dim)
+        group, rows = self.rows.groups(dims)
+        members = [np.flatnonzero(group == g) for g in range(rows.size)]
+        binning = self._pooled_binning(members)
+        counts, nmin = self.counts, self.nmin
+        if how == "cdf":
+            self._require_concrete()
+            counts, nmin = _equal_weights(self, members)
+        xp = da if isinstance(counts, da.Array) else np
         stats = {}
         if self.has_stats:
-            stats = {"vmin": self.vmin[rows], "vmax": self.vmax[rows], "nmin": self.nmin[rows]}
+            vmin = xp.stack([self.vmin[m].min(axis=0) for m in members])
+            at_min = [self.vmin[m] == vmin[g] for g, m in enumerate(members)]
+            stats = {
+                "vmin": vmin,
+                "vmax": xp.stack([self.vmax[m].max(axis=0) for m in members]),
+                "nmin": xp.stack(
+                    [xp.where(at_min[g], nmin[m], 0).sum(axis=0) for g, m in enumerate(members)]
+                ),
+            }
         return Histogram(
-            self.counts[rows],
+            xp.stack([counts[m].sum(axis=0) for m in members]),
             binning,
-            tuple(self.bands[i] for i in rows),
+            rows=rows,
             nodata=self.nodata,
             masked=self.masked,
             name=self.name,
             **stats,
+        )
+
+    def _pooled_binning(self, members: list[np.ndarray]) -> Binning:
+        """The binning of the pooled rows: each group's, which its rows must share."""
+        b = self.binning
+        if b.is_lazy:
+            raise NotComputedError(
+                "the bin ranges are not computed yet, so rows cannot be pooled; compute the "
+                "histogram first, or histogram the rows with one given range"
+            )
+        for m in members:
+            differ = (b.lo[m] != b.lo[m[0]]) | (b.hi[m] != b.hi[m[0]])
+            if np.any(differ):
+                i, j = int(m[0]), int(m[np.argmax(differ)])
+                raise BinningMismatchError(
+                    f"cannot pool {self.describe(i)} (bins over [{b.lo[i]:g}, {b.hi[i]:g}]) with "
+                    f"{self.rows.describe(j)} (over [{b.lo[j]:g}, {b.hi[j]:g}]): pooled rows "
+                    "need one binning; histogram them with one range (union_ranges)"
+                )
+        first = np.array([m[0] for m in members], dtype=np.int64)
+        return Binning(b.kind, b.dtype, b.nbins, b.lo[first], b.hi[first])
+
+    def to_xarray(self) -> xr.DataArray:
+        """The counts as a DataArray ``(*row dims, "bin")`` with the rows' labels as coords.
+
+        The ``bin`` coord holds the levels of a levels binning and bin positions 0..n-1 of a
+        uniform one, whose per-row ranges are the coords ``bin_lo`` / ``bin_hi``. Lazy counts
+        stay lazy (dask-backed).
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr
+        >>> from rastermatch import band_histograms
+        >>> stack = xr.DataArray(
+        ...     np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3) % 4,
+        ...     dims=("time", "band", "y", "x"),
+        ...     coords={"time": [2020, 2021], "band": ["red", "nir"]},
+        ... )
+        >>> counts = band_histograms(stack).to_xarray()
+        >>> counts.dims, counts.sizes["bin"]
+        (('time', 'band', 'bin'), 256)
+        >>> counts.sel(time=2021, band="nir", bin=[0, 1, 2, 3]).values.tolist()
+        [2, 2, 1, 1]
+        >>> counts.sum("time").sel(band="red", bin=[0, 1, 2, 3]).values.tolist()
+        [3, 3, 3, 3]
+        """
+        if "bin" in self.dims:
+            raise OptionError(f"a row dim is named 'bin' ({self.rows!r}); rename it first")
+        b = self.binning
+        shape = (*self.rows.shape, b.nbins)
+        dims = (*self.dims, "bin")
+        coords: dict[str, Any] = {
+            d: _coord_values(c) for d, c in zip(self.rows.dims, self.rows.coords, strict=True)
+        }
+        if b.kind == "levels":
+            coords["bin"] = b.offset + np.arange(b.nbins, dtype=np.int64)
+        else:
+            coords["bin"] = np.arange(b.nbins, dtype=np.int64)
+            if not b.is_lazy:
+                coords["bin_lo"] = (self.dims, b.lo.reshape(self.rows.shape))
+                coords["bin_hi"] = (self.dims, b.hi.reshape(self.rows.shape))
+        attrs = {"binning": b.kind, "dtype": str(b.dtype)}
+        if self.nodata is not None:
+            attrs["nodata"] = self.nodata
+        return xr.DataArray(
+            self.counts.reshape(shape), dims=dims, coords=coords, attrs=attrs, name="counts"
+        )
+
+    def band(self, index: int) -> Histogram:
+        """The histogram of one band (by position)."""
+        return self.take([index])
+
+    def take(self, indices: Sequence[int], rows: Rows | None = None) -> Histogram:
+        """The histogram of the rows at ``indices`` (flat positions), in that order.
+
+        ``rows`` labels the result. Default: for one row dim, its labels at ``indices``; for
+        a 2-D image's single row repeated, ``band`` 1..n; for several dims, the same rows when
+        ``indices`` take them all in order (else pass ``rows``, or use :meth:`isel`).
+        """
+        b = self.binning
+        at = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if at.size and (at.min() < -self.nrows or at.max() >= self.nrows):
+            raise OptionError(f"row indices {at.tolist()} are out of range for {self.nrows} rows")
+        at = at % max(self.nrows, 1)
+        if rows is None:
+            rows = self._rows_at(at)
+        binning = Binning(b.kind, b.dtype, b.nbins, b.lo[at], b.hi[at])
+        stats = {}
+        if self.has_stats:
+            stats = {"vmin": self.vmin[at], "vmax": self.vmax[at], "nmin": self.nmin[at]}
+        return Histogram(
+            self.counts[at],
+            binning,
+            rows=rows,
+            nodata=self.nodata,
+            masked=self.masked,
+            name=self.name,
+            **stats,
+        )
+
+    def _rows_at(self, at: np.ndarray) -> Rows:
+        """The rows of :meth:`take` when none are given."""
+        rows = self.rows
+        if len(rows.dims) == 1:
+            return Rows(rows.dims, (tuple(rows.coords[0][i] for i in at),))
+        if np.array_equal(at, np.arange(rows.size)):
+            return rows
+        if not rows.dims:
+            return Rows.bands(range(1, at.size + 1))
+        raise OptionError(
+            f"taking rows {at.tolist()} of {rows!r} needs the rows of the result: pass rows=, "
+            "or select with hist.isel(...) / hist.sel(...)"
         )
 
     def __add__(self, other: Histogram) -> Histogram:
@@ -757,7 +986,7 @@ class Histogram:
         return Histogram(
             self.counts + other.counts,
             self.binning,
-            self.bands,
+            rows=self.rows,
             nodata=self.nodata if same_nodata else None,
             masked=self.masked or other.masked,
             name=self.name,
@@ -766,8 +995,9 @@ class Histogram:
 
     # -- serialization
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (format 2, see :mod:`rastermatch.schema`): per band the occupied
-        bins and their counts, with vmin/vmax/nmin for uniform binnings, and the nodata."""
+        """A JSON-ready dict (format 2, see :mod:`rastermatch.schema`): the rows (dims and
+        labels, dates as ISO strings), per row the occupied bins and their counts, with
+        vmin/vmax/nmin for uniform binnings, and the nodata."""
         from .schema import histogram_to_dict
 
         return histogram_to_dict(self)
@@ -804,10 +1034,14 @@ class Histogram:
     def __repr__(self) -> str:
         state = "lazy" if self.is_lazy else f"{self.total.tolist()} pixels"
         nodata = "" if self.nodata is None else f", nodata={self.nodata!r}"
-        return (
-            f"<Histogram {self.nbands} band(s) {list(self.bands)}, {self.binning!r}{nodata}, "
-            f"{state}>"
-        )
+        return f"<Histogram {self._shown_rows()}, {self.binning!r}{nodata}, {state}>"
+
+    def _shown_rows(self) -> str:
+        if self.rows.dims == ("band",):
+            return f"{self.nbands} band(s) {list(self.bands)}"
+        if not self.rows.dims:
+            return "1 row"
+        return f"{self.nrows} rows {self.rows!r}"
 
     def plot(self, ax: Any = None, **kwargs: Any) -> Any:
         """Plot the CDF of every band (matplotlib; the ``plot`` extra)."""
@@ -839,7 +1073,7 @@ class Histogram:
         """Everything besides the parts that a rebuilt histogram needs."""
         return {
             "binning": self.binning,
-            "bands": self.bands,
+            "rows": self.rows,
             "stats": self.has_stats,
             "nodata": self.nodata,
             "masked": self.masked,
@@ -859,7 +1093,11 @@ class Histogram:
 
     def __dask_tokenize__(self) -> str:
         return tokenize(
-            type(self).__name__, *(p.name for p in self._parts), self.bands, self.nodata
+            type(self).__name__,
+            *(p.name for p in self._parts),
+            self.rows.dims,
+            self.rows.coords,
+            self.nodata,
         )
 
     __dask_optimize__ = staticmethod(da.Array.__dask_optimize__)
@@ -889,7 +1127,7 @@ def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
     if binning.is_lazy:
         lohi = parts[-1]
         if not isinstance(lohi, da.Array):
-            lohi = check_range(np.asarray(lohi).T, meta["bands"], meta["name"]).T
+            lohi = check_range(np.asarray(lohi).T, meta["rows"].labels(), meta["name"]).T
         binning = Binning(binning.kind, binning.dtype, binning.nbins, lohi[0], lohi[1])
     stats = {}
     if meta["stats"]:
@@ -897,7 +1135,7 @@ def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
     return Histogram(
         parts[0],
         binning,
-        meta["bands"],
+        rows=meta["rows"],
         nodata=meta["nodata"],
         masked=meta["masked"],
         name=meta["name"],
@@ -964,6 +1202,87 @@ def band_ranges(
     if not src.is_dask:
         return block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
     return _lazy_range(src, m)
+
+
+def _coord_values(labels: tuple[Hashable, ...]) -> np.ndarray:
+    """Row labels as a coordinate array: dates as datetime64[ns], the rest as numpy infers."""
+    if labels and all(isinstance(v, np.datetime64) for v in labels):
+        return np.array(labels, dtype="datetime64[ns]")
+    if all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in labels):
+        return np.array(labels)
+    out = np.empty(len(labels), dtype=object)
+    out[:] = list(labels)
+    return out
+
+
+def _equal_weights(hist: Histogram, members: list[np.ndarray]) -> tuple[np.ndarray, Any]:
+    """``(counts, nmin)`` with every row scaled to its group's common total (``pool("cdf")``)."""
+    counts = hist.counts.copy()
+    nmin = None if hist.nmin is None else hist.nmin.copy()
+    totals = [int(t) for t in hist.total]
+    for m in members:
+        for i in m:
+            if totals[i] == 0:
+                raise no_valid_pixels(hist.rows.describe(int(i)) or "the image", hist.name)
+        lcm = math.lcm(*(totals[i] for i in m))
+        exact = lcm * len(m) <= np.iinfo(np.int64).max
+        common = lcm if exact else max(max(totals[i] for i in m), 2**32)
+        if common * len(m) > np.iinfo(np.int64).max:
+            raise OptionError(
+                f"{hist.name} has rows of up to {common} pixels; {len(m)} of them cannot be "
+                "weighed equally in int64 counts: pool fewer rows, or pool with how='counts'"
+            )
+        for i in m:
+            t = totals[i]
+            if exact:
+                counts[i] *= lcm // t
+                if nmin is not None:
+                    nmin[i] *= lcm // t
+                continue
+            scaled = _scale_to_total(counts[i], t, common)
+            if nmin is not None:
+                floor = (nmin[i].astype(object) * common // t).astype(np.int64)
+                nmin[i] = np.where(nmin[i] == counts[i], scaled, floor)
+            counts[i] = scaled
+    return counts, nmin
+
+
+def _scale_to_total(counts: np.ndarray, total: int, common: int) -> np.ndarray:
+    """``counts * common / total`` in integers summing to ``common``: floors, then one more in
+    the bins with the largest remainders (the first bins among equal remainders)."""
+    occupied = np.flatnonzero(counts)
+    scaled = counts[occupied].astype(object) * common
+    floor = (scaled // total).astype(np.int64)
+    remainder = (scaled % total).astype(np.int64)
+    short = common - int(floor.sum(dtype=object))
+    floor[np.argsort(-remainder, kind="stable")[:short]] += 1
+    out = np.zeros_like(counts)
+    out[occupied] = floor
+    return out
+
+
+def union_ranges(lohi: Any, groups: Any) -> Any:
+    """``(row, 2)`` ranges widened to the union over each row's group.
+
+    ``groups`` gives every row's group (as from :meth:`Rows.groups
+    <rastermatch._rows.Rows.groups>`). Rows binned with the result share one range per group,
+    so their histograms can be pooled with :meth:`Histogram.sum` / :meth:`Histogram.pool`.
+    Rows without valid pixels (``(inf, -inf)``) widen nothing. numpy or dask ranges.
+
+    Examples
+    --------
+    >>> union_ranges(np.array([[0.0, 1.0], [0.5, 3.0], [2.0, 2.5]]), [0, 0, 1]).tolist()
+    [[0.0, 3.0], [0.0, 3.0], [2.0, 2.5]]
+    """
+    xp = da if isinstance(lohi, da.Array) else np
+    lohi = lohi if xp is da else np.asarray(lohi, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+    if lohi.ndim != 2 or lohi.shape[1] != 2 or groups.shape != (lohi.shape[0],):
+        raise OptionError("union_ranges needs (row, 2) ranges and one group per row")
+    members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+    union = xp.stack([xp.stack([lohi[m, 0].min(), lohi[m, 1].max()]) for m in members if m.size])
+    index = np.cumsum([m.size > 0 for m in members]) - 1
+    return union[index[groups]]
 
 
 def check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
@@ -1043,7 +1362,12 @@ def binned_histogram(
 ) -> Histogram:
     """The histogram of a normalized input with a given binning (None: uniform over each band's
     valid range, found first). ``m`` is a mask from :func:`as_band_mask` or None."""
-    recorded = {"nodata": src.nodata, "masked": m is not None, "name": src.name}
+    recorded = {
+        "nodata": src.nodata,
+        "masked": m is not None,
+        "name": src.name,
+        "rows": _rows_of(src),
+    }
 
     if not src.is_dask:
         if binning is None:
@@ -1056,9 +1380,9 @@ def binned_histogram(
                 src.array, m, kind="levels", nbins=binning.nbins, offset=binning.offset,
                 nodata=src.nodata,
             )  # fmt: skip
-            return Histogram(counts[:, 0, 0, :], binning, src.bands, **recorded)
+            return Histogram(counts[:, 0, 0, :], binning, **recorded)
         stats = block_stats(src.array, m, lohi, nbins=binning.nbins, nodata=src.nodata)
-        return _histogram_from_stats(stats[:, 0, 0], binning, src.bands, recorded)
+        return _histogram_from_stats(stats[:, 0, 0], binning, recorded)
 
     arr = src.array
     if binning is None:
@@ -1087,7 +1411,7 @@ def binned_histogram(
             name=f"rastermatch-counts-{token}",
         )
         counts = per_block.sum(axis=(1, 2), dtype=np.int64)
-        return Histogram(counts, binning, src.bands, **recorded)
+        return Histogram(counts, binning, **recorded)
     per_block = da.blockwise(
         block_stats,
         "byxnk",
@@ -1106,17 +1430,20 @@ def binned_histogram(
         name=f"rastermatch-stats-{token}",
     )
     stats = _tree_combine(per_block)[:, 0, 0]
-    return _histogram_from_stats(stats, binning, src.bands, recorded)
+    return _histogram_from_stats(stats, binning, recorded)
 
 
-def _histogram_from_stats(
-    stats: Any, binning: Binning, bands: tuple[Hashable, ...], recorded: dict[str, Any]
-) -> Histogram:
-    """A histogram from ``(band, nbins, 4)`` statistics (numpy or dask)."""
+def _rows_of(src: BandArray) -> Rows:
+    """The input's rows (one ``band`` dim labelled ``src.bands`` for inputs without any)."""
+    rows = getattr(src, "rows", None)
+    return rows if rows is not None else Rows.bands(src.bands)
+
+
+def _histogram_from_stats(stats: Any, binning: Binning, recorded: dict[str, Any]) -> Histogram:
+    """A histogram from ``(row, nbins, 4)`` statistics (numpy or dask)."""
     return Histogram(
         stats[..., COUNT].astype(np.int64),
         binning,
-        bands,
         vmin=stats[..., VMIN],
         vmax=stats[..., VMAX],
         nmin=stats[..., NMIN].astype(np.int64),

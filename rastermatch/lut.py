@@ -29,13 +29,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ._data import no_valid_pixels, python_scalar
+from ._rows import Rows
 from ._values import cast_values, check_nodata, nodata_fits, smallest_dtype
 from .errors import (
     BandMismatchError,
@@ -208,21 +209,20 @@ def _band_table(
     return np.stack([smin, smax, olo, ohi], axis=1)
 
 
-def _check_outputs_fit(
-    outputs: np.ndarray, dtype: np.dtype, bands: tuple[Hashable, ...], explicit: bool
-) -> None:
-    """OptionError when an integer ``dtype`` cannot hold a band's outputs (it would clip)."""
+def _check_outputs_fit(outputs: np.ndarray, dtype: np.dtype, rows: Rows, explicit: bool) -> None:
+    """OptionError when an integer ``dtype`` cannot hold a row's outputs (it would clip)."""
     if dtype.kind not in "iu":
         return
     info = np.iinfo(dtype)
-    for label, row in zip(bands, outputs, strict=True):
+    for i, row in enumerate(outputs):
         lo, hi = float(np.rint(row.min())), float(np.rint(row.max()))
         # float(info.max) is 2**63 for int64: a value rounding there is the top of the range
         if lo < info.min or hi > float(info.max):
             fit = smallest_dtype(lo, hi)
             hint = "leave dtype unset or choose" if explicit else "pass dtype="
+            where = rows.describe(i) or "the image"
             raise OptionError(
-                f"the LUT maps band {label!r} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
+                f"the LUT maps {where} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
                 f"{hint} {fit.name}"
             )
 
@@ -254,9 +254,11 @@ class LUT:
     dtype
         The output dtype.
     method, levels
-        How the table was built.
-    bands
-        Band labels (of the source).
+        How the table was built (these and the fields below are keyword-only).
+    rows
+        What each table row is (:class:`~rastermatch._rows.Rows`, the source's: bands, or
+        (date, band) pairs of a stack); default one ``band`` dim labelled 1..n. ``bands`` gives
+        one label per row.
     source_hist, reference_hist
         The histograms the table was built from, kept for audit and for the quality metrics.
     nodata, out_nodata
@@ -286,9 +288,10 @@ class LUT:
     table: np.ndarray
     source_binning: Binning
     dtype: np.dtype
+    _: KW_ONLY
     method: Method = "nearest"
     levels: Levels = "present"
-    bands: tuple[Hashable, ...] = ()
+    rows: Rows = None  # type: ignore[assignment]  # default: one band dim labelled 1..n
     source_hist: Histogram | None = field(default=None, repr=False)
     reference_hist: Histogram | None = field(default=None, repr=False)
     nodata: float | int | None = None
@@ -336,8 +339,14 @@ class LUT:
                 if outs.min() < info.min or outs.max() > float(info.max):
                     raise OptionError(f"table outputs do not fit the output dtype {dtype}")
         object.__setattr__(self, "table", table)
-        if not self.bands:
-            object.__setattr__(self, "bands", tuple(range(1, table.shape[0] + 1)))
+        if self.rows is None:
+            object.__setattr__(self, "rows", Rows.bands(range(1, table.shape[0] + 1)))
+        if not isinstance(self.rows, Rows):
+            raise InputTypeError(f"rows must be a rastermatch Rows, not {type(self.rows).__name__}")
+        if self.rows.size != table.shape[0]:
+            raise OptionError(
+                f"{self.rows!r} name {self.rows.size} rows, but the table has {table.shape[0]}"
+            )
         object.__setattr__(self, "nodata", python_scalar(self.nodata))
         object.__setattr__(self, "out_nodata", python_scalar(self.out_nodata))
 
@@ -348,7 +357,20 @@ class LUT:
 
     @property
     def nbands(self) -> int:
+        """The number of rows (bands of a scene; (date, band) pairs of a stack)."""
         return int(self.table.shape[0])
+
+    nrows = nbands
+
+    @property
+    def bands(self) -> tuple[Hashable, ...]:
+        """One label per row (see :meth:`Histogram.bands <rastermatch.Histogram.bands>`)."""
+        return self.rows.labels()
+
+    def describe(self, index: int) -> str:
+        """Row ``index`` for a message: ``band 3``, ``time 2020-01-01, band 'red'``; ``""`` for
+        the single row of a 2-D image."""
+        return self.rows.describe(index)
 
     # -- building
     @classmethod
@@ -411,10 +433,16 @@ class LUT:
                     "the histograms are lazy; compute them together first: "
                     "h_src, h_ref = dask.compute(h_src, h_ref)"
                 )
-        if source_hist.nbands != reference_hist.nbands:
+        if source_hist.nrows != reference_hist.nrows:
+            if source_hist.dims == reference_hist.dims == ("band",):
+                what = f"{source_hist.nrows} bands and the reference {reference_hist.nrows}"
+            else:
+                what = (
+                    f"{source_hist.nrows} rows ({source_hist.rows!r}) and the reference "
+                    f"{reference_hist.nrows} ({reference_hist.rows!r})"
+                )
             raise BandMismatchError(
-                f"the source has {source_hist.nbands} bands and the reference "
-                f"{reference_hist.nbands}; select matching bands (--bands / --reference-bands)"
+                f"the source has {what}; select matching bands (--bands / --reference-bands)"
             )
         for hist, what in ((source_hist, "source"), (reference_hist, "reference")):
             name = hist.name if hist.name not in ("data", "source", "reference") else f"the {what}"
@@ -436,20 +464,20 @@ class LUT:
         ]
         table = np.stack(rows)
         outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
-        _check_outputs_fit(outputs, out_dtype, source_hist.bands, dtype is not None)
+        _check_outputs_fit(outputs, out_dtype, source_hist.rows, dtype is not None)
         if source_hist.binning.kind == "levels":
             table = cast_values(table, out_dtype)
         return cls(
             table,
             source_hist.binning,
             out_dtype,
-            method,
-            levels,
-            source_hist.bands,
-            source_hist,
-            reference_hist,
-            nodata,
-            out_nodata,
+            method=method,
+            levels=levels,
+            rows=source_hist.rows,
+            source_hist=source_hist,
+            reference_hist=reference_hist,
+            nodata=nodata,
+            out_nodata=out_nodata,
         )
 
     # -- using
@@ -552,9 +580,14 @@ class LUT:
 
     def __repr__(self) -> str:
         return (
-            f"<LUT {self.method}/{self.levels} {self.kind}, {self.nbands} band(s) "
-            f"{list(self.bands)}, {self.source_binning.dtype} -> {self.dtype}>"
+            f"<LUT {self.method}/{self.levels} {self.kind}, {self._shown_rows()}, "
+            f"{self.source_binning.dtype} -> {self.dtype}>"
         )
+
+    def _shown_rows(self) -> str:
+        if self.rows.dims == ("band",):
+            return f"{self.nbands} band(s) {list(self.bands)}"
+        return f"{self.nrows} row(s) {self.rows!r}"
 
     def plot(self, ax: Any = None, **kwargs: Any) -> Any:
         """Plot the LUT curve of every band (matplotlib; the ``plot`` extra)."""
