@@ -2,8 +2,8 @@
 
 Reading
 -------
-:func:`open_raster` returns a lazy, dask-backed :class:`xarray.DataArray` with dims
-``(band, y, x)`` whatever the format:
+:func:`open_raster` returns a lazy, dask-backed :class:`xarray.DataArray`: ``(band, y, x)`` for
+GeoTIFFs, the stored dims (``(time, band, y, x)`` for a stack) for Zarr:
 
 * anything GDAL reads (GeoTIFF, COG, ...) goes through :func:`rioxarray.open_rasterio` with
   ``masked=False``: integer data stay integer and the nodata value is metadata
@@ -15,7 +15,14 @@ Reading
 * Zarr stores (v2 or v3; a ``*.zarr`` path or a directory holding ``zarr.json``,
   ``.zgroup`` or ``.zarray``) go through :func:`xarray.open_zarr` with
   ``decode_coords="all"`` and ``mask_and_scale=False``, so the CRS and transform come from
-  the CF ``spatial_ref`` grid-mapping variable and integer data are not cast to float.
+  the CF ``spatial_ref`` grid-mapping variable and integer data are not cast to float. The
+  spatial dims are found by name (``y``/``x``, ``latitude``/``longitude``, ``lat``/``lon``)
+  and put last; every other dim is a *row dim* (``time``, ``band``, ...) and keeps its
+  labels (dates as ``datetime64``, strings as numpy ``str``) and non-dim coords (an item id
+  per date). A store with no row dim reads as ``(band, y, x)`` with one band.
+
+Either way the nodata value ends up in one place, ``attrs["_FillValue"]``, so that
+``.rio.nodata`` and odc-geo's ``.odc.nodata`` agree (see :func:`nodata_of`).
 
 Every opened array records its resolved path in ``encoding["source"]``; the writer refuses
 to overwrite it. A band colour interpretation (an RGB GeoTIFF) is kept in
@@ -35,7 +42,18 @@ Writing
 * ``.zarr``: a Zarr v3 store written in parallel (every dask task, thread or distributed
   worker, writes its own chunk), with consolidated metadata and the georeferencing stored
   the CF/rioxarray way, so ``xr.open_zarr(path, decode_coords="all")`` gives back the CRS,
-  transform, dtype, band labels and (through ``.rio.nodata``) the nodata value.
+  transform, dtype, band labels and (through ``.rio.nodata``) the nodata value. Any row
+  dims may come before ``(y, x)``: a ``(time, band, y, x)`` stack is stored with one date
+  and band per chunk and every coordinate (dates, labels, per-date metadata).
+
+A GeoTIFF holds ``(band, y, x)``: a stack is refused before any work (write Zarr, or one
+GeoTIFF per date); extra row dims of length 1 (a ``groupby("time")`` group) are squeezed.
+
+What odc-stac and stackstac attach never breaks a write: coordinates and attributes no
+format can hold (object coords mixing ``None`` and numbers, sets, dicts, stackstac's
+``spec``) are dropped, stale grid attributes (``crs``, ``transform``, ``resolution``) are
+not copied (the grid is written from ``.rio``), and the nodata written is the one value
+:func:`nodata_of` finds.
 
 What a write leaves
 -------------------
@@ -128,6 +146,7 @@ from rastermatch.errors import (
 
 __all__ = [
     "check_output_path",
+    "nodata_of",
     "open_raster",
     "read_provenance",
     "remove_stale_temporaries",
@@ -204,7 +223,7 @@ def open_raster(
     band_names: Sequence[str] | None = None,
     variable: str | None = None,
 ) -> xr.DataArray:
-    """Open a GeoTIFF/COG (or anything GDAL reads) or a Zarr store as a lazy ``(band, y, x)`` array.
+    """Open a GeoTIFF/COG (or anything GDAL reads) or a Zarr store as a lazy array.
 
     Parameters
     ----------
@@ -213,11 +232,13 @@ def open_raster(
         or a directory holding ``zarr.json``, ``.zgroup`` or ``.zarray``.
     chunks : "auto", int, tuple, dict or None, default "auto"
         Dask chunks. ``"auto"`` gives chunks that are whole multiples of the stored blocks,
-        about 2048 x 2048 pixels (the whole band when smaller); anything else is passed on
-        to rioxarray / xarray as is (``None`` gives a lazily indexed array without dask).
+        about 2048 x 2048 pixels (the whole band when smaller), and one stored chunk along
+        every other dim (one date and band for stacks written by :func:`write_raster`);
+        anything else is passed on to rioxarray / xarray as is (``None`` gives a lazily
+        indexed array without dask).
     band_names : sequence of str, optional
         Labels for the ``band`` coordinate, one per band; they replace the labels read
-        from the file (band descriptions, else ``1..n``).
+        from the file (band descriptions, else ``1..n``). The raster needs a ``band`` dim.
     variable : str, optional
         The data variable to read from a Zarr store holding several. Not used for GDAL
         rasters.
@@ -225,8 +246,11 @@ def open_raster(
     Returns
     -------
     xarray.DataArray
-        Dims ``(band, y, x)``, the stored dtype (integers are not cast to float), CRS and
-        transform through ``.rio``, nodata as metadata through ``.rio.nodata``, and
+        Dims ``(band, y, x)`` for GDAL rasters and for Zarr variables with only spatial
+        dims; otherwise the Zarr variable's own dims with the spatial ones last, e.g.
+        ``(time, band, y, x)``, with their coordinates. The stored dtype (integers are not
+        cast to float), CRS and transform through ``.rio``, nodata as metadata in
+        ``attrs["_FillValue"]`` (``.rio.nodata``, ``.odc.nodata``), and
         ``encoding["source"]`` set to the resolved path.
 
     Raises
@@ -244,7 +268,8 @@ def open_raster(
         ``chunks`` cannot chunk the array, or would give more than :data:`MAX_BLOCKS`
         blocks.
     DimensionError
-        The Zarr variable does not have dims ``(band, y, x)`` or ``(y, x)``.
+        The Zarr variable has no spatial dims (``y``/``x``, ``latitude``/``longitude``,
+        ``lat``/``lon``), or ``band_names`` is given for a raster without a ``band`` dim.
     BandMismatchError
         ``band_names`` does not have one name per band.
 
@@ -827,14 +852,17 @@ def write_raster(
     lock: Any = None,
     tile_size: int = 512,
 ) -> Path | Delayed:
-    """Write a ``(band, y, x)`` raster to GeoTIFF/COG or Zarr v3, block by block, atomically.
+    """Write a raster or a stack to GeoTIFF/COG or Zarr v3, block by block, atomically.
 
     Parameters
     ----------
     data : xarray.DataArray
-        Dims ``(band, y, x)`` (or ``(y, x)``), dask- or numpy-backed, georeferenced through
-        rioxarray (``.rio.crs``, ``.rio.transform()``; both may be missing), with its nodata
-        in ``.rio.nodata`` (may be ``None``) and band labels in the ``band`` coordinate.
+        Spatial dims ``y``/``x`` (or ``latitude``/``longitude``, ``lat``/``lon``) and any
+        row dims, written as ``(*row dims, y, x)``: ``(band, y, x)``, ``(y, x)``, or for
+        Zarr a stack such as ``(time, band, y, x)``. Dask- or numpy-backed, georeferenced
+        through rioxarray (``.rio.crs``, ``.rio.transform()``; both may be missing), with
+        its nodata as :func:`nodata_of` finds it (may be ``None``) and labels in the row
+        dims' coordinates. Coordinates and attributes no format holds are dropped.
     path : str or os.PathLike
         Output path; its suffix picks the format: ``.tif``/``.tiff`` (GeoTIFF) or ``.zarr``.
     overwrite : bool, default False
@@ -881,7 +909,8 @@ def write_raster(
         The output would overwrite an input, the suffix or options are not supported, the
         directory does not exist, or the write failed.
     DimensionError
-        ``data`` does not have dims ``(band, y, x)`` or ``(y, x)``.
+        ``data`` has no spatial dims, or a GeoTIFF is asked for a stack: a row dim other
+        than ``band`` with more than one label (checked before any work).
     UnsupportedDtypeError
         The format cannot store ``data.dtype``.
 
@@ -914,6 +943,16 @@ def write_raster(
     ...     copy = open_raster(out)
     ...     (out.name, copy.dtype.name, copy.rio.crs.to_epsg(), read_provenance(out))
     ('scene.zarr', 'uint8', 32618, {'step': 'copy'})
+
+    A stack keeps its dims and labels in Zarr:
+
+    >>> import numpy as np, xarray as xr
+    >>> dates = np.array(["2020-01-01", "2020-02-01"], dtype="datetime64[ns]")
+    >>> stack = xr.concat([scene, scene], dim="time").assign_coords(time=dates)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     back = open_raster(write_raster(stack, Path(tmp) / "stack.zarr"))
+    ...     back.dims, str(back.time.values[1])[:10], back.chunksizes["time"]
+    (('time', 'band', 'y', 'x'), '2020-02-01', (1, 1))
     """
     final = Path(path).expanduser().absolute()
     fmt = _output_format(final)
@@ -2048,7 +2087,9 @@ def _zarr_coords(data: xr.DataArray, *, exclude: set[Any]) -> dict[Hashable, xr.
                 continue
         elif values.dtype.kind not in "biufmM":
             continue  # complex, void, ...: no Zarr reader expects them as labels
-        coords[key] = xr.Variable(variable.dims, values, _zarr_json_attrs(variable.attrs))
+        # CF attributes xarray writes itself from the values (dates' units and calendar)
+        cf = _CF_ATTRS | ({"units", "calendar"} if values.dtype.kind in "mM" else set())
+        coords[key] = xr.Variable(variable.dims, values, _zarr_json_attrs(variable.attrs, cf))
     return coords
 
 
@@ -2086,15 +2127,23 @@ def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
     return attrs
 
 
-def _zarr_json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+_CF_ATTRS = frozenset(
+    {"_FillValue", "missing_value", "scale_factor", "add_offset", "coordinates", "grid_mapping"}
+)
+
+
+def _zarr_json_attrs(
+    attrs: Mapping[Any, Any], managed: Iterable[Hashable] = _MANAGED_ATTRS
+) -> dict[str, Any]:
     """The attributes that are JSON values, the ones the writers manage left out.
 
     Others (stackstac's ``spec``, a RasterSpec object) are dropped rather than refused: they
     describe how the data were loaded, not the data.
     """
     kept: dict[str, Any] = {}
+    skip = frozenset(managed)
     for key, value in attrs.items():
-        if key in _MANAGED_ATTRS:
+        if key in skip:
             continue
         native = _json_native(value)
         if native is not _NOT_JSON:
