@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from . import __version__, pipeline
 from .errors import OutputExistsError, RastermatchError
@@ -862,6 +863,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="auto"))
     if hasattr(value, "item") and not isinstance(value, str | bytes):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -887,11 +890,19 @@ def _number(value: Any) -> str:
 
 def format_info(described: dict[str, Any]) -> str:
     """:func:`rastermatch.pipeline.raster_info` as readable text."""
-    nbands, height, width = described["shape"]
+    shape = described["shape"]
+    dims = described.get("dims") or ["band", "y", "x"][-len(shape) :]
+    height, width = shape[-2:]
     a, b, c, d, e, f = described["transform"]
-    lines = [
-        str(described["path"]),
-        f"  bands      {nbands}: {', '.join(map(str, described['bands']))}",
+    bands = described["bands"]
+    lines = [str(described["path"])]
+    if len(shape) > 3:  # a stack: every dim before the bands, with its labels
+        for dim, size in zip(dims[:-3], shape[:-3], strict=True):
+            labels = described.get(dim)
+            shown = f": {', '.join(map(str, labels))}" if labels else ""
+            lines.append(f"  {dim:<10} {size}{shown}")
+    lines += [
+        f"  bands      {len(bands)}: {', '.join(map(str, bands))}",
         f"  dtype      {described['dtype']}",
         f"  nodata     {_number(described['nodata'])}",
         f"  size       {width} x {height} pixels (columns x rows)",
@@ -908,14 +919,17 @@ def format_info(described: dict[str, Any]) -> str:
     if described.get("chunks"):
         chunks = described["chunks"]
         count = math.prod(len(c) for c in chunks)
-        sizes = ", ".join(
-            f"{dim} {max(c)}" for dim, c in zip(("band", "y", "x"), chunks, strict=True)
-        )
+        sizes = ", ".join(f"{dim} {max(c)}" for dim, c in zip(dims, chunks, strict=True))
         lines.append(f"  chunks     {sizes}  ({count} chunk{'s' if count != 1 else ''})")
     if described.get("statistics"):
-        header = ("band", "valid pixels", "min", "max", "mean")
+        by_band = len(shape) <= 3
+        header = ("band" if by_band else "row", "valid pixels", "min", "max", "mean")
         rows = [
-            (str(s["band"]), str(s["valid"]), *(_number(s[k]) for k in ("min", "max", "mean")))
+            (
+                str(s["band"]) if by_band else str(s.get("row") or "-"),
+                str(s["valid"]),
+                *(_number(s[k]) for k in ("min", "max", "mean")),
+            )
             for s in described["statistics"]
         ]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

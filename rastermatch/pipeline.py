@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import dask
+import dask.array
 import numpy as np
 import rasterio
 import xarray as xr
@@ -844,15 +845,17 @@ def _write(
 
 @bounded_gdal_cache
 def raster_info(path: PathLike, *, statistics: bool = True) -> dict[str, Any]:
-    """What ``rastermatch info`` prints: bands, dtype, nodata, CRS, grid, chunks and statistics.
+    """What ``rastermatch info`` prints: dims, bands, dtype, nodata, CRS, grid, chunks, statistics.
 
-    The per-band statistics (valid pixel count, min, max, mean) take one read of the file.
+    The statistics (valid pixel count, min, max, mean) are per band, or per (date, band) of a
+    stack, and take one read of the file.
     """
     data = open_raster(path)
     src = as_band_array(data, name=str(path))
     info: dict[str, Any] = {
         "path": str(path),
-        "bands": list(src.bands),
+        "dims": list(data.dims),
+        "bands": list(data["band"].values) if "band" in data.coords else list(src.bands),
         "dtype": str(data.dtype),
         "shape": list(data.shape),
         "nodata": data.rio.nodata,
@@ -860,20 +863,29 @@ def raster_info(path: PathLike, *, statistics: bool = True) -> dict[str, Any]:
         "transform": list(data.rio.transform())[:6],
         "chunks": [list(c) for c in data.chunks] if data.chunks else None,
     }
+    for dim in data.dims[:-3]:  # the labels of a stack's other row dims (dates, ...)
+        if dim in data.coords:
+            info[dim] = [_label_text(v) for v in data[dim].values]
     if statistics:
-        arr = data.data.astype(np.float64)
-        valid = np.isfinite(arr)
+        arr = src.array
+        if not isinstance(arr, dask.array.Array):
+            arr = dask.array.from_array(arr, chunks=(1, -1, -1))
+        values = arr.astype(np.float64)
+        valid = np.isfinite(values)
         if src.nodata is not None:
-            valid = valid & (data.data != src.nodata)
-        masked = dask_where(valid, arr)
+            valid = valid & (arr != src.nodata)
+        masked = dask_where(valid, values)
         count, lo, hi, total = dask.compute(
             valid.sum(axis=(1, 2)), masked[0].min(axis=(1, 2)), masked[1].max(axis=(1, 2)),
             masked[2].sum(axis=(1, 2)),
         )  # fmt: skip
+        rows = src.rows
+        band_at = rows.dims.index("band") if "band" in rows.dims else None
         info["statistics"] = [  # min, max and mean are None for a band without valid pixels
-            {"band": b, "valid": int(c), "min": float(a) if c else None,
+            {"band": rows.label(i)[band_at] if band_at is not None else None,
+             "row": rows.describe(i), "valid": int(c), "min": float(a) if c else None,
              "max": float(z) if c else None, "mean": float(s / c) if c else None}
-            for b, c, a, z, s in zip(src.bands, count, lo, hi, total, strict=True)
+            for i, (c, a, z, s) in enumerate(zip(count, lo, hi, total, strict=True))
         ]  # fmt: skip
     return info
 

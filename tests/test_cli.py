@@ -704,6 +704,12 @@ def test_normalize_a_dated_series_into_one_stack(tmp_path):
     assert len(rows) == 3 * 4
     assert all(float(line.split()[3]) == 0 for line in rows)  # KS after
 
+    info = run("info", tmp_path / "s.zarr")
+    assert_ok(info)
+    lines = info.stdout.splitlines()
+    assert lines[1].split() == ["time", "3:", "2020-01-31,", "2020-03-02,", "2020-04-15"]
+    assert lines[-1].startswith("time 2020-04-15, band 4")
+
 
 def test_normalize_pools_several_references(tmp_path):
     from rastermatch.pipeline import normalize_files
