@@ -52,6 +52,7 @@ import rasterio
 import xarray as xr
 
 from ._data import as_band_array
+from ._rows import Rows
 from .errors import (
     BandMismatchError,
     GridMismatchError,
@@ -879,7 +880,7 @@ def raster_info(path: PathLike, *, statistics: bool = True) -> dict[str, Any]:
             valid.sum(axis=(1, 2)), masked[0].min(axis=(1, 2)), masked[1].max(axis=(1, 2)),
             masked[2].sum(axis=(1, 2)),
         )  # fmt: skip
-        rows = src.rows
+        rows = getattr(src, "rows", None) or Rows.bands(src.bands)
         band_at = rows.dims.index("band") if "band" in rows.dims else None
         info["statistics"] = [  # min, max and mean are None for a band without valid pixels
             {"band": rows.label(i)[band_at] if band_at is not None else None,
