@@ -392,7 +392,7 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
     labels = _labels_from_descriptions(descriptions)
     if labels is not None:
         result = _relabel(result, labels)
-    return result
+    return _one_nodata(result)  # a "nodata" metadata tag of the file must not contradict it
 
 
 # Reading blocks: errors that name file, band, window and cause ---------------------------

@@ -357,3 +357,15 @@ def test_real_stackstac_stack(tmp_path, stac_items):
     back = open_raster(write_raster(typed, tmp_path / "typed.zarr"))
     assert back.dtype == np.uint16 and back.rio.nodata == 0 == odc_nodata(back)
     assert back.platform.item() == "landsat-7"  # stackstac makes a constant coord a scalar
+
+
+def test_a_nodata_tag_in_a_geotiff_does_not_contradict_its_nodata(tmp_path):
+    path = tmp_path / "tagged.tif"
+    profile = dict(driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633")
+    transform = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
+    with rasterio.open(path, "w", nodata=0, transform=transform, **profile) as dst:
+        dst.write(np.ones((1, 8, 8), "uint8"))
+        dst.update_tags(nodata="255")  # a stale copy some tools leave
+    scene = open_raster(path)
+    assert scene.rio.nodata == 0 == odc_nodata(scene) == scene.attrs["_FillValue"]
+    assert "nodata" not in scene.attrs
