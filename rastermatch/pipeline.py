@@ -987,8 +987,9 @@ def time_labels(paths: Sequence[PathLike]) -> np.ndarray:
 
     Examples
     --------
-    >>> time_labels(["LC08_044034_20200131_T1.tif", "s2_2020-03-01.tif"]).tolist()
-    [1580428800000000000, 1583020800000000000]
+    >>> labels = time_labels(["LC08_044034_20200131_T1.tif", "s2_2020-03-01.tif"])
+    >>> labels.dtype, np.datetime_as_string(labels, unit="D").tolist()
+    (dtype('<M8[ns]'), ['2020-01-31', '2020-03-01'])
     >>> time_labels(["north.tif", "south.zarr"]).tolist()
     ['north', 'south']
     """
@@ -1402,7 +1403,15 @@ def _normalize_record(
     inputs: dict[str, Any],
     labels: np.ndarray,
 ) -> dict[str, Any]:
+    """The stack's record: one LUT per date. The reference histogram they share is stored once
+    (``reference_histogram``; put it back under that key into a LUT to load it with
+    ``LUT.from_dict``): a 16-bit, 4-band histogram is about a megabyte of JSON."""
     first = luts[0]
+    docs = [lut.to_dict() for lut in luts]
+    shared = {}
+    if all(d.get("reference_histogram") == docs[0].get("reference_histogram") for d in docs):
+        shared = {"reference_histogram": docs[0].get("reference_histogram")}
+        docs = [{k: v for k, v in d.items() if k != "reference_histogram"} for d in docs]
     return {
         **_created(),
         "operation": "normalize",
@@ -1412,7 +1421,8 @@ def _normalize_record(
         "levels": first.levels,
         "quality": quality,
         "versions": versions(),
-        "luts": [lut.to_dict() for lut in luts],
+        **shared,
+        "luts": docs,
     }
 
 

@@ -704,6 +704,13 @@ def test_normalize_a_dated_series_into_one_stack(tmp_path):
     assert len(rows) == 3 * 4
     assert all(float(line.split()[3]) == 0 for line in rows)  # KS after
 
+    record = rastermatch.read_provenance(tmp_path / "s.zarr")
+    assert record["time"] == ["2020-01-31", "2020-03-02", "2020-04-15"] and len(record["luts"]) == 3
+    lut = rastermatch.LUT.from_dict(
+        {**record["luts"][1], "reference_histogram": record["reference_histogram"]}
+    )
+    scene = rastermatch.open_raster(tmp_path / "scenes" / f"scene_{dates[1]}.tif")
+    np.testing.assert_array_equal(lut.apply(scene).values, base)
     info = run("info", tmp_path / "s.zarr")
     assert_ok(info)
     lines = info.stdout.splitlines()
