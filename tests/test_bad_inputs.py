@@ -525,8 +525,8 @@ API_CASES = [
     # inputs of the wrong kind or shape
     APICase("zero-bands", lambda d, o: rastermatch.match_histograms(
         np.zeros((0, 4, 4), np.uint8), np.zeros((0, 4, 4), np.uint8)), DimensionError, []),
-    APICase("four-dims", lambda d, o: rastermatch.match_histograms(
-        np.zeros((1, 1, 4, 4), np.uint8), _u8(1, 4, 4)), DimensionError, ["4 dims"]),
+    APICase("channel-last", lambda d, o: rastermatch.match_histograms(
+        np.zeros((8, 8, 3), np.uint8), _u8(1, 4, 4)), DimensionError, ["channel_axis=-1"]),
     APICase("one-dim", lambda d, o: rastermatch.match_histograms(_u8(16), _u8(16)),
             DimensionError),
     APICase("python-list", lambda d, o: rastermatch.match_histograms([[1, 2], [3, 4]], _u8(2, 2)),
