@@ -1251,6 +1251,13 @@ def stage_stack(ctx: dict, res: Results) -> None:
             setup=remove(out),
         )
         cases.insert(0, m)
+        st = Case(
+            "  of which match_histograms (statistics pass + LUTs)",
+            lambda: rastermatch.match_histograms(
+                open_stack(sp, dates), rastermatch.open_raster(rp), nodata=0
+            ),
+        )
+        cases.append(st)
     else:
         log("    the stack job is not on main yet: measuring the floor and the per-date loop only")
     with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
@@ -1287,6 +1294,13 @@ def stage_stack(ctx: dict, res: Results) -> None:
             ratio_label="x faster",
             peak_rss=m.peak,
             pixels_differing_from_loop=differing,
+        )
+        res.add(
+            "7 stack",
+            "  stack part: match_histograms (statistics pass + LUTs)",
+            st.median,
+            npx,
+            peak_rss=st.peak,
         )
     else:
         res.add("7 stack", f"stack {label}: not on main yet", None, None, **detail)
