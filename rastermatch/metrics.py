@@ -258,7 +258,7 @@ def matched_histogram(lut: LUT) -> Histogram:
         counts = np.zeros((lut.nbands, binning.nbins), dtype=np.int64)
         for b, (values, weights) in enumerate(atoms):
             np.add.at(counts[b], values.astype(np.int64) - binning.offset, weights)
-        hist = Histogram(counts, binning, lut.bands, **recorded)
+        hist = Histogram(counts, binning, rows=lut.rows, **recorded)
     else:
         nbins = lut.reference_hist.binning.nbins if lut.reference_hist is not None else DEFAULT_BINS
         shape = (lut.nbands, nbins)
@@ -277,7 +277,9 @@ def matched_histogram(lut: LUT) -> Histogram:
             vmin[b, k[first]], nmin[b, k[first]] = values[first], weights[first]
             vmax[b, k[last]] = values[last]
         binning = Binning("uniform", dtype, nbins, lo, hi)
-        hist = Histogram(counts, binning, lut.bands, vmin=vmin, vmax=vmax, nmin=nmin, **recorded)
+        hist = Histogram(
+            counts, binning, rows=lut.rows, vmin=vmin, vmax=vmax, nmin=nmin, **recorded
+        )
     object.__setattr__(hist, "_atoms", tuple(atoms))
     return hist
 
@@ -332,7 +334,7 @@ def quality_table(
     ks_after = ks_distance(matched_hist, reference_hist)
     w1_before = wasserstein_distance(source_hist, reference_hist)
     w1_after = wasserstein_distance(matched_hist, reference_hist)
-    rows = _rows(source_hist)
+    rows = source_hist.rows
     return [
         {
             "band": _band_label(rows, i),
@@ -344,11 +346,6 @@ def quality_table(
         }
         for i in range(source_hist.nbands)
     ]
-
-
-def _rows(hist: Histogram) -> Rows:
-    rows = getattr(hist, "rows", None)
-    return rows if rows is not None else Rows.bands(hist.bands)
 
 
 def _band_label(rows: Rows, index: int) -> Any:

@@ -12,6 +12,10 @@ Every job runs in the same order, whatever the scheduler:
    block, in this process (so a progress bar sees every block written): a second read of the
    source, and memory bounded by the blocks in flight.
 
+:func:`normalize_files` runs the same three steps for many sources and one (pooled) reference:
+every output checked first, one statistics pass over every source and reference together, then
+each source streamed to its own output or all of them to one ``(time, band, y, x)`` Zarr stack.
+
 The quality metrics need no third pass: the histogram of the matched output follows exactly from
 the source histogram and the LUT (:func:`rastermatch.metrics.matched_histogram`).
 

@@ -616,10 +616,8 @@ def save_report(
 
 
 def _row_names(hist: Histogram) -> list[str]:
-    rows = getattr(hist, "rows", None)
-    if rows is None:
-        return [f"band {label}" for label in hist.bands]
-    return [rows.describe(i) or "the image" for i in range(hist.nbands)]
+    """How panels and legends name each row: ``band 3``, ``time 2020-01-31, band 1``."""
+    return [hist.rows.describe(i) or "the image" for i in range(hist.nbands)]
 
 
 def _worst(metrics: Sequence[dict[str, Any]] | None, name: str) -> str:
