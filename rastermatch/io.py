@@ -125,6 +125,7 @@ import rasterio.dtypes
 import rasterio.errors
 import rasterio.shutil
 import rioxarray  # also registers the .rio accessor
+import rioxarray.exceptions
 import xarray as xr
 from dask.delayed import Delayed
 from rasterio.enums import ColorInterp, Interleaving, Resampling
@@ -694,10 +695,19 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
         rows = ["band"]
     result = result.transpose(*rows, ydim, xdim)
     for key, coord in result.coords.items():
-        if coord.dtype.kind in "OT" and all(isinstance(v, str) for v in coord.values.flat):
+        if coord.dtype.kind not in "OT":
+            continue
+        try:
+            values = coord.values
+        except Exception as exc:  # a damaged chunk of the coordinate
+            raise RasterReadError(
+                f"reading the coordinate {key!r} of the Zarr store {path} failed: {_cause(exc)}; "
+                "the store is damaged or incomplete, copy or write it again"
+            ) from exc
+        if all(isinstance(v, str) for v in values.flat):
             # variable-length strings (labels, stackstac's ids): plain numpy str
             result = result.assign_coords(
-                {key: (coord.dims, np.array(coord.values.tolist(), dtype=str), coord.attrs)}
+                {key: (coord.dims, np.array(values.tolist(), dtype=str), coord.attrs)}
             )
     return _one_nodata(result)
 
@@ -734,7 +744,7 @@ def _spatial_dims(data: xr.DataArray, what: str) -> tuple[Hashable, Hashable]:
             return ydim, xdim
     try:
         ydim, xdim = data.rio.y_dim, data.rio.x_dim
-    except Exception:  # rioxarray raises its own error when it finds none
+    except rioxarray.exceptions.RioXarrayError:  # it found none either
         ydim = xdim = None
     if ydim in data.dims and xdim in data.dims and ydim != xdim:
         return ydim, xdim

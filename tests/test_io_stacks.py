@@ -154,6 +154,13 @@ def test_stack_read_errors_name_the_date(tmp_path):
         open_raster(out)
 
 
+def test_a_damaged_label_coordinate_is_a_read_error(tmp_path):
+    out = write_raster(stack(), tmp_path / "stack.zarr")
+    (out / "id" / "c" / "0").write_bytes(b"not a chunk")
+    with pytest.raises(RasterReadError, match=r"coordinate 'id' of the Zarr store .*damaged"):
+        open_raster(out)
+
+
 def test_band_names_needs_a_band_dim(tmp_path):
     out = write_raster(stack().isel(band=0), tmp_path / "red.zarr")
     assert open_raster(out).dims == ("time", "y", "x")
