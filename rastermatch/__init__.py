@@ -11,7 +11,7 @@ The data flow, one module per step::
 
 __version__ = "0.1.0"
 
-from . import accessor as _accessor  # noqa: F401  (registers DataArray.rm)
+from . import accessor as _accessor  # noqa: F401  (registers DataArray.rm and Dataset.rm)
 from .errors import (
     BandMismatchError,
     BinningMismatchError,
@@ -37,7 +37,7 @@ from .errors import (
 from .histogram import Binning, Histogram, band_histograms, band_ranges
 from .io import open_raster, read_provenance, write_raster
 from .lut import LUT, nearest_cdf_indices
-from .match import equalize, fit_lut, match_histograms
+from .match import MatchOptions, equalize, fit_lut, match_histograms
 from .metrics import (
     format_quality_table,
     ks_distance,
@@ -57,6 +57,7 @@ __all__ = [
     "HistogramFileError",
     "InputTypeError",
     "LUTFileError",
+    "MatchOptions",
     "MissingDependencyError",
     "NoValidPixelsError",
     "NotComputedError",

@@ -1,27 +1,45 @@
 """Histogram matching and equalization at the level users call: numpy, dask or xarray in and out.
 
-Composes the three steps (histograms -> LUT -> application). The statistics are computed first,
-all of them in one pass (source and reference histograms together), and the application is
-returned lazily for dask-backed input. Two passes, not one graph: a single graph in which the same
+Composes the three steps (histograms -> LUT -> application) for one scene or many: a time stack
+``(time, band, y, x)``, a Dataset, several sources on different grids, onto one reference that
+may itself be pooled from several scenes or given as a precomputed :class:`Histogram`.
+
+How a job runs:
+
+1. The reference is resolved (:func:`as_reference`): its member arrays and their row labels, or
+   a histogram.
+2. The broadcasting plan (per source): reference row dims the source lacks are pooled
+   (:meth:`Rows.groups`), shared dims are aligned by label (:meth:`Rows.index_for`), source dims
+   the reference lacks share it.
+3. One statistics pass (:func:`fit_many`): every source row and every reference member are
+   histogrammed in one ``dask.compute`` (two for floats and wide integers: every valid range,
+   then every count, reference rows pooled together binned over the union of their ranges so
+   that their counts add up).
+4. One LUT per source, its rows the source's; application is one lazy graph in which each LUT
+   table enters once (:func:`apply_arrays`).
+
+Statistics and application are two passes, not one graph: a single graph in which the same
 source chunks feed both the histograms and the application would keep the whole source in memory
 until the LUT exists.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from dataclasses import replace
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
 
 import dask
 import dask.array as da
 import numpy as np
+import xarray as xr
 
-from ._data import BandArray, as_band_array, as_band_mask
+from ._data import BandArray, as_band_array, as_band_mask, as_dask, thread_pieces
+from ._rows import Rows, label_value, show_label
 from ._values import nodata_fits
 from .apply import apply_block, apply_lut_array, block_arguments, resolve_out_nodata
-from .errors import BandMismatchError
+from .errors import BandMismatchError, InputTypeError, OptionError
 from .histogram import (
     DEFAULT_BINS,
     Binning,
@@ -32,91 +50,203 @@ from .histogram import (
     check_range,
     default_binning,
     split_range,
+    union_ranges,
 )
 from .lut import LEVELS, LUT, METHODS, Levels, Method, check_option, check_out_dtype
 
-__all__ = ["equalize", "fit_lut", "match_histograms", "uniform_histogram"]
+__all__ = [
+    "MatchOptions",
+    "Pool",
+    "Reference",
+    "apply_arrays",
+    "as_reference",
+    "equalize",
+    "fit_arrays",
+    "fit_lut",
+    "fit_many",
+    "match_histograms",
+    "uniform_histogram",
+]
+
+Pool = Literal["counts", "cdf"]
+POOLS = ("counts", "cdf")
+
+#: The dim along which the members of a list of references are stacked (and then pooled).
+REFERENCE_DIM = "reference"
 
 
-def _stripes(shape: tuple[int, int, int]) -> list[tuple[int, slice]]:
-    """How numpy input is cut for the threads: ``(band, rows)`` pieces, as few as keep every
-    thread busy. Each piece costs a fresh 65,536-bin count array, and fresh memory is slow to
-    touch, so bands are split into row stripes only when there are fewer of them than twice
-    the threads."""
-    nbands, ny, _ = shape
-    threads = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    rows = max(1, -(-ny // max(1, -(-2 * threads // nbands))))
-    starts = range(0, max(ny, 1), rows)
-    return [(b, slice(y, min(y + rows, ny))) for b in range(nbands) for y in starts]
+# -- options ----------------------------------------------------------------------------------
 
 
-def _as_dask(src: BandArray) -> da.Array:
-    """numpy input as a dask array whose blocks are the :func:`_stripes` of it."""
-    if src.is_dask:
-        return src.array
-    arr = src.array
-    pieces = _stripes(arr.shape)
-    # A graph of views of the caller's array: da.from_array would copy it, and hash every
-    # byte to name it. A random name is right for an array that lives only for this call.
-    name = f"rastermatch-numpy-{uuid.uuid4().hex}"
-    rows = tuple(s.stop - s.start for b, s in pieces if b == 0)
-    graph = {(name, b, i % len(rows), 0): arr[b : b + 1, s] for i, (b, s) in enumerate(pieces)}
-    chunks = ((1,) * arr.shape[0], rows, (arr.shape[2],))
-    return da.Array(graph, name, chunks, meta=arr[:0, :0, :0])
+@dataclass(frozen=True, kw_only=True)
+class MatchOptions:
+    """How sources are matched: one value passed down instead of loose keywords.
 
+    Attributes
+    ----------
+    method
+        ``"nearest"`` (exact nearest-CDF rule) or ``"interp"`` (scikit-image's curve).
+    levels
+        ``"present"`` (outputs occur in the reference) or ``"all"``.
+    bins
+        Number of bins for floats and integers wider than 16 bits (None: 65,536).
+    dtype
+        Output dtype; None for the reference's.
+    pool
+        How reference rows are pooled: ``"counts"`` sums counts (scenes weighted by their valid
+        pixels), ``"cdf"`` weights every pooled row equally (averaged CDFs).
+    bands
+        Source band label -> reference band label, e.g. ``{"red": "B04"}``; bands not named
+        pair by label as usual.
 
-def _scheduler(*inputs: BandArray) -> str | None:
-    """numpy in: use local threads, never ship in-memory arrays to a cluster."""
-    return "threads" if not any(i.is_dask for i in inputs) else None
-
-
-def _histograms(
-    inputs: list[tuple[BandArray, Any, int | None]], scheduler: str | None
-) -> list[Histogram]:
-    """Histograms of several inputs, computed together.
-
-    Continuous data (floats, wide integers) needs each band's valid range before it can be
-    binned: all ranges are computed together first, then all counts in a second pass.
+    Examples
+    --------
+    >>> from rastermatch import MatchOptions
+    >>> MatchOptions(method="interp", pool="cdf").pool
+    'cdf'
+    >>> MatchOptions(pool="mean")
+    Traceback (most recent call last):
+    ...
+    rastermatch.errors.OptionError: pool must be one of 'counts', 'cdf', not 'mean'
     """
-    arrays = [(_as_dask(src), src, mask, bins) for src, mask, bins in inputs]
-    ranges: list[Any] = [None] * len(arrays)
-    need = [
-        i
-        for i, (arr, src, _, bins) in enumerate(arrays)
-        if default_binning(src.dtype, arr.shape[0], bins=bins, range=None) is None
-    ]
-    if need:
-        computed = dask.compute(
-            *(
-                band_ranges(arrays[i][0], nodata=arrays[i][1].nodata, mask=arrays[i][2])
-                for i in need
-            ),
-            scheduler=scheduler,
+
+    method: Method = "nearest"
+    levels: Levels = "present"
+    bins: int | None = None
+    dtype: Any = None
+    pool: Pool = "counts"
+    bands: Mapping[Hashable, Hashable] | None = None
+
+    def __post_init__(self) -> None:
+        check_option("method", self.method, METHODS)
+        check_option("levels", self.levels, LEVELS)
+        check_option("pool", self.pool, POOLS)
+        check_bins(self.bins)
+        object.__setattr__(self, "dtype", check_out_dtype(self.dtype))
+        if self.bands is not None:
+            if not isinstance(self.bands, Mapping):
+                raise OptionError(
+                    f"bands must map source band labels to reference band labels, e.g. "
+                    f"{{'red': 'B04'}}, not {type(self.bands).__name__}"
+                )
+            mapped = {label_value(k): label_value(v) for k, v in self.bands.items()}
+            targets = list(mapped.values())
+            twice = sorted({show_label(v) for v in targets if targets.count(v) > 1})
+            if twice:
+                raise OptionError(
+                    f"bands maps several source bands onto reference band {', '.join(twice)}; "
+                    "map every source band to a different reference band"
+                )
+            object.__setattr__(self, "bands", MappingProxyType(mapped))
+
+
+# -- the reference ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """What sources are matched to: one input, several pooled, or a histogram.
+
+    Build it with :func:`as_reference`. ``members`` are the normalized inputs (empty for a
+    histogram reference), ``masks`` one raw mask (or None) per member, ``stacked`` says that
+    the members are pooled as if stacked along a new dim :data:`REFERENCE_DIM`.
+    """
+
+    members: tuple[BandArray, ...] = ()
+    masks: tuple[Any, ...] = ()
+    histogram: Histogram | None = None
+    stacked: bool = False
+    name: str = field(default="reference")
+
+    @property
+    def rows(self) -> Rows:
+        """The reference's rows: the histogram's, or the members' (with a leading
+        ``reference`` dim for a list)."""
+        if self.histogram is not None:
+            return self.histogram.rows
+        rows = self.members[0].rows
+        if not self.stacked:
+            return rows
+        labels = tuple(range(len(self.members)))
+        return Rows((REFERENCE_DIM, *rows.dims), (labels, *rows.coords))
+
+    @property
+    def nodata(self) -> Any:
+        if self.histogram is not None:
+            return self.histogram.nodata
+        return self.members[0].nodata
+
+
+def as_reference(
+    reference: Any,
+    *,
+    nodata: float | int | None = None,
+    mask: Any = None,
+    name: str = "reference",
+    channel_axis: int | None = None,
+) -> Reference:
+    """Resolve what a source is matched to.
+
+    ``reference`` is an array, DataArray or Dataset (any rows), a :class:`Histogram` (lazy or
+    concrete), or a list/tuple of arrays and DataArrays pooled into one reference as if
+    stacked along a new dim. ``mask`` is one mask, or for a list one mask (or None) per member.
+    ``nodata`` applies to every member.
+    """
+    if isinstance(reference, Histogram):
+        if mask is not None or nodata is not None:
+            raise OptionError(
+                "a Histogram reference has its nodata and mask applied already; drop "
+                "reference_nodata and reference_mask"
+            )
+        return Reference(histogram=reference, name=reference.name)
+    if isinstance(reference, BandArray):
+        return Reference((reference,), (mask,), name=reference.name)
+    if not isinstance(reference, list | tuple):
+        member = _member(reference, nodata, name, channel_axis)
+        return Reference((member,), (mask,), name=member.name)
+    if not reference:
+        raise OptionError(f"the list of references is empty; pass at least one {name}")
+    if mask is None or not isinstance(mask, list | tuple):
+        if mask is not None and len(reference) > 1:
+            raise OptionError(
+                f"one reference_mask for {len(reference)} references; pass a list with one mask "
+                "(or None) per reference"
+            )
+        masks = (mask,) * len(reference)
+    else:
+        masks = tuple(mask)
+        if len(masks) != len(reference):
+            raise OptionError(
+                f"{len(masks)} reference masks for {len(reference)} references; pass one mask "
+                "(or None) per reference"
+            )
+    members = tuple(
+        r if isinstance(r, BandArray) else _member(r, nodata, f"{name} {i + 1}", channel_axis)
+        for i, r in enumerate(reference)
+    )
+    first = members[0].rows
+    for m in members[1:]:
+        if not m.rows.same_as(first):
+            raise BandMismatchError(
+                f"{m.name} has rows {m.rows!r} {m.rows.labels()} and {members[0].name} "
+                f"{first!r} {first.labels()}; pooled references need the same dims and labels "
+                "(select the same bands from each)"
+            )
+    dtype = np.result_type(*(m.dtype for m in members))
+    members = tuple(
+        m if m.dtype == dtype else replace(m, array=m.array.astype(dtype)) for m in members
+    )
+    return Reference(members, masks, stacked=True, name=f"the {len(members)} references")
+
+
+def _member(data: Any, nodata: Any, name: str, channel_axis: int | None) -> BandArray:
+    if isinstance(data, Histogram):
+        raise InputTypeError(
+            f"{name} is a Histogram inside a list; pool histograms first (h1 + h2, or "
+            "Histogram.sum) and pass the result"
         )
-        for i, r in zip(need, computed, strict=True):
-            ranges[i] = _valid_range_or_raise(r, arrays[i][1])
-    lazy = []
-    for (arr, src, mask, bins), rng in zip(arrays, ranges, strict=True):
-        binning = default_binning(src.dtype, arr.shape[0], bins=bins, range=None)
-        if binning is None:  # a data range may be a single value: no range= check applies
-            nbins = DEFAULT_BINS if bins is None else bins
-            binning = Binning("uniform", src.dtype, nbins, rng[:, 0], rng[:, 1])
-        lazy.append(binned_histogram(replace(src, array=arr), mask, binning))
-    return list(dask.compute(*lazy, scheduler=scheduler))
-
-
-def _valid_range_or_raise(lohi: np.ndarray, src: BandArray) -> np.ndarray:
-    return check_range(lohi, src.bands, src.name)
-
-
-def check_options(
-    *, method: Any = "nearest", levels: Any = "present", bins: Any = None, dtype: Any = None
-) -> None:
-    """OptionError for a bad method, levels, bins or dtype: checked before any work."""
-    check_option("method", method, METHODS)
-    check_option("levels", levels, LEVELS)
-    check_bins(bins)
-    check_out_dtype(dtype)
+    extra = {} if channel_axis is None else {"channel_axis": channel_axis}
+    return as_band_array(data, nodata=nodata, name=name, **extra)
 
 
 def reference_with_source_nodata(src: BandArray, ref: BandArray) -> BandArray:
@@ -136,32 +266,269 @@ def reference_with_source_nodata(src: BandArray, ref: BandArray) -> BandArray:
     return ref
 
 
-def _mask(mask: Any, src: BandArray, name: str) -> Any:
-    if mask is None:
+def _scheduler(*inputs: Any) -> str | None:
+    """numpy in: use local threads, never ship in-memory arrays to a cluster."""
+    lazy = any(i.is_dask if isinstance(i, BandArray) else i.is_lazy for i in inputs)
+    return None if lazy else "threads"
+
+
+# -- the statistics pass ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Item:
+    """One input of the statistics pass: dask-backed, its mask normalized, and for reference
+    rows the key of the group whose rows share one bin range (None: each row its own)."""
+
+    src: BandArray
+    mask: Any
+    share: np.ndarray | None = None
+
+
+def _item(src: BandArray, mask: Any, what: str, share: np.ndarray | None = None) -> _Item:
+    m = None if mask is None else as_band_mask(mask, src, name=what)
+    src = replace(src, array=as_dask(src))
+    if m is not None and isinstance(m, np.ndarray):  # chunk a numpy mask like the data
+        m = da.from_array(
+            m,
+            chunks=(-1 if m.shape[0] == 1 else src.array.chunks[0], *src.array.chunks[1:]),
+            name=False,
+        )
+    return _Item(src, m, share)
+
+
+def _statistics(
+    items: Sequence[_Item], bins: int | None, scheduler: str | None, lazy: Sequence[Any] = ()
+) -> tuple[list[Histogram], list[Any]]:
+    """The histograms of ``items`` and the computed ``lazy`` collections, in one pass.
+
+    Continuous data (floats, wide integers) needs every row's valid range before it can be
+    binned: all ranges are computed together first, then all counts in a second pass. Rows that
+    share a key get one range, the union of theirs, so that their counts can be pooled.
+    """
+    binnings: list[Binning | None] = [
+        default_binning(it.src.dtype, it.src.array.shape[0], bins=bins, range=None) for it in items
+    ]
+    need = [i for i, b in enumerate(binnings) if b is None]
+    if need:
+        computed = dask.compute(
+            *(_ranges(items[i]) for i in need),
+            scheduler=scheduler,
+        )
+        ranges = {i: np.asarray(r, dtype=np.float64) for i, r in zip(need, computed, strict=True)}
+        shared = [i for i in ranges if items[i].share is not None]
+        if shared:  # rows pooled together get the union of their ranges
+            widened = union_ranges(
+                np.concatenate([ranges[i] for i in shared]),
+                np.concatenate([items[i].share for i in shared]),
+            )
+            at = np.cumsum([0] + [len(ranges[i]) for i in shared])
+            for k, i in enumerate(shared):
+                ranges[i] = widened[at[k] : at[k + 1]]
+        nbins = DEFAULT_BINS if bins is None else bins
+        for i, lohi in ranges.items():
+            it = items[i]
+            if it.share is not None:  # a group without valid pixels: refused where it is used
+                lohi = np.where((lohi[:, :1] <= lohi[:, 1:]), lohi, 0.0)
+            where = tuple(it.src.rows.describe(r) for r in range(it.src.rows.size))
+            lohi = check_range(lohi, where, it.src.name)
+            binnings[i] = Binning("uniform", it.src.dtype, nbins, lohi[:, 0], lohi[:, 1])
+    hists = [binned_histogram(it.src, it.mask, b) for it, b in zip(items, binnings, strict=True)]
+    done = dask.compute(*hists, *lazy, scheduler=scheduler)
+    return list(done[: len(hists)]), list(done[len(hists) :])
+
+
+def _ranges(item: _Item) -> Any:
+    """The valid ``(min, max)`` of every row of ``item``, lazily."""
+    # as a DataArray: a flattened (row, y, x) array may look channel-last to the numpy rules
+    rows = xr.DataArray(item.src.array, dims=("row", "y", "x"))
+    return band_ranges(rows, nodata=item.src.nodata, mask=item.mask)
+
+
+# -- the broadcasting plan --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """How one source meets the reference: the reference dims pooled away, and for every source
+    row the pooled reference row that serves it."""
+
+    pooled: tuple[str, ...]
+    index: np.ndarray
+
+
+def _plan(src: BandArray, reference: Reference, options: MatchOptions) -> _Plan:
+    rows = reference.rows
+    # bands are different quantities: a band dim is aligned or shared, never pooled implicitly
+    pooled = tuple(d for d in rows.dims if d not in src.rows.dims and d != "band")
+    _, kept = rows.groups(pooled)
+    if "band" in kept.dims and "band" in src.rows.dims and not options.bands:
+        have, theirs = src.rows.coord("band"), kept.coord("band")
+        named = all(isinstance(b, str) for b in (*have, *theirs))
+        if len(have) != len(theirs) and not named:  # band numbers: a subset is a mistake
+            raise BandMismatchError(
+                f"{src.name} has {len(have)} bands and {reference.name} has {len(theirs)}; "
+                "select the same number of bands from each (--bands and --reference-bands on "
+                "the command line)"
+            )
+    rename = _band_names(src, kept, options.bands)
+    index = kept.index_for(src.rows, rename=rename, names=(reference.name, src.name))
+    return _Plan(pooled, index)
+
+
+def _band_names(
+    src: BandArray, ref_rows: Rows, bands: Mapping[Hashable, Hashable] | None
+) -> Mapping[Hashable, Hashable] | None:
+    """Source band label -> reference band label: ``bands=`` as given (every key a source band),
+    else position for two sets of band names with nothing in common (another sensor's names)."""
+    have = src.rows.coord("band") if "band" in src.rows.dims else ()
+    if bands:
+        unknown = [k for k in bands if k not in have]
+        if unknown:
+            raise OptionError(
+                f"bands= maps {', '.join(show_label(k) for k in unknown)}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not a band of {src.name} (its bands: "
+                f"{', '.join(show_label(b) for b in have) or 'none'}); use the source's labels "
+                "as keys"
+            )
+        return bands
+    if not have or "band" not in ref_rows.dims:
         return None
-    m = as_band_mask(mask, src, name=name)
-    if not src.is_dask:  # numpy input is chunked in _as_dask: chunk the mask alike
-        arr = _as_dask(src)
-        m = da.from_array(m, chunks=(-1, *arr.chunks[1:]), name=False)
-    return m
+    theirs = ref_rows.coord("band")
+    named = all(isinstance(b, str) for b in (*have, *theirs))
+    if named and len(have) == len(theirs) and not set(have) & set(theirs):
+        return dict(zip(have, theirs, strict=True))
+    return None
 
 
-def _apply(src: BandArray, lut: LUT, out_nodata: Any, scheduler: str | None) -> Any:
+def _stack(hists: Sequence[Histogram], rows: Rows, name: str) -> Histogram:
+    """The members' histograms as one, stacked along the rows' leading dim."""
+    b = hists[0].binning
+    binning = Binning(
+        b.kind, b.dtype, b.nbins,
+        np.concatenate([h.binning.lo for h in hists]),
+        np.concatenate([h.binning.hi for h in hists]),
+    )  # fmt: skip
+    stats = {}
+    if all(h.has_stats for h in hists):
+        stats = {
+            k: np.concatenate([getattr(h, k) for h in hists]) for k in ("vmin", "vmax", "nmin")
+        }
+    nodatas = {
+        ("nan" if isinstance(h.nodata, float) and np.isnan(h.nodata) else h.nodata) for h in hists
+    }
+    return Histogram(
+        np.concatenate([h.counts for h in hists]),
+        binning,
+        rows=rows,
+        nodata=hists[0].nodata if len(nodatas) == 1 else None,
+        masked=any(h.masked for h in hists),
+        name=name,
+        **stats,
+    )
+
+
+def _lut(src: BandArray, h_src: Histogram, h_ref: Histogram, options: MatchOptions) -> LUT:
+    lut = LUT.from_histograms(
+        h_src, h_ref, method=options.method, levels=options.levels, dtype=options.dtype
+    )
+    preferred = h_ref.nodata if h_ref.nodata is not None else src.nodata
+    out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
+    return lut.with_nodata(src.nodata, out_nodata)
+
+
+# -- entry points for the pipeline ------------------------------------------------------------
+
+
+def fit_many(
+    sources: Sequence[BandArray],
+    reference: Reference,
+    options: MatchOptions,
+    *,
+    masks: Sequence[Any] | None = None,
+) -> list[LUT]:
+    """The LUTs matching every source to one reference, from ONE statistics pass.
+
+    Every source row and every reference member are histogrammed in one ``dask.compute`` (two
+    for floats: ranges, then counts), so each is read once whatever the number of sources.
+    LUT ``i`` has the rows of ``sources[i]``; its ``source_hist`` is that source's histogram
+    and its ``reference_hist`` the (pooled) reference aligned to the source's rows. The
+    sources may lie on different grids and have different rows.
+    """
+    sources = list(sources)
+    if not sources:
+        raise OptionError("no sources to fit; pass at least one")
+    masks = [None] * len(sources) if masks is None else list(masks)
+    if len(masks) != len(sources):
+        raise OptionError(f"{len(masks)} masks for {len(sources)} sources; pass one per source")
+    plans = [_plan(src, reference, options) for src in sources]  # refuse before any work
+    items = [_item(s, m, "mask") for s, m in zip(sources, masks, strict=True)]
+    lazy: list[Any] = []
+    if reference.histogram is not None:
+        lazy = [reference.histogram] if reference.histogram.is_lazy else []
+        scheduler = _scheduler(*sources, reference.histogram)
+    else:
+        donor = next((s for s in sources if s.nodata_given), sources[0])
+        members = [reference_with_source_nodata(donor, m) for m in reference.members]
+        # rows pooled for any source share one bin range (the union of theirs)
+        pooled = {d for p in plans for d in p.pooled}
+        share, _ = reference.rows.groups([d for d in reference.rows.dims if d in pooled])
+        per = share.size // len(members)
+        for k, (m, mask) in enumerate(zip(members, reference.masks, strict=True)):
+            items.append(_item(m, mask, "reference mask", share[k * per : (k + 1) * per]))
+        scheduler = _scheduler(*sources, *members)
+    hists, computed = _statistics(items, options.bins, scheduler, lazy)
+    if reference.histogram is not None:
+        full = computed[0] if lazy else reference.histogram
+    elif reference.stacked:
+        full = _stack(hists[len(sources) :], reference.rows, reference.name)
+    else:
+        full = hists[len(sources)]
+    pooled_by: dict[tuple[str, ...], Histogram] = {}
+    luts = []
+    for src, h_src, plan in zip(sources, hists[: len(sources)], plans, strict=True):
+        if plan.pooled not in pooled_by:
+            pooled_by[plan.pooled] = (
+                full.pool(list(plan.pooled), how=options.pool) if plan.pooled else full
+            )
+        h_ref = pooled_by[plan.pooled].take(plan.index, rows=src.rows)
+        luts.append(_lut(src, h_src, h_ref, options))
+    return luts
+
+
+def fit_arrays(
+    src: BandArray, reference: Reference, options: MatchOptions, *, mask: Any = None
+) -> LUT:
+    """The LUT matching one normalized source to ``reference`` (see :func:`fit_many`)."""
+    return fit_many([src], reference, options, masks=[mask])[0]
+
+
+def apply_arrays(src: BandArray, lut: LUT) -> Any:
+    """``src`` mapped through ``lut`` (nodata to ``lut.out_nodata``), in the kind and layout
+    that came in: lazy for dask input, threaded for numpy input."""
+    nodata = src.nodata if src.nodata is not None else lut.nodata
+    out_nodata = lut.out_nodata
     if src.is_dask:
-        result = apply_lut_array(src.array, lut, nodata=src.nodata, out_nodata=out_nodata)
+        result = apply_lut_array(src.array, lut, nodata=nodata, out_nodata=out_nodata)
         return src.wrap(result, nodata=out_nodata)
-    # numpy in: every piece is mapped by a thread straight into the one output array
     out = np.empty(src.array.shape, dtype=lut.dtype)
-    table, lohi, kwargs = block_arguments(lut, nodata=src.nodata, out_nodata=out_nodata)
+    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
     pieces = [
         dask.delayed(apply_block, pure=False)(
             src.array[b : b + 1, s], table[b : b + 1], lohi[b : b + 1], out=out[b : b + 1, s],
             **kwargs,
         )
-        for b, s in _stripes(src.array.shape)
+        for b, s in thread_pieces(src.array.shape)
     ]  # fmt: skip
-    dask.compute(*pieces, scheduler=scheduler)
+    dask.compute(*pieces, scheduler="threads")
     return src.wrap(out, nodata=out_nodata)
+
+
+# -- the functions users call -----------------------------------------------------------------
+
+
+def _channel(channel_axis: int | None) -> dict[str, Any]:
+    return {} if channel_axis is None else {"channel_axis": channel_axis}
 
 
 def fit_lut(
@@ -176,60 +543,35 @@ def fit_lut(
     reference_mask: Any = None,
     bins: int | None = None,
     dtype: Any = None,
+    pool: Pool = "counts",
+    bands: Mapping[Hashable, Hashable] | None = None,
+    channel_axis: int | None = None,
 ) -> LUT:
     """The LUT that matches ``source`` to ``reference``, computing both histograms in one pass.
 
     Takes the arguments of :func:`match_histograms` (an explicit ``nodata`` also applies to a
-    reference without nodata of its own); the returned :class:`~rastermatch.LUT` records the
-    histograms, the nodata values and the output nodata, ready to
-    :meth:`~rastermatch.LUT.apply` or :meth:`~rastermatch.LUT.save`.
+    reference without nodata of its own); the returned :class:`~rastermatch.LUT` has the
+    source's rows and records the histograms, the nodata values and the output nodata, ready
+    to :meth:`~rastermatch.LUT.apply` or :meth:`~rastermatch.LUT.save`.
+
+    Examples
+    --------
+    A LUT fitted on one band applies to every date of a stack:
+
+    >>> import numpy as np
+    >>> from rastermatch import fit_lut
+    >>> lut = fit_lut(np.array([[10, 20, 30]], dtype=np.uint8), np.array([[1, 2, 3]], np.uint8))
+    >>> lut.apply(np.array([[[30, 10]], [[20, 20]]], dtype=np.uint8)[:, None]).tolist()
+    [[[[3, 1]]], [[[2, 2]]]]
     """
-    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
-    src = as_band_array(source, nodata=nodata, name="source")
-    ref = as_band_array(reference, nodata=reference_nodata, name="reference")
-    return _fit(src, ref, method, levels, mask, reference_mask, bins, dtype)
-
-
-def _fit(
-    src: BandArray,
-    ref: BandArray,
-    method: Method,
-    levels: Levels,
-    mask: Any,
-    reference_mask: Any,
-    bins: int | None,
-    dtype: Any,
-) -> LUT:
-    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
-    ref = reference_with_source_nodata(src, ref)
-    if src.array.shape[0] != ref.array.shape[0]:
-        raise BandMismatchError(
-            f"{src.name} has {src.array.shape[0]} bands and {ref.name} has "
-            f"{ref.array.shape[0]}; select the same number of bands from each (--bands and "
-            "--reference-bands on the command line)"
-        )
-    h_src, h_ref = _histograms(
-        [
-            (src, _mask(mask, src, "mask"), bins),
-            (ref, _mask(reference_mask, ref, "reference mask"), bins),
-        ],
-        _scheduler(src, ref),
+    options = MatchOptions(
+        method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
     )
-    h_ref = h_ref.take(_reference_order(src, ref))
-    lut = LUT.from_histograms(h_src, h_ref, method=method, levels=levels, dtype=dtype)
-    preferred = ref.nodata if ref.nodata is not None else src.nodata
-    out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
-    return lut.with_nodata(src.nodata, out_nodata)
-
-
-def _reference_order(src: BandArray, ref: BandArray) -> list[int]:
-    """Which reference band each source band is matched to: by label when both inputs name
-    their bands with the same set of strings (``red, nir`` onto ``nir, red``), else by position.
-    """
-    named = all(isinstance(b, str) for b in (*src.bands, *ref.bands))
-    if named and len(set(ref.bands)) == len(ref.bands) and set(src.bands) == set(ref.bands):
-        return [ref.bands.index(b) for b in src.bands]
-    return list(range(len(ref.bands)))
+    src = as_band_array(source, nodata=nodata, name="source", **_channel(channel_axis))
+    ref = as_reference(
+        reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
+    )
+    return fit_arrays(src, ref, options, mask=mask)
 
 
 def match_histograms(
@@ -244,19 +586,32 @@ def match_histograms(
     reference_mask: Any = None,
     bins: int | None = None,
     dtype: Any = None,
+    pool: Pool = "counts",
+    bands: Mapping[Hashable, Hashable] | None = None,
+    channel_axis: int | None = None,
 ) -> Any:
-    """Match the per-band histograms of ``source`` to those of ``reference``.
+    """Match the histogram of every row (band, date and band, ...) of ``source`` to ``reference``.
 
     Both inputs are histogrammed (one read of each, computed together), a :class:`~rastermatch.LUT`
-    is built per band, and the source is mapped through it.
+    row is built per source row, and the source is mapped through it.
 
     Parameters
     ----------
-    source, reference
-        ``(band, y, x)`` or ``(y, x)`` numpy arrays, dask arrays or DataArrays, with the same
-        number of bands. Shapes, grids and dtypes may differ: histograms ignore geometry.
-        Bands are paired by position, or by label when both name their bands with the same
-        set of strings (``red, nir`` onto ``nir, red``).
+    source
+        numpy or dask array, DataArray or Dataset. Every dim but the two spatial ones (``y``/``x``,
+        ``latitude``/``longitude``, ``lat``/``lon``, found by name) is a row dim: ``(band, y,
+        x)``, a time stack ``(time, band, y, x)`` (what odc-stac and stackstac give), ``(y,
+        x)``. A Dataset's variables are its bands. numpy: 2-D is ``(y, x)``, 3-D ``(band, y,
+        x)`` unless ``channel_axis`` says otherwise.
+    reference
+        What the rows are matched to: an array, DataArray or Dataset; a
+        :class:`~rastermatch.Histogram` (precomputed, lazy or not); or a list of arrays or
+        DataArrays pooled into one reference. Shapes, grids and dtypes may differ from the
+        source: histograms ignore geometry. Rows meet by label: dims both have are aligned
+        (date to date, band to band; band numbers of two selections, or two sets of band
+        names with nothing in common, pair by position); reference dims the source lacks are
+        pooled (a list of references counts as one more such dim; bands are never pooled:
+        select one); source dims the reference lacks share it (one reference for every date).
     method
         ``"nearest"`` (default): the nearest-CDF rule, exact, ties to the smallest level; for
         floats too, every output is a value of the reference and a scene matched to itself is
@@ -274,20 +629,32 @@ def match_histograms(
         :class:`~rastermatch.errors.OptionError`.
     mask, reference_mask
         Boolean, True = leave out of the statistics (clouds). Masked source pixels are still
-        transformed.
+        transformed. For a list of references, one mask (or None) per reference.
     bins
         Number of bins for floats and integers wider than 16 bits (default 65,536).
     dtype
         Output dtype; default the reference's. An integer dtype that cannot hold the outputs
         raises :class:`~rastermatch.errors.OptionError` instead of clipping them.
+    pool
+        How pooled reference rows combine: ``"counts"`` (default) sums their counts, so every
+        scene weighs by its valid pixels; ``"cdf"`` weighs every pooled scene equally
+        (averaged CDFs). They differ when the scenes' nodata (cloud) fractions differ.
+    bands
+        Source band label -> reference band label, e.g. ``{"red": "B04", "nir": "B08"}`` (a
+        Dataset's variable names are its band labels).
+    channel_axis
+        numpy/dask input only: the axis of the bands, as scikit-image's keyword (``-1`` for
+        ``(y, x, c)``); applies to source and reference. A 3-D array that looks channel-last
+        without it is refused.
 
     Returns
     -------
-    The kind that came in. numpy in: numpy out, computed with local threads. A dask-backed input
-    gives a lazy result: the statistics are computed now, in one pass over both inputs, and the
-    mapping is left lazy, so writing the result reads the source a second time and memory stays
-    bounded by the blocks in flight. A DataArray keeps its coords (CRS, transform), dims, band
-    labels and attrs, with the output nodata written.
+    The kind and layout that came in. numpy in: numpy out, computed with local threads. A
+    dask-backed input gives a lazy result: the statistics are computed now, in one pass over
+    both inputs, and the mapping is left lazy (one graph, each LUT table in it once), so writing
+    the result reads the source a second time and memory stays bounded by the blocks in flight.
+    A DataArray keeps its coords (CRS, transform), dims, row labels and attrs, with the output
+    nodata written; a Dataset comes back a Dataset.
 
     Examples
     --------
@@ -307,23 +674,48 @@ def match_histograms(
     >>> matched.dims, matched.dtype.name, matched.rio.crs.to_epsg()
     (('band', 'y', 'x'), 'uint16', 32619)
 
+    A time stack onto one reference, in one pass; every date keeps its label (the second date
+    is the first one twice as bright, so both come out the same):
+
+    >>> import xarray as xr
+    >>> stack = xr.concat([src, src * 2], dim="time").assign_coords(
+    ...     time=np.array(["2020-01-01", "2020-02-01"], dtype="datetime64[ns]"))
+    >>> out = match_histograms(stack.chunk({"y": 256}), ref, nodata=0)
+    >>> out.dims, bool((out.isel(time=0) == out.isel(time=1)).all())
+    (('time', 'band', 'y', 'x'), True)
+
+    A reference pooled from two scenes: summed counts weigh the three pixels of ``a`` three
+    times as much as the one of ``b``; averaged CDFs weigh the two scenes equally. A
+    precomputed histogram serves as well:
+
+    >>> a, b = np.array([[1, 1, 2]], np.uint8), np.array([[3]], np.uint8)
+    >>> source = np.array([[5, 6, 7, 8]], np.uint8)
+    >>> match_histograms(source, [a, b]).tolist(), match_histograms(source, [a, b], pool="cdf")
+    ([[1, 1, 2, 3]], array([[1, 2, 2, 3]], dtype=uint8))
+    >>> h = rastermatch.band_histograms(np.concatenate([a, b], axis=1))
+    >>> match_histograms(source, h).tolist()
+    [[1, 1, 2, 3]]
+
     Floats: a scene matched to itself comes back unchanged, with either method.
 
     >>> x = np.array([[0.0, 1.0, 2.0, 3.0, 100.0]])
     >>> match_histograms(x, x).tolist(), match_histograms(x, x, method="interp").tolist()
     ([[0.0, 1.0, 2.0, 3.0, 100.0]], [[0.0, 1.0, 2.0, 3.0, 100.0]])
     """
-    check_options(method=method, levels=levels, bins=bins, dtype=dtype)
-    src = as_band_array(source, nodata=nodata, name="source")
-    ref = as_band_array(reference, nodata=reference_nodata, name="reference")
-    lut = _fit(src, ref, method, levels, mask, reference_mask, bins, dtype)
-    return _apply(src, lut, lut.out_nodata, _scheduler(src))
+    options = MatchOptions(
+        method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
+    )
+    src = as_band_array(source, nodata=nodata, name="source", **_channel(channel_axis))
+    ref = as_reference(
+        reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
+    )
+    return apply_arrays(src, fit_arrays(src, ref, options, mask=mask))
 
 
 def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = None) -> Histogram:
-    """A uniform reference for equalization: one count on every level (or bin) of each band's range.
+    """A uniform reference for equalization: one count on every level (or bin) of each row's range.
 
-    ``range=None`` takes each band's valid data range from ``hist``.
+    ``range=None`` takes each row's valid data range from ``hist``.
     """
     b = hist.binning
     if range is None:
@@ -343,7 +735,7 @@ def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = 
         nbins = bins or b.nbins
         ref_binning = Binning("uniform", b.dtype, nbins, np.array(lo, float), np.array(hi, float))
         counts = np.ones((hist.nbands, nbins), dtype=np.int64)
-    return Histogram(counts, ref_binning, hist.bands, nodata=hist.nodata)
+    return Histogram(counts, ref_binning, rows=hist.rows, nodata=hist.nodata)
 
 
 def equalize(
@@ -354,13 +746,16 @@ def equalize(
     bins: int | None = None,
     range: Any = None,
     dtype: Any = None,
+    channel_axis: int | None = None,
 ) -> Any:
     """Histogram equalization: matching to a uniform reference (exact nearest-CDF rule).
 
-    The uniform reference spans each band's valid data range, or ``range=(lo, hi)`` (for example
-    the dtype's, ``(0, 255)``; finite, ``lo < hi``, else :class:`~rastermatch.errors.OptionError`
+    Every row (band, or date and band of a stack) is equalized on its own. The uniform
+    reference spans each row's valid data range, or ``range=(lo, hi)`` (for example the
+    dtype's, ``(0, 255)``; finite, ``lo < hi``, else :class:`~rastermatch.errors.OptionError`
     before any work). ``nodata`` (default the DataArray's) is left out of the statistics and
-    stays nodata. Returns the kind that came in; lazy for dask-backed input.
+    stays nodata. Takes what :func:`match_histograms` takes as source (``channel_axis`` too);
+    returns the kind that came in; lazy for dask-backed input.
 
     Examples
     --------
@@ -368,12 +763,14 @@ def equalize(
     >>> from rastermatch import equalize
     >>> equalize(np.array([[0, 0, 0, 1, 1, 2, 3, 4]], dtype=np.uint8), range=(0, 7)).tolist()
     [[2, 2, 2, 4, 4, 5, 6, 7]]
+    >>> equalize(np.zeros((4, 2, 3), np.uint8) + [0, 1, 2], channel_axis=0).shape
+    (4, 2, 3)
     """
-    check_options(bins=bins, dtype=dtype)
-    src = as_band_array(data, nodata=nodata, name="data")
+    options = MatchOptions(bins=bins, dtype=dtype)
+    src = as_band_array(data, nodata=nodata, name="data", **_channel(channel_axis))
     if range is not None:
-        split_range(range, src.array.shape[0])
-    (h_src,) = _histograms([(src, _mask(mask, src, "mask"), bins)], _scheduler(src))
+        split_range(range, src.rows.size)
+    (h_src,), _ = _statistics([_item(src, mask, "mask")], options.bins, _scheduler(src))
     h_ref = uniform_histogram(h_src, range=range)
     # the uniform reference leaves the nodata level out, so no valid pixel is mapped onto it
     k = h_ref.binning.level_bin(src.nodata)
@@ -386,7 +783,7 @@ def equalize(
         h_ref,
         method="nearest",
         levels="present",
-        dtype=src.dtype if dtype is None else dtype,
+        dtype=src.dtype if options.dtype is None else options.dtype,
     )
     out_nodata = resolve_out_nodata(lut, src.nodata, may_have_invalid=src.may_have_invalid)
-    return _apply(src, lut.with_nodata(src.nodata, out_nodata), out_nodata, _scheduler(src))
+    return apply_arrays(src, lut.with_nodata(src.nodata, out_nodata))

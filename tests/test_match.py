@@ -161,7 +161,10 @@ def test_errors_name_the_problem(rng):
         b[1] = 0
         match_histograms(b, a, nodata=0)
     with pytest.raises(DimensionError):
-        match_histograms(a[None], a)
+        match_histograms(a[0, 0], a)
+    with pytest.raises(BandMismatchError, match="'nir' of source is not among the band labels"):
+        named = xr.DataArray(a, dims=("band", "y", "x"), coords={"band": ["red", "nir", "x"]})
+        match_histograms(named, named.sel(band=["red", "x"]))
 
 
 def test_equalize_flattens_the_histogram(rng):
@@ -218,3 +221,43 @@ def test_equalize_is_algorithm1_onto_a_uniform_reference(values, lo, width):
     q = algorithm1(np.bincount(x.ravel(), minlength=256), uniform, range(lo, hi + 1))
     expected = np.asarray(q, dtype=np.uint8)[x]
     np.testing.assert_array_equal(equalize(x, range=(lo, hi)), expected)
+
+
+def test_match_options_are_validated_before_any_work():
+    from rastermatch import MatchOptions, OptionError
+
+    assert MatchOptions().pool == "counts" and MatchOptions(dtype="uint8").dtype == np.uint8
+    for bad in ({"method": "cubic"}, {"levels": 3}, {"bins": 0}, {"pool": "sum"}, {"bands": 3}):
+        with pytest.raises(OptionError):
+            MatchOptions(**bad)
+    with pytest.raises(TypeError):
+        MatchOptions("nearest")  # keyword-only
+    with pytest.raises(OptionError, match="pool must be one of"):
+        match_histograms(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), pool="sum")
+
+
+def test_channel_axis_reads_channel_last_arrays(rng):
+    src = rng.integers(0, 40, (3, 12, 10)).astype(np.uint8)
+    ref = rng.integers(0, 90, (3, 7, 9)).astype(np.uint8)
+    want = match_histograms(src, ref)
+    got = match_histograms(src.transpose(1, 2, 0), ref.transpose(1, 2, 0), channel_axis=-1)
+    np.testing.assert_array_equal(got, want.transpose(1, 2, 0))
+
+
+def test_accessor_one_base_for_dataarray_and_dataset(rng):
+    from rastermatch.accessor import RastermatchAccessor
+
+    arr = xr.DataArray(
+        rng.integers(1, 200, (2, 8, 9)).astype(np.uint8),
+        dims=("band", "y", "x"),
+        coords={"band": ["red", "nir"]},
+    )
+    ds = arr.to_dataset("band")
+    assert isinstance(arr.rm, RastermatchAccessor) and isinstance(ds.rm, RastermatchAccessor)
+    assert type(arr.rm).__mro__[1] is type(ds.rm).__mro__[1] is RastermatchAccessor
+    ref = arr[::-1] // 2 + 1
+    xr.testing.assert_equal(ds.rm.match(ref).to_dataarray("band"), arr.rm.match(ref))
+    assert ds.rm.histograms().bands == ("red", "nir")
+    lut = ds.rm.fit(ref)
+    xr.testing.assert_equal(ds.rm.apply(lut), ds.rm.match(ref))
+    assert set(ds.rm.equalize().data_vars) == {"red", "nir"}
