@@ -23,22 +23,37 @@ Layout, format 2 (numbers that JSON cannot spell, NaN and infinities, are the st
 
     LUT:       {"type": "rastermatch.LUT", "format": 2, "rastermatch_version": str,
                 "recipe": {"method": "nearest" | "interp", "levels": "present" | "all"},
-                "dtype": output dtype, "bands": [label, ...],
+                "dtype": output dtype, "bands": [label, ...] | "rows": Rows,
                 "nodata": number | null, "out_nodata": number | null,
                 "source_histogram": Histogram, "reference_histogram": Histogram}
     Histogram: {"type": "rastermatch.Histogram", "format": 2, "binning": Binning,
-                "bands": [label, ...], "nodata": number | null, "masked": bool,
+                "bands": [label, ...] | "rows": Rows, "nodata": number | null, "masked": bool,
                 "counts": [{"index": [int, ...], "count": [int, ...],
                             "vmin": [float, ...], "vmax": [float, ...], "nmin": [int, ...]}, ...]}
+    Rows:      [{"dim": str, "dtype": "datetime64[unit]" (dates only), "labels": [label, ...]},
+                ...]
     Binning:   {"kind": "levels" | "uniform", "dtype": str, "nbins": int,
                 "lo": [float, ...], "hi": [float, ...]}
 
-Counts are sparse: one entry per band, listing the occupied bins (``index``, strictly
-increasing) and their counts; ``vmin``/``vmax``/``nmin`` (the smallest and largest value in the
-bin and how many pixels equal the smallest) only for ``"uniform"`` binnings. Band labels are
-strings, integers or finite floats, unique. Format 1 (rastermatch 0.1) documents still load: a
-format-1 LUT carries a run-length encoded ``table`` beside its histograms; it is rebuilt from the
-histograms and refused when the stored table differs.
+Rows are the labelled leading dims (:class:`rastermatch._rows.Rows`): ``[]`` for the one row
+of a 2-D image, ``[{"dim": "time", ...}, {"dim": "band", ...}]`` for a time stack. A document
+has either ``rows`` or ``bands``, the shorthand for one ``band`` dim that the writer uses
+whenever it can: band documents are then byte for byte what earlier versions wrote, and those
+versions read them. Other rows stay in format 2 as the optional ``rows`` field rather than
+bumping the format: earlier readers refuse every unknown field, so they refuse such a document
+by name (``the document has an unknown field 'rows'``) and none can take its rows for bands.
+
+Labels are strings, integers or finite floats, unique within their dim; the labels of a dim marked
+``"dtype": "datetime64[ns]"`` (any numpy date unit) are ISO dates (``"2020-01-31"``,
+``"2020-01-31T10:23:45.5"``), restored as ``np.datetime64`` of that unit. A document holds at
+most :data:`MAX_BANDS` rows in all.
+
+Counts are sparse: one entry per row (in the rows' C order), listing the occupied bins
+(``index``, strictly increasing) and their counts; ``vmin``/``vmax``/``nmin`` (the smallest and
+largest value in the bin and how many pixels equal the smallest) only for ``"uniform"``
+binnings. Format 1 (rastermatch 0.1) documents still load, as band documents: a format-1 LUT
+carries a run-length encoded ``table`` beside its histograms; it is rebuilt from the histograms
+and refused when the stored table differs.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, get_args
 import numpy as np
 
 from ._data import python_scalar
+from ._rows import Rows
 from .errors import (
     HistogramFileError,
     LUTFileError,
@@ -71,6 +87,7 @@ __all__ = [
     "FORMAT",
     "MAX_BANDS",
     "MAX_CELLS",
+    "MAX_DIMS",
     "MAX_DOCUMENT_BYTES",
     "MAX_TOTAL",
     "MAX_UNIFORM_BINS",
@@ -91,8 +108,10 @@ __all__ = [
 FORMAT = 2
 #: Largest document read (bytes of a file, characters of a string).
 MAX_DOCUMENT_BYTES = 512 * 2**20
-#: Bands per histogram or LUT.
+#: Rows (bands, or dates x bands, ...) per histogram or LUT.
 MAX_BANDS = 10_000
+#: Row dims per histogram or LUT.
+MAX_DIMS = 32
 #: Bins of a ``"uniform"`` binning (``"levels"`` have exactly the dtype's level count).
 MAX_UNIFORM_BINS = 2**24
 #: Bands x bins of one histogram in a document: 64 bands of 65,536 bins, or one of 2**22. Counts
@@ -121,9 +140,15 @@ DTYPES = (
 _LUT_TYPE = "rastermatch.LUT"
 _HISTOGRAM_TYPE = "rastermatch.Histogram"
 _INT64 = (-(2**63), 2**63 - 1)
-_MAX_LABEL = 1_000  # characters of a string band label
+_MAX_LABEL = 1_000  # characters of a string label or a dim name
+_MAX_DATE = 64  # characters of an ISO date (the longest numpy writes has about 40)
+_DATE_DTYPES = tuple(
+    f"datetime64[{unit}]"
+    for unit in ("Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as")
+)
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _LUT_FIX = "recreate it with `rastermatch fit`"
+_ROWS = ("bands", "rows")  # the two spellings of a document's rows: one or the other
 _HISTOGRAM_FIX = "write it again with Histogram.to_json()"
 
 
@@ -369,13 +394,25 @@ def _representable(value: int | float | None, dtype: np.dtype, where: str) -> An
     return value
 
 
-def _labels(value: Any, where: str, nbands: int | None = None) -> tuple[Hashable, ...]:
-    seq = _sequence(value, where, "band labels")
+def _labels(
+    value: Any,
+    where: str,
+    nbands: int | None = None,
+    *,
+    unit: str | None = None,
+    noun: str = "bands",
+) -> tuple[Hashable, ...]:
+    """The labels of a dim (``noun`` "bands" for a ``bands`` field, "labels" for a row dim):
+    unique strings, integers or finite floats, or with ``unit`` ISO dates of that unit."""
+    seq = _sequence(value, where, "band labels" if noun == "bands" else "labels")
     if not 1 <= len(seq) <= MAX_BANDS:
-        _fail(where, f"has {len(seq):,} bands, expected 1..{MAX_BANDS:,}")
+        _fail(where, f"has {len(seq):,} {noun}, expected 1..{MAX_BANDS:,}")
     if nbands is not None:
         _length(seq, where, nbands, f"there are {nbands} bands")
+    what = "a band label" if noun == "bands" else "a label"
     for i, label in enumerate(seq):
+        if unit is not None:
+            continue  # dates: checked below
         ok = (
             (type(label) is int and _INT64[0] <= label <= _INT64[1])
             or (type(label) is float and math.isfinite(label))
@@ -384,16 +421,147 @@ def _labels(value: Any, where: str, nbands: int | None = None) -> tuple[Hashable
         if not ok:
             _fail(
                 _at(where, i),
-                f"is {_show(label)}; a band label is a string (of at most {_MAX_LABEL} "
+                f"is {_show(label)}; {what} is a string (of at most {_MAX_LABEL} "
                 "characters), an integer or a finite number",
             )
-    if len(set(seq)) != len(seq):
+    labels = (
+        tuple(seq)
+        if unit is None
+        else tuple(_date(label, _at(where, i), unit) for i, label in enumerate(seq))
+    )
+    if len(set(labels)) != len(labels):
         seen: set[Any] = set()
-        for i, label in enumerate(seq):
+        for i, label in enumerate(labels):
             if label in seen:
-                _fail(_at(where, i), f"is {_show(label)}, a label used twice")
+                _fail(_at(where, i), f"is {_show(seq[i])}, a label used twice")
             seen.add(label)
-    return tuple(seq)
+    return labels
+
+
+def _date(label: Any, where: str, unit: str) -> np.datetime64:
+    """An ISO date of ``unit``, spelled as :func:`_date_text` spells it (so that ``"today"``,
+    ``"NaT"``, a date the unit cannot hold or one it would truncate are refused)."""
+    if type(label) is str and len(label) <= _MAX_DATE:
+        try:
+            date = np.datetime64(label, unit)
+        except (ValueError, TypeError, OverflowError):
+            pass
+        else:
+            if not np.isnat(date) and _date_text(date) == label:
+                return date
+    # picoseconds and finer reach only a few hours or days from 1970
+    example = np.datetime64(
+        "1970-01-01T00:00:00.25" if unit in ("ps", "fs", "as") else "2020-01-31T10:30"
+    )
+    _fail(
+        where,
+        f"is {_show(label)}, expected an ISO date in datetime64[{unit}] (such as "
+        f"{_date_text(example.astype(f'datetime64[{unit}]'))!r})",
+    )
+
+
+def _date_text(date: np.datetime64) -> str:
+    return str(np.datetime_as_string(date, unit="auto"))
+
+
+def _read_rows(value: Any, where: str) -> Rows:
+    """A ``rows`` field: the row dims in order, each with its labels."""
+    seq = _sequence(value, where, "row dims")
+    if len(seq) > MAX_DIMS:
+        _fail(where, f"has {len(seq):,} dims, expected at most {MAX_DIMS}")
+    dims: list[str] = []
+    coords: list[tuple[Hashable, ...]] = []
+    size = 1
+    for i, entry in enumerate(seq):
+        here = _at(where, i)
+        obj = _object(entry, here, ("dim", "labels"), ("dtype",))
+        dim = obj["dim"]
+        if not (type(dim) is str and 1 <= len(dim) <= _MAX_LABEL and dim.isprintable()):
+            _fail(
+                _at(here, "dim"),
+                f"is {_show(dim)}, expected a dim name (a printable string of 1..{_MAX_LABEL} "
+                "characters)",
+            )
+        if dim in dims:
+            _fail(_at(here, "dim"), f"is {_show(dim)}, a dim named twice")
+        unit = None
+        if "dtype" in obj:
+            unit = _string(obj["dtype"], _at(here, "dtype"), _DATE_DTYPES)[11:-1]
+        labels = _labels(obj["labels"], _at(here, "labels"), unit=unit, noun="labels")
+        size *= len(labels)
+        if size > MAX_BANDS:
+            _fail(
+                where,
+                f"make more than {MAX_BANDS:,} rows (the product of the dims' label counts, "
+                f"{' x '.join(f'{len(c):,}' for c in (*coords, labels))}); a document holds at "
+                f"most {MAX_BANDS:,}",
+            )
+        dims.append(dim)
+        coords.append(labels)
+    return _build(lambda: Rows(tuple(dims), tuple(coords)), where)
+
+
+def _read_rows_of(obj: Mapping[str, Any], where: str, nbands: int | None = None) -> Rows:
+    """The rows an object records: its ``rows``, or its ``bands`` (one ``band`` dim)."""
+    if "rows" in obj:
+        if "bands" in obj:
+            _fail(_at(where, "rows"), "is given beside bands; a document has one or the other")
+        rows = _read_rows(obj["rows"], _at(where, "rows"))
+        if nbands is not None and rows.size != nbands:
+            _fail(
+                _at(where, "rows"), f"make {rows.size:,} rows, but the histograms have {nbands:,}"
+            )
+        return rows
+    if "bands" not in obj:
+        _fail(_at(where, "bands"), "is missing")
+    return Rows.bands(_labels(obj["bands"], _at(where, "bands"), nbands))
+
+
+def _rows_key(obj: Mapping[str, Any]) -> str:
+    return "rows" if "rows" in obj else "bands"
+
+
+def _rows_doc(rows: Rows) -> tuple[str, list[Any]]:
+    """``("bands", labels)`` for one ``band`` dim of plain labels, else ``("rows", [...])``.
+
+    Labels are written as they are (a tuple stays a tuple), so that the check that follows
+    (:func:`_writable_rows`) refuses what a reader would."""
+    dates = [any(isinstance(v, np.datetime64) for v in c) for c in rows.coords]
+    if rows.dims == ("band",) and not dates[0]:
+        return "bands", [python_scalar(v) for v in rows.coords[0]]
+    entries = []
+    for dim, labels, dated in zip(rows.dims, rows.coords, dates, strict=True):
+        entry: dict[str, Any] = {"dim": dim}
+        if dated:
+            # the finest unit of the dim's dates (a coordinate's dates share one)
+            unit = np.datetime_data(
+                np.array([v for v in labels if isinstance(v, np.datetime64)]).dtype
+            )[0]
+            entry["dtype"] = f"datetime64[{unit}]"
+            entry["labels"] = [
+                _date_text(v.astype(f"datetime64[{unit}]")) if isinstance(v, np.datetime64) else v
+                for v in labels
+            ]
+        else:
+            entry["labels"] = [python_scalar(v) for v in labels]
+        entries.append(entry)
+    return "rows", entries
+
+
+def _writable_rows(rows: Rows, error: type[Exception], what: str) -> tuple[str, list[Any]]:
+    """The rows' field, refused (``error``) when a reader would refuse it."""
+    key, value = _rows_doc(rows)
+    try:
+        _read_rows_of({key: value}, "")
+    except _Invalid as e:
+        at = e.where[len("rows[") :].split("]")[0] if e.where.startswith("rows[") else "0"
+        dim = rows.dims[int(at)] if rows.dims and at.isdigit() else "band"
+        coords = f"{dim}=[...]" if dim.isidentifier() else f"{{{dim!r}: [...]}}"
+        raise error(
+            f"cannot write the {what}: {e.sentence()}; give every row dim distinct labels that "
+            f"are strings, integers, finite numbers or dates (e.g. data.assign_coords({coords}))"
+        ) from None
+    return key, value
 
 
 # -- Binning ----------------------------------------------------------------------------------
@@ -406,8 +574,11 @@ def _level_count(dtype: np.dtype) -> int | None:
     return None
 
 
-def _read_binning(value: Any, where: str, nbands: int | None) -> tuple[Any, ...]:
-    """``(kind, dtype, nbins, lo, hi)`` checked; ``nbands`` None takes it from ``lo``."""
+def _read_binning(
+    value: Any, where: str, nbands: int | None, noun: str = "bands"
+) -> tuple[Any, ...]:
+    """``(kind, dtype, nbins, lo, hi)`` checked; ``nbands`` (rows, named ``noun`` in messages)
+    None takes it from ``lo``."""
     obj = _object(value, where, ("kind", "dtype", "nbins", "lo", "hi"))
     kind = _string(obj["kind"], _at(where, "kind"), ("levels", "uniform"))
     dtype = _dtype(obj["dtype"], _at(where, "dtype"))
@@ -430,13 +601,13 @@ def _read_binning(value: Any, where: str, nbands: int | None) -> tuple[Any, ...]
     if nbands * nbins > MAX_CELLS:
         _fail(
             _at(where, "nbins"),
-            f"is {nbins:,}: {nbands:,} band(s) of {nbins:,} bins are more than the "
+            f"is {nbins:,}: {nbands:,} {noun[:-1]}(s) of {nbins:,} bins are more than the "
             f"{MAX_CELLS:,} a document may hold (rastermatch.schema.MAX_CELLS)",
         )
     bounds = []
     for key in ("lo", "hi"):
         seq = _sequence(obj[key], _at(where, key), "numbers")
-        _length(seq, _at(where, key), nbands, f"there are {nbands} bands")
+        _length(seq, _at(where, key), nbands, f"there are {nbands} {noun}")
         bounds.append(_floats(seq, _at(where, key)))
     lo, hi = bounds
     if kind == "levels":
@@ -562,19 +733,25 @@ def _read_histogram(
     from .histogram import Histogram
 
     obj = _object(
-        value, where, ("type",), ("format", "binning", "bands", "counts", "nodata", "masked")
+        value,
+        where,
+        ("type",),
+        ("format", "binning", "bands", "rows", "counts", "nodata", "masked"),
     )
     if obj["type"] != _HISTOGRAM_TYPE:
         _fail(_at(where, "type"), f"is {_show(obj['type'])}, not {_HISTOGRAM_TYPE!r}")
     if "format" not in obj:
         _fail(_at(where, "format"), "is missing")
     fmt = _integer(obj["format"], _at(where, "format"), min(formats), max(formats))
-    keys = ("type", "format", "binning", "bands", "counts")
-    _object(obj, where, keys + (("nodata", "masked") if fmt >= 2 else ()))
-    bands = _labels(obj["bands"], _at(where, "bands"))
-    nbands = len(bands)
+    if fmt >= 2:
+        _object(obj, where, ("type", "format", "binning", "counts", "nodata", "masked"), _ROWS)
+    else:
+        _object(obj, where, ("type", "format", "binning", "bands", "counts"))
+    rows = _read_rows_of(obj, where)
+    nbands = rows.size
+    noun = "bands" if _rows_key(obj) == "bands" else "rows"
     kind, dtype, nbins, lo, hi = binning = _read_binning(
-        obj["binning"], _at(where, "binning"), nbands
+        obj["binning"], _at(where, "binning"), nbands, noun
     )
     nodata, masked = None, False
     if fmt >= 2:
@@ -584,20 +761,22 @@ def _read_histogram(
         masked = obj["masked"]
         if type(masked) is not bool:
             _fail(_at(where, "masked"), f"is {_show(masked)}, expected true or false")
-    rows = _sequence(obj["counts"], _at(where, "counts"), "objects")
-    _length(rows, _at(where, "counts"), nbands, f"there are {nbands} bands")
-    # uniform bins carry vmin/vmax/nmin in every band, or (a histogram built without them) in
-    # none; the first band decides, the others must agree
-    stats = kind == "uniform" and fmt >= 2 and isinstance(rows[0], Mapping) and "vmin" in rows[0]
+    entries = _sequence(obj["counts"], _at(where, "counts"), "objects")
+    _length(entries, _at(where, "counts"), nbands, f"there are {nbands} {noun}")
+    # uniform bins carry vmin/vmax/nmin in every row, or (a histogram built without them) in
+    # none; the first row decides, the others must agree
+    stats = (
+        kind == "uniform" and fmt >= 2 and isinstance(entries[0], Mapping) and "vmin" in entries[0]
+    )
     sparse = []
-    for b, row in enumerate(rows):
+    for b, entry in enumerate(entries):
         here = _at(_at(where, "counts"), b)
-        parts = _read_counts(row, here, nbins, stats, float(lo[b]), float(hi[b]), fmt)
+        parts = _read_counts(entry, here, nbins, stats, float(lo[b]), float(hi[b]), fmt)
         if need_pixels and int(parts[1].sum()) == 0:
             _fail(
                 _at(here, "count"),
-                f"is empty: band {_show(bands[b])} has no pixels, and a "
-                "LUT needs at least one per band",
+                f"is empty: {rows.describe(b) or 'the image'} has no pixels, and a LUT needs "
+                f"at least one per {noun[:-1]}",
             )
         sparse.append(parts)
 
@@ -613,7 +792,7 @@ def _read_histogram(
         for b, (index, _, lo_b, hi_b, n_b) in enumerate(sparse):
             vmin[b, index], vmax[b, index], nmin[b, index] = lo_b, hi_b, n_b
         kwargs.update(vmin=vmin, vmax=vmax, nmin=nmin)
-    return _build(lambda: Histogram(counts, _binning(binning), bands, **kwargs), where)
+    return _build(lambda: Histogram(counts, _binning(binning), rows=rows, **kwargs), where)
 
 
 def _build(make: Callable[[], Any], where: str) -> Any:
@@ -630,7 +809,8 @@ def histogram_to_dict(hist: Histogram) -> dict[str, Any]:
     """The JSON-ready layout (format 2) of a computed histogram."""
     hist._require_concrete()
     stats = hist.binning.kind == "uniform" and hist.vmin is not None
-    rows = []
+    key, rows = _writable_rows(hist.rows, HistogramFileError, "histogram")
+    entries = []
     for b, row in enumerate(np.asarray(hist.counts)):
         (index,) = np.nonzero(row)
         entry = {"index": index.tolist(), "count": row[index].tolist()}
@@ -638,28 +818,16 @@ def histogram_to_dict(hist: Histogram) -> dict[str, Any]:
             entry["vmin"] = np.asarray(hist.vmin[b])[index].astype(np.float64).tolist()
             entry["vmax"] = np.asarray(hist.vmax[b])[index].astype(np.float64).tolist()
             entry["nmin"] = np.asarray(hist.nmin[b])[index].astype(np.int64).tolist()
-        rows.append(entry)
+        entries.append(entry)
     return {
         "type": _HISTOGRAM_TYPE,
         "format": FORMAT,
         "binning": binning_to_dict(hist.binning),
-        "bands": _writable_labels(hist.bands, HistogramFileError, "histogram"),
+        key: rows,
         "nodata": _json_number(hist.nodata),
         "masked": bool(hist.masked),
-        "counts": rows,
+        "counts": entries,
     }
-
-
-def _writable_labels(bands: Iterable[Any], error: type[Exception], what: str) -> list[Any]:
-    labels = [python_scalar(b) for b in bands]
-    try:
-        _labels(labels, "bands")
-    except _Invalid as e:
-        raise error(
-            f"cannot write the {what}: {e.sentence()}; relabel the bands (e.g. "
-            "data.assign_coords(band=[...]))"
-        ) from None
-    return labels
 
 
 def _histogram_error(what: str) -> Callable[[_Invalid], Exception]:
@@ -707,13 +875,20 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
             "this LUT has no histograms, and a LUT document records them (the table is rebuilt "
             "from them when read); build it with LUT.from_histograms"
         )
+    if not lut.rows.same_as(lut.source_hist.rows):
+        raise LUTFileError(
+            f"cannot write the LUT: its rows {lut.rows!r} are not those of its source histogram "
+            f"{lut.source_hist.rows!r}, which a LUT document repeats (the table is rebuilt from "
+            "the histograms when read); build it with LUT.from_histograms"
+        )
+    key, rows = _writable_rows(lut.rows, LUTFileError, "LUT")
     return {
         "type": _LUT_TYPE,
         "format": FORMAT,
         "rastermatch_version": __version__,
         "recipe": {"method": lut.method, "levels": lut.levels},
         "dtype": lut.dtype.name,
-        "bands": _writable_labels(lut.bands, LUTFileError, "LUT"),
+        key: rows,
         "nodata": _json_number(lut.nodata),
         "out_nodata": _json_number(lut.out_nodata),
         "source_histogram": histogram_to_dict(lut.source_hist),
@@ -728,7 +903,7 @@ def _recipe_options() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _read_lut(value: Any) -> LUT:
-    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2)
+    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS)
     if obj["type"] != _LUT_TYPE:
         _fail("type", f"is {_show(obj['type'])}: this is not a rastermatch LUT")
     if "format" not in obj:
@@ -736,7 +911,10 @@ def _read_lut(value: Any) -> LUT:
     fmt = obj["format"]
     if type(fmt) is not int or fmt not in (1, 2):
         _fail("format", f"is {_show(fmt)}; this version reads LUT formats 1 and 2")
-    _object(obj, "", _LUT_KEYS_1 if fmt == 1 else _LUT_KEYS_2)
+    if fmt == 1:
+        _object(obj, "", (*_LUT_KEYS_1, "bands"))
+    else:
+        _object(obj, "", _LUT_KEYS_2, _ROWS)
     version = obj["rastermatch_version"]
     if not isinstance(version, str) or len(version) > 100:
         _fail("rastermatch_version", f"is {_show(version)}, expected a version string")
@@ -755,14 +933,16 @@ def _read_lut(value: Any) -> LUT:
             _fail(key, "is null: a LUT without its histograms cannot be checked")
         hists.append(_read_histogram(obj[key], key, (fmt,), need_pixels=True))
     src, ref = hists
-    if ref.nbands != src.nbands:
+    src_key = _at("source_histogram", _rows_key(obj["source_histogram"]))
+    if ref.rows.size != src.rows.size:
+        ref_key = _rows_key(obj["reference_histogram"])
         _fail(
-            "reference_histogram.bands",
-            f"has {ref.nbands} bands, but source_histogram has {src.nbands}",
+            _at("reference_histogram", ref_key),
+            f"has {ref.rows.size} {ref_key}, but {src_key} has {src.rows.size}",
         )
-    bands = _labels(obj["bands"], "bands", src.nbands)
-    if bands != src.bands:
-        _fail("bands", "differ from source_histogram.bands")
+    rows = _read_rows_of(obj, "", src.rows.size)
+    if not rows.same_as(src.rows):
+        _fail(_rows_key(obj), f"differ from {src_key}")
     nodata = _representable(_number_or_null(obj["nodata"], "nodata"), src.binning.dtype, "nodata")
     out_nodata = _representable(
         _number_or_null(obj["out_nodata"], "out_nodata"), dtype, "out_nodata"
@@ -799,13 +979,14 @@ def _read_lut(value: Any) -> LUT:
     return lut
 
 
+# the keys beside "bands" (format 1), or "bands" or "rows" (format 2)
 _LUT_KEYS_2 = (
-    "type", "format", "rastermatch_version", "recipe", "dtype", "bands", "nodata", "out_nodata",
+    "type", "format", "rastermatch_version", "recipe", "dtype", "nodata", "out_nodata",
     "source_histogram", "reference_histogram",
 )  # fmt: skip
 _LUT_KEYS_1 = (
-    "type", "format", "rastermatch_version", "method", "levels", "kind", "dtype", "bands",
-    "nodata", "out_nodata", "source_binning", "table", "source_histogram", "reference_histogram",
+    "type", "format", "rastermatch_version", "method", "levels", "kind", "dtype", "nodata",
+    "out_nodata", "source_binning", "table", "source_histogram", "reference_histogram",
 )  # fmt: skip
 
 
@@ -967,8 +1148,9 @@ def save_lut(
         raise RasterWriteError(f"cannot write LUT file {final}: {e.strerror or e}") from e
     for hist, key in ((lut.source_hist, "source"), (lut.reference_hist, "reference")):
         if hist is not None and hist.nbands * hist.binning.nbins > MAX_CELLS:
+            noun = "band" if hist.rows.dims == ("band",) else "row"
             raise LUTFileError(
-                f"cannot write LUT file {final}: the {key} histogram has {hist.nbands} band(s) "
+                f"cannot write LUT file {final}: the {key} histogram has {hist.nbands} {noun}(s) "
                 f"of {hist.binning.nbins:,} bins, more than the {MAX_CELLS:,} a LUT file may "
                 "hold, so it could not be read back; fit with fewer bins (65,536 by default) "
                 "or raise rastermatch.schema.MAX_CELLS"

@@ -8,6 +8,7 @@ run ``RASTERMATCH_FUZZ_EXAMPLES`` documents each (300 by default; the large run 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ from rastermatch import (
     RasterWriteError,
     band_histograms,
 )
+from rastermatch._rows import Rows
+from rastermatch.apply import apply_lut_array
 
 FUZZ = settings(
     max_examples=int(os.environ.get("RASTERMATCH_FUZZ_EXAMPLES", "300")),
@@ -66,8 +69,43 @@ def uniform_lut(method: str = "nearest", dtype: str = "float32") -> LUT:
     )
 
 
+DATES = np.array(["2020-01-01", "2020-02-01T10:30", "2021-12-31T23:59:59.5"], "datetime64[ms]")
+
+
+def stack(unit: str = "s", dtype: str = "uint16") -> xr.DataArray:
+    """A (time, band, y, x) stack with dates in ``unit`` and string band labels."""
+    rng = np.random.default_rng(11)
+    values = rng.integers(1, 500, (3, 2, 6, 7)).astype(dtype)
+    coords = {"time": DATES.astype(f"datetime64[{unit}]"), "band": ["red", "nir"]}
+    return xr.DataArray(values, dims=("time", "band", "y", "x"), coords=coords)
+
+
+def stack_lut(method: str = "nearest", dtype: str = "uint16", unit: str = "s") -> LUT:
+    """A (time, band) LUT fitted row by row on a stack (each date onto a brighter one)."""
+    src = stack(unit, dtype)
+    rows = Rows(("time", "band"), (tuple(src.time.values), ("red", "nir")))
+    bins = {} if dtype == "uint16" else {"bins": 64}
+
+    def hist(data):  # the rows' histograms, counted as 6 bands and labelled
+        h = band_histograms(data.values.reshape(6, 6, 7), **bins)
+        return h.take(range(6), rows=rows)
+
+    return LUT.from_histograms(hist(src), hist(src * 3 + 2), method=method)
+
+
+def single_lut(method: str = "nearest") -> LUT:
+    """A LUT of a 2-D image: one unlabelled row."""
+    src = np.array([[0, 3, 3, 7], [7, 7, 9, 200]], dtype=np.uint8)
+    src_hist, ref_hist = (
+        band_histograms(a).take([0], rows=Rows.single()) for a in (src, src // 2 + 5)
+    )
+    return LUT.from_histograms(src_hist, ref_hist, method=method)
+
+
 LEVELS_DOC = levels_lut().to_dict()
 UNIFORM_DOC = uniform_lut("interp").to_dict()
+STACK_DOC = stack_lut().to_dict()
+SINGLE_DOC = single_lut().to_dict()
 
 # Written by rastermatch 0.1.0 (format 1): a uint8 LUT with its nodata, an int16 interp LUT and
 # a float32 LUT (uniform binning).
@@ -249,6 +287,140 @@ def test_format1_histograms_still_load():
     assert hist.total.tolist() == [8, 8] and hist.counts[1, 32779] == 1
 
 
+# -- rows: time stacks, 2-D images -----------------------------------------------------------
+
+
+def same_rows(a, b) -> None:
+    assert a.same_as(b), (a, b)
+    for x, y in zip(a.coords, b.coords, strict=True):  # dates keep their unit
+        assert [getattr(v, "dtype", type(v)) for v in x] == [
+            getattr(v, "dtype", type(v)) for v in y
+        ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: stack_lut(),
+        lambda: stack_lut("interp", unit="ns"),
+        lambda: stack_lut("interp", "float32", unit="ms"),
+        lambda: single_lut(),
+        lambda: single_lut("interp"),
+    ],
+    ids=["stack", "stack-ns", "stack-float", "single", "single-interp"],
+)
+def test_rows_round_trip_and_reapply_identically(tmp_path, make):
+    lut = make()
+    path = lut.save(tmp_path / "lut.json")
+    back = LUT.load(path)
+    same_lut(back, lut)
+    for a, b in ((back, lut), (back.source_hist, lut.source_hist)):
+        same_rows(a.rows, b.rows)
+    same_rows(back.reference_hist.rows, lut.reference_hist.rows)
+    assert make().save(tmp_path / "again.json").read_bytes() == path.read_bytes()
+    if lut.rows.dims:  # the stack's rows, flat as the engine holds them
+        data = stack(dtype=lut.source_hist.binning.dtype.name).values.reshape(6, 6, 7)
+        np.testing.assert_array_equal(apply_lut_array(data, back), apply_lut_array(data, lut))
+    else:
+        data = np.array([[0, 3, 9, 200, 7]], dtype=np.uint8)
+        np.testing.assert_array_equal(back.apply(data), lut.apply(data))
+
+
+@pytest.mark.parametrize("unit", ["Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps"])
+def test_dates_keep_their_unit(unit):
+    base = np.datetime64("1970-01-01T00:00:00.25" if unit == "ps" else "2020-01-31T10:30")
+    dates = base.astype(f"datetime64[{unit}]") + np.arange(3) * np.timedelta64(1, unit)
+    rows = Rows(("time",), (tuple(dates),))
+    hist = Histogram(np.ones((3, 256), dtype=np.int64), Binning.levels(np.dtype("uint8"), 3),
+                     rows=rows)  # fmt: skip
+    doc = json.loads(hist.to_json())
+    assert doc["rows"][0]["dtype"] == f"datetime64[{unit}]"
+    back = Histogram.from_json(json.dumps(doc))
+    same_rows(back.rows, rows)
+    assert all(v.dtype == np.dtype(f"datetime64[{unit}]") for v in back.rows.coord("time"))
+
+
+def test_band_documents_are_unchanged_and_documents_without_rows_read_as_bands():
+    # today's format 2: "bands", no "rows"; read as one band dim and written back byte for byte
+    text = (
+        '{"type":"rastermatch.Histogram","format":2,"binning":{"kind":"levels","dtype":"uint8",'
+        '"nbins":256,"lo":[0.0],"hi":[255.0]},"bands":["red"],"nodata":null,"masked":false,'
+        '"counts":[{"index":[1,2],"count":[1,2]}]}'
+    )
+    hist = Histogram.from_json(text)
+    assert hist.rows.dims == ("band",) and hist.bands == ("red",)
+    assert hist.to_json() == text
+    assert (
+        "rows" not in LEVELS_DOC and "rows" not in LEVELS_DOC[S] and LEVELS_DOC["bands"] == [1, 2]
+    )
+    # format 1 documents are band documents too, and know no rows
+    lut = LUT.from_dict(FORMAT1_UINT8)
+    assert lut.rows.dims == ("band",) and lut.source_hist.rows.dims == ("band",)
+    old = copy.deepcopy(FORMAT1_UINT8)
+    old["rows"] = []
+    with pytest.raises(LUTFileError, match=r"the document has an unknown field 'rows'"):
+        LUT.from_dict(old)
+
+
+def test_stack_documents_spell_dates_and_dims_plainly():
+    assert STACK_DOC["rows"] == [
+        {"dim": "time", "dtype": "datetime64[s]",
+         "labels": ["2020-01-01", "2020-02-01T10:30", "2021-12-31T23:59:59"]},
+        {"dim": "band", "labels": ["red", "nir"]},
+    ]  # fmt: skip
+    assert STACK_DOC[S]["rows"] == STACK_DOC[R]["rows"] == STACK_DOC["rows"]
+    assert SINGLE_DOC["rows"] == SINGLE_DOC[S]["rows"] == [] and "bands" not in SINGLE_DOC
+    # a band dim of dates is not the bands shorthand
+    rows = Rows.bands(DATES)
+    hist = Histogram(np.ones((3, 256), dtype=np.int64), Binning.levels(np.dtype("uint8"), 3),
+                     rows=rows)  # fmt: skip
+    assert "bands" not in hist.to_dict()
+    same_rows(Histogram.from_dict(hist.to_dict()).rows, rows)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (Rows(("time",), ((np.datetime64("NaT", "ns"), np.datetime64("2020", "ns")),)),
+         r"rows\[0\]\.labels\[0\] is the string 'NaT', expected an ISO date in datetime64\[ns\]"),
+        (Rows(("time",), ((np.datetime64("2020-01-01"), 3),)),
+         r"rows\[0\]\.labels\[1\] is 3, expected an ISO date"),
+        (Rows(("band",), ((1, (2, 3)),)), r"bands\[1\] is a list of 2; a band label is"),
+        (Rows(("band",), ((1, 1.0),)), r"bands\[1\] is 1.0, a label used twice"),
+        (Rows(("lag",), ((np.timedelta64(1, "D"),),)),
+         r"rows\[0\]\.labels\[0\] is a timedelta; a label"),
+        (Rows(("band", ""), ((1,), ("a",))), r"rows\[1\]\.dim is the string '', expected a dim"),
+        (Rows(("a\nb",), ((1,),)), r"rows\[0\]\.dim is the string 'a\\nb', expected a dim"),
+        (Rows(("a", "b"), (tuple(range(200)), tuple(range(51)))),
+         r"rows make more than 10,000 rows \(.* 200 x 51\)"),
+    ],
+)  # fmt: skip
+def test_rows_a_reader_would_refuse_are_not_written(rows, message):
+    hist = Histogram(np.ones((rows.size, 256), dtype=np.int64),
+                     Binning.levels(np.dtype("uint8"), rows.size), rows=rows)  # fmt: skip
+    with pytest.raises(HistogramFileError, match=rf"^cannot write the histogram: {message}") as e:
+        hist.to_json()
+    assert "\n" not in str(e.value) and "assign_coords(" in str(e.value)
+
+
+def test_a_lut_whose_rows_are_not_its_source_histograms_is_not_written(tmp_path):
+    lut = dataclasses.replace(stack_lut(), rows=Rows.bands(range(6)))
+    with pytest.raises(LUTFileError, match=r"its rows Rows\(band: 6\) are not those of its source"):
+        lut.save(tmp_path / "lut.json")
+    assert os.listdir(tmp_path) == []
+
+
+def test_histogram_documents_with_bad_rows_raise_histogram_file_errors():
+    doc = copy.deepcopy(STACK_DOC[S])
+    doc["rows"][1]["dim"] = "time"
+    with pytest.raises(
+        HistogramFileError,
+        match=r"^histogram document: rows\[1\]\.dim is the string 'time', a dim named twice; "
+        r"write it again with Histogram.to_json\(\)$",
+    ):
+        Histogram.from_dict(doc)
+
+
 # -- the crafted file of the issue ------------------------------------------------------------
 
 
@@ -287,7 +459,7 @@ def _set(doc, path, value):
 
 
 _DELETE = object()
-L, U = "levels", "uniform"
+L, U, T, ONE = "levels", "uniform", "stack", "single"
 S, R = "source_histogram", "reference_histogram"
 SC = (S, "counts", 0)
 RULES = [
@@ -376,7 +548,73 @@ RULES = [
     (U, (*SC, "nmin"), _DELETE, r"counts\[0\].nmin is missing"),
     (U, (S, "nodata"), 1e39, r"source_histogram.nodata is 1e39, beyond float32's largest"),
     (U, ("nodata",), "-inf", None),  # allowed: a float source can have -inf as nodata
-]
+    # rows: (time, band) and 2-D documents
+    (T, ("rows",), {"dim": "time"}, r"rows is an object, expected a list of row dims"),
+    (T, ("rows",), [{"dim": f"d{i}", "labels": [1]} for i in range(33)],
+     r"rows has 33 dims, expected at most 32"),
+    (T, ("rows",), _DELETE, r"rows is missing|bands is missing"),
+    (T, ("bands",), ["red", "nir"], r"rows is given beside bands; a document has one or the"),
+    (T, ("rows", 0), ["time"], r"rows\[0\] is a list of 1, expected an object"),
+    (T, ("rows", 0, "dim"), _DELETE, r"rows\[0\]\.dim is missing"),
+    (T, ("rows", 0, "dim"), 3, r"rows\[0\]\.dim is 3, expected a dim name"),
+    (T, ("rows", 0, "dim"), "", r"rows\[0\]\.dim is the string '', expected a dim name"),
+    (T, ("rows", 0, "dim"), "ti\nme", r"rows\[0\]\.dim is the string 'ti\\nme', expected a"),
+    (T, ("rows", 0, "dim"), "x" * 1001, r"rows\[0\]\.dim is the string 'xxx.*, expected a dim"),
+    (T, ("rows", 0, "dim"), "band", r"rows\[1\]\.dim is the string 'band', a dim named twice"),
+    (T, ("rows", 0, "dim"), "date", r"rows differ from source_histogram\.rows"),
+    (T, ("rows", 0, "extra"), 1, r"rows\[0\] has an unknown field 'extra'"),
+    (T, ("rows", 0, "labels"), _DELETE, r"rows\[0\]\.labels is missing"),
+    (T, ("rows", 0, "labels"), [], r"rows\[0\]\.labels has 0 labels, expected 1\.\.10,000"),
+    (T, ("rows", 0, "labels"), "2020", r"rows\[0\]\.labels is the string '2020', expected a list"),
+    (T, ("rows", 0, "labels"), ["2020-01-01", "2020-02-01T10:30"],
+     r"rows make 4 rows, but the histograms have 6"),
+    (T, ("rows", 0, "dtype"), "datetime64[xs]",
+     r"rows\[0\]\.dtype is the string 'datetime64\[xs\]', expected one of"),
+    (T, ("rows", 0, "dtype"), "datetime64",
+     r"rows\[0\]\.dtype is the string 'datetime64', expected"),
+    (T, ("rows", 0, "dtype"), "datetime64[D]", r"rows\[0\]\.labels\[1\] is the string "
+     r"'2020-02-01T10:30', expected an ISO date in datetime64\[D\] \(such as '2020-01-31'\)"),
+    (T, ("rows", 0, "dtype"), "datetime64[ns]", None),  # the same dates, in a finer unit
+    (T, ("rows", 0, "dtype"), _DELETE, r"rows differ from source_histogram\.rows"),
+    (T, ("rows", 1, "dtype"), "datetime64[s]",
+     r"rows\[1\]\.labels\[0\] is the string 'red', expected"),
+    (T, ("rows", 0, "labels", 1), "2020-13-01",
+     r"rows\[0\]\.labels\[1\] is the string '2020-13-01', expected an ISO date in datetime64\[s\]"),
+    (T, ("rows", 0, "labels", 1), "today",
+     r"rows\[0\]\.labels\[1\] is the string 'today', expected"),
+    (T, ("rows", 0, "labels", 1), "NaT", r"rows\[0\]\.labels\[1\] is the string 'NaT', expected"),
+    (T, ("rows", 0, "labels", 1), "2020-02-01T10:30:00",
+     r"labels\[1\] is the string '2020-02-01T10:30:00'"),
+    (T, ("rows", 0, "labels", 1), " 2020-02-01T10:30", r"labels\[1\] is the string ' 2020-02-01"),
+    (T, ("rows", 0, "labels", 1), 20200201, r"rows\[0\]\.labels\[1\] is 20200201, expected an ISO"),
+    (T, ("rows", 0, "labels", 1), "9" * 80, r"labels\[1\] is the string '9999.*, expected an ISO"),
+    (T, ("rows", 0, "labels", 1), "2020-01-01",
+     r"rows\[0\]\.labels\[1\] is the string '2020-01-01', a label used twice"),
+    (T, ("rows", 1, "labels", 1), "red",
+     r"rows\[1\]\.labels\[1\] is the string 'red', a label used"),
+    (T, ("rows", 1, "labels", 1), None, r"rows\[1\]\.labels\[1\] is null; a label is a string"),
+    (T, ("rows", 1, "labels", 1), 1e400, r"rows\[1\]\.labels\[1\] is inf; a label is a string"),
+    (T, ("rows", 1, "labels", 1), "NIR", r"rows differ from source_histogram\.rows"),
+    (T, (S, "rows"), [], r"source_histogram\.binning\.lo has 6 entries, but there are 1 rows"),
+    (T, (S, "rows", 1, "labels"), ["red"], r"source_histogram\.binning\.lo has 6 entries, but "
+     r"there are 3 rows"),
+    (T, (S, "rows"),
+     [{"dim": "a", "labels": list(range(200))}, {"dim": "b", "labels": list(range(60))}],
+     r"source_histogram\.rows make more than 10,000 rows \(the product of the dims' label counts, "
+     r"200 x 60\)"),
+    (T, (S, "counts"), "drop one", r"source_histogram\.counts has 5 entries, but there are 6 rows"),
+    (T, (R, "rows", 1, "labels", 1), "swir", None),  # a reference's own labels: sizes agree
+    (T, R, "ref of 2 bands", r"reference_histogram\.bands has 2 bands, but source_histogram\.rows "
+     r"has 6"),
+    (T, (R, "counts", 3), {"index": [], "count": []},
+     r"reference_histogram\.counts\[3\]\.count is empty: time 2020-02-01T10:30, band 'nir' "
+     r"has no pixels, and a LUT needs at least one per row"),
+    (ONE, ("rows",), [{"dim": "band", "labels": [1]}], r"rows differ from source_histogram\.rows"),
+    (ONE, ("rows",), _DELETE, r"bands is missing"),
+    (ONE, (S, "counts", 0), {"index": [], "count": []}, r"source_histogram\.counts\[0\]\.count is "
+     r"empty: the image has no pixels, and a LUT needs at least one per row"),
+]  # fmt: skip
+BASES = {L: LEVELS_DOC, U: UNIFORM_DOC, T: STACK_DOC, ONE: SINGLE_DOC}
 
 
 def _apply_rule(doc, path, value):
@@ -399,6 +637,12 @@ def _apply_rule(doc, path, value):
         elif value == "count+1":
             arr[0] = row["count"][0] + 1
         return
+    if value == "drop one":
+        del doc[S]["counts"][-1]
+        return
+    if value == "ref of 2 bands":
+        doc[R] = copy.deepcopy(LEVELS_DOC[R])
+        return
     if value == "huge range":
         doc[S]["binning"]["lo"][0] = -1.7e308
         doc[S]["binning"]["hi"][0] = 1.7e308
@@ -408,7 +652,7 @@ def _apply_rule(doc, path, value):
 
 @pytest.mark.parametrize(("base", "path", "value", "message"), RULES)
 def test_each_rule_names_the_field(base, path, value, message):
-    doc = copy.deepcopy(LEVELS_DOC if base == L else UNIFORM_DOC)
+    doc = copy.deepcopy(BASES[base])
     _apply_rule(doc, path, value)
     if message is None:
         LUT.from_dict(doc)
@@ -649,9 +893,34 @@ JSON_VALUES = st.one_of(
             "rastermatch.LUT",
             "rastermatch.Histogram",
             _DEEP,
+            # rows: dims, date units and dates, good and bad
+            "time",
+            "band",
+            "datetime64[s]",
+            "datetime64[D]",
+            "datetime64[ns]",
+            "datetime64[ps]",
+            "2020-01-01",
+            "2020-02-01T10:30",
+            "2021-12-31T23:59:59",
+            "2300-01-01",
+            "NaT",
+            "today",
+            "red",
         ]
     ),
     st.lists(st.integers(-3, 300), max_size=5),
+    st.lists(st.sampled_from(["red", "nir", "2020-01-01", "2020-02-01T10:30", 1, 2.5]), max_size=3),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "dim": st.sampled_from(["time", "band", "x1"]),
+                "labels": st.builds(lambda: ["2020-01-01"]),
+            },
+            optional={"dtype": st.sampled_from(["datetime64[D]", "datetime64[s]"])},
+        ),
+        max_size=2,
+    ),
     st.lists(st.floats(allow_nan=False), max_size=3),
     st.dictionaries(
         st.sampled_from(["index", "count", "type", "format"]), st.integers(), max_size=2
@@ -716,8 +985,11 @@ def _deepen(doc, depth):
 
 
 def _check_loaded(lut):
-    """A LUT that was accepted: built by the builder, and safe to apply to any value."""
-    assert lut.table.shape[0] == lut.nbands == len(lut.bands)
+    """A LUT that was accepted: built by the builder, and safe to apply to any value (in the
+    layout of its rows: a DataArray with its row dims and labels, or a 2-D array)."""
+    assert lut.table.shape[0] == lut.nbands == len(lut.bands) == lut.rows.size
+    assert lut.rows.same_as(lut.source_hist.rows)
+    same_lut(LUT.from_dict(json.loads(json.dumps(lut.to_dict()))), lut)  # written as read
     dtype = lut.source_hist.binning.dtype
     if dtype.kind == "f":
         big = np.finfo(dtype).max
@@ -725,14 +997,17 @@ def _check_loaded(lut):
     else:
         info = np.iinfo(dtype)
         x = np.array([info.min, 0, info.max], dtype=dtype)
-    data = np.broadcast_to(x, (lut.nbands, 1, x.size)).copy()
+    data = np.broadcast_to(x, (*lut.rows.shape, 1, x.size)).copy()
+    if lut.rows.dims not in ((), ("band",)):
+        coords = {d: list(c) for d, c in zip(lut.rows.dims, lut.rows.coords, strict=True)}
+        data = xr.DataArray(data, dims=(*lut.rows.dims, "y", "x"), coords=coords)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a nodata replaced for the output is fine here
         try:
             out = lut.apply(data)
         except RastermatchError:  # a refusal (say, no free output nodata) is fine too
             return
-    assert out.shape == data.shape
+    assert out.shape == data.shape and type(out) is type(data)
 
 
 def _only_project_errors(call, error):
@@ -747,7 +1022,10 @@ def _only_project_errors(call, error):
 
 
 @FUZZ
-@given(doc=mutated([LEVELS_DOC, UNIFORM_DOC, FORMAT1_UINT8]), depth=st.sampled_from([3, 2000]))
+@given(
+    doc=mutated([LEVELS_DOC, UNIFORM_DOC, STACK_DOC, SINGLE_DOC, FORMAT1_UINT8]),
+    depth=st.sampled_from([3, 2000]),
+)
 def test_fuzz_lut_from_dict(doc, depth):
     lut = _only_project_errors(lambda: LUT.from_dict(_deepen(doc, depth)), LUTFileError)
     if lut is not None:
@@ -756,7 +1034,7 @@ def test_fuzz_lut_from_dict(doc, depth):
 
 @FUZZ
 @given(
-    doc=mutated([LEVELS_DOC, UNIFORM_DOC, FORMAT1_UINT8, FORMAT1_FLOAT32]),
+    doc=mutated([LEVELS_DOC, UNIFORM_DOC, STACK_DOC, SINGLE_DOC, FORMAT1_UINT8, FORMAT1_FLOAT32]),
     depth=st.sampled_from([3, 900, 5000]),
     cut=st.one_of(st.none(), st.integers(0, 400)),
 )
@@ -771,13 +1049,18 @@ def test_fuzz_lut_load(tmp_path_factory, doc, depth, cut):
         _check_loaded(lut)
 
 
-HIST_DOCS = [LEVELS_DOC[S], UNIFORM_DOC[S], UNIFORM_DOC[R], FORMAT1_UINT8[S]]
+HIST_DOCS = [LEVELS_DOC[S], UNIFORM_DOC[S], UNIFORM_DOC[R], STACK_DOC[S], SINGLE_DOC[R],
+             FORMAT1_UINT8[S]]  # fmt: skip
 
 
 @FUZZ
 @given(doc=mutated(HIST_DOCS), depth=st.sampled_from([3, 5000]))
 def test_fuzz_histogram_from_dict_and_json(doc, depth):
-    _only_project_errors(lambda: Histogram.from_dict(_deepen(copy.deepcopy(doc), 3)),
-                         HistogramFileError)  # fmt: skip
+    hist = _only_project_errors(lambda: Histogram.from_dict(_deepen(copy.deepcopy(doc), 3)),
+                                HistogramFileError)  # fmt: skip
+    if hist is not None:  # written as read
+        back = Histogram.from_json(hist.to_json())
+        same_histogram(back, hist)
+        same_rows(back.rows, hist.rows)
     text = json.dumps(doc).replace(f'"{_DEEP}"', "[" * depth + "]" * depth)
     _only_project_errors(lambda: Histogram.from_json(text), HistogramFileError)
