@@ -72,7 +72,7 @@ from .io import (
     write_raster,
 )
 from .lut import LUT, Levels, Method
-from .match import equalize, fit_lut
+from .match import MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many
 from .metrics import format_quality_table, matched_histogram, quality_table
 
 __all__ = [
@@ -1077,6 +1077,8 @@ class NormalizeResult:
 def _is_folder_output(output: PathLike) -> bool:
     text = os.fspath(output)
     path = Path(text).expanduser()
+    if path.suffix.lower() == ".zarr":  # a stack, even written as out.zarr/
+        return False
     if text.endswith(("/", os.sep)):
         return True
     if path.is_dir():
@@ -1237,8 +1239,6 @@ def normalize_files(
     >>> len(result.quality), all(r["ks_after"] < r["ks_before"] for r in result.quality)
     (6, True)
     """
-    from .match import MatchOptions, apply_arrays, as_reference, fit_many
-
     options = MatchOptions(method=method, levels=levels, bins=bins, dtype=dtype, pool=pool)
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")

@@ -745,7 +745,7 @@ def test_normalize_refuses_an_existing_output_before_any_work(tmp_path, monkeypa
     def no_statistics(*args, **kwargs):
         raise AssertionError("statistics computed before the outputs were checked")
 
-    monkeypatch.setattr("rastermatch.match.fit_many", no_statistics)
+    monkeypatch.setattr("rastermatch.pipeline.fit_many", no_statistics)
     result = run("normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/")
     assert_refused(result, 1, RGB.name, "exists already", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == [RGB.name]
