@@ -3,19 +3,26 @@
 Step three of the data flow. Each block is mapped by a GIL-free compiled loop, so dask threads
 apply blocks in parallel. The LUT reaches the dask graph once, as an explicit argument: its rows
 are a dask array chunked like the data's bands (one key per band chunk, however many blocks use
-it), never a closure captured by every task.
+it), never a closure captured by every task. numpy input is mapped by local threads, piece by
+piece (:func:`~rastermatch._data.thread_pieces`), straight into one output array.
+
+The data's rows meet the LUT's through :meth:`Rows.index_for <rastermatch._rows.Rows.index_for>`:
+a LUT fitted per band maps every date of a ``(time, band, y, x)`` stack, a LUT with a row per
+(date, band) maps each date's bands with their own tables.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import dask
 import dask.array as da
 import numba
 import numpy as np
 from dask.base import tokenize
 
-from ._data import as_band_array
+from ._data import as_band_array, thread_pieces
+from ._rows import Rows
 from ._values import check_nodata, float_bounds, kernel_nodata, nodata_fits, uniform_bin
 from .errors import (
     BandMismatchError,
@@ -27,7 +34,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .lut import LUT
 
-__all__ = ["apply_lut", "apply_lut_array", "resolve_out_nodata"]
+__all__ = ["apply_lut", "apply_lut_array", "lut_rows", "resolve_out_nodata", "row_index"]
 
 
 # -- compiled kernels: one pass over the block, nodata and NaN handled inline --------------------
@@ -177,16 +184,45 @@ def block_arguments(
     return lut.table, np.stack([b.lo, b.hi], axis=1), kwargs
 
 
+def lut_rows(lut: LUT) -> Rows:
+    """The LUT's rows (a band dim for a LUT that records only band labels)."""
+    rows = getattr(lut, "rows", None)
+    return rows if isinstance(rows, Rows) else Rows.bands(lut.bands)
+
+
+def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.ndarray | None:
+    """For every data row, the LUT row that maps it; None when that is the LUT's own order.
+
+    Dims both have are aligned by label, dims only the data has share the LUT's rows (a band
+    LUT maps every date); dims only the LUT has must be of length 1. Data without labels of
+    its own (numpy, dask) must have as many bands as the LUT: its band numbers are positions.
+    """
+    have = lut_rows(lut)
+    if not labelled and "band" in have.dims and "band" in rows.dims:
+        n, m = len(rows.coord("band")), len(have.coord("band"))
+        if n != m:
+            raise BandMismatchError(
+                f"{name} has {n} bands and the LUT {m}; select the bands the LUT was fitted on"
+            )
+    index = have.index_for(rows, names=("the LUT", name))
+    if index.size == have.size and np.array_equal(index, np.arange(have.size)):
+        return None
+    return index
+
+
 def apply_lut_array(
     array: np.ndarray | da.Array,
     lut: LUT,
     *,
     nodata: Any = None,
     out_nodata: Any = None,
+    index: np.ndarray | None = None,
 ) -> np.ndarray | da.Array:
-    """Map a ``(band, y, x)`` numpy or dask array through ``lut``; lazy for dask input.
+    """Map a ``(row, y, x)`` numpy or dask array through ``lut``; lazy for dask input.
 
-    The output keeps the input's chunks, with dtype ``lut.dtype``.
+    ``index`` names the LUT row of every data row (:func:`row_index`); default the LUT's rows
+    in order. numpy input is mapped by local threads; dask output keeps the input's chunks.
+    The output dtype is ``lut.dtype``.
     """
     b = lut.source_binning
     if b.kind == "levels" and array.dtype != b.dtype:
@@ -194,14 +230,16 @@ def apply_lut_array(
             f"this LUT was fitted on {b.dtype} data and cannot map {array.dtype} data; fit a LUT "
             f"on {array.dtype} data, or convert the data to {b.dtype} first"
         )
-    if array.shape[0] != lut.nbands:
-        raise BandMismatchError(
-            f"the data has {array.shape[0]} bands and the LUT {lut.nbands}; select the bands "
-            "the LUT was fitted on"
-        )
     table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
+    if index is not None:
+        table, lohi = table[index], lohi[index]
+    if array.shape[0] != table.shape[0]:
+        raise BandMismatchError(
+            f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
+            "bands the LUT was fitted on"
+        )
     if isinstance(array, np.ndarray):
-        return apply_block(array, table, lohi, **kwargs)
+        return _apply_threaded(array, table, lohi, kwargs)
     token = tokenize(table, lohi, lut.dtype)
     band_chunks = array.chunks[0]
     table_chunks = (band_chunks, *((-1,) * (table.ndim - 1)))
@@ -223,6 +261,25 @@ def apply_lut_array(
         name=f"rastermatch-apply-{tokenize(array, token, nodata, out_nodata)}",
         **kwargs,
     )
+
+
+def _apply_threaded(
+    array: np.ndarray, table: np.ndarray, lohi: np.ndarray, kwargs: dict[str, Any]
+) -> np.ndarray:
+    """numpy in: every :func:`thread_pieces` piece mapped by a thread into one output array."""
+    out = np.empty(array.shape, dtype=kwargs["out_dtype"])
+    pieces = thread_pieces(array.shape)
+    if len(pieces) == 1:
+        return apply_block(array, table, lohi, out=out, **kwargs)
+    tasks = [
+        dask.delayed(apply_block, pure=False)(
+            array[b : b + 1, s], table[b : b + 1], lohi[b : b + 1], out=out[b : b + 1, s],
+            **kwargs,
+        )
+        for b, s in pieces
+    ]  # fmt: skip
+    dask.compute(*tasks, scheduler="threads")
+    return out
 
 
 def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> Any:
@@ -273,14 +330,25 @@ def resolve_out_nodata(lut: LUT, preferred: Any, *, may_have_invalid: bool) -> A
     return choice
 
 
-def apply_lut(lut: LUT, data: Any, *, nodata: Any = None, out_nodata: Any = None) -> Any:
-    """Map ``data`` (numpy, dask or DataArray) through ``lut``, returning the same kind.
+def apply_lut(
+    lut: LUT,
+    data: Any,
+    *,
+    nodata: Any = None,
+    out_nodata: Any = None,
+    channel_axis: int | None = None,
+) -> Any:
+    """Map ``data`` (numpy, dask, DataArray or Dataset) through ``lut``, returning the same
+    kind and layout.
 
-    ``nodata`` defaults to the data's ``.rio.nodata``, else the LUT's; ``out_nodata`` to the
-    LUT's, else the input nodata; it is replaced when valid pixels are mapped onto it (see
-    :func:`resolve_out_nodata`). Lazy for dask-backed input.
+    The data's rows are matched to the LUT's (:func:`row_index`): a LUT fitted per band maps
+    every date of a ``(time, band, y, x)`` stack. ``nodata`` defaults to the data's
+    ``.rio.nodata``, else the LUT's; ``out_nodata`` to the LUT's, else the input nodata; it is
+    replaced when valid pixels are mapped onto it (see :func:`resolve_out_nodata`).
+    ``channel_axis`` as in :func:`~rastermatch.match_histograms`. Lazy for dask-backed input.
     """
-    src = as_band_array(data, nodata=nodata, name="data")
+    src = as_band_array(data, nodata=nodata, name="data", channel_axis=channel_axis)
+    index = row_index(lut, src.rows, src.name, labelled=src.template is not None)
     if out_nodata is not None:
         out_nodata = check_nodata(out_nodata, lut.dtype, "the output", what="out_nodata")
     nd = src.nodata if src.nodata is not None else lut.nodata
@@ -291,5 +359,5 @@ def apply_lut(lut: LUT, data: Any, *, nodata: Any = None, out_nodata: Any = None
     )
     may_have_invalid = nd is not None or src.dtype.kind == "f"
     out_nd = resolve_out_nodata(lut, preferred, may_have_invalid=may_have_invalid)
-    result = apply_lut_array(src.array, lut, nodata=nd, out_nodata=out_nd)
+    result = apply_lut_array(src.array, lut, nodata=nd, out_nodata=out_nd, index=index)
     return src.wrap(result, nodata=out_nd)
