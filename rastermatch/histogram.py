@@ -535,11 +535,18 @@ def block_range(
 
 @dataclass(frozen=True, eq=False, init=False)
 class Histogram:
-    """Per-band counts with their binning and band labels, and what each bin holds.
+    """Counts per labelled row (band; (date, band) of a stack) with their binning, and what
+    each bin holds.
 
-    ``counts`` is ``(band, nbins)`` int64, exact. While it is a dask array the histogram is lazy
-    and is itself a dask collection: ``hist.compute()`` or ``dask.compute(h_src, h_ref)`` give
-    concrete histograms, computed in one pass over their inputs.
+    ``counts`` is ``(row, nbins)`` int64, exact; ``rows`` (:class:`~rastermatch._rows.Rows`)
+    says what each row is: the input's dims other than y/x and their labels, row ``i`` being
+    their C-order flattening. Rows are selected and pooled as in xarray: ``hist.sel(time=
+    "2020-01-31")``, ``hist.isel(band=0)``, ``hist.sum("time")`` (pooled counts),
+    ``hist.pool("time", how="cdf")`` (every date weighted equally); ``hist.to_xarray()`` gives
+    the counts as a DataArray ``(*row dims, "bin")``. While ``counts`` is a dask array the
+    histogram is lazy and is itself a dask collection: ``hist.compute()`` or
+    ``dask.compute(h_src, h_ref)`` give concrete histograms, computed in one pass over their
+    inputs.
 
     For a ``"uniform"`` binning (floats, integers wider than 16 bits) the histogram also knows,
     per band and bin, the smallest value (``vmin``, float64), the largest (``vmax``) and the
@@ -567,6 +574,22 @@ class Histogram:
     >>> f = band_histograms(np.array([[0.5, 0.25, np.nan, 0.25, 2.0]]), bins=2, nodata=2.0)
     >>> f.counts.tolist(), f.vmin.tolist(), f.vmax.tolist(), f.nmin.tolist(), f.nodata
     ([[2, 1]], [[0.25, 0.5]], [[0.25, 0.5]], [[2, 1]], 2.0)
+
+    A stack ``(time, band, y, x)`` has one row per (date, band):
+
+    >>> import xarray as xr
+    >>> stack = xr.DataArray(
+    ...     np.array([[[[1, 1]], [[2, 2]]], [[[1, 3]], [[2, 4]]]], dtype=np.uint8),
+    ...     dims=("time", "band", "y", "x"),
+    ...     coords={"time": np.array(["2020-01-01", "2020-02-01"], "datetime64[ns]")},
+    ... )
+    >>> s = band_histograms(stack)
+    >>> s.dims, s.nrows, s.describe(3)
+    (('time', 'band'), 4, 'time 2020-02-01, band 2 of data')
+    >>> s.sel(time="2020-02-01").counts[:, :5].tolist()
+    [[0, 1, 0, 1, 0], [0, 0, 1, 0, 1]]
+    >>> s.sum("time").counts[:, :5].tolist()
+    [[0, 3, 0, 1, 0], [0, 0, 3, 0, 1]]
     """
 
     counts: Any
@@ -876,9 +899,9 @@ class Histogram:
         >>> counts.dims, counts.sizes["bin"]
         (('time', 'band', 'bin'), 256)
         >>> counts.sel(time=2021, band="nir", bin=[0, 1, 2, 3]).values.tolist()
-        [2, 2, 1, 1]
+        [1, 1, 2, 2]
         >>> counts.sum("time").sel(band="red", bin=[0, 1, 2, 3]).values.tolist()
-        [3, 3, 3, 3]
+        [4, 4, 2, 2]
         """
         if "bin" in self.dims:
             raise OptionError(f"a row dim is named 'bin' ({self.rows!r}); rename it first")
@@ -1127,7 +1150,7 @@ def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
     if binning.is_lazy:
         lohi = parts[-1]
         if not isinstance(lohi, da.Array):
-            lohi = check_range(np.asarray(lohi).T, meta["rows"].labels(), meta["name"]).T
+            lohi = check_range(np.asarray(lohi).T, meta["rows"], meta["name"]).T
         binning = Binning(binning.kind, binning.dtype, binning.nbins, lohi[0], lohi[1])
     stats = {}
     if meta["stats"]:
@@ -1184,9 +1207,14 @@ def _lazy_range(src: BandArray, mask: Any) -> da.Array:
 
 
 def band_ranges(
-    data: Any, *, nodata: float | int | None = None, mask: Any = None
+    data: Any,
+    *,
+    nodata: float | int | None = None,
+    mask: Any = None,
+    channel_axis: int | None = None,
 ) -> np.ndarray | da.Array:
-    """The valid ``(min, max)`` of every band, ``(band, 2)`` float64.
+    """The valid ``(min, max)`` of every row (band; (date, band) of a stack), ``(row, 2)``
+    float64, rows in the order of :func:`band_histograms`.
 
     NaN, infinities, nodata and masked pixels are left out. Lazy for dask input (a tree
     reduction); a band without valid pixels gives ``(inf, -inf)``.
@@ -1197,7 +1225,7 @@ def band_ranges(
     >>> band_ranges(np.array([[0.5, np.nan], [np.inf, 2.0]])).tolist()
     [[0.5, 2.0]]
     """
-    src = as_band_array(data, nodata=nodata)
+    src = as_band_array(data, nodata=nodata, channel_axis=channel_axis)
     m = None if mask is None else as_band_mask(mask, src)
     if not src.is_dask:
         return block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
@@ -1223,7 +1251,7 @@ def _equal_weights(hist: Histogram, members: list[np.ndarray]) -> tuple[np.ndarr
     for m in members:
         for i in m:
             if totals[i] == 0:
-                raise no_valid_pixels(hist.rows.describe(int(i)) or "the image", hist.name)
+                raise no_valid_pixels(hist.rows.describe(int(i)), hist.name)
         lcm = math.lcm(*(totals[i] for i in m))
         exact = lcm * len(m) <= np.iinfo(np.int64).max
         common = lcm if exact else max(max(totals[i] for i in m), 2**32)
@@ -1285,14 +1313,20 @@ def union_ranges(lohi: Any, groups: Any) -> Any:
     return union[index[groups]]
 
 
-def check_range(lohi: np.ndarray, bands: tuple[Hashable, ...], name: str) -> np.ndarray:
-    """``lohi`` if every band has a valid pixel and a range float64 can bin, else the error."""
-    for label, (lo, hi) in zip(bands, lohi, strict=True):
+def check_range(lohi: np.ndarray, rows: Rows | Sequence[str], name: str) -> np.ndarray:
+    """``lohi`` if every row has a valid pixel and a range float64 can bin, else the error.
+
+    ``rows`` says what each row is: the :class:`Rows`, or one description per row (as
+    :meth:`Rows.describe` gives them).
+    """
+    where = [rows.describe(i) for i in range(rows.size)] if isinstance(rows, Rows) else rows
+    for row, (lo, hi) in zip(where, lohi, strict=True):
         if not lo <= hi:
-            raise no_valid_pixels(label, name)
+            raise no_valid_pixels(row, name)
         if not math.isfinite(float(hi) - float(lo)):  # Python floats: inf, never a warning
+            what = f"{row} of {name}" if row else name
             raise OptionError(
-                f"band {label!r} of {name} spans {float(lo):g} to {float(hi):g}, wider than "
+                f"{what} spans {float(lo):g} to {float(hi):g}, wider than "
                 "float64 can bin; is one end an undeclared fill value? Pass it as nodata "
                 "(--nodata on the command line)"
             )
@@ -1306,14 +1340,19 @@ def band_histograms(
     mask: Any = None,
     bins: int | None = None,
     range: Any = None,
+    channel_axis: int | None = None,
 ) -> Histogram:
-    """Per-band histograms of ``data``.
+    """Per-band histograms of ``data``: one row of counts per band, or per (date, band) of a
+    stack.
 
     Parameters
     ----------
     data
-        ``(band, y, x)`` or ``(y, x)``: an xarray DataArray (numpy- or dask-backed), a numpy or a
-        dask array.
+        An xarray DataArray (numpy- or dask-backed) with its spatial dims named ``y``/``x``
+        (or ``latitude``/``longitude``, ``lat``/``lon``) and any other dims (``band``,
+        ``time``, ...), which become the histogram's rows (``hist.rows``, ``hist.sel(...)``);
+        a Dataset (its variables are the bands); a numpy or dask array ``(y, x)``,
+        ``(band, y, x)`` or ``(..., band, y, x)``.
     nodata
         Value left out of the counts and recorded in the histogram (``hist.nodata``), so that a
         LUT built from it maps nodata to nodata. Default: the DataArray's ``.rio.nodata``
@@ -1328,9 +1367,13 @@ def band_histograms(
         ``bins`` or ``range`` is given. Each bin also records its smallest and largest value and
         how many pixels equal the smallest (``vmin``, ``vmax``, ``nmin``), in the same pass.
     range
-        ``(lo, hi)`` for all bands or one pair per band, finite with ``lo < hi``; values outside
-        are not counted. Default: each band's valid range, found with a min/max reduction (a
-        first pass over the data).
+        ``(lo, hi)`` for all rows or one pair per row, finite with ``lo < hi``; values outside
+        are not counted. Default: each row's valid range, found with a min/max reduction (a
+        first pass over the data). To pool rows later (``hist.sum("time")``) they need one
+        range: give it, or widen per-row ranges with :func:`union_ranges`.
+    channel_axis
+        numpy/dask arrays only: the axis of the bands (scikit-image's meaning; ``-1`` for
+        ``(y, x, c)``). See :func:`rastermatch._data.as_band_array`.
 
     Returns
     -------
@@ -1349,7 +1392,7 @@ def band_histograms(
     >>> h.counts[0, [7, 9]].tolist()
     [3, 1]
     """
-    src = as_band_array(data, nodata=nodata)
+    src = as_band_array(data, nodata=nodata, channel_axis=channel_axis)
     check_bins(bins)
     m = None if mask is None else as_band_mask(mask, src)
     nbands = src.array.shape[0]
@@ -1372,7 +1415,7 @@ def binned_histogram(
     if not src.is_dask:
         if binning is None:
             lohi = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
-            lohi = check_range(lohi, src.bands, src.name)
+            lohi = check_range(lohi, _rows_of(src), src.name)
             binning = Binning("uniform", src.dtype, bins or DEFAULT_BINS, lohi[:, 0], lohi[:, 1])
         lohi = np.stack([binning.lo, binning.hi], axis=1)
         if binning.kind == "levels":

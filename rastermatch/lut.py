@@ -446,9 +446,9 @@ class LUT:
             )
         for hist, what in ((source_hist, "source"), (reference_hist, "reference")):
             name = hist.name if hist.name not in ("data", "source", "reference") else f"the {what}"
-            for label, total in zip(hist.bands, hist.total, strict=True):
+            for i, total in enumerate(hist.total):
                 if total == 0:
-                    raise no_valid_pixels(label, name)
+                    raise no_valid_pixels(hist.rows.describe(i), name)
         out_dtype = reference_hist.binning.dtype if dtype is None else dtype
         if nodata is None:
             nodata = source_hist.nodata
@@ -458,10 +458,15 @@ class LUT:
                 out_nodata = None  # apply chooses one
         else:
             out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+        # one row at a time: a row's bin statistics, not the whole histogram's, per row
+        one = Rows.single()
         rows = [
-            _band_table(source_hist, reference_hist, b, method, levels)
+            _band_table(
+                source_hist.take([b], rows=one), reference_hist.take([b], rows=one), 0, method,
+                levels,
+            )
             for b in range(source_hist.nbands)
-        ]
+        ]  # fmt: skip
         table = np.stack(rows)
         outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
         _check_outputs_fit(outputs, out_dtype, source_hist.rows, dtype is not None)

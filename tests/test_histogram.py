@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from fractions import Fraction
 
 import dask
 import dask.array as da
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from strategies import chunkings
 
 from rastermatch import (
+    Binning,
     BinningMismatchError,
     DimensionError,
     Histogram,
@@ -24,6 +26,8 @@ from rastermatch import (
     band_histograms,
     band_ranges,
 )
+from rastermatch._rows import Rows
+from rastermatch.histogram import union_ranges
 
 
 def bincount_oracle(x: np.ndarray, offset: int, nbins: int, valid=None) -> np.ndarray:
@@ -168,10 +172,8 @@ def test_add_merge_and_json():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(DimensionError, match=r"expects 3 dims \(band, y, x\)"):
-        band_histograms(np.zeros((2, 2, 2, 2), dtype=np.uint8))
-    with pytest.raises(DimensionError, match="transpose"):
-        band_histograms(xr.DataArray(np.zeros((3, 3, 2), np.uint8), dims=("y", "x", "band")))
+    with pytest.raises(DimensionError, match="no spatial dims"):
+        band_histograms(xr.DataArray(np.zeros((3, 3, 2), np.uint8), dims=("r", "c", "band")))
     for dtype in (np.complex64, bool, object):
         with pytest.raises(UnsupportedDtypeError, match="cannot be histogrammed"):
             band_histograms(np.zeros((2, 2), dtype=dtype))
@@ -258,3 +260,164 @@ def test_a_lazy_histogram_persists_and_computes_once():
         got = kept.compute()
     np.testing.assert_array_equal(got.counts, band_histograms(x.compute(), bins=4).counts)
     np.testing.assert_array_equal(got.vmin, [[0, 15, 30, 45]])
+
+
+# -- labelled rows: selection, pooling, xarray ---------------------------------------------
+
+
+def _stack(rng, dtype=np.uint8, high=6, shape=(3, 2, 5, 7)):
+    """A (time, band, y, x) DataArray with dates and band names."""
+    x = rng.integers(0, high, shape)
+    times = np.array(["2020-01-01", "2020-02-01", "2020-03-01", "2020-04-01"][: shape[0]])
+    return xr.DataArray(
+        x.astype(dtype),
+        dims=("time", "band", "y", "x"),
+        coords={"time": times.astype("datetime64[ns]"), "band": ["red", "nir", "swir"][: shape[1]]},
+    )
+
+
+def test_rows_survive_compute_persist_and_take(rng):
+    stack = _stack(rng).chunk({"time": 1, "band": 1, "y": 3})
+    h = band_histograms(stack)
+    assert h.is_lazy and h.dims == ("time", "band") and h.nrows == h.nbands == 6
+    (kept,) = dask.persist(h)
+    for got in (h.compute(), kept.compute(), dask.compute(h)[0]):
+        assert got.rows.same_as(h.rows) and got.bands == h.bands
+        assert got.describe(3) == "time 2020-02-01, band 'nir' of data"
+    whole = h.compute()
+    assert whole.take(range(6)).rows.same_as(h.rows)
+    assert whole.take([1, 0], rows=whole.rows.isel(time=0)[1]).bands == ("red", "nir")
+    with pytest.raises(ValueError, match="pass rows="):
+        whole.take([1, 0])
+    flat = band_histograms(stack.values.reshape(6, 5, 7))
+    np.testing.assert_array_equal(whole.counts, flat.counts)
+    single = band_histograms(stack.values[0, 0])
+    assert single.dims == () and single.bands == ((),) and single.describe(0) == "data"
+    assert single.take([0, 0, 0]).bands == (1, 2, 3)
+
+
+def test_sel_and_isel_are_the_histograms_of_the_selection(rng):
+    stack = _stack(rng)
+    h = band_histograms(stack)
+    one = h.sel(time="2020-02-01")
+    assert one.dims == ("band",) and one.bands == ("red", "nir")
+    np.testing.assert_array_equal(one.counts, band_histograms(stack.isel(time=1)).counts)
+    sub = h.isel(band=[1, 0], time=slice(1, None))
+    assert sub.dims == ("time", "band") and sub.rows.coord("band") == ("nir", "red")
+    expected = band_histograms(stack.isel(band=[1, 0], time=slice(1, None)))
+    np.testing.assert_array_equal(sub.counts, expected.counts)
+    pixel = h.sel(time=np.datetime64("2020-03-01"), band="nir")
+    assert pixel.dims == () and pixel.total.tolist() == [35]
+    with pytest.raises(ValueError, match="no row dim 'date'"):
+        h.sel(date=0)
+    with pytest.raises(ValueError, match="not one of the labels"):
+        h.sel(band="blue")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data())
+def test_sum_is_the_histogram_of_the_concatenated_rows(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    t, b = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    stack = _stack(rng, np.int16, 40, (t, b, 4, 5))
+    dim = data.draw(st.sampled_from(["time", "band", ("time", "band")]))
+    pooled = band_histograms(stack, nodata=3).sum(dim)
+    keep = [d for d in ("time", "band") if d not in dim]
+    pool = [d for d in ("time", "band") if d in dim]
+    # brute force: the pooled rows' pixels side by side along y, one image per kept row
+    x = stack.transpose(*keep, *pool, "y", "x").values
+    x = x.reshape(*x.shape[: len(keep)], -1, x.shape[-1])
+    expected = band_histograms(x, nodata=3)
+    np.testing.assert_array_equal(pooled.counts, expected.counts)
+    assert pooled.dims == tuple(keep)
+
+
+def test_float_rows_share_a_union_range_and_sum_with_exact_stats(rng):
+    stack = _stack(rng, np.float32, 50, (3, 2, 6, 5)) / np.float32(8)
+    stack[1] = stack[1] * 2  # a date with another range
+    lohi = band_ranges(stack.values.reshape(6, 6, 5))
+    group, _ = band_histograms(stack.astype(np.uint8)).rows.groups(["time"])
+    union = union_ranges(lohi, group)
+    per_row = band_histograms(stack, bins=13, range=union)
+    with pytest.raises(
+        BinningMismatchError,
+        match=r"time 2020-01-01, band 'red' of data .*time 2020-02-01, band 'red'",
+    ):
+        band_histograms(stack, bins=13).sum("time")
+    pooled = per_row.sum("time")
+    for i, band in enumerate(["red", "nir"]):
+        alone = band_histograms(
+            stack.sel(band=band).values.reshape(-1, 5), bins=13, range=tuple(union[i])
+        )
+        for got, want in zip(
+            (pooled.counts, pooled.vmin, pooled.vmax, pooled.nmin),
+            (alone.counts, alone.vmin, alone.vmax, alone.nmin),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got[i], want[0])
+
+
+def test_pool_cdf_is_the_mean_cdf_exactly():
+    counts = np.zeros((2, 3, 256), dtype=np.int64)
+    counts[0, 0, :3] = [1, 2, 0]  # three dates of two bands, unequal totals
+    counts[0, 1, 1:4] = [5, 0, 2]
+    counts[0, 2, [0, 7]] = [9, 1]
+    counts[1, :, 2:5] = [[4, 4, 4], [1, 1, 1], [0, 6, 7]]
+    rows = Rows(("band", "time"), (("red", "nir"), (2019, 2020, 2021)))
+    h = Histogram(counts.reshape(6, 256), Binning.levels(np.dtype(np.uint8), 6), rows=rows)
+    pooled = h.pool("time", how="cdf")
+    assert pooled.dims == ("band",) and pooled.bands == ("red", "nir")
+    for b in range(2):
+        mean = [
+            sum(Fraction(int(c[: k + 1].sum()), int(c.sum())) for c in counts[b]) / 3
+            for k in range(256)
+        ]
+        c = np.cumsum(pooled.counts[b])
+        assert [Fraction(int(v), int(c[-1])) for v in c] == mean
+    np.testing.assert_array_equal(h.pool("time").counts, counts.sum(axis=1))
+    with pytest.raises(ValueError, match="how must be"):
+        h.pool("time", how="mean")
+
+
+def test_pool_cdf_rounds_to_a_common_total_when_the_lcm_is_too_large(rng):
+    primes = [1_000_000_007, 998_244_353, 1_000_000_009]
+    counts = np.zeros((3, 256), dtype=np.int64)
+    for i, p in enumerate(primes):
+        counts[i, : 50 + i] = rng.multinomial(p - 50 - i, np.full(50 + i, 1 / (50 + i))) + 1
+    values = np.linspace(0, 1, 257)[:-1]
+    binning = Binning("uniform", np.float32, 256, np.zeros(3), np.ones(3))
+    stats = {"vmin": np.broadcast_to(values, (3, 256)), "vmax": np.broadcast_to(values, (3, 256))}
+    h = Histogram(counts, binning, rows=Rows(("time",), ((1, 2, 3),)), nmin=counts, **stats)
+    pooled = h.pool("time", how="cdf")
+    common = max(max(primes), 2**32)
+    assert pooled.dims == () and pooled.total.tolist() == [3 * common]
+    np.testing.assert_array_equal(pooled.counts[0] > 0, counts.sum(axis=0) > 0)
+    mean_cdf = np.mean(np.cumsum(counts, axis=1) / counts.sum(axis=1, keepdims=True), axis=0)
+    pooled_cdf = np.cumsum(pooled.counts[0]) / (3 * common)
+    assert np.max(np.abs(pooled_cdf - mean_cdf)) <= 1 / common + 1e-15
+    np.testing.assert_array_equal(pooled.nmin, pooled.counts)  # one value per bin: nmin = count
+
+
+def test_pool_cdf_refuses_an_empty_row():
+    h = Histogram(np.array([[1, 0], [0, 0]]), Binning("uniform", np.float32, 2, [0, 0], [1, 1]))
+    with pytest.raises(NoValidPixelsError, match="band 2 of data"):
+        h.pool("band", how="cdf")
+    assert h.sum().total.tolist() == [1] and h.sum().dims == ()
+
+
+def test_to_xarray_has_the_rows_as_coords(rng):
+    stack = _stack(rng)
+    h = band_histograms(stack)
+    counts = h.to_xarray()
+    assert counts.dims == ("time", "band", "bin") and counts.sizes["bin"] == 256
+    assert counts.time.dtype == np.dtype("datetime64[ns]")
+    np.testing.assert_array_equal(counts.time.values, stack.time.values)
+    np.testing.assert_array_equal(counts.values.reshape(6, 256), h.counts)
+    np.testing.assert_array_equal(
+        counts.sum("time").values, h.sum("time").counts
+    )  # xarray's sum is the histogram's
+    lazy = band_histograms(stack.chunk({"time": 1}).astype(np.float64), bins=8, range=(0, 8))
+    xc = lazy.to_xarray()
+    assert xc.chunks is not None and xc.bin_lo.dims == ("time", "band")
+    np.testing.assert_array_equal(xc.values.reshape(6, 8), lazy.compute().counts)
+    assert band_histograms(stack.values[0, 0]).to_xarray().dims == ("bin",)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -13,6 +14,7 @@ from skimage.exposure import match_histograms as sk_match
 from strategies import counts, huge_counts
 
 from rastermatch import LUT, Binning, Histogram, band_histograms, nearest_cdf_indices
+from rastermatch._rows import Rows
 from rastermatch.errors import BandMismatchError, NoValidPixelsError, RastermatchError
 
 
@@ -185,3 +187,33 @@ def test_save_load_roundtrip(tmp_path, rng, method, dtype):
     assert not list(tmp_path.glob(".*tmp*"))
     doc = json.loads(path.read_text())
     assert doc["type"] == "rastermatch.LUT" and "rastermatch_version" in doc
+
+
+def test_a_lut_keeps_the_source_rows_and_takes_keywords():
+    rows = Rows(("time", "band"), ((2020, 2021), ("red", "nir")))
+    src = Histogram(
+        _hist([[3, 1], [1, 3], [2, 2], [1, 1]]).counts,
+        Binning.levels(np.dtype(np.uint8), 4),
+        rows=rows,
+    )
+    ref = _hist([[1, 1, 2]] * 4)
+    lut = LUT.from_histograms(src, ref)
+    assert lut.rows is src.rows and lut.nrows == lut.nbands == 4
+    assert lut.bands == ((2020, "red"), (2020, "nir"), (2021, "red"), (2021, "nir"))
+    assert lut.describe(3) == "time 2021, band 'nir'" and "Rows(time: 2, band: 2)" in repr(lut)
+    with pytest.raises(TypeError):
+        LUT(lut.table, lut.source_binning, lut.dtype, "nearest")
+    bare = LUT(lut.table, lut.source_binning, lut.dtype, levels="all")
+    assert bare.bands == (1, 2, 3, 4) and bare.levels == "all"
+    moved = replace(lut, rows=Rows.bands("abcd"))
+    assert moved.bands == ("a", "b", "c", "d") and moved.table is lut.table
+    with pytest.raises(ValueError, match="name 3 rows, but the table has 4"):
+        replace(lut, rows=Rows.bands("abc"))
+    with pytest.raises(
+        BandMismatchError, match=r"4 rows \(Rows\(time: 2, band: 2\)\) and the reference 2"
+    ):
+        LUT.from_histograms(src, _hist([[1, 1]] * 2))
+    # a 2-D image's single row serves as a band-less LUT
+    single = Histogram(ref.counts[:1], Binning.levels(np.dtype(np.uint8), 1), rows=Rows.single())
+    one = LUT.from_histograms(single, single)
+    assert one.rows.dims == () and one.describe(0) == ""
