@@ -33,6 +33,8 @@ from rastermatch import (
     RastermatchError,
     RasterWriteError,
     band_histograms,
+    fit_lut,
+    match_histograms,
 )
 from rastermatch._rows import Rows
 from rastermatch.apply import apply_lut_array
@@ -324,6 +326,25 @@ def test_rows_round_trip_and_reapply_identically(tmp_path, make):
     else:
         data = np.array([[0, 3, 9, 200, 7]], dtype=np.uint8)
         np.testing.assert_array_equal(back.apply(data), lut.apply(data))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_a_fitted_stack_lut_saves_loads_and_reapplies_identically(tmp_path, dtype):
+    # a (time, band) stack matched to one band reference: the LUT file gives the same stack
+    src = stack("ns", dtype)
+    ref = (src.isel(time=0, drop=True) * 2 + 1).astype(dtype)
+    lut = fit_lut(src, ref)
+    assert lut.rows.dims == ("time", "band")
+    back = LUT.load(lut.save(tmp_path / "stack.json"))
+    same_lut(back, lut)
+    same_rows(back.rows, lut.rows)
+    out = back.apply(src)
+    assert out.dims == src.dims and np.array_equal(out.time.values, src.time.values)
+    xr.testing.assert_identical(out, lut.apply(src))
+    xr.testing.assert_identical(out, match_histograms(src, ref))
+    # one date of the stack: the LUT's rows of that date apply to it
+    one = src.isel(time=[1])
+    np.testing.assert_array_equal(back.apply(one).values, out.isel(time=[1]).values)
 
 
 @pytest.mark.parametrize("unit", ["Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps"])
