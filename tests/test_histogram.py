@@ -21,6 +21,7 @@ from rastermatch import (
     BinningMismatchError,
     DimensionError,
     Histogram,
+    NotComputedError,
     NoValidPixelsError,
     UnsupportedDtypeError,
     band_histograms,
@@ -421,3 +422,32 @@ def test_to_xarray_has_the_rows_as_coords(rng):
     assert xc.chunks is not None and xc.bin_lo.dims == ("time", "band")
     np.testing.assert_array_equal(xc.values.reshape(6, 8), lazy.compute().counts)
     assert band_histograms(stack.values[0, 0]).to_xarray().dims == ("bin",)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 9), min_size=4, max_size=4), min_size=1, max_size=4))
+def test_pool_cdf_weighs_every_row_the_same(rows):
+    counts = np.zeros((len(rows), 256), dtype=np.int64)
+    counts[:, :4] = rows
+    counts[:, 4] = 1  # every row has a pixel
+    h = Histogram(
+        counts, Binning.levels(np.dtype(np.uint8), len(rows)), rows=Rows.bands(range(len(rows)))
+    )
+    pooled = h.pool("band", how="cdf")
+    c = np.cumsum(pooled.counts[0])
+    for k in range(6):
+        mean = sum(Fraction(int(r[: k + 1].sum()), int(r.sum())) for r in counts) / len(rows)
+        assert Fraction(int(c[k]), int(c[-1])) == mean
+
+
+def test_a_lazy_histogram_sums_lazily(rng):
+    stack = _stack(rng).chunk({"time": 1})
+    lazy = band_histograms(stack)
+    with raise_if_dask_computes():
+        pooled = lazy.sum("time")
+        picked = lazy.sel(band="nir")
+    assert pooled.is_lazy and picked.is_lazy
+    np.testing.assert_array_equal(pooled.compute().counts, lazy.compute().sum("time").counts)
+    assert picked.compute().dims == ("time",)
+    with pytest.raises(NotComputedError, match="compute it first"):
+        lazy.pool("time", how="cdf")
