@@ -16,16 +16,13 @@ from affine import Affine
 from rastermatch.errors import DimensionError, InputTypeError, RasterReadError
 from rastermatch.io import open_raster, read_provenance, write_raster
 
-DATA = Path(__file__).parent.parent / "data"
-RGB = DATA / "rasterio_RGB.byte.tif"  # uint8, 3 bands, nodata 0, EPSG:32618
-
 DATES = np.array(
     ["2020-01-01T10:30:00.123456789", "2020-02-01", "2020-03-01"], dtype="datetime64[ns]"
 )
 
 
 def stack(
-    bands: list = ["red", "nir"],  # noqa: B006 - never mutated
+    bands: tuple = ("red", "nir"),
     dates: np.ndarray = DATES,
     shape: tuple[int, int] = (40, 60),
     chunks: tuple[int, ...] | None = (1, 1, 40, 60),
@@ -41,7 +38,7 @@ def stack(
         dims=("time", "band", "y", "x"),
         coords={
             "time": dates,
-            "band": bands,
+            "band": list(bands),
             "y": 4000000.0 - 30.0 * (np.arange(height) + 0.5),
             "x": 500000.0 + 30.0 * (np.arange(width) + 0.5),
             "id": ("time", [f"scene-{i}" for i in range(len(dates))]),
