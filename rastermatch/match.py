@@ -33,12 +33,11 @@ from typing import Any, Literal
 import dask
 import dask.array as da
 import numpy as np
-import xarray as xr
 
-from ._data import BandArray, as_band_array, as_band_mask, as_dask, thread_pieces
+from ._data import BandArray, as_band_array, as_band_mask, as_dask
 from ._rows import Rows, label_value, show_label
 from ._values import nodata_fits
-from .apply import apply_block, apply_lut_array, block_arguments, resolve_out_nodata
+from .apply import apply_lut_array, resolve_out_nodata, row_index
 from .errors import BandMismatchError, InputTypeError, OptionError
 from .histogram import (
     DEFAULT_BINS,
@@ -340,9 +339,8 @@ def _statistics(
 
 def _ranges(item: _Item) -> Any:
     """The valid ``(min, max)`` of every row of ``item``, lazily."""
-    # as a DataArray: a flattened (row, y, x) array may look channel-last to the numpy rules
-    rows = xr.DataArray(item.src.array, dims=("row", "y", "x"))
-    return band_ranges(rows, nodata=item.src.nodata, mask=item.mask)
+    # channel_axis=0: the flattened (row, y, x) array is row-first whatever its shape
+    return band_ranges(item.src.array, nodata=item.src.nodata, mask=item.mask, channel_axis=0)
 
 
 # -- the broadcasting plan --------------------------------------------------------------------
@@ -505,23 +503,12 @@ def fit_arrays(
 
 def apply_arrays(src: BandArray, lut: LUT) -> Any:
     """``src`` mapped through ``lut`` (nodata to ``lut.out_nodata``), in the kind and layout
-    that came in: lazy for dask input, threaded for numpy input."""
+    that came in: lazy for dask input (one graph, the table in it once), threaded for numpy.
+    The LUT's rows meet the source's by label, so a band LUT maps every date of a stack."""
+    index = row_index(lut, src.rows, src.name, labelled=src.template is not None)
     nodata = src.nodata if src.nodata is not None else lut.nodata
-    out_nodata = lut.out_nodata
-    if src.is_dask:
-        result = apply_lut_array(src.array, lut, nodata=nodata, out_nodata=out_nodata)
-        return src.wrap(result, nodata=out_nodata)
-    out = np.empty(src.array.shape, dtype=lut.dtype)
-    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
-    pieces = [
-        dask.delayed(apply_block, pure=False)(
-            src.array[b : b + 1, s], table[b : b + 1], lohi[b : b + 1], out=out[b : b + 1, s],
-            **kwargs,
-        )
-        for b, s in thread_pieces(src.array.shape)
-    ]  # fmt: skip
-    dask.compute(*pieces, scheduler="threads")
-    return src.wrap(out, nodata=out_nodata)
+    result = apply_lut_array(src.array, lut, nodata=nodata, out_nodata=lut.out_nodata, index=index)
+    return src.wrap(result, nodata=lut.out_nodata)
 
 
 # -- the functions users call -----------------------------------------------------------------
