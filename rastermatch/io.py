@@ -125,12 +125,12 @@ import rasterio.dtypes
 import rasterio.errors
 import rasterio.shutil
 import rioxarray  # also registers the .rio accessor
-import rioxarray.exceptions
 import xarray as xr
 from dask.delayed import Delayed
 from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.windows import Window
 
+from rastermatch._data import spatial_dims
 from rastermatch._rows import show_label
 from rastermatch.errors import (
     BandMismatchError,
@@ -672,7 +672,7 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
     dataset = _open_zarr_dataset(path)
     name = _select_variable(dataset, variable, path)
     result = dataset[name]
-    ydim, xdim = _spatial_dims(result, f"variable {name!r} of {path}")
+    ydim, xdim = spatial_dims(result, f"variable {name!r} of {path}")
     rows = [dim for dim in result.dims if dim not in (ydim, xdim)]
     _refuse_missing_chunks(path, name, result)
     stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
@@ -731,27 +731,10 @@ def _one_nodata(data: xr.DataArray) -> xr.DataArray:
     return data
 
 
-#: Names of the spatial dims, (y, x), in the order they are looked for.
-_SPATIAL_NAMES = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
-_Y_NAMES = tuple(y for y, _ in _SPATIAL_NAMES)
-_X_NAMES = tuple(x for _, x in _SPATIAL_NAMES)
-
-
-def _spatial_dims(data: xr.DataArray, what: str) -> tuple[Hashable, Hashable]:
-    """The (y, x) dims of ``data`` by name (or as rioxarray finds them); every other is a row."""
-    for ydim, xdim in _SPATIAL_NAMES:
-        if ydim in data.dims and xdim in data.dims:
-            return ydim, xdim
-    try:
-        ydim, xdim = data.rio.y_dim, data.rio.x_dim
-    except rioxarray.exceptions.RioXarrayError:  # it found none either
-        ydim = xdim = None
-    if ydim in data.dims and xdim in data.dims and ydim != xdim:
-        return ydim, xdim
-    raise DimensionError(
-        f"{what} has dims {data.dims} and no spatial dims among them (y/x, latitude/longitude "
-        "or lat/lon); rename its dims (e.g. data.rename({'row': 'y', 'col': 'x'}))"
-    )
+#: Names of spatial dims, for the rows/columns wording of read errors (found by
+#: :func:`rastermatch._data.spatial_dims`).
+_Y_NAMES = ("y", "latitude", "lat")
+_X_NAMES = ("x", "longitude", "lon")
 
 
 def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -> None:
@@ -1052,7 +1035,7 @@ def _as_rows_yx(data: xr.DataArray, fmt: str, final: Path) -> xr.DataArray:
     ``groupby("time")`` group) and are squeezed (their label stays a scalar coordinate,
     which a GeoTIFF does not store); anything else is refused here, before any work.
     """
-    ydim, xdim = _spatial_dims(data, f"the data to write to {final}")
+    ydim, xdim = spatial_dims(data, f"the data to write to {final}")
     rows = [dim for dim in data.dims if dim not in (ydim, xdim)]
     if fmt == "gtiff":
         extra = [dim for dim in rows if dim != "band" and data.sizes[dim] == 1]
