@@ -818,7 +818,7 @@ class Histogram:
 
         - exactly when ``lcm(totals) * group size`` fits in int64 (each row multiplied by
           ``lcm // total``; the pooled CDF is then exactly the mean CDF);
-        - otherwise to the common total ``S = max(largest total, 2**32)`` with largest-remainder
+        - otherwise to the common total ``S = max(largest total, 2**31)`` with largest-remainder
           rounding (floors, then one more pixel in the bins with the largest remainders): every
           row still sums to exactly ``S`` and each scaled CDF is within ``1 / S`` of the row's
           own at every bin. Occupied bins stay occupied and empty ones empty.
@@ -1254,7 +1254,7 @@ def _equal_weights(hist: Histogram, members: list[np.ndarray]) -> tuple[np.ndarr
                 raise no_valid_pixels(hist.rows.describe(int(i)), hist.name)
         lcm = math.lcm(*(totals[i] for i in m))
         exact = lcm * len(m) <= np.iinfo(np.int64).max
-        common = lcm if exact else max(max(totals[i] for i in m), 2**32)
+        common = lcm if exact else max(max(totals[i] for i in m), 2**31)
         if common * len(m) > np.iinfo(np.int64).max:
             raise OptionError(
                 f"{hist.name} has rows of up to {common} pixels; {len(m)} of them cannot be "
@@ -1269,7 +1269,7 @@ def _equal_weights(hist: Histogram, members: list[np.ndarray]) -> tuple[np.ndarr
                 continue
             scaled = _scale_to_total(counts[i], t, common)
             if nmin is not None:
-                floor = (nmin[i].astype(object) * common // t).astype(np.int64)
+                floor, _ = _scaled_floor(nmin[i], t, common)
                 nmin[i] = np.where(nmin[i] == counts[i], scaled, floor)
             counts[i] = scaled
     return counts, nmin
@@ -1279,14 +1279,26 @@ def _scale_to_total(counts: np.ndarray, total: int, common: int) -> np.ndarray:
     """``counts * common / total`` in integers summing to ``common``: floors, then one more in
     the bins with the largest remainders (the first bins among equal remainders)."""
     occupied = np.flatnonzero(counts)
-    scaled = counts[occupied].astype(object) * common
-    floor = (scaled // total).astype(np.int64)
-    remainder = (scaled % total).astype(np.int64)
-    short = common - int(floor.sum(dtype=object))
-    floor[np.argsort(-remainder, kind="stable")[:short]] += 1
+    floor, remainder = _scaled_floor(counts[occupied], total, common)
+    short = common - int(floor.sum())  # < number of occupied bins; the sums stay <= common
+    if short:
+        cut = np.partition(remainder, remainder.size - short)[remainder.size - short]
+        above = remainder > cut
+        at_cut = np.flatnonzero(remainder == cut)[: short - int(above.sum())]
+        floor[above] += 1
+        floor[at_cut] += 1
     out = np.zeros_like(counts)
     out[occupied] = floor
     return out
+
+
+def _scaled_floor(counts: np.ndarray, total: int, common: int) -> tuple[np.ndarray, np.ndarray]:
+    """``divmod(counts * common, total)`` exactly: int64 while the products fit (counts are at
+    most ``total``), Python integers beyond."""
+    if total * common < 2**63:
+        return np.divmod(counts.astype(np.int64) * np.int64(common), np.int64(total))
+    product = counts.astype(object) * common
+    return (product // total).astype(np.int64), (product % total).astype(np.int64)
 
 
 def union_ranges(lohi: Any, groups: Any) -> Any:

@@ -380,8 +380,14 @@ def test_pool_cdf_is_the_mean_cdf_exactly():
         h.pool("time", how="mean")
 
 
-def test_pool_cdf_rounds_to_a_common_total_when_the_lcm_is_too_large(rng):
-    primes = [1_000_000_007, 998_244_353, 1_000_000_009]
+@pytest.mark.parametrize(
+    "primes",
+    [
+        [1_000_000_007, 998_244_353, 1_000_000_009],  # int64 products
+        [4_294_967_311, 1_000_000_007, 4_294_967_357],  # beyond int64: Python integers
+    ],
+)
+def test_pool_cdf_rounds_to_a_common_total_when_the_lcm_is_too_large(rng, primes):
     counts = np.zeros((3, 256), dtype=np.int64)
     for i, p in enumerate(primes):
         counts[i, : 50 + i] = rng.multinomial(p - 50 - i, np.full(50 + i, 1 / (50 + i))) + 1
@@ -390,7 +396,7 @@ def test_pool_cdf_rounds_to_a_common_total_when_the_lcm_is_too_large(rng):
     stats = {"vmin": np.broadcast_to(values, (3, 256)), "vmax": np.broadcast_to(values, (3, 256))}
     h = Histogram(counts, binning, rows=Rows(("time",), ((1, 2, 3),)), nmin=counts, **stats)
     pooled = h.pool("time", how="cdf")
-    common = max(max(primes), 2**32)
+    common = max(max(primes), 2**31)
     assert pooled.dims == () and pooled.total.tolist() == [3 * common]
     np.testing.assert_array_equal(pooled.counts[0] > 0, counts.sum(axis=0) > 0)
     mean_cdf = np.mean(np.cumsum(counts, axis=1) / counts.sum(axis=1, keepdims=True), axis=0)
