@@ -244,8 +244,7 @@ def _member(data: Any, nodata: Any, name: str, channel_axis: int | None) -> Band
             f"{name} is a Histogram inside a list; pool histograms first (h1 + h2, or "
             "Histogram.sum) and pass the result"
         )
-    extra = {} if channel_axis is None else {"channel_axis": channel_axis}
-    return as_band_array(data, nodata=nodata, name=name, **extra)
+    return as_band_array(data, nodata=nodata, name=name, channel_axis=channel_axis)
 
 
 def reference_with_source_nodata(src: BandArray, ref: BandArray) -> BandArray:
@@ -514,10 +513,6 @@ def apply_arrays(src: BandArray, lut: LUT) -> Any:
 # -- the functions users call -----------------------------------------------------------------
 
 
-def _channel(channel_axis: int | None) -> dict[str, Any]:
-    return {} if channel_axis is None else {"channel_axis": channel_axis}
-
-
 def fit_lut(
     source: Any,
     reference: Any,
@@ -554,7 +549,7 @@ def fit_lut(
     options = MatchOptions(
         method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
     )
-    src = as_band_array(source, nodata=nodata, name="source", **_channel(channel_axis))
+    src = as_band_array(source, nodata=nodata, name="source", channel_axis=channel_axis)
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
     )
@@ -692,7 +687,7 @@ def match_histograms(
     options = MatchOptions(
         method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
     )
-    src = as_band_array(source, nodata=nodata, name="source", **_channel(channel_axis))
+    src = as_band_array(source, nodata=nodata, name="source", channel_axis=channel_axis)
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
     )
@@ -754,7 +749,7 @@ def equalize(
     (4, 2, 3)
     """
     options = MatchOptions(bins=bins, dtype=dtype)
-    src = as_band_array(data, nodata=nodata, name="data", **_channel(channel_axis))
+    src = as_band_array(data, nodata=nodata, name="data", channel_axis=channel_axis)
     if range is not None:
         split_range(range, src.rows.size)
     (h_src,), _ = _statistics([_item(src, mask, "mask")], options.bins, _scheduler(src))
