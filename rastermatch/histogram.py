@@ -934,7 +934,8 @@ class Histogram:
 
         ``rows`` labels the result. Default: for one row dim, its labels at ``indices``; for
         a 2-D image's single row repeated, ``band`` 1..n; for several dims, the same rows when
-        ``indices`` take them all in order (else pass ``rows``, or use :meth:`isel`).
+        ``indices`` take them all in order, one row with every dim of length 1 for a single
+        index (else pass ``rows``, or use :meth:`isel`).
         """
         b = self.binning
         at = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -964,6 +965,8 @@ class Histogram:
             return Rows(rows.dims, (tuple(rows.coords[0][i] for i in at),))
         if np.array_equal(at, np.arange(rows.size)):
             return rows
+        if at.size == 1 and rows.dims:  # one row: every dim of length 1, its labels kept
+            return Rows(rows.dims, tuple((v,) for v in rows.label(int(at[0]))))
         if not rows.dims:
             return Rows.bands(range(1, at.size + 1))
         raise OptionError(

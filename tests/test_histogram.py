@@ -290,6 +290,8 @@ def test_rows_survive_compute_persist_and_take(rng):
     assert whole.take([1, 0], rows=whole.rows.isel(time=0)[1]).bands == ("red", "nir")
     with pytest.raises(ValueError, match="pass rows="):
         whole.take([1, 0])
+    third = whole.band(3)
+    assert third.rows.shape == (1, 1) and third.describe(0) == whole.describe(3)
     flat = band_histograms(stack.values.reshape(6, 5, 7))
     np.testing.assert_array_equal(whole.counts, flat.counts)
     single = band_histograms(stack.values[0, 0])
