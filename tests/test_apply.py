@@ -97,3 +97,29 @@ def test_no_free_value_is_an_error():
     lut = LUT.from_histograms(band_histograms(everything), band_histograms(everything))
     with pytest.raises(NodataConflictError, match="wider output dtype"):
         resolve_out_nodata(lut.with_nodata(None, None), 0, may_have_invalid=True)
+
+
+def test_dataset_in_dataset_out(scene, lut):
+    import xarray as xr
+
+    arr = xr.DataArray(scene, dims=("band", "y", "x"), coords={"band": [1, 2, 3]})
+    ds = arr.to_dataset("band").rename({1: "b1", 2: "b2", 3: "b3"})
+    by_position = lut.apply(ds)  # a LUT of band numbers maps named variables in order
+    np.testing.assert_array_equal(by_position["b2"].values, lut.apply(scene)[1])
+    named = xr.DataArray(scene, dims=("band", "y", "x"), coords={"band": ["b1", "b2", "b3"]})
+    lut = LUT.from_histograms(band_histograms(named), band_histograms(named[::-1]))
+    out = lut.apply(ds)
+    assert isinstance(out, xr.Dataset) and list(out.data_vars) == ["b1", "b2", "b3"]
+    want = lut.apply(named)
+    for v in ("b1", "b2", "b3"):
+        np.testing.assert_array_equal(out[v].values, want.sel(band=v).values)
+
+
+def test_a_stack_of_dates_takes_each_table_once_per_row_chunk(scene, lut):
+    x = da.from_array(np.stack([scene, scene]), chunks=(1, 1, 100, 130))
+    y = lut.apply(x)
+    assert y.chunks == x.chunks
+    graph = dict(y.__dask_graph__())
+    big = [k for k, v in graph.items() if dask.sizeof.sizeof(v) >= lut.table[0].nbytes]
+    assert len(big) <= 1 + 6  # the taken table once, plus one slice per (date, band) row
+    assert_eq(y, np.stack([lut.apply(scene)] * 2))
