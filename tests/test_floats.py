@@ -367,4 +367,6 @@ def test_a_span_float64_cannot_bin_names_the_band_and_suggests_nodata():
     assert match_histograms(x, x).tolist() == x.tolist()  # wide, but binnable
     y = np.array([[-1.7976931348623157e308, 0.0, 1.0, 1.7e308]])
     with pytest.raises(OptionError, match=r"band 1 of source spans .* nodata"):
-        match_histograms(y, y)
+        match_histograms(y[None], y[None])  # (band, y, x): the message names the band
+    with pytest.raises(OptionError, match=r"^source spans .* nodata"):
+        match_histograms(y, y)  # a 2-D input is one unlabelled row
