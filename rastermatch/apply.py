@@ -1,10 +1,12 @@
 """Applying a LUT: a compiled block kernel and its lazy dask wrapper.
 
 Step three of the data flow. Each block is mapped by a GIL-free compiled loop, so dask threads
-apply blocks in parallel. The LUT reaches the dask graph once, as an explicit argument: its rows
-are a dask array chunked like the data's bands (one key per band chunk, however many blocks use
-it), never a closure captured by every task. numpy input is mapped by local threads, piece by
-piece (:func:`~rastermatch._data.thread_pieces`), straight into one output array.
+apply blocks in parallel. The LUT reaches the dask graph once, as explicit arguments: every task
+gets its row chunk's rows (one view per band chunk, shared by all the blocks of those rows, so a
+pickled graph holds the table once), never the whole LUT in a closure, and no task of its own
+(a root task that dask's local scheduler would start only after the reads). numpy input is
+mapped by local threads, piece by piece (:func:`~rastermatch._data.thread_pieces`), straight
+into one output array.
 
 The data's rows meet the LUT's through :meth:`Rows.index_for <rastermatch._rows.Rows.index_for>`:
 a LUT fitted per band maps every date of a ``(time, band, y, x)`` stack, a LUT with a row per
@@ -13,6 +15,7 @@ a LUT fitted per band maps every date of a ``(time, band, y, x)`` stack, a LUT w
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -20,6 +23,7 @@ import dask.array as da
 import numba
 import numpy as np
 from dask.base import tokenize
+from dask.layers import ArrayValuesDep
 
 from ._data import as_band_array, thread_pieces
 from ._rows import Rows
@@ -241,21 +245,25 @@ def apply_lut_array(
     if isinstance(array, np.ndarray):
         return _apply_threaded(array, table, lohi, kwargs)
     token = tokenize(table, lohi, lut.dtype)
+    # Each task holds its row chunk's rows as literal arguments (views of one table), not a
+    # key of their own: table keys would be root tasks, which dask's local scheduler starts
+    # only after the reads a shared root released (last in, first out), so every block of a
+    # stack was read before the first one was mapped and written.
     band_chunks = array.chunks[0]
-    table_chunks = (band_chunks, *((-1,) * (table.ndim - 1)))
-    table_d = da.from_array(table, chunks=table_chunks, name=f"rastermatch-lut-{token}")
-    lohi_d = da.from_array(lohi, chunks=(band_chunks, -1), name=f"rastermatch-lut-range-{token}")
-    table_index = "bn" if table.ndim == 2 else "bnk"
+    edges = itertools.pairwise(np.cumsum((0, *band_chunks)))
+    rows = {(i,): slice(a, b) for i, (a, b) in enumerate(edges)}
+    tables = ArrayValuesDep((band_chunks,), {i: table[s] for i, s in rows.items()})
+    ranges = ArrayValuesDep((band_chunks,), {i: lohi[s] for i, s in rows.items()})
     return da.blockwise(
         apply_block,
         "byx",
         array,
         "byx",
-        table_d,
-        table_index,
-        lohi_d,
-        "bc",
-        concatenate=True,
+        tables,
+        "b",
+        ranges,
+        "b",
+        align_arrays=False,
         dtype=lut.dtype,
         meta=np.empty((0, 0, 0), lut.dtype),
         name=f"rastermatch-apply-{tokenize(array, token, nodata, out_nodata)}",
