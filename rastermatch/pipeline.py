@@ -61,11 +61,13 @@ from .errors import (
     BandMismatchError,
     GridMismatchError,
     OptionError,
+    OutputExistsError,
     RasterReadError,
     RasterWriteError,
 )
 from .io import (
     check_output_path,
+    move_into_place,
     open_raster,
     remove_stale_temporaries,
     temporary_sibling,
@@ -482,34 +484,42 @@ def bounded_gdal_cache(job: Callable[P, R]) -> Callable[P, R]:
 
 
 class _Staged:
-    """Small outputs (LUT file, report) written under temporary names, moved in at the end.
+    """Outputs written under temporary names next to their final ones, moved in at the end.
 
-    A job that fails or is interrupted before :meth:`commit` removes them (``discard``), so a
-    failed job leaves neither the final names nor the temporaries. A temporary's name records
-    the host and process that wrote it; one left by a killed run on this host (its process is
-    gone) is removed by the next job writing the same output.
+    Every output of a job (rasters, LUT files, report) is written to its temporary first;
+    :meth:`commit` moves them all into place once everything succeeded. A job that fails or is
+    interrupted before that removes the temporaries (``discard``), so a failed job leaves
+    neither new final names nor temporaries, and the outputs of a previous run that
+    ``overwrite`` would replace are left as they were. A temporary's name records the host and
+    process that wrote it; one left by a killed run on this host (its process is gone) is
+    removed by the next job writing the same output.
     """
 
     def __init__(self) -> None:
-        self._files: list[tuple[Path, Path]] = []
+        self._files: list[tuple[Path, Path, bool]] = []
 
-    def path_for(self, final: Path) -> Path:
+    def path_for(self, final: Path, *, overwrite: bool = True) -> Path:
         final = Path(final).expanduser().absolute()
         remove_stale_temporaries(final)
-        # the suffix last: matplotlib picks the report's format by it
+        # the suffix last: matplotlib and write_raster pick the format by it
         tmp = temporary_sibling(final, keep_suffix=True)
-        self._files.append((tmp, final))
+        self._files.append((tmp, final, overwrite))
         return tmp
 
     def commit(self) -> None:
-        for tmp, final in self._files:
-            os.replace(tmp, final)
+        for _, final, overwrite in self._files:
+            if not overwrite and (final.exists() or final.is_symlink()):
+                raise OutputExistsError(
+                    f"{final} appeared while the job was running; nothing was written, pass "
+                    "overwrite=True (--overwrite) to replace it"
+                )
+        for tmp, final, overwrite in self._files:
+            move_into_place(tmp, final, overwrite=overwrite)
         self._files.clear()
 
     def discard(self) -> None:
-        for tmp, _ in self._files:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        for tmp, _, _ in self._files:
+            _remove_output(tmp)
         self._files.clear()
 
 
@@ -731,12 +741,12 @@ def match_files(
                 raise RasterWriteError(
                     f"writing the report {report} failed: {exc.strerror or exc}"
                 ) from exc
-        written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
-        try:
-            staged.commit()
-        except BaseException:
-            _remove_output(written)
-            raise
+        # the raster too under its temporary name: a failure before the commit leaves the
+        # previous output (overwrite) untouched
+        tmp = staged.path_for(final, overwrite=overwrite)
+        _write(matched, tmp, record, inputs, False, cog, compress, show_progress)
+        staged.commit()
+        written = final
     return MatchResult(
         written, lut, fitted.quality, Path(lut_path) if lut_path is not None else None,
         Path(report) if report is not None else None,
@@ -1225,8 +1235,9 @@ def normalize_files(
     the sources after expansion; ``reference_mask`` likewise per reference. ``lut_path`` saves
     the LUTs: a file for a single source, else a folder receiving ``<output name>.lut.json``
     per source. ``report`` draws one figure with every source's CDF against the reference,
-    before and after. A failed or interrupted job leaves nothing under any output name (the
-    rasters written before the failure are removed) and no temporaries.
+    before and after. Every output is written under a temporary name and moved into place only
+    when all are written: a failed or interrupted job leaves no new output and no temporaries,
+    and the outputs of a previous run that ``overwrite`` would replace stay as they were.
 
     Examples
     --------
@@ -1318,8 +1329,7 @@ def normalize_files(
 
         # 2. the rasters, then the staged LUT files and report
         inputs_record = {"sources": [str(s) for s in srcs], "references": [str(r) for r in refs]}
-        written: list[Path] = []
-        how = (overwrite, cog, compress, show_progress)
+        how = (False, cog, compress, show_progress)  # each to a fresh temporary
         with _staging() as staged:
             for lut, lut_file in zip(luts, lut_files or [None] * len(luts), strict=True):
                 if lut_file is None:
@@ -1335,25 +1345,24 @@ def normalize_files(
                     raise RasterWriteError(
                         f"writing the report {report} failed: {exc.strerror or exc}"
                     ) from exc
-            try:
-                if stacked:
-                    assert labels is not None
-                    stack = _stack(matched, labels)
-                    record = _normalize_record(luts, quality, inputs_record, labels)
-                    out, data = outputs[0], stack
-                    written.append(_write(data, out, record, inputs, *how))
-                else:
-                    for i, (data, out) in enumerate(zip(matched, outputs, strict=True)):
-                        rows = [q for q in quality if q["source"] == srcs[i].name]
-                        record = provenance(luts[i], rows, source=srcs[i], references=refs,
-                                            mask=masks[i])  # fmt: skip
-                        record["operation"] = "normalize"
-                        written.append(_write(data, out, record, inputs, *how))
-                staged.commit()
-            except BaseException:
-                for path in written:
-                    _remove_output(path)
-                raise
+            # every raster under its temporary name, all moved into place only once every one
+            # is written: a failed or interrupted job leaves a previous run's outputs as they were
+            if stacked:
+                assert labels is not None
+                stack = _stack(matched, labels)
+                record = _normalize_record(luts, quality, inputs_record, labels)
+                tmp = staged.path_for(outputs[0], overwrite=overwrite)
+                _write(stack, tmp, record, inputs, *how)
+            else:
+                for i, (data, out) in enumerate(zip(matched, outputs, strict=True)):
+                    rows = [q for q in quality if q["source"] == srcs[i].name]
+                    record = provenance(luts[i], rows, source=srcs[i], references=refs,
+                                        mask=masks[i])  # fmt: skip
+                    record["operation"] = "normalize"
+                    tmp = staged.path_for(out, overwrite=overwrite)
+                    _write(data, tmp, record, inputs, *how)
+            staged.commit()
+            written = [Path(p).expanduser().absolute() for p in outputs]
     return NormalizeResult(
         srcs, written, list(luts), quality, [Path(p) for p in lut_files],
         Path(report) if report is not None else None, labels,

@@ -814,3 +814,59 @@ def test_normalize_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, "commit"])
+def test_normalize_overwrite_failing_late_keeps_previous_outputs(tmp_path, monkeypatch, failure):
+    """An --overwrite run interrupted while the second raster is written, or failing as its
+    outputs are moved into place, leaves every output of the previous run byte-identical and
+    no temporaries."""
+    from rastermatch import pipeline
+
+    out = tmp_path / "out"
+    assert_ok(run("normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/", "--lut", f"{out}/"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 4
+    write, commit, calls = pipeline._write, pipeline._Staged.commit, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    def failing_commit(self):
+        raise OSError(28, "No space left on device (simulated)")
+
+    if failure is KeyboardInterrupt:
+        monkeypatch.setattr(pipeline, "_write", interrupted_second)
+    else:
+        monkeypatch.setattr(pipeline._Staged, "commit", failing_commit)
+    result = run(
+        "normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/", "--lut", f"{out}/", "--overwrite",
+        "--method", "interp",
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.setattr(pipeline, "_write", write)
+    monkeypatch.setattr(pipeline._Staged, "commit", commit)
+    assert_ok(run("normalize", NAIP, RGB, "-r", LANDSAT, "-o", f"{out}/", "--lut", f"{out}/",
+                  "--overwrite", "--method", "interp"))  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != before
+
+
+def test_match_overwrite_interrupted_keeps_the_previous_outputs(tmp_path, monkeypatch):
+    from rastermatch import pipeline
+
+    assert_ok(run("match", NAIP, LANDSAT, "-o", tmp_path / "m.tif", "--lut", tmp_path / "m.json"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline._Staged, "commit", interrupted)
+    result = run("match", NAIP, LANDSAT, "-o", tmp_path / "m.tif", "--lut", tmp_path / "m.json",
+                 "--overwrite", "--method", "interp")  # fmt: skip
+    assert result.exit_code == 130
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
