@@ -1254,13 +1254,15 @@ def normalize_files(
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
     refs = expand_sources(reference, what="reference")
-    srcs = expand_sources(sources, leave_out=refs)
+    stacked = not _is_folder_output(output)
+    # a folder of sources never takes in the stack this job writes (a previous run's output)
+    own = [Path(os.fspath(output)).expanduser().absolute()] if stacked else []
+    srcs = expand_sources(sources, leave_out=[*refs, *own])
     masks = _per_item(mask, srcs, "mask")
     ref_masks = _per_item(reference_mask, refs, "reference mask")
     inputs: list[PathLike | None] = [*srcs, *refs, *masks, *ref_masks]
 
     # 0. every output, before any work
-    stacked = not _is_folder_output(output)
     if stacked:
         final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
         if final.suffix.lower() != ".zarr" or format == "tif":
@@ -1299,13 +1301,14 @@ def normalize_files(
         ref_opened = [open_input(r, bands=reference_bands or bands, chunks=chunks) for r in refs]
         for data, path in zip(ref_opened, refs, strict=True):
             _check_nodata(reference_nodata, data, f"reference {path}", "reference_nodata")
+        arrays = [as_band_array(d, nodata=nodata, name="source") for d in opened]
+        _check_stack_sources(arrays, srcs, stacked=stacked, zarr=format == "zarr")
+        src_masks = [open_mask(m, d) for m, d in zip(masks, opened, strict=True)]
+        ref_mask_arrays = [open_mask(m, d) for m, d in zip(ref_masks, ref_opened, strict=True)]
         labels = None
         if stacked:
             check_same_grid(opened, srcs)
             labels = time_labels(srcs)
-        src_masks = [open_mask(m, d) for m, d in zip(masks, opened, strict=True)]
-        ref_mask_arrays = [open_mask(m, d) for m, d in zip(ref_masks, ref_opened, strict=True)]
-        arrays = [as_band_array(d, nodata=nodata, name="source") for d in opened]
         members = [
             as_band_array(d, nodata=_reference_nodata(nodata, reference_nodata, d),
                           name="reference")
@@ -1367,6 +1370,31 @@ def normalize_files(
         srcs, written, list(luts), quality, [Path(p) for p in lut_files],
         Path(report) if report is not None else None, labels,
     )  # fmt: skip
+
+
+def _check_stack_sources(
+    arrays: Sequence[Any], srcs: Sequence[Path], *, stacked: bool, zarr: bool
+) -> None:
+    """Refuse, before any work, a source that is itself a stack (a Zarr ``(time, band, y, x)``
+    store) where its output cannot hold it: in one stack of the sources, or in a GeoTIFF."""
+    for array, path in zip(arrays, srcs, strict=True):
+        rows = array.rows
+        extra = [d for d in rows.dims if d != "band"]
+        if not extra or (not stacked and (zarr or all(len(rows.coord(d)) == 1 for d in extra))):
+            continue
+        sizes = ", ".join(f"{d}: {n}" for d, n in zip(rows.dims, rows.shape, strict=True))
+        if stacked:
+            raise OptionError(
+                f"the source {path} is already a stack with rows ({sizes}), which one "
+                "(time, band, y, x) stack of the sources cannot take in: normalize it into a "
+                "folder of Zarr stores (-o DIR/ --format zarr; format='zarr'), or through the "
+                "API (rastermatch.match_histograms), or leave it out of the sources"
+            )
+        raise OptionError(
+            f"the source {path} is a stack with rows ({sizes}), which a GeoTIFF cannot hold: "
+            "add --format zarr (format='zarr') to write one Zarr store per source, or leave it "
+            "out of the sources"
+        )
 
 
 def _check_distinct_all(paths: Sequence[Path]) -> None:

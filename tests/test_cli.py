@@ -870,3 +870,35 @@ def test_match_overwrite_interrupted_keeps_the_previous_outputs(tmp_path, monkey
                  "--overwrite", "--method", "interp")  # fmt: skip
     assert result.exit_code == 130
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_normalize_a_stack_source_is_refused_up_front_or_written_as_zarr(tmp_path, monkeypatch):
+    """A Zarr (time, band) stack as a source: refused before the statistics, naming it, when
+    the output is one stack of the sources or a folder of GeoTIFFs; a folder of Zarr stores
+    takes it. A folder of sources never picks up the stack the job itself writes."""
+    from rastermatch import pipeline
+
+    scenes = tmp_path / "scenes"
+    _dated_scenes(scenes, ["20200131", "20200302"])
+    ref = tmp_path / "ref.tif"
+    ref.write_bytes((scenes / "scene_20200131.tif").read_bytes())
+    assert_ok(run("-q", "normalize", scenes, "-r", ref, "-o", scenes / "st.zarr"))
+    # run again over the same folder: st.zarr is the output, not a third source
+    assert_ok(run("-q", "normalize", scenes, "-r", ref, "-o", scenes / "st.zarr", "--overwrite"))
+    assert rastermatch.open_raster(scenes / "st.zarr").sizes["time"] == 2
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("the statistics pass ran")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "fit_many", no_statistics)
+        result = run("normalize", scenes / "st.zarr", "-r", ref, "-o", tmp_path / "o.zarr")
+        assert_refused(
+            result, 1, "st.zarr is already a stack", "(time: 2, band: 4)", "--format zarr"
+        )
+        result = run("normalize", scenes, "-r", ref, "-o", f"{tmp_path / 'tifs'}/")
+        assert_refused(result, 1, "st.zarr is a stack", "GeoTIFF", "--format zarr")
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "tifs").exists()
+    assert_ok(run("-q", "normalize", scenes / "st.zarr", "-r", ref, "-o", f"{tmp_path / 'z'}/",
+                  "--format", "zarr"))  # fmt: skip
+    assert rastermatch.open_raster(tmp_path / "z" / "st.zarr").dims == ("time", "band", "y", "x")
