@@ -13,6 +13,7 @@ numpy input is cut into pieces for local threads here too (:func:`thread_pieces`
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Hashable
@@ -25,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from ._rows import Rows, label_value, show_label
-from ._values import check_nodata
+from ._values import check_nodata, nodata_fits
 from .errors import (
     DimensionError,
     InputTypeError,
@@ -40,10 +41,14 @@ __all__ = [
     "as_band_mask",
     "as_dask",
     "no_valid_pixels",
+    "nodata_of",
     "python_scalar",
     "spatial_dims",
     "thread_pieces",
 ]
+
+#: Attribute holding the nodata value (Zarr outputs, odc-geo); read by :func:`nodata_of`.
+NODATA_ATTR = "nodata"
 
 # Attributes that describe the input's values and would be wrong on a transformed output.
 _VALUE_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset", "valid_range")
@@ -292,11 +297,11 @@ def _array_layout(
     if channel_axis is None:
         if nd == 2:
             return Rows.single(), (0, 1)
-        if nd == 3 and array.shape[2] <= 4 < min(array.shape[:2]):
+        if nd == 3 and array.shape[2] < min(array.shape[:2]) and min(array.shape[:2]) > 4:
             raise DimensionError(
                 f"{name} has shape {array.shape}, which looks channel-last (y, x, c) where "
-                "rastermatch reads 3-D arrays as (band, y, x); pass channel_axis=-1, or "
-                "channel_axis=0 if it is band-first"
+                "rastermatch reads 3-D arrays as (band, y, x); pass channel_axis=-1 for "
+                "(y, x, c), or channel_axis=0 to confirm it is band-first"
             )
         channel = nd - 3
     else:
@@ -373,8 +378,48 @@ def _dataset_as_dataarray(data: xr.Dataset, name: str) -> xr.DataArray:
     return arr.transpose(*rest, "band", *[d for d in arr.dims if d in (ydim, xdim)])
 
 
+def nodata_of(data: xr.DataArray) -> Any:
+    """The one nodata value of ``data``, however rioxarray, odc-geo or a STAC loader set it.
+
+    1. ``attrs["_FillValue"]``: rioxarray's current value (``.rio.write_nodata``); it wins
+       over a stale ``nodata`` attribute left by a loader, as it does for ``.rio.nodata``.
+    2. ``encoding["_FillValue"]`` equal to ``attrs["nodata"]``: odc-geo's ``.odc.nodata = v``
+       (which sets both and leaves the pixels as they are).
+    3. ``encoding["_FillValue"]`` alone: the file's nodata of data opened masked. Float data
+       were masked, so their nodata is NaN (rioxarray's rule); integer data cannot have been
+       (``.rio.nodata`` fails on them), so their nodata is that value.
+    4. Then ``missing_value``, ``fill_value``, ``nodata`` attributes, then anything else
+       ``.rio.nodata`` finds.
+
+    Returns ``None`` when there is none.
+    """
+    attrs, encoding = data.attrs, data.encoding
+    if "_FillValue" in attrs:
+        return attrs["_FillValue"]
+    encoded = encoding.get("_FillValue")
+    if encoded is not None:
+        if NODATA_ATTR in attrs and _same_value(attrs[NODATA_ATTR], encoded):
+            return attrs[NODATA_ATTR]
+        return math.nan if np.dtype(data.dtype).kind in "fc" else encoded
+    for key in ("missing_value", "fill_value", NODATA_ATTR):
+        if key in attrs:
+            return attrs[key]
+    try:
+        return data.rio.nodata
+    except (ValueError, TypeError, OverflowError):  # pragma: no cover - attrs cover rioxarray's
+        return None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        x, y = float(a), float(b)
+    except (TypeError, ValueError):
+        return False
+    return x == y or (math.isnan(x) and math.isnan(y))
+
+
 def _dataset_nodata(data: xr.Dataset, name: str) -> Any:
-    values = {v: data[v].rio.nodata for v in data.data_vars}
+    values = {v: nodata_of(data[v]) for v in data.data_vars}
     kinds = {
         "nan" if v is not None and isinstance(v, float | np.floating) and np.isnan(v) else v
         for v in values.values()
@@ -412,9 +457,9 @@ def as_band_array(
         Used in error messages; a DataArray read from a file is named after the file.
     channel_axis
         numpy/dask only, scikit-image's meaning: the axis of the bands (``-1`` for
-        ``(y, x, c)``). Without it a 3-D array whose last axis looks like channels (at most 4
-        long while the other two are longer) is refused rather than silently read band-first;
-        ``channel_axis=0`` says band-first.
+        ``(y, x, c)``). Without it a 3-D array whose last axis looks like channels (shorter
+        than both others, which are longer than 4: ``(60, 80, 8)``, ``(100, 100, 12)``) is
+        refused rather than silently read band-first; ``channel_axis=0`` says band-first.
 
     Examples
     --------
@@ -443,7 +488,7 @@ def as_band_array(
             dataset = data
             data = _dataset_as_dataarray(data, name)
         elif nodata is None:
-            nodata = data.rio.nodata
+            nodata = nodata_of(data)
         _check_not_empty(data.shape, name)
         array, rows, order = _dataarray_layout(data, name)
         shape_template: xr.DataArray | None = data
@@ -461,6 +506,13 @@ def as_band_array(
     _check_dtype(array.dtype, name)
     if nodata_given:
         nodata = check_nodata(nodata, array.dtype, name)
+    elif nodata is not None and not nodata_fits(nodata, array.dtype):
+        raise OptionError(
+            f"{name} has nodata={nodata!r} in its attributes, which {array.dtype} data cannot "
+            "hold (a stale value, e.g. of a float load cast to integers); pass the nodata "
+            "value explicitly (nodata=, or reference_nodata= for a reference) or set it with "
+            "data.rio.write_nodata(...)"
+        )
     layout = _Layout(
         shape=tuple(array.shape),
         order=tuple(order),
@@ -484,7 +536,9 @@ def as_band_mask(mask: Any, like: BandArray, *, name: str = "mask") -> np.ndarra
     The mask covers the (y, x) grid of ``like``: a 2-D ``(y, x)`` array, or an array laid out
     as ``like`` came in (its row axes of full length or 1), or a DataArray whose dims are the
     spatial ones and some of ``like``'s row dims (a ``(time, y, x)`` cloud mask of a
-    ``(time, band, y, x)`` stack). A numpy mask beside dask data is chunked like the data.
+    ``(time, band, y, x)`` stack). A DataArray's labelled row dims meet ``like``'s by label:
+    every row of ``like`` must find its label in the mask (a dim of length 1 serves every row).
+    A numpy mask beside dask data is chunked like the data.
     """
     shape = like.array.shape
     lay = like.layout
@@ -545,6 +599,13 @@ def _mask_from_dataarray(mask: xr.DataArray, like: BandArray, name: str) -> Any:
         mask = mask.isel({d: 0 for d in extra}, drop=True)
     present = [d for d in rows.dims if d in mask.dims]
     mask = mask.transpose(*present, ydim, xdim)
+    # labelled row dims meet the input's by label (a date to its date), as references do
+    for d in present:
+        if mask.sizes[d] > 1 and d in mask.coords and mask.coords[d].dims == (d,):
+            have = tuple(label_value(v) for v in mask.coords[d].values)
+            positions = Rows._align(d, have, rows.coord(d), (name, like.name), by_position=False)
+            if not np.array_equal(positions, np.arange(mask.sizes[d])):
+                mask = mask.isel({d: positions})
     data = mask.data
     if not present:
         return data

@@ -206,7 +206,10 @@ class Rows:
         Dims both have are aligned by label. The ``band`` dim falls back to position when the
         labels differ but the counts agree and the labels are not all strings (band numbers
         of two different selections: ``--bands 2,3,4`` onto ``--reference-bands 1,2,3``).
-        ``rename`` maps target band labels to this one's (``{"red": "B04"}``). Dims only
+        ``rename`` maps target band labels to this one's (``{"red": "B04"}``); with it bands
+        never meet by position: every mapped label must name a band of this one, unmapped
+        target bands meet by their own label, and no two target bands may meet one band of
+        this one. Dims only
         ``target`` has share one row; dims only ``self`` has must be of length 1 (pool them
         first with :meth:`groups`). ``names`` (this, target) name the two in messages.
         """
@@ -224,9 +227,10 @@ class Rows:
                 continue  # length 1: position 0
             t_axis = target.dims.index(d)
             wanted = target.coords[t_axis]
-            if d == "band" and rename:
-                wanted = tuple(rename.get(w, w) for w in wanted)
-            positions = self._align(d, c, wanted, (mine, theirs))
+            mapped = d == "band" and bool(rename)
+            if mapped:
+                wanted = _renamed(c, wanted, rename, (mine, theirs))  # type: ignore[arg-type]
+            positions = self._align(d, c, wanted, (mine, theirs), by_position=not mapped)
             index += positions[at[t_axis]] * math.prod(self.shape[axis + 1 :])
         return index
 
@@ -248,7 +252,12 @@ class Rows:
 
     @staticmethod
     def _align(
-        dim: str, have: tuple[Hashable, ...], wanted: tuple[Hashable, ...], names: tuple[str, str]
+        dim: str,
+        have: tuple[Hashable, ...],
+        wanted: tuple[Hashable, ...],
+        names: tuple[str, str],
+        *,
+        by_position: bool = True,
     ) -> np.ndarray:
         mine, theirs = names
         lookup: dict[Hashable, int] = {}
@@ -258,7 +267,7 @@ class Rows:
         if not missing and len(lookup) == len(have):
             return np.array([lookup[_key(w)] for w in wanted], dtype=np.int64)
         all_named = all(isinstance(v, str) for v in (*have, *wanted))
-        if dim == "band" and len(have) == len(wanted) and not all_named:
+        if by_position and dim == "band" and len(have) == len(wanted) and not all_named:
             return np.arange(len(have), dtype=np.int64)
         if len(lookup) != len(have):
             raise BandMismatchError(
@@ -272,6 +281,42 @@ class Rows:
             f"{', ...' if len(have) > 8 else ''}); select matching {dim}s"
             + (", or map band names with bands={...}" if dim == "band" else "")
         )
+
+
+def _renamed(
+    have: tuple[Hashable, ...],
+    wanted: tuple[Hashable, ...],
+    rename: Mapping[Hashable, Hashable],
+    names: tuple[str, str],
+) -> tuple[Hashable, ...]:
+    """The target's band labels through ``rename`` (``bands={...}``), checked: every mapped
+    label is one of ``have`` and no two target bands land on the same band of ``have``."""
+    mine, theirs = names
+    keys = {_key(v) for v in have}
+    shown = ", ".join(show_label(v) for v in have[:8]) + (", ..." if len(have) > 8 else "")
+    out = []
+    for w in wanted:
+        if w in rename:
+            to = label_value(rename[w])
+            if _key(to) not in keys:
+                raise BandMismatchError(
+                    f"bands= maps band {show_label(w)} of {theirs} to {show_label(to)}, which is "
+                    f"not a band label of {mine} ({shown}); map it to one of those"
+                )
+            out.append(to)
+        else:
+            out.append(w)
+    seen: dict[Hashable, int] = {}
+    for i, to in enumerate(out):
+        first = seen.setdefault(_key(to), i)
+        if first != i and _key(to) in keys:
+            raise BandMismatchError(
+                f"bands {show_label(wanted[first])} and {show_label(wanted[i])} of {theirs} both "
+                f"meet band "
+                f"{show_label(to)} of {mine}; map every band of {theirs} to a different band "
+                "(add the unmapped one to bands={...})"
+            )
+    return tuple(out)
 
 
 def _key(value: Hashable) -> Hashable:

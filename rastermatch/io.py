@@ -130,7 +130,7 @@ from dask.delayed import Delayed
 from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.windows import Window
 
-from rastermatch._data import spatial_dims
+from rastermatch._data import NODATA_ATTR, nodata_of, spatial_dims
 from rastermatch._rows import show_label
 from rastermatch.errors import (
     BandMismatchError,
@@ -170,8 +170,6 @@ PROVENANCE_DOMAIN = "RASTERMATCH"
 PROVENANCE_KEY = "provenance"
 #: Attribute of the data variable holding the provenance in Zarr outputs.
 PROVENANCE_ATTR = "rastermatch"
-#: Attribute of the data variable holding the nodata value in Zarr outputs.
-NODATA_ATTR = "nodata"
 #: Attribute (``true``) of the data variable of Zarr outputs: every chunk was written
 #: (``write_empty_chunks=True``), so a missing chunk means a damaged or partial copy.
 COMPLETE_CHUNKS_ATTR = "rastermatch_complete_chunks"
@@ -2218,46 +2216,6 @@ def _zarr_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
     if changed:
         arr = arr.rechunk((*arr.chunks[:-2], *shape[-2:]))
     return arr, tuple(shape)
-
-
-def nodata_of(data: xr.DataArray) -> Any:
-    """The one nodata value of ``data``, however rioxarray, odc-geo or a STAC loader set it.
-
-    1. ``attrs["_FillValue"]``: rioxarray's current value (``.rio.write_nodata``); it wins
-       over a stale ``nodata`` attribute left by a loader, as it does for ``.rio.nodata``.
-    2. ``encoding["_FillValue"]`` equal to ``attrs["nodata"]``: odc-geo's ``.odc.nodata = v``
-       (which sets both and leaves the pixels as they are).
-    3. ``encoding["_FillValue"]`` alone: the file's nodata of data opened masked. Float data
-       were masked, so their nodata is NaN (rioxarray's rule); integer data cannot have been
-       (``.rio.nodata`` fails on them), so their nodata is that value.
-    4. Then ``missing_value``, ``fill_value``, ``nodata`` attributes, then anything else
-       ``.rio.nodata`` finds.
-
-    Returns ``None`` when there is none.
-    """
-    attrs, encoding = data.attrs, data.encoding
-    if "_FillValue" in attrs:
-        return attrs["_FillValue"]
-    encoded = encoding.get("_FillValue")
-    if encoded is not None:
-        if NODATA_ATTR in attrs and _same_value(attrs[NODATA_ATTR], encoded):
-            return attrs[NODATA_ATTR]
-        return math.nan if np.dtype(data.dtype).kind in "fc" else encoded
-    for key in ("missing_value", "fill_value", NODATA_ATTR):
-        if key in attrs:
-            return attrs[key]
-    try:
-        return data.rio.nodata
-    except (ValueError, TypeError, OverflowError):  # pragma: no cover - attrs cover rioxarray's
-        return None
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    try:
-        x, y = float(a), float(b)
-    except (TypeError, ValueError):
-        return False
-    return x == y or (math.isnan(x) and math.isnan(y))
 
 
 def _nodata(data: xr.DataArray, path: Path) -> int | float | None:

@@ -174,6 +174,49 @@ def test_channel_axis_and_the_channel_last_trap(rng):
         as_band_array(xr.DataArray(rgb, dims=("y", "x", "band")), channel_axis=-1)
 
 
+@pytest.mark.parametrize(
+    "shape", [(60, 80, 8), (100, 100, 12), (64, 64, 13), (20, 30, 3), (6, 6, 5)]
+)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_channel_last_trap_catches_multispectral(rng, shape, lazy):
+    x = rng.integers(0, 255, shape).astype(np.uint8)
+    if lazy:
+        x = da.from_array(x, chunks=-1)
+    with pytest.raises(DimensionError, match=r"channel_axis=-1 for \(y, x, c\).*channel_axis=0"):
+        as_band_array(x)
+    assert as_band_array(x, channel_axis=-1).array.shape == (shape[2], *shape[:2])
+    assert as_band_array(x, channel_axis=0).array.shape == shape
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 3), (3, 40, 50), (12, 100, 100), (5, 5, 5), (8, 6, 9)])
+def test_band_first_shapes_pass_the_trap(rng, shape):
+    # last axis not shorter than both others, or the others at most 4 long
+    x = rng.integers(0, 255, shape).astype(np.uint8)
+    assert as_band_array(x).array.shape == shape
+
+
+def test_integer_data_with_an_unrepresentable_nodata_attr_is_refused_by_name():
+    f = xr.DataArray(np.full((2, 3, 4), 7.0), dims=("band", "y", "x"), attrs={"nodata": np.nan})
+    u = f.astype("uint16")  # xarray keeps the float load's nodata=nan
+    with pytest.raises(
+        OptionError, match=r"reference has nodata=nan .* uint16 .* reference_nodata="
+    ):
+        as_band_array(u, name="reference")
+    assert as_band_array(u, nodata=0).nodata == 0  # an explicit nodata wins
+    assert as_band_array(f).nodata != as_band_array(f).nodata  # NaN on floats is fine
+    # odc-geo's .odc.nodata = v (attrs and encoding), read by the one rule io uses
+    g = xr.DataArray(np.ones((3, 4), np.uint16), dims=("y", "x"), attrs={"nodata": 65535})
+    g.encoding["_FillValue"] = 65535
+    assert as_band_array(g).nodata == 65535
+    g.attrs["nodata"] = -1.5
+    g.encoding.clear()
+    with pytest.raises(OptionError, match=r"data has nodata=-1\.5"):
+        as_band_array(g)
+    ds = xr.Dataset({"a": u.isel(band=0), "b": u.isel(band=1)})
+    with pytest.raises(OptionError, match="nodata=nan"):
+        as_band_array(ds)
+
+
 def test_dataset_round_trip(rng):
     arr = stack(rng)
     ds = arr.to_dataset("band")
@@ -205,6 +248,35 @@ def test_masks_of_a_stack(rng):
     assert as_band_mask(clouds.values[0], src).shape == (1, 12, 10)
     with pytest.raises(DimensionError, match="must cover the same"):
         as_band_mask(np.zeros((5, 5), bool), src)
+
+
+def test_a_labelled_mask_meets_the_rows_by_label(rng):
+    arr = stack(rng)
+    src = as_band_array(arr)
+    clouds = xr.DataArray(
+        rng.random((3, 12, 10)) > 0.5, dims=("time", "y", "x"), coords={"time": DATES}
+    )
+    want = as_band_mask(clouds, src)
+    np.testing.assert_array_equal(as_band_mask(clouds.isel(time=[2, 0, 1]), src), want)
+    np.testing.assert_array_equal(m := as_band_mask(clouds.transpose("x", "time", "y"), src), want)
+    assert m.shape == (6, 12, 10)
+    # a mask with more dates than the source: the source's are taken
+    more = xr.concat(
+        [clouds, clouds.isel(time=[0]).assign_coords(time=[np.datetime64("2021-01-01", "ns")])],
+        "time",
+    )
+    np.testing.assert_array_equal(as_band_mask(more, src), want)
+    shifted = clouds.assign_coords(time=clouds.time + np.timedelta64(5, "D"))
+    with pytest.raises(BandMismatchError, match=r"time 2020-01-01.* of stack .* labels of mask"):
+        as_band_mask(shifted, as_band_array(arr, name="stack"))
+    with pytest.raises(BandMismatchError, match="time 2020-03-01 of data is not among"):
+        as_band_mask(clouds.isel(time=[0, 1]), src)
+    with pytest.raises(BandMismatchError, match="mask has repeated time labels"):
+        as_band_mask(clouds.isel(time=[0, 1, 0]), src)
+    bands = xr.DataArray(
+        rng.random((2, 12, 10)) > 0.5, dims=("band", "y", "x"), coords={"band": ["nir", "red"]}
+    )
+    np.testing.assert_array_equal(as_band_mask(bands, src)[0], bands.values[1])
 
 
 # -- LUTs on stacks ----------------------------------------------------------------------------

@@ -129,6 +129,58 @@ def test_bands_maps_source_names_to_reference_names(base):
         MatchOptions(bands={"red": "B04", "nir": "B04"})
 
 
+def test_a_bands_mapping_never_falls_back_to_position(rng):
+    def scene(labels, ranges):
+        data = np.stack([rng.integers(lo, hi, (20, 30)) for lo, hi in ranges]).astype(np.uint8)
+        return xr.DataArray(data, dims=("band", "y", "x"), coords={"band": labels})
+
+    src = scene([1, 2, 3], [(1, 100)] * 3)
+    ref = scene([4, 5, 6], [(1, 50), (100, 150), (200, 250)])
+    full = match_histograms(src, ref, nodata=0, bands={1: 6, 2: 5, 3: 4})
+    assert full.sel(band=1).min() >= 200 and full.sel(band=3).max() < 50
+    # a partial mapping: the unmapped bands meet by their own label, never by position
+    with pytest.raises(
+        BandMismatchError, match=r"band 2, 3 of source are not among .* \(4, 5, 6\)"
+    ):
+        match_histograms(src, ref, nodata=0, bands={1: 6})
+    # a target that is not a reference label ('6' for 6) is named with the reference's labels
+    with pytest.raises(
+        BandMismatchError, match=r"band 1 of source to '6', .* reference \(4, 5, 6\)"
+    ):
+        match_histograms(src, ref, nodata=0, bands={1: "6", 2: 5, 3: 4})
+    # an unmapped band keeping its label onto a band a mapped one already takes
+    same = scene([1, 2, 3], [(1, 50), (100, 150), (200, 250)])
+    with pytest.raises(BandMismatchError, match=r"bands 1 and 3 of source both meet band 3"):
+        match_histograms(src, same, nodata=0, bands={1: 3})
+    out = match_histograms(src, same, nodata=0, bands={1: 3, 3: 1})
+    assert out.sel(band=1).min() >= 200 and out.sel(band=2).min() >= 100
+    # without a mapping, band numbers of two selections still pair by position
+    xr.testing.assert_equal(
+        match_histograms(src, ref, nodata=0),
+        match_histograms(src, ref.assign_coords(band=[1, 2, 3]), nodata=0).assign_coords(
+            band=[1, 2, 3]
+        ),
+    )
+
+
+def test_a_labelled_stack_mask_meets_the_dates_by_label(base, rng):
+    stack = stack_of(base, increasing_maps(rng, 3))
+    clouds = xr.DataArray(
+        rng.random((3, *base.shape[1:])) > 0.7,
+        dims=("time", "y", "x"),
+        coords={"time": stack.time},
+    )
+    loop = [
+        match_histograms(stack.isel(time=t), base, nodata=0, mask=clouds.values[t]).values
+        for t in range(3)
+    ]
+    out = match_histograms(stack, base, nodata=0, mask=clouds.isel(time=[2, 0, 1]))
+    np.testing.assert_array_equal(out.values, loop)
+    later = clouds.assign_coords(time=clouds.time + np.timedelta64(5, "D"))
+    with pytest.raises(BandMismatchError, match="not among the time labels of mask"):
+        match_histograms(stack, base, nodata=0, mask=later)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_pooled_counts_equal_the_histogram_of_the_concatenated_references(base, rng, dtype):
     a = (base.values[:, :50] // 2 + 1).astype(dtype)
