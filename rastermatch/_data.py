@@ -450,8 +450,9 @@ def as_band_array(
         ``time``, ...): those are the rows. A Dataset: its data variables are the bands. A numpy
         or dask array: 2-D ``(y, x)``, 3-D ``(band, y, x)``, N-D ``(dim_0, ..., band, y, x)``.
     nodata
-        Overrides the nodata value found on a DataArray (``.rio.nodata``, i.e. ``_FillValue``).
-        A value the dtype cannot hold (300 for uint8, NaN for integers) raises
+        Overrides the nodata value found on a DataArray (:func:`nodata_of`: ``_FillValue``,
+        odc-geo's ``nodata``, ...). A value the dtype cannot hold (300 for uint8, NaN for
+        integers), given or found in the attributes, raises
         :class:`~rastermatch.errors.OptionError`.
     name
         Used in error messages; a DataArray read from a file is named after the file.
