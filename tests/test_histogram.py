@@ -338,7 +338,7 @@ def test_sum_is_the_histogram_of_the_concatenated_rows(data):
 def test_float_rows_share_a_union_range_and_sum_with_exact_stats(rng):
     stack = _stack(rng, np.float32, 50, (3, 2, 6, 5)) / np.float32(8)
     stack[1] = stack[1] * 2  # a date with another range
-    lohi = band_ranges(stack.values.reshape(6, 6, 5))
+    lohi = band_ranges(stack.values.reshape(6, 6, 5), channel_axis=0)
     group, _ = band_histograms(stack.astype(np.uint8)).rows.groups(["time"])
     union = union_ranges(lohi, group)
     per_row = band_histograms(stack, bins=13, range=union)
