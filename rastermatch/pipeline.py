@@ -782,17 +782,41 @@ def apply_file(
     assert isinstance(lut, LUT)
     src = open_input(source, bands=bands, chunks=chunks)
     _check_nodata(nodata, src, f"source {source}", "nodata")
-    if src.sizes["band"] != lut.nbands:
-        raise BandMismatchError(
-            f"the LUT {lut_file or ''} has {lut.nbands} band(s) but {source} has "
-            f"{src.sizes['band']} (after band selection); select as many bands as the LUT has "
-            "(bands=, --bands on the command line)"
-        )
+    _check_lut_rows(lut, src, lut_file, source)
     matched = lut.apply(src, nodata=nodata)
     record = provenance(lut, [], source=source, lut=lut_file)
     record["operation"] = "apply"
     written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
     return MatchResult(written, lut, [], lut_file)
+
+
+def _sizes(rows: Rows) -> str:
+    return ", ".join(f"{d}: {n}" for d, n in zip(rows.dims, rows.shape, strict=True))
+
+
+def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: PathLike) -> None:
+    """The LUT's rows meet the data's by label, as :meth:`LUT.apply` does (a (time, band) LUT
+    maps the stack it came from, a band LUT every date); a mismatch is refused before any
+    work, naming both."""
+    from .apply import lut_rows, row_index
+
+    have, rows = lut_rows(lut), as_band_array(src, name=str(source)).rows
+    what = f"the LUT {lut_file}" if lut_file is not None else "the LUT"
+    for d, c in zip(have.dims, have.coords, strict=True):
+        if d not in rows.dims and len(c) > 1:
+            raise BandMismatchError(
+                f"{what} has rows ({_sizes(have)}); {source} has ({_sizes(rows)}) and no {d}: "
+                f"apply it to a stack with those {d} labels, or use a LUT fitted on one {d}"
+            )
+    if "band" in have.dims and "band" in rows.dims:
+        n, m = len(rows.coord("band")), len(have.coord("band"))
+        if n != m:
+            raise BandMismatchError(
+                f"{what} has rows ({_sizes(have)}) but {source} has ({_sizes(rows)}) after band "
+                "selection; select as many bands as the LUT has (bands=, --bands on the "
+                "command line)"
+            )
+    row_index(lut, rows, str(source))
 
 
 @bounded_gdal_cache

@@ -902,3 +902,27 @@ def test_normalize_a_stack_source_is_refused_up_front_or_written_as_zarr(tmp_pat
     assert_ok(run("-q", "normalize", scenes / "st.zarr", "-r", ref, "-o", f"{tmp_path / 'z'}/",
                   "--format", "zarr"))  # fmt: skip
     assert rastermatch.open_raster(tmp_path / "z" / "st.zarr").dims == ("time", "band", "y", "x")
+
+
+def test_apply_a_stack_lut_to_its_stack_aligns_rows_by_label(tmp_path):
+    """A (time, band) LUT saved by normalize maps the stack it came from exactly as normalize
+    did; a scene with no time dim, or other bands, is refused naming both sets of rows."""
+    scenes = tmp_path / "scenes"
+    _dated_scenes(scenes, ["20200131", "20200302"])
+    ref = tmp_path / "ref.tif"
+    ref.write_bytes((scenes / "scene_20200131.tif").read_bytes())
+    assert_ok(run("-q", "normalize", scenes, "-r", ref, "-o", tmp_path / "st.zarr"))
+    stack = tmp_path / "st.zarr"
+    assert_ok(run("-q", "normalize", stack, "-r", ref, "-o", f"{tmp_path / 'n'}/", "--format",
+                  "zarr", "--lut", f"{tmp_path / 'luts'}/"))  # fmt: skip
+    lut = tmp_path / "luts" / "st.lut.json"
+    assert rastermatch.LUT.load(lut).nrows == 8
+    assert_ok(run("-q", "apply", stack, lut, "-o", tmp_path / "ap.zarr"))
+    applied = rastermatch.open_raster(tmp_path / "ap.zarr")
+    assert applied.dims == ("time", "band", "y", "x")
+    np.testing.assert_array_equal(applied.values, values(tmp_path / "n" / "st.zarr")[0])
+    result = run("apply", scenes / "scene_20200131.tif", lut, "-o", tmp_path / "one.tif")
+    assert_refused(result, 1, "rows (time: 2, band: 4)", "(band: 4) and no time")
+    result = run("apply", stack, lut, "-o", tmp_path / "two.zarr", "--bands", "1,2")
+    assert_refused(result, 1, "(time: 2, band: 2)", "select as many bands")
+    assert not (tmp_path / "one.tif").exists() and not (tmp_path / "two.zarr").exists()
