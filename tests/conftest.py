@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,24 @@ def raise_if_dask_computes(max_computes: int = 0):
     scheduler = CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+class BlockReads:
+    """Counts the blocks read from the dask arrays passed through :meth:`count`, on any thread."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def _read(self, block: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.n += 1
+        return block
+
+    def count(self, array: Any) -> Any:
+        """``array`` with every block read counted (its meta given, so nothing runs now)."""
+        meta = np.empty((0,) * array.ndim, array.dtype)
+        return array.map_blocks(self._read, meta=meta)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from fractions import Fraction
 
 import dask
@@ -11,7 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from conftest import BlockReads, raise_if_dask_computes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import chunkings
@@ -75,20 +74,12 @@ def test_any_chunking_gives_the_same_counts(data):
 
 
 def test_building_computes_nothing_and_compute_together_reads_once():
-    reads = {"n": 0}
-    lock = threading.Lock()
-
-    def counted(block):
-        with lock:
-            reads["n"] += 1
-        return block
-
+    reads = BlockReads()
     base = da.from_array(
         np.arange(4 * 60 * 60, dtype=np.uint16).reshape(4, 60, 60) % 4096, chunks=(1, 30, 30)
     )
-    meta = np.empty((0, 0, 0), np.uint16)  # no call to infer it
-    src = base.map_blocks(counted, meta=meta)
-    ref = (base[:, ::-1] // 2).map_blocks(counted, meta=meta)
+    src = reads.count(base)
+    ref = reads.count(base[:, ::-1] // 2)
     fsrc = src.astype(np.float32)
     with raise_if_dask_computes():
         h_src = band_histograms(src)
@@ -96,9 +87,7 @@ def test_building_computes_nothing_and_compute_together_reads_once():
         h_float = band_histograms(fsrc, range=(0, 4096))
         assert h_src.is_lazy and dask.is_dask_collection(h_src)
     h_src, h_ref, h_float = dask.compute(h_src, h_ref, h_float)
-    assert (
-        reads["n"] == 2 * base.npartitions
-    )  # src (shared by h_src and h_float) and ref, once each
+    assert reads.n == 2 * base.npartitions  # src (shared by h_src and h_float) and ref, once each
     assert isinstance(h_src, Histogram) and not h_src.is_lazy
     assert h_src.total.tolist() == [3600] * 4
     assert h_float.total.tolist() == [3600] * 4

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from conftest import raise_if_dask_computes
+from conftest import BlockReads, raise_if_dask_computes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import chunkings
@@ -259,37 +257,29 @@ def test_reference_dims_shared_with_the_source_align_by_label(base, rng):
 
 
 def test_the_statistics_pass_reads_every_date_and_the_reference_once(base, rng):
-    reads = {"n": 0}
-    lock = threading.Lock()
-
-    def counted(block):
-        with lock:
-            reads["n"] += 1
-        return block
-
-    meta = np.empty((0, 0, 0, 0), np.uint16)
+    reads = BlockReads()
     stack = da.from_array(stack_of(base, increasing_maps(rng, 4)).values, chunks=(1, 1, 48, 60))
-    src = stack.map_blocks(counted, meta=meta)
+    src = reads.count(stack)
     ref_arrays = [
         da.from_array(base.values.astype(np.uint16) * k, chunks=(1, 48, 60)) for k in (1, 2)
     ]
-    refs = [r.map_blocks(counted, meta=np.empty((0, 0, 0), np.uint16)) for r in ref_arrays]
+    refs = [reads.count(r) for r in ref_arrays]
     with raise_if_dask_computes(max_computes=1):
         out = match_histograms(src, refs, nodata=0)
     expected = stack.npartitions + sum(r.npartitions for r in ref_arrays)
-    assert reads["n"] == expected
+    assert reads.n == expected
     assert isinstance(out, da.Array) and out.chunks == stack.chunks
     # the application is one lazy graph whose tasks all start from a data block (the LUT
     # rows are literal arguments of their rows' tasks, not root tasks run after the reads)
     graph, inputs = dict(out.__dask_graph__()), dict(src.__dask_graph__())
     assert all(dask.core.get_dependencies(graph, k) for k in graph if k not in inputs)
     # many sources on different grids, one reference: still one pass
-    reads["n"] = 0
+    reads.n = 0
     sources = [as_band_array(src[t], nodata=0, name=f"date {t}") for t in range(4)]
     sources[1] = as_band_array(src[1, :, :40], nodata=0, name="date 1")
     with raise_if_dask_computes(max_computes=1):
         luts = fit_many(sources, as_reference(refs[0]), MatchOptions())
-    assert reads["n"] == stack.npartitions - 6 + ref_arrays[0].npartitions
+    assert reads.n == stack.npartitions - 6 + ref_arrays[0].npartitions
     assert [lut.bands for lut in luts] == [(1, 2, 3)] * 4
     applied = [apply_arrays(s, lut) for s, lut in zip(sources, luts, strict=True)]
     assert [a.shape for a in applied] == [(3, 96, 120), (3, 40, 120), (3, 96, 120), (3, 96, 120)]
