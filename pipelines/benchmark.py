@@ -53,7 +53,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -1048,36 +1047,6 @@ def synth_stack(dates: int, size: int, bands: int, chunk: int) -> xr.DataArray:
     return stack.rio.write_nodata(0, encoded=False)
 
 
-def stack_support(tmp: Path) -> dict[str, str | None]:
-    """What main can do with stacks today: None where it works, else the error it raised.
-
-    Probed on a tiny stack: ``write_raster`` of a ``(time, band, y, x)`` DataArray to Zarr and
-    ``open_raster`` of it back with the same dims, and ``match_histograms`` of a 4-D stack onto
-    a ``(band, y, x)`` reference giving a 4-D result.
-    """
-    tiny = synth_stack(2, 64, 2, 32)
-    ref = synth_scene(1, 64, 2, 32)
-    support: dict[str, str | None] = {"write": None, "match": None}
-    probe = tmp / "stack-probe.zarr"
-    try:
-        rastermatch.write_raster(tiny, probe)
-        back = rastermatch.open_raster(probe)
-        if back.dims != tiny.dims or not np.array_equal(back.time.values, tiny.time.values):
-            support["write"] = f"read back as {back.dims}"
-    except Exception as exc:  # a probe: any failure means "not yet"
-        support["write"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        remove(probe)()
-    try:
-        with dask.config.set(scheduler="sync"):
-            out = rastermatch.match_histograms(tiny, ref, nodata=0)
-            if out.dims != tiny.dims:
-                support["match"] = f"gave dims {out.dims}"
-    except Exception as exc:
-        support["match"] = f"{type(exc).__name__}: {exc}"
-    return support
-
-
 def stack_paths(workdir: Path, dates: int, size: int, bands: int, chunk: int) -> dict[str, Path]:
     base = workdir / f"stack-{dates}x{bands}x{size}x{size}-c{chunk}-v{STACK_GENERATOR_VERSION}"
     return {
@@ -1088,41 +1057,15 @@ def stack_paths(workdir: Path, dates: int, size: int, bands: int, chunk: int) ->
     }
 
 
-def _write_stack_xarray(stack: xr.DataArray, path: Path) -> None:
-    """Only while ``write_raster`` refuses stacks: the same layout and codec, via xarray."""
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    chunks = tuple(c[0] for c in stack.data.chunks)
-    ds = stack.to_dataset(name="data")
-    ds["data"].attrs = {"nodata": 0, "rastermatch_complete_chunks": True}
-    encoding = {
-        "data": {
-            "chunks": chunks,
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()),
-            "fill_value": 0,
-            "_FillValue": None,
-            "grid_mapping": "spatial_ref",
-        },
-        "x": {"_FillValue": None},
-        "y": {"_FillValue": None},
-    }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
-
-
 def ensure_stack(
-    workdir: Path, dates: int, size: int, bands: int, chunk: int, writer: str, log: Callable
+    workdir: Path, dates: int, size: int, bands: int, chunk: int, log: Callable
 ) -> dict:
-    """Generate the stack and the reference once (Zarr, blosc-lz4); reuse them afterwards.
-
-    ``writer`` is ``"write_raster"`` when main writes stacks, else ``"xarray"``; a store made
-    by the stand-in writer is regenerated once ``write_raster`` can write it.
-    """
+    """Generate the stack and the reference once with ``write_raster`` (Zarr, blosc-lz4);
+    reuse them afterwards."""
     paths = stack_paths(workdir, dates, size, bands, chunk)
     if paths["manifest"].exists():
         manifest = json.loads(paths["manifest"].read_text())
-        if manifest.get("writer") == writer:
+        if manifest.get("writer", "write_raster") == "write_raster":
             log(f"  reusing {paths['dir']} (generated in {manifest['seconds']:.0f} s)")
             return paths | {"manifest_data": manifest}
     if paths["dir"].exists():
@@ -1130,11 +1073,7 @@ def ensure_stack(
     paths["dir"].mkdir(parents=True)
     t0 = time.perf_counter()
     with dask.config.set(scheduler="threads"):
-        stack = synth_stack(dates, size, bands, chunk)
-        if writer == "write_raster":
-            rastermatch.write_raster(stack, paths["stack.zarr"])
-        else:
-            _write_stack_xarray(stack, paths["stack.zarr"])
+        rastermatch.write_raster(synth_stack(dates, size, bands, chunk), paths["stack.zarr"])
         t_stack = time.perf_counter() - t0
         rastermatch.write_raster(synth_scene(1, size, bands, chunk), paths["ref.zarr"])
     manifest = {
@@ -1142,27 +1081,22 @@ def ensure_stack(
         "size": size,
         "bands": bands,
         "chunk": chunk,
-        "writer": writer,
+        "writer": "write_raster",
         "generator_version": STACK_GENERATOR_VERSION,
         "seconds": time.perf_counter() - t0,
         "bytes_on_disk": {k: _du(paths[k]) for k in ("stack.zarr", "ref.zarr")},
     }
     log(
         f"  generated {dates}x{bands}x{size}² stack in {t_stack:.1f} s and the reference "
-        f"({manifest['seconds']:.1f} s in all, writer {writer})"
+        f"({manifest['seconds']:.1f} s in all)"
     )
     paths["manifest"].write_text(json.dumps(manifest, indent=1))
     return paths | {"manifest_data": manifest}
 
 
 def open_stack(path: Path, dates: int | None = None) -> xr.DataArray:
-    """The stack, lazily: ``open_raster`` (or xarray while open_raster refuses stacks)."""
-    try:
-        stack = rastermatch.open_raster(path)
-    except rastermatch.errors.DimensionError:
-        ds = xr.open_zarr(path, decode_coords="all", chunks={})
-        stack = ds["data"]
-        stack = stack.rio.write_nodata(stack.attrs.get("nodata"), encoded=False)
+    """The stack, lazily, its first ``dates`` dates (all by default)."""
+    stack = rastermatch.open_raster(path)
     if dates is not None:
         stack = stack.isel(time=slice(0, dates))
     return stack
@@ -1191,15 +1125,9 @@ def _read_stack_and_ref(stack_path: Path, ref_path: Path, dates: int | None = No
     dask.compute(s.data.max(), r.data.max())
 
 
-def _copy_stack(stack_path: Path, out: Path, whole: bool, dates: int | None = None) -> None:
-    """The floor's copy: the stack through ``write_raster`` (per date while it refuses stacks)."""
-    stack = open_stack(stack_path, dates)
-    if whole:
-        rastermatch.write_raster(stack, out)
-        return
-    out.mkdir()
-    for t in range(stack.sizes["time"]):
-        rastermatch.write_raster(stack.isel(time=t), out / f"date-{t:03d}.zarr")
+def _copy_stack(stack_path: Path, out: Path, dates: int | None = None) -> None:
+    """The floor's copy: the stack through ``write_raster``."""
+    rastermatch.write_raster(open_stack(stack_path, dates), out)
 
 
 def _stack_vs_loop(stack_out: Path, loop_dir: Path) -> int:
@@ -1220,21 +1148,16 @@ def stage_stack(ctx: dict, res: Results) -> None:
     memory_dates = ctx["memory_dates"]
     # the machine's load (other processes share the 2 cores): recorded with the results
     res.extra["stack_loadavg_start"] = os.getloadavg()
-    support = stack_support(tmp)
-    log(f"    main's stacks: write {support['write'] or 'ok'}; match {support['match'] or 'ok'}")
-    writer = "write_raster" if support["write"] is None else "xarray"
     stored = max([dates, *memory_dates])
-    p = ensure_stack(ctx["workdir"], stored, size, bands, chunk, writer, log)
-    res.extra["stack_inputs"] = p["manifest_data"] | {"main_support": support}
+    p = ensure_stack(ctx["workdir"], stored, size, bands, chunk, log)
+    res.extra["stack_inputs"] = p["manifest_data"]
     sp, rp = p["stack.zarr"], p["ref.zarr"]
     npx = dates * bands * size * size
     label = f"{dates}x{bands}x{size}²"
     out, copy, loop = tmp / "stack-matched.zarr", tmp / "stack-copy.zarr", tmp / "stack-loop"
-    whole = support["write"] is None
-    floor_what = "read all + copy stack" + ("" if whole else " (per-date stores: no stack writer)")
     f = Case(
         "floor (read stack and reference + write_raster copy)",
-        lambda: (_read_stack_and_ref(sp, rp, dates), _copy_stack(sp, copy, whole, dates)),
+        lambda: (_read_stack_and_ref(sp, rp, dates), _copy_stack(sp, copy, dates)),
         setup=remove(copy),
     )
     r = Case("  of which read all", lambda: _read_stack_and_ref(sp, rp, dates))
@@ -1243,69 +1166,60 @@ def stage_stack(ctx: dict, res: Results) -> None:
         lambda: date_loop(sp, rp, loop, dates),
         setup=remove(loop),
     )
-    cases = [f, lp, r]
-    m = None
-    if support["match"] is None and support["write"] is None:
-        m = Case(
-            "match_histograms(stack) + write_raster",
-            lambda: stack_job(sp, rp, out, dates),
-            setup=remove(out),
-        )
-        cases.insert(0, m)
-        st = Case(
-            "  of which match_histograms (statistics pass + LUTs)",
-            lambda: rastermatch.match_histograms(
-                open_stack(sp, dates), rastermatch.open_raster(rp), nodata=0
-            ),
-        )
-        cases.append(st)
-    else:
-        log("    the stack job is not on main yet: measuring the floor and the per-date loop only")
+    m = Case(
+        "match_histograms(stack) + write_raster",
+        lambda: stack_job(sp, rp, out, dates),
+        setup=remove(out),
+    )
+    st = Case(
+        "  of which match_histograms (statistics pass + LUTs)",
+        lambda: rastermatch.match_histograms(
+            open_stack(sp, dates), rastermatch.open_raster(rp), nodata=0
+        ),
+    )
+    cases = [m, f, lp, r, st]
     with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
         measure(cases, ctx["repeats"], log)
-        differing = _stack_vs_loop(out, loop) if m is not None else None
+        differing = _stack_vs_loop(out, loop)
     load = os.getloadavg()
     res.extra["stack_loadavg_after_timing"] = load
     log(f"    load average after timing: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    detail = {"cases": {c.name: c.as_dict() for c in cases}, "main_support": support}
-    if m is not None:
-        ratio = m.median / f.median
-        res.add(
-            "7 stack",
-            f"stack {label}: match_histograms + write_raster",
-            m.median,
-            npx,
-            peer="two-pass floor",
-            peer_time_s=f.median,
-            ratio=ratio,
-            ratio_label="x floor",
-            peak_rss=m.peak,
-            target="≤ 1.2x floor",
-            met=ratio <= 1.2,
-            **detail,
-        )
-        res.add(
-            "7 stack",
-            f"stack {label} (output = loop's: {differing == 0}, {differing} px differ)",
-            m.median,
-            npx,
-            peer=f"loop of {dates} matches",
-            peer_time_s=lp.median,
-            ratio=lp.median / m.median,
-            ratio_label="x faster",
-            peak_rss=m.peak,
-            pixels_differing_from_loop=differing,
-        )
-        res.add(
-            "7 stack",
-            "  stack part: match_histograms (statistics pass + LUTs)",
-            st.median,
-            npx,
-            peak_rss=st.peak,
-        )
-    else:
-        res.add("7 stack", f"stack {label}: not on main yet", None, None, **detail)
-    res.add("7 stack", f"floor: {floor_what}", f.median, npx, peak_rss=f.peak)
+    detail = {"cases": {c.name: c.as_dict() for c in cases}}
+    ratio = m.median / f.median
+    res.add(
+        "7 stack",
+        f"stack {label}: match_histograms + write_raster",
+        m.median,
+        npx,
+        peer="two-pass floor",
+        peer_time_s=f.median,
+        ratio=ratio,
+        ratio_label="x floor",
+        peak_rss=m.peak,
+        target="≤ 1.2x floor",
+        met=ratio <= 1.2,
+        **detail,
+    )
+    res.add(
+        "7 stack",
+        f"stack {label} (output = loop's: {differing == 0}, {differing} px differ)",
+        m.median,
+        npx,
+        peer=f"loop of {dates} matches",
+        peer_time_s=lp.median,
+        ratio=lp.median / m.median,
+        ratio_label="x faster",
+        peak_rss=m.peak,
+        pixels_differing_from_loop=differing,
+    )
+    res.add(
+        "7 stack",
+        "  stack part: match_histograms (statistics pass + LUTs)",
+        st.median,
+        npx,
+        peak_rss=st.peak,
+    )
+    res.add("7 stack", "floor: read all + copy stack", f.median, npx, peak_rss=f.peak)
     res.add("7 stack", "  floor part: read all (.max())", r.median, npx, peak_rss=r.peak)
     res.add(
         "7 stack",
@@ -1319,7 +1233,7 @@ def stage_stack(ctx: dict, res: Results) -> None:
         peak_rss=lp.peak,
     )
 
-    if m is None or len(memory_dates) < 1:
+    if len(memory_dates) < 1:
         return
     # peak RSS of the stack job in a fresh process per T, on the first T dates of the store
     runs = []
