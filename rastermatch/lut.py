@@ -1,9 +1,22 @@
-"""From histograms to lookup tables: exact nearest-CDF matching and its interpolating variant.
+"""From histograms to lookup tables: the nearest-CDF, ceil, interpolating and optimal rules.
 
 Step two of the data flow; small numpy arrays only, no dask.
 
-The rule (the classic histogram-specification Algorithm 1): for every source level ``p`` the
-output level is
+The rules, side by side (``F`` the empirical CDFs, ``p`` a source level, ``q`` a reference one):
+
+- ``"nearest"`` (default): ``q* = argmin_q |F_ref(q) - F_src(p)|`` (below, in detail);
+- ``"ceil"``: the generalized inverse ``q* = min{q : F_ref(q) >= F_src(p)}``, the textbook
+  inverse-CDF rule (:func:`ceil_cdf_indices`);
+- ``"interp"``: scikit-image's piecewise-linear inverse CDF (:func:`reference_curve`);
+- ``"optimal"``: the monotone map minimising a named distance (``objective="ks"`` or ``"w1"``)
+  between the mapped source and the reference, by dynamic programming
+  (:func:`rastermatch.optimal.optimal_indices`).
+
+Any of them can be blended with the identity, ``out = src + m * (matched - src)``
+(``proportion=m``, see :meth:`LUT.from_histograms`).
+
+The nearest rule (the classic histogram-specification Algorithm 1): for every source level ``p``
+the output level is
 
     q* = argmin_q | F_ref(q) - F_src(p) |,   ties going to the smallest q,
 
@@ -36,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._data import no_valid_pixels, python_scalar
+from ._detectors import Detectors
 from ._rows import Rows
 from ._values import cast_values, check_nodata, nodata_fits, smallest_dtype
 from .errors import (
@@ -51,14 +65,18 @@ __all__ = [
     "LUT",
     "Levels",
     "Method",
+    "Objective",
     "cast_values",
+    "ceil_cdf_indices",
     "nearest_cdf_indices",
     "reference_curve",
 ]
 
-Method = Literal["nearest", "interp"]
+Method = Literal["nearest", "ceil", "interp", "optimal"]
+Objective = Literal["ks", "w1"]
 Levels = Literal["present", "all"]
-METHODS = ("nearest", "interp")
+METHODS = ("nearest", "ceil", "interp", "optimal")
+OBJECTIVES = ("ks", "w1")
 LEVELS = ("present", "all")
 
 
@@ -81,6 +99,61 @@ def check_out_dtype(dtype: Any) -> np.dtype | None:
             "as 'uint16' or 'float32' (or leave it unset for the reference's)"
         )
     return out
+
+
+def check_rule(method: Any, objective: Any, proportion: Any) -> tuple[Any, Any, float]:
+    """``(method, objective, proportion)`` checked, OptionError otherwise; ``method="optimal"``
+    without an objective takes ``"w1"``, and the proportion comes back a Python float."""
+    check_option("method", method, METHODS)
+    if objective is not None:
+        check_option("objective", objective, OBJECTIVES)
+        if method != "optimal":
+            raise OptionError(
+                f"objective={objective!r} is what method='optimal' minimises; pass "
+                f"method='optimal' with it, or drop the objective for method={method!r}"
+            )
+    elif method == "optimal":
+        objective = "w1"
+    if isinstance(proportion, bool) or not isinstance(proportion, int | float | np.number):
+        raise OptionError(
+            f"proportion must be a number from 0 (the source unchanged) to 1 (the full match), "
+            f"not {proportion!r}"
+        )
+    m = float(proportion)
+    if not 0.0 <= m <= 1.0:  # NaN fails too
+        raise OptionError(
+            f"proportion is {m!r}; pass a number from 0 (the source unchanged) to 1 (the full "
+            "match)"
+        )
+    return method, objective, m
+
+
+def _scaled_cdfs(
+    source_counts: np.ndarray,
+    reference_counts: np.ndarray,
+    levels: Levels,
+    exclude: Iterable[int],
+    terms: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(candidates, a, t)``: the reference bins that may be chosen and both CDFs scaled to
+    integers, ``a = c_ref[candidates] * N_src / g`` and ``t = c_src * N_ref / g`` (``g`` their
+    gcd), so that ``F_ref(q) - F_src(p)`` has the sign and order of ``a - t``. int64 while
+    ``terms`` such products added up provably fit, Python integers beyond."""
+    cs = np.cumsum(source_counts, dtype=np.int64)
+    cr = np.cumsum(reference_counts, dtype=np.int64)
+    n_src, n_ref = int(cs[-1]), int(cr[-1])
+    if n_src == 0 or n_ref == 0:
+        raise NoValidPixelsError("both histograms need at least one pixel")
+    candidates = np.flatnonzero(reference_counts) if levels == "present" else np.arange(cr.size)
+    excluded = [k for k in exclude if reference_counts[k] == 0]  # a present bin stays
+    if excluded:
+        candidates = np.setdiff1d(candidates, excluded)
+    g = math.gcd(n_src, n_ref)
+    m_src, m_ref = n_src // g, n_ref // g
+    # every product is at most n_src * n_ref / g
+    if terms * n_src * m_ref < 2**63:
+        return candidates, cr[candidates] * m_src, cs * m_ref
+    return candidates, cr[candidates].astype(object) * m_src, cs.astype(object) * m_ref
 
 
 def nearest_cdf_indices(
@@ -111,25 +184,9 @@ def nearest_cdf_indices(
     >>> nearest_cdf_indices(np.array([1, 1]), np.array([1, 0, 0, 1])).tolist()
     [0, 3]
     """
-    cs = np.cumsum(source_counts, dtype=np.int64)
-    cr = np.cumsum(reference_counts, dtype=np.int64)
-    n_src, n_ref = int(cs[-1]), int(cr[-1])
-    if n_src == 0 or n_ref == 0:
-        raise NoValidPixelsError("both histograms need at least one pixel")
-    candidates = np.flatnonzero(reference_counts) if levels == "present" else np.arange(cr.size)
-    excluded = [k for k in exclude if reference_counts[k] == 0]  # a present bin stays
-    if excluded:
-        candidates = np.setdiff1d(candidates, excluded)
-    g = math.gcd(n_src, n_ref)
-    m_src, m_ref = n_src // g, n_ref // g
-    # 1. scale to integers; every product below is at most n_src * n_ref / g, and two of them are
+    # 1. scale to integers; every product is at most n_src * n_ref / g, and two of them are
     # added in step 3, so int64 is exact while 2 * n_src * n_ref / g < 2**63.
-    if 2 * n_src * m_ref < 2**63:
-        a = cr[candidates] * m_src
-        t = cs * m_ref
-    else:
-        a = cr[candidates].astype(object) * m_src
-        t = cs.astype(object) * m_ref
+    candidates, a, t = _scaled_cdfs(source_counts, reference_counts, levels, exclude, 2)
     # 2. the first candidate k with a[k] >= t, for every source bin at once
     k = np.searchsorted(a, t, side="left")
     upper = np.minimum(k, a.size - 1)
@@ -138,6 +195,69 @@ def nearest_cdf_indices(
     # 3. exact comparison of |a[upper] - t| with |t - below|; the lower one wins ties
     take_upper = (k == 0) | ((k < a.size) & ((a[upper] - t) < (t - below)))
     return candidates[np.where(take_upper, upper, lower)]
+
+
+def ceil_cdf_indices(
+    source_counts: np.ndarray,
+    reference_counts: np.ndarray,
+    *,
+    levels: Levels = "present",
+    exclude: Iterable[int] = (),
+) -> np.ndarray:
+    """For every source bin ``p``, the reference bin ``q* = min{q : F_ref(q) >= F_src(p)}``.
+
+    The generalized inverse of the reference CDF at the source CDF (the textbook inverse-CDF
+    rule). Exact: ``F_ref(q) >= F_src(p)`` is decided as ``c_ref(q) * N_src >= c_src(p) * N_ref``
+    in integers (cumulative counts ``c``, totals ``N``), and one ``searchsorted`` finds the first
+    such ``q`` for every ``p`` at once. Parameters as :func:`nearest_cdf_indices`. The smallest
+    such ``q`` always holds pixels, except bin 0 for source bins below the first source pixel
+    with ``levels="all"``, so ``levels`` only matters there.
+
+    Where nearest rounds a source quantile to the closest reference quantile, ceil never maps
+    a source quantile below it: the mapped source CDF stays at or below the reference CDF.
+
+    Examples
+    --------
+    A source with levels 0..9, one pixel each, onto [one pixel at 0, nine at 1]: ceil maps
+    level 0 onto 0 and the rest onto 1, reproducing the reference (KS 0) where nearest maps
+    0..4 onto 0 (KS 0.4).
+
+    >>> src, ref = np.ones(10, np.int64), np.array([1, 9])
+    >>> ceil_cdf_indices(src, ref).tolist()
+    [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    >>> nearest_cdf_indices(src, ref).tolist()
+    [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    """
+    candidates, a, t = _scaled_cdfs(source_counts, reference_counts, levels, exclude, 1)
+    # a[-1] = N_src * N_ref / g >= every t: the first a[k] >= t exists for every p
+    return candidates[np.searchsorted(a, t, side="left")]
+
+
+def _optimal_bins(
+    source_counts: np.ndarray,
+    reference_counts: np.ndarray,
+    values: np.ndarray,
+    objective: Objective,
+    levels: Levels,
+    exclude: Iterable[int],
+) -> np.ndarray:
+    """The reference bin per source bin of :func:`rastermatch.optimal.optimal_indices` for one
+    row, ``values`` the reference bins' output values. An empty reference bin never chosen
+    (the nodata level with ``levels="all"``) is left out of the problem, which leaves every
+    CDF value of the others as it was."""
+    from .optimal import optimal_indices  # optimal builds LUTs itself: imported when used
+
+    keep = np.arange(reference_counts.size)
+    excluded = [k for k in exclude if reference_counts[k] == 0]
+    if excluded:
+        keep = np.setdiff1d(keep, excluded)
+    q = optimal_indices(
+        [(np.asarray(source_counts), np.asarray(reference_counts)[keep])],
+        objective=objective,
+        reference_values=np.asarray(values, dtype=np.float64)[keep],
+        levels=levels,
+    )
+    return keep[np.asarray(q, dtype=np.int64)]
 
 
 def reference_curve(
@@ -163,17 +283,29 @@ def reference_curve(
 
 
 def _band_table(
-    src: Histogram, ref: Histogram, b: int, method: Method, levels: Levels
+    src: Histogram,
+    ref: Histogram,
+    b: int,
+    method: Method,
+    levels: Levels,
+    objective: Objective | None = None,
 ) -> np.ndarray:
     """One band's table: ``(nbins,)`` outputs for a levels-binned source, else ``(nbins, 4)``
     rows ``(smin, smax, olo, ohi)`` (see :class:`LUT`)."""
     sc, rc = src.counts[b], ref.counts[b]
     rmin, rmax, rnmin = (a[b] for a in ref.bin_stats())
     ref_seen = rc > 0
-    if method == "nearest":
+    if method != "interp":  # a reference bin per source bin: its values are the outputs
         k = ref.binning.level_bin(ref.nodata)
-        q = nearest_cdf_indices(sc, rc, levels=levels, exclude=() if k is None else (k,))
+        exclude = () if k is None else (k,)
         centre = ref.binning.values()[b]  # levels="all" on an empty bin: its centre
+        if method == "nearest":
+            q = nearest_cdf_indices(sc, rc, levels=levels, exclude=exclude)
+        elif method == "ceil":
+            q = ceil_cdf_indices(sc, rc, levels=levels, exclude=exclude)
+        else:
+            values = np.where(ref_seen, rmin, centre)
+            q = _optimal_bins(sc, rc, values, objective or "w1", levels, exclude)
         rlo = np.where(ref_seen, rmin, centre)[q]
         if src.binning.kind == "levels":
             return rlo
@@ -209,6 +341,32 @@ def _band_table(
     return np.stack([smin, smax, olo, ohi], axis=1)
 
 
+def _blend(table: np.ndarray, src: Histogram, b: int, m: float) -> np.ndarray:
+    """Row ``b`` of a table blended with the identity: ``c(v) + m * (f(v) - c(v))``.
+
+    ``f`` is the matched map and ``c(v)`` the source value clipped to the range the fit saw:
+    for a levels table the row's valid range (first to last level holding pixels), for an
+    interval table each bin's observed ``[smin, smax]``, so every pixel of the fitted scene is
+    its own value and the blend of a later scene's values beyond that range is held at its
+    ends, as the matched map itself is. ``f`` is linear on every bin's ``[smin, smax]``, so the
+    blend of an interval row is again an interval row, ``(smin, smax, smin + m * (olo - smin),
+    smax + m * (ohi - smax))``. ``m = 1`` returns the table untouched and ``m = 0`` the identity
+    exactly (the products are 0); in between the arithmetic is float64.
+    """
+    if m == 1.0:
+        return table
+    if table.ndim == 1:
+        values = src.binning.values()[b]
+        present = np.flatnonzero(src.counts[b])
+        c = np.clip(values, values[present[0]], values[present[-1]])
+        return c + m * (table - c)
+    smin, smax, olo, ohi = (table[:, i] for i in (SMIN, SMAX, OLO, OHI))
+    lo = smin + m * (olo - smin)
+    # a bin of one value maps to one value; max() keeps olo <= ohi under float rounding
+    hi = np.where(smin < smax, np.maximum(smax + m * (ohi - smax), lo), lo)
+    return np.stack([smin, smax, lo, hi], axis=1)
+
+
 def _check_outputs_fit(outputs: np.ndarray, dtype: np.dtype, rows: Rows, explicit: bool) -> None:
     """OptionError when an integer ``dtype`` cannot hold a row's outputs (it would clip)."""
     if dtype.kind not in "iu":
@@ -225,6 +383,32 @@ def _check_outputs_fit(outputs: np.ndarray, dtype: np.dtype, rows: Rows, explici
                 f"the LUT maps {where} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
                 f"{hint} {fit.name}"
             )
+
+
+def _check_detector_rows(detectors: Any, rows: Rows) -> None:
+    """OptionError unless the last row dim is ``detector``, labelled as ``detectors`` resolves."""
+    if not isinstance(detectors, Detectors):
+        raise InputTypeError(
+            f"detectors must be a rastermatch Detectors layout, not {type(detectors).__name__}"
+        )
+    if not rows.dims or rows.dims[-1] != "detector":
+        raise OptionError(
+            f"a per-detector LUT needs 'detector' as its last row dim, but its rows are "
+            f"{rows!r} {rows.dims}; fit it with rastermatch.fit_detectors"
+        )
+    have = rows.coords[-1]
+    if detectors.count is not None:
+        want = tuple(range(detectors.count))
+    elif detectors.labels is None:
+        want = tuple(range(len(have)))
+    else:
+        want = detectors.resolve(len(detectors.labels))[1]
+    if not Rows(("detector",), (have,)).same_as(Rows(("detector",), (want,))):
+        shown = ", ".join(map(repr, have[:6])) + (", ..." if len(have) > 6 else "")
+        raise OptionError(
+            f"the LUT's detector rows ({shown}) are not the detectors of its layout "
+            f"({detectors.describe()}); fit it with rastermatch.fit_detectors"
+        )
 
 
 # Columns of an interval LUT's table: the source bin's observed range and its output interval.
@@ -255,6 +439,11 @@ class LUT:
         The output dtype.
     method, levels
         How the table was built (these and the fields below are keyword-only).
+    objective
+        What ``method="optimal"`` minimised (``"ks"`` or ``"w1"``); None for the other methods.
+    proportion
+        The blend with the identity the table holds, from 0 (the source unchanged) to 1 (the
+        full match, the default); see :meth:`from_histograms`.
     rows
         What each table row is (:class:`~rastermatch._rows.Rows`, the source's: bands, or
         (date, band) pairs of a stack); default one ``band`` dim labelled 1..n. ``bands`` gives
@@ -264,6 +453,11 @@ class LUT:
     nodata, out_nodata
         Source nodata at fit time and the output nodata (pixels equal to ``nodata`` become
         ``out_nodata``; NaN and infinities count as nodata too).
+    detectors
+        For a per-detector LUT (:func:`rastermatch.fit_detectors`): the detector layout
+        (:class:`~rastermatch._detectors.Detectors`); the last row dim is then ``detector``,
+        labelled with the layout's detectors, and :meth:`apply` picks each line's (or column's)
+        row by its detector. None for a LUT per row.
 
     Examples
     --------
@@ -291,16 +485,21 @@ class LUT:
     _: KW_ONLY
     method: Method = "nearest"
     levels: Levels = "present"
+    objective: Objective | None = None
+    proportion: float = 1.0
     rows: Rows = None  # type: ignore[assignment]  # default: one band dim labelled 1..n
     source_hist: Histogram | None = field(default=None, repr=False)
     reference_hist: Histogram | None = field(default=None, repr=False)
     nodata: float | int | None = None
     out_nodata: float | int | None = None
+    detectors: Detectors | None = None
 
     def __post_init__(self) -> None:
         dtype = check_out_dtype(self.dtype)
         object.__setattr__(self, "dtype", dtype)
-        check_option("method", self.method, METHODS)
+        _, objective, proportion = check_rule(self.method, self.objective, self.proportion)
+        object.__setattr__(self, "objective", objective)
+        object.__setattr__(self, "proportion", proportion)
         check_option("levels", self.levels, LEVELS)
         b = self.source_binning
         if not isinstance(b, Binning):
@@ -349,6 +548,8 @@ class LUT:
             )
         object.__setattr__(self, "nodata", python_scalar(self.nodata))
         object.__setattr__(self, "out_nodata", python_scalar(self.out_nodata))
+        if self.detectors is not None:
+            _check_detector_rows(self.detectors, self.rows)
 
     @property
     def kind(self) -> Literal["table", "interval"]:
@@ -584,9 +785,10 @@ class LUT:
         return load_lut(path)
 
     def __repr__(self) -> str:
+        layout = "" if self.detectors is None else f", {self.detectors.describe()}"
         return (
             f"<LUT {self.method}/{self.levels} {self.kind}, {self._shown_rows()}, "
-            f"{self.source_binning.dtype} -> {self.dtype}>"
+            f"{self.source_binning.dtype} -> {self.dtype}{layout}>"
         )
 
     def _shown_rows(self) -> str:

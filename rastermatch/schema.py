@@ -25,7 +25,8 @@ Layout, format 2 (numbers that JSON cannot spell, NaN and infinities, are the st
                 "recipe": {"method": "nearest" | "interp", "levels": "present" | "all"},
                 "dtype": output dtype, "bands": [label, ...] | "rows": Rows,
                 "nodata": number | null, "out_nodata": number | null,
-                "source_histogram": Histogram, "reference_histogram": Histogram}
+                "source_histogram": Histogram, "reference_histogram": Histogram,
+                "detectors": Detectors (optional)}
     Histogram: {"type": "rastermatch.Histogram", "format": 2, "binning": Binning,
                 "bands": [label, ...] | "rows": Rows, "nodata": number | null, "masked": bool,
                 "counts": [{"index": [int, ...], "count": [int, ...],
@@ -54,6 +55,12 @@ largest value in the bin and how many pixels equal the smallest) only for ``"uni
 binnings. Format 1 (rastermatch 0.1) documents still load, as band documents: a format-1 LUT
 carries a run-length encoded ``table`` beside its histograms; it is rebuilt from the histograms
 and refused when the stored table differs.
+
+A per-detector LUT (:func:`rastermatch.fit_detectors`) records its detector layout in the
+optional ``detectors`` field (:meth:`Detectors.to_dict <rastermatch._detectors.Detectors.to_dict>`:
+``{"axis": "y" | "x", "count": int | null, "offset": int, "labels": [label, ...] | null}``);
+its rows then end with a ``detector`` dim labelled as the layout resolves. As with ``rows``,
+earlier readers refuse the unknown field by name.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import math
 import os
 import stat
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
@@ -882,6 +890,7 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
             "the histograms when read); build it with LUT.from_histograms"
         )
     key, rows = _writable_rows(lut.rows, LUTFileError, "LUT")
+    layout = {} if lut.detectors is None else {"detectors": lut.detectors.to_dict()}
     return {
         "type": _LUT_TYPE,
         "format": FORMAT,
@@ -893,6 +902,7 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
         "out_nodata": _json_number(lut.out_nodata),
         "source_histogram": histogram_to_dict(lut.source_hist),
         "reference_histogram": histogram_to_dict(lut.reference_hist),
+        **layout,
     }
 
 
@@ -903,7 +913,7 @@ def _recipe_options() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _read_lut(value: Any) -> LUT:
-    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS)
+    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS + ("detectors",))
     if obj["type"] != _LUT_TYPE:
         _fail("type", f"is {_show(obj['type'])}: this is not a rastermatch LUT")
     if "format" not in obj:
@@ -914,7 +924,7 @@ def _read_lut(value: Any) -> LUT:
     if fmt == 1:
         _object(obj, "", (*_LUT_KEYS_1, "bands"))
     else:
-        _object(obj, "", _LUT_KEYS_2, _ROWS)
+        _object(obj, "", _LUT_KEYS_2, (*_ROWS, "detectors"))
     version = obj["rastermatch_version"]
     if not isinstance(version, str) or len(version) > 100:
         _fail("rastermatch_version", f"is {_show(version)}, expected a version string")
@@ -963,6 +973,9 @@ def _read_lut(value: Any) -> LUT:
         ),
         "",
     )
+    if "detectors" in obj:
+        detectors = _read_detectors(obj["detectors"])
+        lut = _build(lambda: replace(lut, detectors=detectors), "detectors")
     if stored is not None:
         if stored.shape != lut.table.shape:
             _fail(
@@ -977,6 +990,19 @@ def _read_lut(value: Any) -> LUT:
                 "after it was written)",
             )
     return lut
+
+
+def _read_detectors(value: Any) -> Any:
+    """The ``detectors`` field: a detector layout, every field checked."""
+    from ._detectors import Detectors
+    from .errors import OptionError
+
+    if not isinstance(value, Mapping):
+        _fail("detectors", f"is {_show(value)}, expected a detector layout object")
+    try:
+        return Detectors.from_dict(value)
+    except OptionError as e:
+        _fail("detectors", f"is refused: {e}")
 
 
 # the keys beside "bands" (format 1), or "bands" or "rows" (format 2)
