@@ -46,7 +46,16 @@ import numpy as np
 from . import __version__, pipeline
 from .errors import OutputExistsError, RastermatchError
 
-__all__ = ["BandList", "Chunks", "Range", "RastermatchGroup", "for_command_line", "main"]
+__all__ = [
+    "BandList",
+    "Chunks",
+    "DetectorCount",
+    "DetectorReference",
+    "Range",
+    "RastermatchGroup",
+    "for_command_line",
+    "main",
+]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -156,6 +165,66 @@ class Chunks(click.ParamType):
         return {"y": sizes[0], "x": sizes[-1]}
 
 
+class DetectorCount(click.ParamType):
+    """``16`` -> ``16`` detectors; ``column`` -> one detector per column.
+
+    Examples
+    --------
+    >>> DetectorCount().convert("16", None, None), DetectorCount().convert("column", None, None)
+    (16, 'column')
+    """
+
+    name = "N|column"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            count = value
+        elif str(value).strip().lower() in ("column", "columns"):
+            return "column"
+        else:
+            try:
+                count = int(str(value).strip())
+            except ValueError:
+                self.fail(
+                    f"{value!r} is neither a number of detectors (16) nor 'column' (one "
+                    "detector per column)",
+                    param,
+                    ctx,
+                )
+        if count < 1:
+            self.fail(f"{value!r}: a sensor has at least 1 detector", param, ctx)
+        return count
+
+
+class DetectorReference(click.ParamType):
+    """``pooled`` (all detectors together) or the number of one detector.
+
+    Examples
+    --------
+    >>> reference = DetectorReference()
+    >>> reference.convert("pooled", None, None), reference.convert("3", None, None)
+    ('pooled', 3)
+    """
+
+    name = "pooled|K"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif str(value).strip().lower() == "pooled":
+            return "pooled"
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(
+                    f"{value!r} is neither 'pooled' nor a detector number (0, 1, ...)", param, ctx
+                )
+        if number < 0:
+            self.fail(f"{value!r}: detectors are numbered from 0", param, ctx)
+        return number
+
+
 BANDS = BandList()
 
 # -- errors, interrupts and warnings, handled once --------------------------------------------
@@ -177,6 +246,7 @@ _OPTIONS = {
     )
 }  # fmt: skip
 _OPTIONS.update({"lut_path": "--lut", "format": "--format", "pool": "--pool"})
+_OPTIONS.update({name: f"--{name}" for name in ("detectors", "axis", "offset", "reference")})
 _NAMES = "|".join(sorted(_OPTIONS, key=len, reverse=True))
 
 
@@ -721,6 +791,122 @@ def normalize(
     for path in result.lut_paths:
         _print_written(LUT=path)
     _print_written(report=result.report)
+
+
+@main.command()
+@_input("source")
+@_output
+@click.option(
+    "--detectors",
+    type=DetectorCount(),
+    help="The detector layout: N detectors along --axis (line i is detector (i + offset) mod "
+    "N; Landsat TM/ETM+ 16, MSS 6), or 'column': one detector per column (push-broom; implies "
+    "--axis x, and is the default with --axis x).",
+)
+@click.option(
+    "--axis",
+    type=click.Choice(["y", "x"]),
+    help="The axis the detectors follow each other along: y (lines, default) or x (columns).",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The detector that recorded the first line (or column).",
+)
+@click.option(
+    "--reference",
+    type=DetectorReference(),
+    default="pooled",
+    show_default=True,
+    help="Match every detector to all detectors pooled, or to detector K (a good one).",
+)
+@_options(*_method_levels)
+@click.option(
+    "--nodata",
+    type=float,
+    help="Nodata value of the source (default: the file's own); left out of every detector's "
+    "statistics and kept as nodata.",
+)
+@_mask
+@_options(_bands, _bins, _dtype, _chunks)
+@output_options
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the mean profiles along the detector axis and a quicklook, before and after.",
+)
+@click.option(
+    "--lut",
+    "lut_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also save the per-detector LUT as JSON (for `rastermatch apply` on later scenes).",
+)
+@cluster_options
+@_quiet
+@_verbose
+@_progress
+def destripe(
+    source: Path,
+    output: Path,
+    detectors: int | str | None,
+    axis: str | None,
+    offset: int,
+    reference: int | str,
+    report: Path | None,
+    lut_path: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    **options: Any,
+) -> None:
+    """Balance the detectors of SOURCE (destriping) into OUTPUT.
+
+    Every (band, detector) histogram is matched to the reference (all detectors pooled, or
+    detector K), one exact LUT per detector, which corrects non-linear responses too. Outputs
+    and options are checked before any work; the inputs are never written over.
+
+    \b
+    rastermatch destripe data/striped_L7_ETMs.tif -o destriped.tif --detectors 16
+    rastermatch destripe scene.tif -o out.tif --axis x            # one detector per column
+    """
+    if detectors is None:
+        if axis != "x":
+            raise click.UsageError(
+                "give --detectors N (the number of detectors along y, e.g. 16 for Landsat "
+                "TM/ETM+), or --axis x for one detector per column"
+            )
+        detectors = "column"
+    if detectors == "column":
+        if axis == "y":
+            raise click.UsageError(
+                "--detectors column is one detector per column, along x: drop --axis y or give "
+                "a number of detectors"
+            )
+        axis = "x"
+    with _cluster(workers, scheduler):
+        result = pipeline.destripe_file(
+            source,
+            output,
+            detectors=detectors,
+            axis=axis or "y",  # type: ignore[arg-type]
+            offset=offset,
+            reference=reference,  # type: ignore[arg-type]
+            lut_path=lut_path,
+            report=report,
+            show_progress=_settings().show_progress,
+            **options,
+        )
+    _print_destripe_quality(result)
+    _print_written(output=result.output, LUT=result.lut_path, report=result.report)
+
+
+def _print_destripe_quality(result: pipeline.MatchResult) -> None:
+    _echo(
+        "Stripe power along the detector axis before and after (reduction = 1 - after/before) "
+        "and the mean relative deviation of valid pixels from the input:"
+    )
+    _echo(result.quality_text())
 
 
 @main.command()

@@ -56,6 +56,7 @@ import rasterio
 import xarray as xr
 
 from ._data import as_band_array
+from ._detectors import Detectors
 from ._rows import Rows
 from .errors import (
     BandMismatchError,
@@ -82,6 +83,7 @@ __all__ = [
     "NormalizeResult",
     "apply_file",
     "dask_cluster",
+    "destripe_file",
     "equalize_file",
     "fit_files",
     "local_cluster",
@@ -459,7 +461,37 @@ def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dic
         "levels": lut.levels,
         "quality": quality,
         "versions": versions(),
-        "lut": lut.to_dict(),
+        **lut_record(lut),
+    }
+
+
+#: The most histogram counts (source and reference together) a provenance record embeds with
+#: its LUT: a 4-band 16-bit match (524,288) fits; a LUT per column of a push-broom scene (tens of
+#: millions) would make megabytes of metadata, so the record says where the LUT is instead.
+PROVENANCE_MAX_COUNTS = 2**20
+
+
+def lut_record(lut: LUT) -> dict[str, Any]:
+    """``{"lut": <the LUT document>}``, or, for a LUT too large for raster metadata, a note.
+
+    Examples
+    --------
+    >>> from rastermatch import fit_lut
+    >>> import numpy as np
+    >>> levels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    >>> record = lut_record(fit_lut(levels, levels))
+    >>> sorted(record), record["lut"]["type"]
+    (['lut'], 'lut')
+    """
+    counts = sum(h.counts.size for h in (lut.source_hist, lut.reference_hist) if h is not None)
+    if counts <= PROVENANCE_MAX_COUNTS:
+        return {"lut": lut.to_dict()}
+    return {
+        "lut": None,
+        "lut_omitted": (
+            f"the LUT has {counts} histogram counts, too many for raster metadata; save it "
+            "with lut_path= (--lut) to keep it"
+        ),
     }
 
 
@@ -802,6 +834,20 @@ def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: 
 
     have, rows = lut_rows(lut), as_band_array(src, name=str(source)).rows
     what = f"the LUT {lut_file}" if lut_file is not None else "the LUT"
+    if getattr(lut, "detectors", None) is not None:
+        # a detector LUT: its last row dim is the detector, found on the data by line or
+        # column (LUT.apply names a line or column whose detector the LUT lacks); the bands
+        # meet as for any LUT
+        _, have = have.isel(detector=0)
+        if "band" in have.dims and "band" in rows.dims:
+            n, m = len(rows.coord("band")), len(have.coord("band"))
+            if n != m:
+                raise BandMismatchError(
+                    f"{what} has {m} bands of {lut.detectors.describe()} but {source} has {n} "
+                    "after band selection; select as many bands as the LUT has (bands=, "
+                    "--bands on the command line)"
+                )
+        return
     for d, c in zip(have.dims, have.coords, strict=True):
         if d not in rows.dims and len(c) > 1:
             raise BandMismatchError(
@@ -968,7 +1014,7 @@ def expand_sources(
     >>> [p.name for p in expand_sources("data/riohist_*.tif")]
     ['riohist_reference1_landsat.tif', 'riohist_source1_naip.tif']
     >>> len(expand_sources("data", leave_out=["data/arrnorm_target.tif"]))
-    5
+    6
     """
     if isinstance(items, str | os.PathLike):
         items = [items]
@@ -1489,6 +1535,210 @@ def _normalize_record(
         **shared,
         "luts": docs,
     }
+
+
+# -- detector balancing (destriping) ----------------------------------------------------------
+
+
+def detector_layout(detectors: Any, *, axis: Literal["y", "x"] = "y", offset: int = 0) -> Detectors:
+    """The :class:`~rastermatch._detectors.Detectors` a job's ``detectors=`` means.
+
+    A number of detectors (periodic along ``axis``), ``None`` or ``"column"`` (one detector per
+    column, ``axis="x"``), or one label per line or column. Invalid values raise
+    :class:`~rastermatch.OptionError` naming the option.
+
+    Examples
+    --------
+    >>> detector_layout(16).describe(), detector_layout("column", axis="x").describe()
+    ('16 detectors along y', 'one detector per column')
+    """
+    if isinstance(detectors, str):
+        if detectors not in ("column", "columns"):
+            raise OptionError(
+                f"detectors must be a number of detectors or 'column' (one per column), not "
+                f"{detectors!r}"
+            )
+        if axis != "x":
+            raise OptionError(
+                "detectors='column' (one detector per column) balances columns: give axis='x' "
+                "(--axis x), or a number of detectors along y"
+            )
+        detectors = None
+    if isinstance(detectors, float) and detectors.is_integer():
+        detectors = int(detectors)
+    return Detectors.of(detectors, axis=axis, offset=offset)
+
+
+def _detector_reference(reference: Any, labels: tuple[Any, ...], source: PathLike) -> Any:
+    """``"pooled"`` or a detector label of the layout, checked before any work."""
+    if isinstance(reference, str) and reference == "pooled":
+        return reference
+    if isinstance(reference, str):
+        try:
+            reference = int(reference)
+        except ValueError:
+            raise OptionError(
+                f"reference must be 'pooled' or a detector number, not {reference!r}"
+            ) from None
+    if isinstance(reference, bool) or not isinstance(reference, int | np.integer):
+        raise OptionError(
+            f"reference must be 'pooled' or a detector number, not {type(reference).__name__}"
+        )
+    if int(reference) not in labels:
+        top = f"0..{len(labels) - 1}" if labels == tuple(range(len(labels))) else "its labels"
+        raise OptionError(
+            f"reference={int(reference)}: {source} has no detector {int(reference)} (its "
+            f"detectors are {top}); give reference= a detector of the layout or 'pooled'"
+        )
+    return int(reference)
+
+
+def destripe_record(
+    lut: LUT,
+    quality: list[dict[str, Any]],
+    layout: Detectors,
+    reference: Any,
+    /,
+    **inputs: Any,
+) -> dict[str, Any]:
+    """The provenance of a destriped output: the detector layout, the reference, the stripe
+    metrics, versions and (when small enough, :func:`lut_record`) the per-detector LUT."""
+    return {
+        **_created(),
+        "operation": "destripe",
+        "inputs": {k: _path_text(v) for k, v in inputs.items()},
+        "detectors": {**layout.to_dict(), "description": layout.describe()},
+        "reference": reference,
+        "method": lut.method,
+        "levels": lut.levels,
+        "quality": quality,
+        "versions": versions(),
+        **lut_record(lut),
+    }
+
+
+@bounded_gdal_cache
+def destripe_file(
+    source: PathLike,
+    output: PathLike,
+    *,
+    detectors: Any = 16,
+    axis: Literal["y", "x"] = "y",
+    offset: int = 0,
+    reference: Literal["pooled"] | int = "pooled",
+    method: Method = "nearest",
+    levels: Levels = "present",
+    nodata: float | None = None,
+    mask: PathLike | None = None,
+    bands: Sequence[int] | None = None,
+    bins: int | None = None,
+    dtype: Any = None,
+    chunks: Any = "auto",
+    overwrite: bool = False,
+    lut_path: PathLike | None = None,
+    report: PathLike | None = None,
+    cog: bool = False,
+    compress: Any = None,
+    show_progress: bool = False,
+) -> MatchResult:
+    """Balance the detectors of ``source`` (destriping) and write the result to ``output``.
+
+    Every (band, detector) gets its own LUT matching its histogram to the ``reference``:
+    ``"pooled"`` (all detectors of the band together) or one detector's label (a detector
+    known to be good), by :func:`rastermatch.balance.fit_detectors` (Horn & Woodham's relative
+    detector calibration). ``detectors`` is the layout along ``axis``: a number ``n`` (line
+    ``i`` is detector ``(i + offset) mod n``, as a whisk-broom scanner writes them), ``None``
+    or ``"column"`` with ``axis="x"`` (one detector per column, a push-broom sensor), or one
+    label per line or column.
+
+    The job runs as :func:`match_files` does:
+
+    0. every output (``output``, ``lut_path``, ``report``) and option (the layout, the
+       reference detector, nodata, bands, mask grid) is checked before any work; no output
+       may be an input or another output;
+    1. the statistics: the histograms of every (band, detector), one read of the source;
+    2. the quality: the stripe power of the mean profile along the detector axis before and
+       after, and how far valid pixels moved (:func:`rastermatch.metrics.destripe_quality`),
+       one read;
+    3. the source mapped through its per-detector LUTs, streamed to ``output`` with the
+       provenance (layout, reference, stripe metrics, the LUT when small enough).
+
+    nodata and masked pixels (``mask``: nonzero is left out) stay out of every detector's
+    statistics; masked pixels are still mapped, nodata stays nodata. ``lut_path`` saves the
+    LUT (re-apply it to later scenes of the sensor with :func:`apply_file`); ``report`` draws
+    the mean profiles and a quicklook before and after. A failed or interrupted job leaves
+    nothing under the output names and no temporaries; the inputs are never written over.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp() + "/destriped.tif"
+    >>> result = destripe_file("data/striped_L7_ETMs.tif", out, detectors=16)  # doctest: +SKIP
+    >>> reduced = all(r["stripe_reduction"] > 0.95 for r in result.quality)  # doctest: +SKIP
+    >>> result.output.name, reduced  # doctest: +SKIP
+    ('destriped.tif', True)
+    """
+    from .balance import fit_detectors
+    from .metrics import destripe_quality
+
+    layout = detector_layout(detectors, axis=axis, offset=offset)
+    inputs = [source, mask]
+    _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+    _check_write_options(final, cog)
+    for path in (lut_path, report):
+        if path is not None:
+            check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
+    if report is not None:
+        _check_report_path(report)
+    src = open_input(source, bands=bands, chunks=chunks)
+    _check_nodata(nodata, src, f"source {source}", "nodata")
+    size = src.sizes[src.dims[-2] if layout.axis == "y" else src.dims[-1]]
+    _, labels = layout.resolve(size, str(source))
+    chosen = _detector_reference(reference, labels, source)
+    src_mask = open_mask(mask, src)
+
+    # 1. the statistics: one LUT per (band, detector)
+    with progress(show_progress):
+        lut = fit_detectors(
+            src, detectors=layout, axis=layout.axis, offset=layout.offset, reference=chosen,
+            method=method, levels=levels, nodata=nodata, mask=src_mask, bins=bins, dtype=dtype,
+        )  # fmt: skip
+    balanced = lut.apply(src, nodata=nodata)  # lazy; an explicit nodata wins, as in the fit
+
+    # 2. stripe power before and after, and how far valid pixels moved
+    with progress(show_progress):
+        quality = destripe_quality(src, balanced, layout, nodata=nodata, mask=src_mask)
+    record = destripe_record(lut, quality, layout, chosen, source=source, mask=mask)
+
+    # 3. the raster, then the staged LUT file and report
+    with _staging() as staged:
+        if lut_path is not None:
+            _save_lut(lut, staged.path_for(Path(lut_path)), lut_path)
+        if report is not None:
+            _save_destripe_report(staged.path_for(Path(report)), report, src, balanced, layout,
+                                  nodata)  # fmt: skip
+        tmp = staged.path_for(final, overwrite=overwrite)
+        _write(balanced, tmp, record, inputs, False, cog, compress, show_progress)
+        staged.commit()
+    return MatchResult(
+        final, lut, quality, Path(lut_path) if lut_path is not None else None,
+        Path(report) if report is not None else None,
+    )  # fmt: skip
+
+
+def _save_destripe_report(
+    tmp: Path, report: PathLike, before: Any, after: Any, layout: Detectors, nodata: Any
+) -> None:
+    from .plot import destripe_report_figure
+
+    fig = destripe_report_figure(before, after, layout, nodata=nodata)
+    try:
+        fig.savefig(tmp, dpi=120, facecolor="white")
+    except OSError as exc:  # a full disk, say: name the report, not its temporary
+        raise RasterWriteError(
+            f"writing the report {report} failed: {exc.strerror or exc}"
+        ) from exc
 
 
 # -- the demo ---------------------------------------------------------------------------------
