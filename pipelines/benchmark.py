@@ -24,7 +24,13 @@ Stages (``--stages``, all by default):
    reference again), the outputs compared pixel for pixel; then the peak RSS of the stack job
    in a child process for T = 3 and 12 dates (``--memory-dates``). At its default size the
    stage took 17 min on 2 cores shared with other work (load average ~18), its inputs
-   ~2.5 min to generate; ``--stack-size 1024`` checks it in a few minutes.
+   ~2.5 min to generate; ``--stack-size 1024`` checks it in a few minutes;
+8. detector balancing: ``rastermatch.pipeline.destripe_file`` on the stage-3 source seen
+   through 16 detectors along y, and through one detector per column (each (band, detector)
+   with its own gain, offset and gamma; generated once from the stored source), vs
+   ``match_files`` of the same striped scene to the stage-3 reference (Zarr -> Zarr, threads):
+   time ratio (target <= 1.3x) and the peak RSS of each job in a child process (target
+   < 1.5 GB). ``--stages 8 --repeats 1`` runs it alone.
 
 Every ratio compares two things measured in the same run, repeats interleaved (A B, B A, ...) so
 that drift hits both alike; times are medians after an untimed warm-up. These are
@@ -736,8 +742,9 @@ def stage_geotiff(ctx: dict, res: Results) -> None:
 def child_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one end-to-end job in this (child) process and report its memory high-water mark.
 
-    ``spec["job"]``: ``"files"`` (default; ``match_files``) or ``"stack"`` (the stack job of
-    stage 7 on the first ``spec["dates"]`` dates, on ``spec["threads"]`` threads).
+    ``spec["job"]``: ``"files"`` (default; ``match_files``), ``"stack"`` (the stack job of
+    stage 7 on the first ``spec["dates"]`` dates, on ``spec["threads"]`` threads) or
+    ``"destripe"`` (``destripe_file`` of stage 8 with the layout ``spec["layout"]``).
     """
     baseline = psutil.Process().memory_info().rss
     out = Path(spec["output"])
@@ -752,6 +759,8 @@ def child_job(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         if spec.get("job") == "stack":
             stack_job(Path(spec["stack"]), Path(spec["reference"]), out, spec["dates"])
+        elif spec.get("job") == "destripe":
+            destripe_job(Path(spec["source"]), out, spec["layout"])
         else:
             match_files(spec["source"], spec["reference"], out, nodata=0)
         elapsed = time.perf_counter() - t0
@@ -1275,6 +1284,131 @@ def stage_stack(ctx: dict, res: Results) -> None:
         )
 
 
+# -- detector balancing (stage 8) -------------------------------------------------------------
+#
+# The stage-3 source scene seen through a scanner's detectors: every (band, detector) has its own
+# response v -> 4095 ((g v + o) / 4095) ** gamma (rounded, clipped to 1..4095, 0 stays nodata),
+# with 16 detectors along y (line i is detector i mod 16, a whisk-broom scanner) or one detector
+# per column (a push-broom sensor). Each striped scene is made block by block from the stored
+# source and kept in the workdir.
+
+STRIPE_LAYOUTS = {"y16": ("y", 16), "column": ("x", None)}
+
+
+def stripe_responses(bands: int, count: int, layout: str) -> np.ndarray:
+    """Gain, offset and gamma of every (band, detector): ``(3, bands, count)`` float64."""
+    rng = np.random.default_rng([SEED, 8, len(layout), count])
+    return np.stack(
+        [
+            rng.uniform(0.85, 1.15, (bands, count)),
+            rng.uniform(-150.0, 150.0, (bands, count)),
+            rng.uniform(0.9, 1.1, (bands, count)),
+        ]
+    )
+
+
+def _stripe_chunk(
+    block: np.ndarray, block_info: Any = None, *, axis: str, count: int, response: np.ndarray
+) -> np.ndarray:
+    (b0, b1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    if axis == "y":
+        det = np.arange(y0, y1) % count
+        g, o, gamma = (r[b0:b1][:, det][:, :, None] for r in response)
+    else:
+        g, o, gamma = (r[b0:b1][:, x0:x1][:, None, :] for r in response)
+    v = block.astype(np.float32)
+    lin = np.clip(g * v + o, 0.0, 4095.0) / 4095.0
+    out = np.clip(np.rint(4095.0 * lin**gamma), 1, 4095).astype(np.uint16)
+    return np.where(block == 0, np.uint16(0), out)
+
+
+def ensure_striped(ctx: dict, layout: str) -> Path:
+    """The striped copy of the stage-3 source (Zarr), generated once per layout."""
+    paths, log = ctx["paths"], ctx["log"]
+    out = paths["dir"] / f"striped-{layout}-v1.zarr"
+    marker = out.with_suffix(".done")
+    if marker.exists():
+        log(f"  reusing {out}")
+        return out
+    remove(out)()
+    axis, count = STRIPE_LAYOUTS[layout]
+    src = rastermatch.open_raster(paths["src.zarr"])
+    count = count or src.sizes["x"]
+    response = stripe_responses(src.sizes["band"], count, layout)
+    data = src.data.map_blocks(
+        _stripe_chunk, dtype=np.uint16, axis=axis, count=count, response=response
+    )
+    t = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        rastermatch.write_raster(src.copy(data=data), out)
+    marker.write_text(json.dumps({"seconds": time.perf_counter() - t}))
+    log(f"  generated {out.name} in {time.perf_counter() - t:.1f} s")
+    return out
+
+
+def destripe_job(source: Path, out: Path, layout: str) -> Any:
+    axis, count = STRIPE_LAYOUTS[layout]
+    return rastermatch.pipeline.destripe_file(
+        source, out, detectors=count if count else "column", axis=axis, nodata=0
+    )
+
+
+def stage_destripe(ctx: dict, res: Results) -> None:
+    """Destriping vs a plain match of the same striped scene (Zarr -> Zarr, threads), then
+    the peak RSS of each job in a child process. Targets: <= 1.3x the match's time, < 1.5 GB."""
+    p, tmp, log, npx = ctx["paths"], ctx["tmp"], ctx["log"], ctx["npx"]
+    for layout in STRIPE_LAYOUTS:
+        striped = ensure_striped(ctx, layout)
+        out_d, out_m = tmp / f"destriped-{layout}.zarr", tmp / f"striped-matched-{layout}.zarr"
+        last: dict[str, Any] = {}
+
+        def destripe(
+            s: Path = striped, o: Path = out_d, k: str = layout, last: dict = last
+        ) -> None:
+            last["quality"] = destripe_job(s, o, k).quality
+
+        d = Case(f"destripe_file {layout}", destripe, setup=remove(out_d))
+        m = Case(f"match_files {layout} scene", lambda s=striped, o=out_m: match_files(
+            s, p["ref.zarr"], o, nodata=0), setup=remove(out_m))  # fmt: skip
+        with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+            measure([d, m], ctx["repeats"], log, warmup=ctx["repeats"] > 1)
+        remove(out_d, out_m)()
+        children = {}
+        for job, o in (("destripe", out_d), ("files", out_m)):
+            spec = {"job": job, "source": str(striped), "reference": str(p["ref.zarr"]),
+                    "output": str(o), "layout": layout}  # fmt: skip
+            children[job] = run_child(spec)
+            remove(o)()
+            log(f"    {job} {layout}: peak {children[job]['peak_rss_bytes'] / MiB:.0f} MiB, "
+                f"{children[job]['seconds']:.1f} s")  # fmt: skip
+        ratio = d.median / m.median
+        peak = children["destripe"]["peak_rss_bytes"]
+        what = "16 detectors along y" if layout == "y16" else "one detector per column"
+        res.add(
+            "8 destripe",
+            f"destripe_file zarr, {what}",
+            d.median,
+            npx,
+            peer="match_files, same scene",
+            peer_time_s=m.median,
+            ratio=ratio,
+            ratio_label="x match",
+            peak_rss=peak,
+            target="≤ 1.3x match, < 1.5 GB",
+            met=ratio <= 1.3 and peak < 1.5 * GB,
+            cases={"destripe": d.as_dict(), "match": m.as_dict()},
+            children=children,
+            quality=last.get("quality"),
+        )
+        res.add(
+            "8 destripe",
+            f"  match_files of the striped scene ({layout})",
+            m.median,
+            npx,
+            peak_rss=children["files"]["peak_rss_bytes"],
+        )
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -1310,7 +1444,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--stages", default="1,2,3,4,5,6,7")
+    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
     ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
     ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
@@ -1363,7 +1497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.threads} threads, stages {args.stages}, workdir {args.workdir}"
     )
 
-    if set(args.stages) & {1, 2, 3, 4, 6}:
+    if set(args.stages) & {1, 2, 3, 4, 6, 8}:
         t = time.perf_counter()
         log("inputs")
         ctx["paths"] = ensure_scene(args.workdir, args.size, args.bands, args.chunk, log)
@@ -1380,6 +1514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         5: ("peak memory", stage_memory),
         6: ("LocalCluster", stage_cluster),
         7: ("time stack", stage_stack),
+        8: ("detector balancing", stage_destripe),
     }
     # the memory stage runs last: its large scene (several GB of files) evicts the other
     # inputs from the page cache
