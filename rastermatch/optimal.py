@@ -1,0 +1,406 @@
+"""Optimal monotone maps between histograms, and multiple histogram matching.
+
+The nearest-CDF rule (:func:`rastermatch.lut.nearest_cdf_indices`) maps every source level on its
+own and can be far from the best monotone map: levels 0..9 with one pixel each, matched to a
+reference of one pixel at 0 and nine at 1, give a KS distance of 0.4 where the monotone map
+``0 -> 0, 1..9 -> 1`` reaches 0. :func:`optimal_indices` finds the monotone map that minimises a
+named distance between the mapped source and the reference, for one (source, reference) pair or
+for several at once (multiple histogram matching, Shapira, Avidan and Hel-Or 2013), by dynamic
+programming over the present levels; :func:`fit_multi` turns that into an ordinary
+:class:`~rastermatch.lut.LUT`.
+
+The problem, in the words of the code
+--------------------------------------
+``k`` pairs ``j`` of histograms share a source binning (``n`` bins) and a reference binning
+(``m`` bins). The source levels that hold pixels in some pair are ``p_1 < ... < p_P``; the
+candidate outputs are the reference bins ``c_1 < ... < c_Q`` (``levels="present"``: those holding
+pixels in some pair; ``"all"``: every bin). A monotone map sends ``p_i`` to ``c_g(i)`` with
+``g`` non-decreasing. Equivalently it is the non-decreasing *cut* sequence
+
+    a(t) = #{i : g(i) <= t},   0 <= a(1) <= ... <= a(Q) = P,
+
+and ``g(i) = min{t : a(t) >= i}``. The mapped source CDF of pair ``j`` at ``c_t`` is
+``S_j(a(t)) / N_j`` (``S_j`` the cumulative count of the first present levels, ``N_j`` the total);
+every CDF involved is a step function that only moves at candidates, so the distances below are
+exact sups and integrals over values. The gap of a pair at ``c_t`` with cut ``a``,
+
+    d(t, a) = sum_j w_j |S_j(a) / N_j - F_ref,j(c_t)|,
+
+depends on nothing else, and the objectives are
+
+- ``"ks"``: ``max_t d(t, a(t))``: for one pair the Kolmogorov-Smirnov distance; for several the
+  largest, over reference levels, weighted sum of the pairs' CDF gaps (the sum of per-pair
+  maxima does not decompose over levels; this one does, lies between the weighted maximum and
+  the weighted sum of the per-pair KS distances, and equals KS for one pair);
+- ``"w1"``: ``sum_{t<Q} (v(c_{t+1}) - v(c_t)) d(t, a(t))``: for each pair the L1 distance between
+  the CDFs in value units (the 1-D Wasserstein distance), weighted and summed; ``v`` are the
+  ``reference_values`` of the bins (default: the bin indices).
+
+The recurrence, over the candidates from the top down (``E(t, a)`` the best value of the terms
+``t..Q`` when ``a(t) = a``; ``M`` its suffix minimum over the cut):
+
+    E(Q, a) = 0 if a = P else infinity
+    M(t, a) = min_{a' >= a} E(t, a')          (one sweep over the cuts, from a = P down to 0)
+    "w1":  E(t, a) = gap_t d(t, a) + M(t+1, a),   gap_t = v(c_{t+1}) - v(c_t)
+    "ks":  E(t, a) = max(d(t, a), M(t+1, a))
+
+with the optimum ``M(1, 0)``; ``P + 1`` cuts by ``Q`` candidates, O(P Q k) time and O(P)
+memory for the values (a compiled loop, GIL-free).
+
+Ties (deterministic, exact where the arithmetic is exact, see below): for ``"w1"``, among all
+optimal maps the lexicographically smallest ``(g(1), g(2), ...)`` (the lowest output for the
+lowest source level first); a smaller ``g`` is a larger cut sequence read from ``t = 1``, which
+the forward walk picks with one bit per cell, "this cut is the largest minimiser of ``E(t, .)``
+at or above it". A KS optimum is rarely unique (any map within the bottleneck ties), so ``"ks"``
+picks, among all maps with the smallest KS value, the one with the smallest W1 value (as above,
+in ``reference_values`` units), and among those the lexicographically smallest: the map stays
+centred instead of leaning to one side of the tolerance. That is a second pass: the KS optimum
+``K`` first, then the W1 recurrence over the cells with ``d(t, a) <= K`` only.
+
+Exact arithmetic: with ``weights`` None (or non-negative integers) the gaps are computed in
+integers: pair ``j``'s CDF difference ``S/N_src - C/N_ref`` is ``(S m_ref - C m_src) / D_j`` with
+``m = N / gcd(N_src, N_ref)`` and ``D_j = N_src m_ref``, scaled to the common denominator
+``L = lcm_j D_j``, as :mod:`rastermatch.lut` does for one pair. The KS recurrence stays in int64
+while ``L sum(w) < 2**62``; the W1 recurrence while also the reference values are integers and
+``L sum(w) (v(c_Q) - v(c_1)) < 2**62``. Beyond that (billions of pixels; float reference values;
+fractional weights) the same recurrences run in float64, and ties closer than float64 rounding
+may be decided either way.
+
+Size: the work is ``P Q`` cells per row; above :data:`MAX_CELLS` cells the map is refused with
+an :class:`~rastermatch.errors.OptionError` that says to pass ``levels="present"`` or coarser
+``bins`` (16-bit levels with 4,096 present levels on both sides are 17 million cells).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numba
+import numpy as np
+
+from .errors import InputTypeError, NoValidPixelsError, OptionError
+
+__all__ = ["MAX_CELLS", "Objective", "optimal_indices"]
+
+Objective = Literal["ks", "w1"]
+OBJECTIVES = ("ks", "w1")
+LEVELS = ("present", "all")
+
+MAX_CELLS = 2**28
+"""The largest ``P * Q`` (present source levels times candidate reference levels) solved."""
+
+# int64 recurrences stay below this, so that adding one more term can never wrap
+_INT_LIMIT = 2**62
+_INT_INF = np.iinfo(np.int64).max
+
+
+# -- compiled recurrences ------------------------------------------------------------------------
+@numba.njit(nogil=True, cache=True)
+def _gap(a_cum, b_cum, t, a):  # pragma: no cover - compiled
+    """d(t, a): the weighted sum over pairs of |scaled S_j(a) - scaled F_ref,j(c_t)|."""
+    d = abs(a_cum[0, a] - b_cum[0, t])
+    for j in range(1, a_cum.shape[0]):
+        d += abs(a_cum[j, a] - b_cum[j, t])
+    return d
+
+
+@numba.njit(nogil=True, cache=True)
+def _minimax(a_cum, b_cum):  # pragma: no cover - compiled
+    """The KS optimum ``min over monotone maps of max_t d(t, a(t))`` (Q >= 2)."""
+    p1 = a_cum.shape[1]
+    nq = b_cum.shape[1]
+    best = np.zeros(p1, dtype=a_cum.dtype)  # M(t + 1, a), in place; M(Q, a) = E(Q, P) = 0
+    for t in range(nq - 2, -1, -1):
+        run = best[p1 - 1]
+        for a in range(p1 - 1, -1, -1):
+            e = _gap(a_cum, b_cum, t, a)
+            if best[a] > e:
+                e = best[a]
+            if a == p1 - 1 or e < run:
+                run = e
+            best[a] = run
+    return best[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _min_sum(a_cum, b_cum, gaps, inf, mask_a, mask_b, limit, masked, record):  # pragma: no cover
+    """The W1 recurrence, optionally over the cells with ``d(t, a) <= limit`` only (``masked``).
+
+    ``record[t, a]`` = 1 when ``E(t, a)`` is below every ``E(t, a')`` with ``a' > a``: the cut the
+    forward walk takes from any cut at or below ``a`` up to the next recorded one.
+    """
+    p1 = a_cum.shape[1]
+    nq = b_cum.shape[1]
+    best = np.zeros(p1, dtype=gaps.dtype)
+    for t in range(nq - 2, -1, -1):
+        run = inf
+        g = gaps[t]
+        for a in range(p1 - 1, -1, -1):
+            if masked and _gap(mask_a, mask_b, t, a) > limit:
+                e = inf
+            elif best[a] == inf:
+                e = inf
+            else:
+                e = g * _gap(a_cum, b_cum, t, a) + best[a]
+            if e < run:
+                record[t, a] = 1
+                run = e
+            else:
+                record[t, a] = 0
+            best[a] = run
+    return best[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _walk(record, p):  # pragma: no cover - compiled
+    """The cut sequence a(1..Q) from the recorded bits: each the first recorded cut at or above
+    the previous one (a(Q) = P)."""
+    nq = record.shape[0] + 1
+    cut = np.empty(nq, dtype=np.int64)
+    a = 0
+    for t in range(nq - 1):
+        while record[t, a] == 0:
+            a += 1
+        cut[t] = a
+    cut[nq - 1] = p
+    return cut
+
+
+# -- the map -------------------------------------------------------------------------------------
+def _counts(value: Any, what: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iuf":
+        raise InputTypeError(
+            f"{what} must be a non-empty 1-D array of counts, not {arr.dtype} of shape {arr.shape}"
+        )
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise InputTypeError(f"{what} must hold whole pixel counts")
+        if arr.size and np.abs(arr).max() >= 2**62:
+            raise InputTypeError(f"{what} holds counts too large for int64")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 0):
+        raise InputTypeError(f"{what} holds negative counts; pass pixel counts per bin")
+    return arr
+
+
+def _check_weights(weights: Any, k: int) -> tuple[np.ndarray, bool]:
+    """``(weights as float64, whether they are all integers)``; all ones for None."""
+    if weights is None:
+        return np.ones(k), True
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        w = None
+    if w is None or w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise OptionError(
+            f"weights must be {k} finite non-negative numbers, one per pair, not {weights!r}"
+        )
+    if not np.any(w > 0):
+        raise OptionError("weights are all zero; give at least one pair a positive weight")
+    return w, bool(np.all(w == np.round(w)) and w.max() < 2**53)
+
+
+def _pairs(pairs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(source counts (k, n), reference counts (k, m))``, checked."""
+    try:
+        items = list(pairs)
+    except TypeError:
+        items = None
+    if not items:
+        raise InputTypeError(
+            "pairs must be a non-empty sequence of (source counts, reference counts) tuples"
+        )
+    src, ref = [], []
+    for j, pair in enumerate(items):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InputTypeError(
+                f"pair {j} must be a (source counts, reference counts) tuple, not "
+                f"{type(pair).__name__}"
+            )
+        s = _counts(pair[0], f"the source counts of pair {j}")
+        r = _counts(pair[1], f"the reference counts of pair {j}")
+        if src and s.size != src[0].size:
+            raise OptionError(
+                f"pair {j}'s source has {s.size} bins and pair 0's {src[0].size}; every source "
+                "must share one binning (compute the histograms with the same bins and range)"
+            )
+        if ref and r.size != ref[0].size:
+            raise OptionError(
+                f"pair {j}'s reference has {r.size} bins and pair 0's {ref[0].size}; every "
+                "reference must share one binning (compute them with the same bins and range)"
+            )
+        for counts, what in ((s, "source"), (r, "reference")):
+            if not counts.any():
+                raise NoValidPixelsError(
+                    f"the {what} of pair {j} has no pixels; drop the pair or check its nodata "
+                    "and mask"
+                )
+        src.append(s)
+        ref.append(r)
+    return np.stack(src), np.stack(ref)
+
+
+def _check_values(values: Any, m: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    v = np.asarray(values)
+    if v.shape != (m,) or v.dtype.kind not in "iuf" or not np.all(np.isfinite(v)):
+        raise OptionError(
+            f"reference_values must be {m} finite numbers, one per reference bin, not "
+            f"{v.dtype} of shape {v.shape}"
+        )
+    return v
+
+
+def _scaled(
+    cs: np.ndarray, cr: np.ndarray, w: np.ndarray, exact: bool
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """The cumulative counts scaled so that ``|A[j, a] - B[j, t]|`` is pair j's weighted CDF
+    gap: integers over the common denominator with the bound of ``d`` when ``exact`` (None when
+    it would not fit), else float64 fractions."""
+    n_src = [int(x) for x in cs[:, -1]]
+    n_ref = [int(x) for x in cr[:, -1]]
+    if exact:
+        wi = [int(x) for x in w]
+        dens = [ns * nr // math.gcd(ns, nr) for ns, nr in zip(n_src, n_ref, strict=True)]
+        common = math.lcm(*dens)
+        bound = common * sum(wi)
+        if bound < _INT_LIMIT:
+            a = np.empty(cs.shape, dtype=np.int64)
+            b = np.empty(cr.shape, dtype=np.int64)
+            for j, (ns, nr, d, wj) in enumerate(zip(n_src, n_ref, dens, wi, strict=True)):
+                g = math.gcd(ns, nr)
+                scale = common // d * wj
+                # products are at most common * wj < 2**62: no wrap
+                a[j] = cs[j] * (nr // g * scale)
+                b[j] = cr[j] * (ns // g * scale)
+            return a, b, bound
+    a = cs / np.asarray(n_src, dtype=np.float64)[:, None] * w[:, None]
+    b = cr / np.asarray(n_ref, dtype=np.float64)[:, None] * w[:, None]
+    return a, b, None
+
+
+def optimal_indices(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    objective: Objective = "w1",
+    weights: Sequence[float] | np.ndarray | None = None,
+    reference_values: np.ndarray | None = None,
+    levels: Literal["present", "all"] = "present",
+    exclude: Iterable[int] = (),
+) -> np.ndarray:
+    """The optimal monotone map from source bins to reference bins for ``k`` histogram pairs.
+
+    The map minimises ``objective`` between the mapped source and the reference, summed over
+    the pairs with ``weights`` (see the module docstring for the exact objective, the
+    recurrence, the tie rule and when the arithmetic is exact).
+
+    Parameters
+    ----------
+    pairs
+        ``(source counts, reference counts)`` of one row each: 1-D non-negative integer counts,
+        every source with the same number of bins, every reference too, each with a pixel.
+    objective
+        ``"w1"``: the weighted sum of the L1 distances between the CDFs (in ``reference_values``
+        units); ``"ks"``: the largest weighted sum of CDF gaps over the reference levels (the
+        Kolmogorov-Smirnov distance for one pair), ties to the smallest W1.
+    weights
+        One non-negative number per pair (default all 1); integers keep the arithmetic exact.
+    reference_values
+        The value of every reference bin (non-decreasing over the candidates), for the W1 gaps;
+        default the bin indices.
+    levels
+        ``"present"``: outputs are reference bins holding pixels in some pair; ``"all"``: any
+        reference bin but those in ``exclude`` that are empty.
+    exclude
+        Reference bins never chosen unless they hold pixels (the nodata level with ``"all"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` int64: the reference bin of every source bin, non-decreasing. Source bins with
+        no pixels in any pair take the output of the nearest bin below that has pixels (of the
+        first one with pixels for those below it).
+
+    Examples
+    --------
+    The issue's case: the nearest rule gives KS 0.4, the optimal map 0.
+
+    >>> src = np.ones(10, dtype=int)
+    >>> ref = np.array([1, 9])
+    >>> optimal_indices([(src, ref)], objective="ks").tolist()
+    [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+
+    Two pairs at once, one monotone map for both:
+
+    >>> optimal_indices([([2, 2, 0, 4], [1, 1, 2]), ([1, 3, 0, 4], [2, 2, 4])]).tolist()
+    [0, 1, 1, 2]
+    """
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise OptionError(f"objective must be 'ks' or 'w1', not {objective!r}")
+    if not isinstance(levels, str) or levels not in LEVELS:
+        raise OptionError(f"levels must be 'present' or 'all', not {levels!r}")
+    src, ref = _pairs(pairs)
+    k, n = src.shape
+    m = ref.shape[1]
+    w, integral = _check_weights(weights, k)
+    values = _check_values(reference_values, m)
+
+    present = np.flatnonzero(src.any(axis=0))
+    held = ref.any(axis=0)
+    candidates = np.flatnonzero(held) if levels == "present" else np.arange(m)
+    drop = [int(q) for q in exclude if 0 <= int(q) < m and not held[int(q)]]
+    if drop:
+        candidates = np.setdiff1d(candidates, drop)
+    npres, ncand = present.size, candidates.size
+    if npres * ncand > MAX_CELLS:
+        raise OptionError(
+            f"an optimal map over {npres} present source levels and {ncand} reference levels "
+            f"({npres * ncand:.3g} cells) is larger than {MAX_CELLS:.3g}; pass levels='present' "
+            "or coarser bins (bins=...) for the histograms"
+        )
+    if ncand == 1:
+        return np.full(n, candidates[0], dtype=np.int64)
+
+    # 1. cumulative counts at the cuts (0..P present levels) and at the candidates
+    cs = np.zeros((k, npres + 1), dtype=np.int64)
+    np.cumsum(src[:, present], axis=1, out=cs[:, 1:])
+    cr = np.cumsum(ref, axis=1, dtype=np.int64)[:, candidates]
+    # 2. the gaps between consecutive candidates, integers where the values are
+    if values is None:
+        v = candidates
+    else:
+        v = values[candidates].astype(np.float64 if values.dtype.kind == "f" else np.int64)
+    gaps = np.diff(v)
+    if np.any(gaps < 0):
+        raise OptionError("reference_values must not decrease from one reference bin to the next")
+    int_gaps = gaps.dtype.kind in "iu" or bool(np.all(gaps == np.round(gaps)))
+    span = v[-1] - v[0]
+    # 3. exact integer gaps d(t, a) where they fit, float64 otherwise
+    a_cum, b_cum, bound = _scaled(cs, cr, w, integral)
+    w1_exact = bound is not None and int_gaps and bound * int(np.rint(span)) < _INT_LIMIT
+    if w1_exact:
+        va, vb = a_cum, b_cum
+        vgaps = np.round(gaps).astype(np.int64)
+        inf = _INT_INF
+    else:
+        va, vb, _ = _scaled(cs, cr, w, False)
+        vgaps = gaps.astype(np.float64)
+        inf = np.inf
+    record = np.empty((ncand - 1, npres + 1), dtype=np.uint8)
+    if objective == "ks":
+        limit = _minimax(a_cum, b_cum)
+        _min_sum(va, vb, vgaps, inf, a_cum, b_cum, limit, True, record)
+    else:
+        _min_sum(va, vb, vgaps, inf, va, vb, va.dtype.type(0), False, record)
+    cut = _walk(record, npres)
+    # 4. g(i) = min{t : a(t) >= i}, then the empty source bins from their neighbours
+    out_present = candidates[np.searchsorted(cut, np.arange(1, npres + 1), side="left")]
+    below = np.maximum.accumulate(np.where(np.isin(np.arange(n), present), np.arange(n), -1))
+    nearest = np.where(below >= 0, below, present[0])
+    out = np.empty(n, dtype=np.int64)
+    out[present] = out_present
+    return out[nearest]

@@ -1,0 +1,205 @@
+"""Optimal monotone maps: the dynamic programme against a brute force over every monotone map."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rastermatch.errors import InputTypeError, NoValidPixelsError, OptionError
+from rastermatch.optimal import optimal_indices
+
+
+# -- the oracle ----------------------------------------------------------------------------------
+def distance(pairs, out, objective, weights=None, values=None):
+    """The objective of the map ``out`` (a reference bin per source bin), exactly, from its
+    definition over every reference bin (not only the candidates the programme uses)."""
+    k = len(pairs)
+    weights = [1] * k if weights is None else weights
+    m = len(pairs[0][1])
+    values = list(range(m)) if values is None else list(values)
+    gaps = []
+    for src, ref in pairs:
+        mapped = np.bincount(out, weights=np.asarray(src), minlength=m)
+        f_map = np.cumsum(mapped) / 1  # counts, exact as floats of small integers
+        f_ref = np.cumsum(ref)
+        n_s, n_r = int(sum(src)), int(sum(ref))
+        gaps.append([Fraction(int(f_map[q]), n_s) - Fraction(int(f_ref[q]), n_r) for q in range(m)])
+    per_level = [
+        sum(Fraction(w) * abs(g[q]) for w, g in zip(weights, gaps, strict=True)) for q in range(m)
+    ]
+    if objective == "ks":
+        return max(per_level)
+    return sum(per_level[q] * Fraction(values[q + 1] - values[q]) for q in range(m - 1))
+
+
+def brute_force(pairs, objective, weights=None, values=None, levels="present", exclude=()):
+    """Every monotone map of the present source levels onto the candidates: the optimum and the
+    documented choice (``"w1"``: lexicographically smallest; ``"ks"``: smallest W1, then
+    lexicographically smallest), the empty source bins filled as documented."""
+    src = np.array([s for s, _ in pairs])
+    ref = np.array([r for _, r in pairs])
+    n, m = src.shape[1], ref.shape[1]
+    present = np.flatnonzero(src.any(axis=0))
+    held = ref.any(axis=0)
+    cands = [q for q in range(m) if (held[q] if levels == "present" else True)]
+    cands = [q for q in cands if held[q] or q not in exclude]
+    fill = [max([p for p in present if p <= i], default=present[0]) for i in range(n)]
+    best = None
+    for g in itertools.combinations_with_replacement(cands, len(present)):
+        full = np.array([g[list(present).index(fill[i])] for i in range(n)])
+        key = [distance(pairs, full, objective, weights, values)]
+        if objective == "ks":
+            key.append(distance(pairs, full, "w1", weights, values))
+        key.append(g)
+        if best is None or key < best[0]:
+            best = (key, full)
+    return best[0][0], best[1]
+
+
+counts = st.lists(st.integers(0, 4), min_size=1, max_size=6)
+
+
+@st.composite
+def problems(draw, max_pairs=3):
+    k = draw(st.integers(1, max_pairs))
+    n = draw(st.integers(1, 6))
+    m = draw(st.integers(1, 6))
+
+    def row(size):
+        c = draw(st.lists(st.integers(0, 4), min_size=size, max_size=size))
+        if not any(c):
+            c[draw(st.integers(0, size - 1))] = draw(st.integers(1, 4))
+        return c
+
+    return [(row(n), row(m)) for _ in range(k)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(problems(), st.sampled_from(["ks", "w1"]))
+def test_matches_brute_force(pairs, objective):
+    out = optimal_indices(pairs, objective=objective)
+    best, choice = brute_force(pairs, objective)
+    assert distance(pairs, out, objective) == best
+    assert out.tolist() == choice.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    problems(),
+    st.sampled_from(["ks", "w1"]),
+    st.lists(st.integers(0, 3), min_size=3, max_size=3),
+    st.lists(st.integers(0, 5), min_size=6, max_size=6),
+    st.sampled_from(["present", "all"]),
+)
+def test_weights_values_levels(pairs, objective, weights, steps, levels):
+    """Integer weights, integer reference values with uneven gaps and levels="all" (with an
+    excluded bin) stay exact: the optimum and the documented choice."""
+    weights = weights[: len(pairs)]
+    if not any(weights):
+        weights[0] = 1
+    m = len(pairs[0][1])
+    values = np.cumsum(steps[:m])
+    exclude = (m - 1,) if levels == "all" else ()
+    out = optimal_indices(
+        pairs,
+        objective=objective,
+        weights=weights,
+        reference_values=values,
+        levels=levels,
+        exclude=exclude,
+    )
+    best, choice = brute_force(pairs, objective, weights, values, levels, exclude)
+    assert distance(pairs, out, objective, weights, values) == best
+    assert out.tolist() == choice.tolist()
+
+
+@settings(max_examples=20, deadline=None)
+@given(problems(), st.sampled_from(["ks", "w1"]), st.lists(st.floats(0.1, 3), min_size=3))
+def test_float_weights_reach_the_optimum(pairs, objective, weights):
+    """Fractional weights run in float64: the optimum is reached (to rounding)."""
+    weights = weights[: len(pairs)]
+    values = np.linspace(0.0, 1.5, len(pairs[0][1])) ** 2
+    out = optimal_indices(pairs, objective=objective, weights=weights, reference_values=values)
+    best, _ = brute_force(pairs, objective, weights, values)
+    assert float(distance(pairs, out, objective, weights, values)) == pytest.approx(
+        float(best), abs=1e-12
+    )
+
+
+# -- cases ---------------------------------------------------------------------------------------
+def test_issue_example_reaches_ks_zero():
+    """Levels 0..9 with one pixel each onto [1 at 0, 9 at 1]: the nearest rule gives KS 0.4,
+    the optimal map 0."""
+    from rastermatch.lut import nearest_cdf_indices
+
+    pairs = [(np.ones(10, dtype=np.int64), np.array([1, 9]))]
+    nearest = nearest_cdf_indices(*pairs[0])
+    assert distance(pairs, nearest, "ks") == Fraction(2, 5)
+    for objective in ("ks", "w1"):
+        out = optimal_indices(pairs, objective=objective)
+        assert out.tolist() == [0] + [1] * 9
+        assert distance(pairs, out, "ks") == 0
+
+
+def test_empty_bins_take_their_neighbours():
+    out = optimal_indices([([0, 0, 3, 0, 0, 5, 0], [0, 4, 0, 4, 0])])
+    assert out.tolist() == [1, 1, 1, 1, 1, 3, 3]
+    assert np.all(np.diff(out) >= 0)
+
+
+def test_one_candidate_takes_everything():
+    assert optimal_indices([([1, 2, 3], [0, 7, 0])]).tolist() == [1, 1, 1]
+
+
+def test_huge_counts_stay_exact():
+    """Totals whose common denominator passes int64 run in float64 and still find the map."""
+    big = 2**40 + 1
+    pairs = [(np.array([big, big]), np.array([big - 1, 0, big + 1]))]
+    for objective in ("ks", "w1"):
+        assert optimal_indices(pairs, objective=objective).tolist() == [0, 2]
+
+
+def test_self_match_is_the_identity():
+    rng = np.random.default_rng(3)
+    h = rng.integers(0, 50, 300)
+    h[h < 10] = 0
+    for objective in ("ks", "w1"):
+        out = optimal_indices([(h, h)], objective=objective)
+        present = np.flatnonzero(h)
+        assert out[present].tolist() == present.tolist()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"pairs": []}, InputTypeError, "non-empty"),
+        ({"pairs": [([1, 2], [1])], "objective": "l2"}, OptionError, "objective"),
+        ({"pairs": [([1, 2], [1])], "levels": "some"}, OptionError, "levels"),
+        ({"pairs": [([1, 2], [1]), ([1], [1])]}, OptionError, "pair 1's source"),
+        ({"pairs": [([1, 2], [1]), ([1, 1], [1, 1])]}, OptionError, "pair 1's reference"),
+        ({"pairs": [([0, 0], [1])]}, NoValidPixelsError, "source of pair 0"),
+        ({"pairs": [([1, -1], [1])]}, InputTypeError, "negative"),
+        ({"pairs": [([1.5, 1], [1])]}, InputTypeError, "whole"),
+        ({"pairs": [([1, 1], [1])], "weights": [1, 2]}, OptionError, "weights"),
+        ({"pairs": [([1, 1], [1])], "weights": [0]}, OptionError, "all zero"),
+        ({"pairs": [([1, 1], [1, 1])], "reference_values": [1, 0]}, OptionError, "decrease"),
+        ({"pairs": [([1, 1], [1, 1])], "reference_values": [1]}, OptionError, "reference_v"),
+        ({"pairs": [(1, [1, 1])]}, InputTypeError, "1-D"),
+    ],
+)
+def test_bad_input_is_refused(kwargs, error, text):
+    with pytest.raises(error, match=text):
+        optimal_indices(**kwargs)
+
+
+def test_too_many_cells_is_refused(monkeypatch):
+    import rastermatch.optimal as optimal
+
+    monkeypatch.setattr(optimal, "MAX_CELLS", 10)
+    with pytest.raises(OptionError, match="coarser bins"):
+        optimal_indices([(np.ones(4), np.ones(4))])
