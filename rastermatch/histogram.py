@@ -111,32 +111,69 @@ class Binning:
         if not np.all(np.isfinite(hi - lo)):
             raise OptionError(f"bin range lo={lo}, hi={hi} is wider than float64 can hold")
         if self.kind == "levels":
-            # the kernels index a table by level - offset: the binning must be the dtype's own
-            if dtype.kind not in "iu" or dtype.itemsize > EXACT_MAX_ITEMSIZE:
-                raise OptionError(
-                    f"levels binning needs an integer dtype of <= 16 bits, not {dtype}"
-                )
-            info = np.iinfo(dtype)
-            if (
-                self.nbins != int(info.max) - int(info.min) + 1
-                or np.any(lo != info.min)
-                or np.any(hi != info.max)
-            ):
-                raise OptionError(
-                    f"levels binning of {dtype} must have {int(info.max) - int(info.min) + 1} "
-                    f"bins from {info.min} to {info.max}, not {self.nbins} from {lo} to {hi}"
-                )
+            _check_levels(dtype, self.nbins, lo, hi)
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
 
     @classmethod
-    def levels(cls, dtype: np.dtype, nbands: int) -> Binning:
-        """One bin per level of an integer dtype of at most 16 bits."""
+    def levels(
+        cls, dtype: np.dtype, nbands: int, lo: int | None = None, hi: int | None = None
+    ) -> Binning:
+        """One bin per level of an integer dtype of at most 16 bits, over ``[lo, hi]`` (default:
+        the dtype's whole range), the same for every row.
+
+        Examples
+        --------
+        >>> Binning.levels(np.uint16, 2, lo=99, hi=4095)
+        Binning(levels, uint16, 3997 levels from 99)
+        >>> Binning.levels(np.uint8, 1).is_full
+        True
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > EXACT_MAX_ITEMSIZE:
+            raise OptionError(f"levels binning needs an integer dtype of <= 16 bits, not {dtype}")
         info = np.iinfo(dtype)
-        n = int(info.max) - int(info.min) + 1
+        lo = int(info.min) if lo is None else _integer_level(lo, "lo")
+        hi = int(info.max) if hi is None else _integer_level(hi, "hi")
         return cls(
-            "levels", dtype, n, np.full(nbands, float(info.min)), np.full(nbands, float(info.max))
-        )
+            "levels", dtype, max(hi - lo + 1, 1), np.full(nbands, float(lo)),
+            np.full(nbands, float(hi)),
+        )  # fmt: skip
+
+    @classmethod
+    def occupied(cls, dtype: np.dtype, nbands: int, vmin: Any, vmax: Any) -> Binning:
+        """Levels ``[max(dtype.min, vmin - 1), vmax]``: the occupied range and one empty level
+        below it when there is room.
+
+        A table over this range clamped at both ends gives what the table over the whole dtype
+        gives: below the range the source CDF is 0, as at ``vmin - 1``; above it, 1, as at
+        ``vmax``. Without valid pixels (``vmin > vmax``, as :func:`band_ranges` reports an
+        empty row) the binning is the dtype's lowest level alone.
+
+        Examples
+        --------
+        >>> Binning.occupied(np.uint16, 4, 100, 4095)
+        Binning(levels, uint16, 3997 levels from 99)
+        >>> Binning.occupied(np.uint8, 1, 0, 9).offset
+        0
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > EXACT_MAX_ITEMSIZE:
+            raise OptionError(f"levels binning needs an integer dtype of <= 16 bits, not {dtype}")
+        info = np.iinfo(dtype)
+        lo_f, hi_f = float(vmin), float(vmax)
+        if not lo_f <= hi_f:
+            return cls.levels(dtype, nbands, int(info.min), int(info.min))
+        lo = max(int(info.min), math.floor(lo_f) - 1)
+        return cls.levels(dtype, nbands, lo, min(math.ceil(hi_f), int(info.max)))
+
+    @property
+    def is_full(self) -> bool:
+        """Whether a levels binning covers every level of its dtype (uniform: False)."""
+        if self.kind != "levels":
+            return False
+        info = np.iinfo(self.dtype)
+        return self.nbins == int(info.max) - int(info.min) + 1
 
     @property
     def is_lazy(self) -> bool:
@@ -220,6 +257,42 @@ class Binning:
         return f"Binning(uniform, {self.dtype}, {self.nbins} bins over {rng})"
 
 
+def _integer_level(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not (
+        isinstance(value, int | np.integer)
+        or (isinstance(value, float | np.floating) and float(value).is_integer())
+    ):
+        raise OptionError(f"levels binning {what} must be an integer level, not {value!r}")
+    return int(value)
+
+
+def _check_levels(dtype: np.dtype, nbins: int, lo: np.ndarray, hi: np.ndarray) -> None:
+    """OptionError unless ``[lo, hi]`` is one range of integer levels of ``dtype`` (<= 16 bits),
+    the same for every row, with ``nbins = hi - lo + 1``: the kernels index tables by
+    ``level - offset``."""
+    if dtype.kind not in "iu" or dtype.itemsize > EXACT_MAX_ITEMSIZE:
+        raise OptionError(f"levels binning needs an integer dtype of <= 16 bits, not {dtype}")
+    info = np.iinfo(dtype)
+    if lo.size == 0:
+        raise OptionError("a levels binning needs at least one row")
+    if np.any(lo != lo[0]) or np.any(hi != hi[0]):
+        raise OptionError(
+            f"levels binning of {dtype} must have the same range on every row, not lo={lo}, "
+            f"hi={hi}; histogram the rows together"
+        )
+    a, b = float(lo[0]), float(hi[0])
+    if not (a.is_integer() and b.is_integer() and info.min <= a <= b <= info.max):
+        raise OptionError(
+            f"levels binning of {dtype} must run between integer levels {info.min}..{info.max}, "
+            f"not from {a:g} to {b:g}"
+        )
+    if nbins != int(b) - int(a) + 1:
+        raise OptionError(
+            f"levels binning of {dtype} from {int(a)} to {int(b)} has {int(b) - int(a) + 1} "
+            f"bins, not {nbins}"
+        )
+
+
 def default_binning(
     dtype: np.dtype, nbands: int, *, bins: int | None, range: Any
 ) -> Binning | None:
@@ -284,27 +357,49 @@ def split_range(range: Any, nbands: int) -> tuple[np.ndarray, np.ndarray]:
 # -- compiled kernels -------------------------------------------------------------------------
 
 
+# Along x, the columns of a block are counted a strip at a time, so that the rows of counts of
+# the strip's detectors stay in cache while the strip's lines are read.
+_STRIP = 16
+
+
 @numba.njit(nogil=True, cache=True)
-def _count_levels(block, offset, nodata, has_nodata, mask, has_mask, out):  # pragma: no cover
+def _count_levels(
+    block, det_y, det_x, along_x, offset, full, nodata, has_nodata, mask, has_mask, out
+):  # pragma: no cover
+    """Count ``block`` ``(band, y, x)`` into ``out`` ``(band, dy, dx, nbins)``: pixel ``(b, i,
+    j)`` goes to ``out[b, det_y[i], det_x[j]]`` (``det_x`` all zeros unless ``along_x``,
+    ``det_y`` all zeros for per-band counts). Levels outside ``[offset, offset + nbins)`` are
+    skipped; ``full`` says there are none (the bins cover the whole dtype)."""
     nb, ny, nx = block.shape
+    nbins = out.shape[3]
+    step = _STRIP if along_x else max(nx, 1)
     for b in range(nb):
         mb = b if mask.shape[0] > 1 else 0
-        ob = out[b]
-        if not has_mask:
-            # no test per pixel: an unsigned index spares numba's negative-index wraparound,
-            # and nodata is counted like any level, its bin cleared after the loop
+        for j0 in range(0, nx, step):
+            j1 = min(j0 + step, nx)
             for i in range(ny):
-                for j in range(nx):
-                    ob[np.uint64(np.int64(block[b, i, j]) - offset)] += 1
-            if has_nodata:
-                ob[np.int64(nodata) - offset] = 0
-        else:
-            for i in range(ny):
-                for j in range(nx):
+                ob = out[b, det_y[i]]
+                if full and not has_mask:
+                    # no test per pixel: an unsigned index spares numba's negative-index
+                    # wraparound, and nodata is counted like any level, its bin cleared after
+                    if along_x:
+                        for j in range(j0, j1):
+                            k = np.uint64(np.int64(block[b, i, j]) - offset)
+                            ob[np.uint64(det_x[j]), k] += 1
+                    else:
+                        o1 = ob[0]
+                        for j in range(j0, j1):
+                            o1[np.uint64(np.int64(block[b, i, j]) - offset)] += 1
+                    continue
+                for j in range(j0, j1):
                     v = block[b, i, j]
-                    if (has_nodata and v == nodata) or mask[mb, i, j]:
+                    if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
                         continue
-                    ob[v - offset] += 1
+                    k = np.uint64(np.int64(v) - offset)  # a level below the bins wraps: huge
+                    if k < nbins:
+                        ob[np.uint64(det_x[j]), k] += 1
+        if full and not has_mask and has_nodata:
+            out[b, :, :, np.int64(nodata) - offset] = 0
 
 
 # Columns of the per-bin statistics of uniform binnings (last axis of a stats block).
@@ -512,11 +607,32 @@ def block_counts(
     if kind != "levels":
         stats = block_stats(block, mask, lohi, nbins=nbins, nodata=nodata)
         return stats[..., COUNT].astype(dtype)
-    out = np.zeros((block.shape[0], nbins), dtype=dtype)
+    out = np.zeros((block.shape[0], 1, 1, nbins), dtype=dtype)
+    one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
+    _levels_into(block, mask, one, one, offset, out, nodata)
+    return out
+
+
+def _levels_into(
+    block: np.ndarray,
+    mask: np.ndarray | None,
+    det_y: np.ndarray,
+    det_x: np.ndarray,
+    offset: int,
+    out: np.ndarray,
+    nodata: Any = None,
+) -> None:
+    """Add the levels of ``block`` to ``out`` ``(band, dy, dx, nbins)`` (see
+    :func:`_count_levels`); the no-test path when the bins cover every level of the dtype."""
     nd, has_nd = kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
-    _count_levels(block, offset, nd, has_nd, m, has_m, out)
-    return out[:, None, None, :]
+    nbins = out.shape[-1]
+    full = False
+    if block.dtype.kind in "iu" and block.dtype.itemsize <= EXACT_MAX_ITEMSIZE:
+        info = np.iinfo(block.dtype)
+        full = offset <= int(info.min) and offset + nbins - 1 >= int(info.max)
+    along_x = out.shape[2] > 1
+    _count_levels(block, det_y, det_x, along_x, offset, full, nd, has_nd, m, has_m, out)
 
 
 def block_range(
@@ -538,9 +654,10 @@ class Histogram:
     """Counts per labelled row (band; (date, band) of a stack) with their binning, and what
     each bin holds.
 
-    ``counts`` is ``(row, nbins)`` int64, exact; ``rows`` (:class:`~rastermatch._rows.Rows`)
-    says what each row is: the input's dims other than y/x and their labels, row ``i`` being
-    their C-order flattening. Rows are selected and pooled as in xarray: ``hist.sel(time=
+    ``counts`` is ``(row, nbins)`` int64, exact (int32 when given int32 counts, as per-detector
+    histograms are; sums over them are int64); ``rows`` (:class:`~rastermatch._rows.Rows`) says
+    what each row is: the input's dims other than y/x and their labels, row ``i`` being their
+    C-order flattening. Rows are selected and pooled as in xarray: ``hist.sel(time=
     "2020-01-31")``, ``hist.isel(band=0)``, ``hist.sum("time")`` (pooled counts),
     ``hist.pool("time", how="cdf")`` (every date weighted equally); ``hist.to_xarray()`` gives
     the counts as a DataArray ``(*row dims, "bin")``. While ``counts`` is a dask array the
@@ -670,7 +787,12 @@ class Histogram:
         counts = np.asarray(self.counts)
         if counts.dtype.kind not in "iu" or (counts.size and counts.min() < 0):
             raise OptionError("counts must be non-negative integers")
-        counts = counts.astype(np.int64, copy=False)
+        # int32 counts stay int32 (per-detector histograms: half the memory); every sum over
+        # them (total, cumulative, pooling) is taken in int64
+        if counts.dtype != np.int32:
+            if counts.dtype.kind == "u" and counts.size and counts.max() > np.iinfo(np.int64).max:
+                raise OptionError("counts must be below 2**63")
+            counts = counts.astype(np.int64, copy=False)
         object.__setattr__(self, "counts", counts)
         if self.vmin is None:
             return
@@ -727,8 +849,8 @@ class Histogram:
 
     @property
     def total(self) -> Any:
-        """Number of counted pixels per band."""
-        return self.counts.sum(axis=1)
+        """Number of counted pixels per band (int64)."""
+        return self.counts.sum(axis=1, dtype=np.int64)
 
     @property
     def has_stats(self) -> bool:
@@ -737,7 +859,7 @@ class Histogram:
 
     def cumulative(self) -> np.ndarray:
         """Cumulative counts per band, ``(band, nbins)`` int64: the unnormalized CDF."""
-        return np.cumsum(self.counts, axis=1)
+        return np.cumsum(self.counts, axis=1, dtype=np.int64)
 
     def cdf(self) -> np.ndarray:
         """The empirical CDF per band (float64; use :meth:`cumulative` where ties matter)."""
@@ -759,7 +881,7 @@ class Histogram:
         return (
             np.where(seen, values, np.inf),
             np.where(seen, values, -np.inf),
-            self.counts.copy(),
+            self.counts.astype(np.int64),
         )
 
     def atoms(self, band: int) -> tuple[np.ndarray, np.ndarray]:
@@ -850,7 +972,7 @@ class Histogram:
                 ),
             }
         return Histogram(
-            xp.stack([counts[m].sum(axis=0) for m in members]),
+            xp.stack([counts[m].sum(axis=0, dtype=np.int64) for m in members]),
             binning,
             rows=rows,
             nodata=self.nodata,
@@ -1010,7 +1132,7 @@ class Histogram:
             and np.isnan(other.nodata)
         )
         return Histogram(
-            self.counts + other.counts,
+            self.counts.astype(np.int64) + other.counts.astype(np.int64),
             self.binning,
             rows=self.rows,
             nodata=self.nodata if same_nodata else None,
@@ -1248,8 +1370,8 @@ def _coord_values(labels: tuple[Hashable, ...]) -> np.ndarray:
 
 def _equal_weights(hist: Histogram, members: list[np.ndarray]) -> tuple[np.ndarray, Any]:
     """``(counts, nmin)`` with every row scaled to its group's common total (``pool("cdf")``)."""
-    counts = hist.counts.copy()
-    nmin = None if hist.nmin is None else hist.nmin.copy()
+    counts = hist.counts.astype(np.int64)
+    nmin = None if hist.nmin is None else hist.nmin.astype(np.int64)
     totals = [int(t) for t in hist.total]
     for m in members:
         for i in m:
@@ -1438,7 +1560,7 @@ def binned_histogram(
                 src.array, m, kind="levels", nbins=binning.nbins, offset=binning.offset,
                 nodata=src.nodata,
             )  # fmt: skip
-            return Histogram(counts[:, 0, 0, :], binning, **recorded)
+            return Histogram(counts[:, 0, 0, :].astype(np.int64), binning, **recorded)
         stats = block_stats(src.array, m, lohi, nbins=binning.nbins, nodata=src.nodata)
         return _histogram_from_stats(stats[:, 0, 0], binning, recorded)
 
