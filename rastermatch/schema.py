@@ -598,7 +598,7 @@ def _read_binning(
                 f"is {dtype}, but levels binning needs an integer dtype of at most 16 bits",
             )
         nbins = _integer(obj["nbins"], _at(where, "nbins"), 1, 2**63 - 1)
-        if nbins != levels:
+        if nbins > levels:
             _fail(_at(where, "nbins"), f"is {_show(nbins)}, but {dtype} has {levels:,} levels")
     else:
         nbins = _integer(obj["nbins"], _at(where, "nbins"), 1, MAX_UNIFORM_BINS)
@@ -619,15 +619,31 @@ def _read_binning(
         bounds.append(_floats(seq, _at(where, key)))
     lo, hi = bounds
     if kind == "levels":
+        # the whole dtype, or one range [lo, hi] of its integer levels, the same on every row
         info = np.iinfo(dtype)
-        for key, arr, want, verb in (("lo", lo, info.min, "start"), ("hi", hi, info.max, "end")):
-            bad = np.flatnonzero(arr != want)
+        for key, arr in (("lo", lo), ("hi", hi)):
+            bad = np.flatnonzero(
+                (arr != arr[0]) | (arr != np.floor(arr)) | (arr < info.min) | (arr > info.max)
+            )
             if bad.size:
                 i = int(bad[0])
                 _fail(
                     _at(_at(where, key), i),
-                    f"is {_show(float(arr[i]))}, but {dtype} levels {verb} at {want}",
+                    f"is {_show(float(arr[i]))}, but {dtype} levels are integers from "
+                    f"{info.min} to {info.max}, the same on every row ({key}[0] is "
+                    f"{_show(float(arr[0]))})",
                 )
+        if hi[0] < lo[0]:
+            _fail(
+                _at(_at(where, "hi"), 0),
+                f"is {_show(float(hi[0]))}, below lo[0] = {_show(float(lo[0]))}",
+            )
+        if int(hi[0]) - int(lo[0]) + 1 != nbins:
+            _fail(
+                _at(where, "nbins"),
+                f"is {_show(nbins)}, but levels {int(lo[0])} to {int(hi[0])} are "
+                f"{int(hi[0]) - int(lo[0]) + 1:,}; lo, hi and nbins disagree",
+            )
     else:
         bad = np.flatnonzero(~(lo <= hi))
         if bad.size:
