@@ -1,22 +1,28 @@
-"""Applying a LUT: a compiled block kernel and its lazy dask wrapper.
+"""Applying a LUT: compiled block kernels and their lazy dask wrapper.
 
 Step three of the data flow. Each block is mapped by a GIL-free compiled loop, so dask threads
 apply blocks in parallel. The LUT reaches the dask graph once, as explicit arguments: every task
-gets its row chunk's rows (one view per band chunk, shared by all the blocks of those rows, so a
-pickled graph holds the table once), never the whole LUT in a closure, and no task of its own
-(a root task that dask's local scheduler would start only after the reads). numpy input is
-mapped by local threads, piece by piece (:func:`~rastermatch._data.thread_pieces`), straight
-into one output array.
+gets the table rows of its row chunk (and, for a per-detector LUT, of the detectors its lines or
+columns touch), views of one table shared by every block that needs the same rows, so a pickled
+graph holds each row about once, never the whole LUT in a closure, and no task of its own (a
+root task that dask's local scheduler would start only after the reads). numpy input is mapped
+by local threads, piece by piece (:func:`~rastermatch._data.thread_pieces`), straight into one
+output array.
 
 The data's rows meet the LUT's through :meth:`Rows.index_for <rastermatch._rows.Rows.index_for>`:
 a LUT fitted per band maps every date of a ``(time, band, y, x)`` stack, a LUT with a row per
-(date, band) maps each date's bands with their own tables.
+(date, band) maps each date's bands with their own tables. A per-detector LUT (its last row dim
+``detector``, :func:`rastermatch.fit_detectors`) maps pixel ``(r, i, j)`` with the table of row
+``r``'s base row and of the detector of line ``i`` (or column ``j``), the data's detectors
+meeting the LUT's by label (:func:`detector_index`). A plain LUT is the one-detector case of the
+same kernels.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask
 import dask.array as da
@@ -26,127 +32,195 @@ from dask.base import tokenize
 from dask.layers import ArrayValuesDep
 
 from ._data import as_band_array, thread_pieces
-from ._rows import Rows
-from ._values import check_nodata, float_bounds, kernel_nodata, nodata_fits, uniform_bin
+from ._detectors import Detectors
+from ._rows import Rows, show_label
+from ._values import (
+    EXACT_MAX_ITEMSIZE,
+    check_nodata,
+    float_bounds,
+    kernel_nodata,
+    nodata_fits,
+    uniform_bin,
+)
 from .errors import (
     BandMismatchError,
     NodataConflictError,
     NodataReplacedWarning,
+    OptionError,
     UnsupportedDtypeError,
 )
 
 if TYPE_CHECKING:
     from .lut import LUT
 
-__all__ = ["apply_lut", "apply_lut_array", "lut_rows", "resolve_out_nodata", "row_index"]
+__all__ = [
+    "apply_lut",
+    "apply_lut_array",
+    "apply_lut_by_detector",
+    "base_rows",
+    "detector_index",
+    "lut_rows",
+    "resolve_out_nodata",
+    "row_index",
+]
+
+Axis = Literal["y", "x"]
 
 
 # -- compiled kernels: one pass over the block, nodata and NaN handled inline --------------------
+#
+# Both kernels read the table row of pixel (b, i, j) as ``table[rows[b], d]``: ``rows`` names the
+# table row of every block row and ``d`` the detector, ``det[i]`` per line (``by_x`` False) or
+# ``det[j]`` per column (``by_x`` True). A plain LUT is the one-detector case (a detector axis of
+# length 1 and ``det`` all zeros), so band and per-detector LUTs run the same loops.
+
+
+@numba.njit(inline="always")
+def _level(v, t, offset, last, clamp, nodata, has_nodata, fill):  # pragma: no cover
+    """One value through one table row: ``t[v - offset]``, clamped to ``0..last`` if asked."""
+    if has_nodata and v == nodata:
+        return fill
+    if clamp:
+        return t[min(max(np.int64(v) - offset, 0), last)]
+    return t[v - offset]
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_levels(block, table, offset, nodata, has_nodata, out_nodata, out):  # pragma: no cover
+def _apply_levels(
+    block, table, rows, det, by_x, offset, clamp, nodata, has_nodata, fill, out
+):  # pragma: no cover
+    """``out = table[rows[b], d, v - offset]``.
+
+    ``clamp`` for a table over a sub-range ``[lo, hi]`` of the dtype (a ranged levels binning):
+    values below ``lo`` map as ``lo`` and values above ``hi`` as ``hi``. The source CDF is flat
+    outside the range the fit saw, so this is what the full-dtype table would give. A table
+    over the whole dtype needs no clamp (every value indexes it), and skips it.
+    """
     nb, ny, nx = block.shape
+    last = table.shape[2] - 1
     for b in range(nb):
-        t = table[b]
-        if has_nodata:
-            for i in range(ny):
+        r = rows[b]
+        for i in range(ny):
+            if by_x:
+                for j in range(nx):
+                    t = table[r, det[j]]
+                    v = block[b, i, j]
+                    out[b, i, j] = _level(v, t, offset, last, clamp, nodata, has_nodata, fill)
+            else:
+                t = table[r, det[i]]
                 for j in range(nx):
                     v = block[b, i, j]
-                    out[b, i, j] = out_nodata if v == nodata else t[v - offset]
-        else:
-            for i in range(ny):
-                for j in range(nx):
-                    out[b, i, j] = t[block[b, i, j] - offset]
+                    out[b, i, j] = _level(v, t, offset, last, clamp, nodata, has_nodata, fill)
+
+
+@numba.njit(inline="always")
+def _interval(f, tb, cb, lo, scale, is_int, out_lo, out_hi):  # pragma: no cover
+    """One valid value ``f`` through one row's interval table ``tb`` (``cb``: its one-value
+    bins, NaN elsewhere; ``lo``, ``scale``: its binning)."""
+    nbins = cb.shape[0]
+    k = uniform_bin(f, lo, scale, nbins)
+    c = cb[k]
+    if c == c:
+        return c
+    smin = tb[k, 0]
+    smax = tb[k, 1]
+    olo = tb[k, 2]
+    ohi = tb[k, 3]
+    if olo == ohi or smin >= smax:  # a NaN olo lands here
+        r = olo
+    elif olo == smin and ohi == smax:
+        r = min(max(f, smin), smax)  # the identity, exactly
+    elif f <= smin:
+        r = olo
+    elif f >= smax:
+        r = ohi
+    else:
+        r = olo + (f - smin) * (ohi - olo) / (smax - smin)
+        r = min(max(r, olo), ohi)
+    if is_int:
+        r = min(max(np.rint(r), out_lo), out_hi)
+    return r
 
 
 @numba.njit(nogil=True, cache=True)
 def _apply_intervals(
-    block, table, lohi, nodata, has_nodata, fill, is_int, out_lo, out_hi, out
+    block, table, lohi, rows, det, by_x, nodata, has_nodata, fill, is_int, out_lo, out_hi, out
 ):  # pragma: no cover
     """Map each value through its bin's interval row ``(smin, smax, olo, ohi)``.
 
     The bin index is clamped by :func:`uniform_bin`, so no input reads outside the table. Bins
     whose output is one value (``olo == ohi`` or ``smin >= smax``: most bins of quantised data)
-    are first resolved per band into ``const`` (NaN for the others), a table of one float per
-    bin instead of four, so their pixels read 8 bytes and take no further branch.
+    are first resolved, for every (row, detector) the block uses, into ``const`` (NaN for the
+    others), a table of one float per bin instead of four, so their pixels read 8 bytes and
+    take no further branch.
     """
     nb, ny, nx = block.shape
-    nbins = table.shape[1]
-    const = np.empty(nbins, dtype=np.float64)
+    ndet, nbins = table.shape[1], table.shape[2]
+    used = np.zeros(ndet, dtype=np.bool_)
+    for d in det:
+        used[d] = True
+    const = np.empty((nb, ndet, nbins), dtype=np.float64)  # only the used detectors touched
+    scale = np.zeros((nb, ndet), dtype=np.float64)
     for b in range(nb):
-        tb = table[b]
-        for k in range(nbins):
-            olo = tb[k, 2]
-            if olo == tb[k, 3] or tb[k, 0] >= tb[k, 1]:
-                r = olo
-                if is_int:
-                    r = min(max(np.rint(r), out_lo), out_hi)
-                const[k] = r
-            else:
-                const[k] = np.nan
-        lo = lohi[b, 0]
-        hi = lohi[b, 1]
-        scale = nbins / (hi - lo) if hi > lo else 0.0
+        r = rows[b]
+        for d in range(ndet):
+            if not used[d]:
+                continue
+            for k in range(nbins):
+                olo = table[r, d, k, 2]
+                if olo == table[r, d, k, 3] or table[r, d, k, 0] >= table[r, d, k, 1]:
+                    c = olo
+                    if is_int:
+                        c = min(max(np.rint(c), out_lo), out_hi)
+                    const[b, d, k] = c
+                else:
+                    const[b, d, k] = np.nan
+            lo, hi = lohi[r, d, 0], lohi[r, d, 1]
+            scale[b, d] = nbins / (hi - lo) if hi > lo else 0.0
+    for b in range(nb):
+        r = rows[b]
         for i in range(ny):
+            d = 0 if by_x else det[i]
             for j in range(nx):
+                if by_x:
+                    d = det[j]
                 v = block[b, i, j]
                 f = np.float64(v)
                 if (has_nodata and v == nodata) or f - f != 0.0:  # nodata, NaN, infinite
                     out[b, i, j] = fill
-                    continue
-                k = uniform_bin(f, lo, scale, nbins)
-                c = const[k]
-                if c == c:
-                    out[b, i, j] = c
-                    continue
-                smin = tb[k, 0]
-                smax = tb[k, 1]
-                olo = tb[k, 2]
-                ohi = tb[k, 3]
-                if olo == ohi or smin >= smax:  # a NaN olo lands here
-                    r = olo
-                elif olo == smin and ohi == smax:
-                    r = min(max(f, smin), smax)  # the identity, exactly
-                elif f <= smin:
-                    r = olo
-                elif f >= smax:
-                    r = ohi
                 else:
-                    r = olo + (f - smin) * (ohi - olo) / (smax - smin)
-                    r = min(max(r, olo), ohi)
-                if is_int:
-                    r = min(max(np.rint(r), out_lo), out_hi)
-                out[b, i, j] = r
+                    out[b, i, j] = _interval(
+                        f, table[r, d], const[b, d], lohi[r, d, 0], scale[b, d], is_int,
+                        out_lo, out_hi,
+                    )  # fmt: skip
 
 
 # -- block function ---------------------------------------------------------------------------
-
-
-def _levels_fit(block_dtype: np.dtype, table: np.ndarray, offset: int) -> bool:
-    """Whether every value of ``block_dtype`` indexes ``table`` rows as ``value - offset``."""
-    if block_dtype.kind not in "iu" or block_dtype.itemsize > 2:
-        return False
-    info = np.iinfo(block_dtype)
-    return offset == int(info.min) and table.shape[-1] == int(info.max) - int(info.min) + 1
 
 
 def apply_block(
     block: np.ndarray,
     table: np.ndarray,
     lohi: np.ndarray,
+    det: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
     *,
     kind: str,
     offset: int,
     nodata: Any,
     out_nodata: Any,
     out_dtype: np.dtype,
+    axis: Axis = "y",
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Map one ``(band, y, x)`` block; ``table`` and ``lohi`` hold the block's bands' rows.
+    """Map one ``(row, y, x)`` block through the table rows it needs.
 
-    ``kind`` is the LUT's (``"table"`` or ``"interval"``). ``out``, when given, receives the
-    result (a view of a larger output, say).
+    ``table`` holds one table per row, ``(row, nbins)`` (``kind="table"``) or ``(row, nbins,
+    4)`` (``kind="interval"``), or one per (row, detector), ``(row, detector, nbins[, 4])``;
+    ``lohi`` the bin ranges, ``(row, 2)`` or ``(row, detector, 2)``. ``rows`` names the table
+    row of every block row (default: in order); ``det`` the table's detector of every line
+    (``axis="y"``) or column (``axis="x"``) of the block (default: detector 0). ``out``, when
+    given, receives the result (a view of a larger output, say).
     """
     dtype = np.dtype(out_dtype)
     nd, has_nd = kernel_nodata(block, nodata)
@@ -156,21 +230,61 @@ def apply_block(
         fill = dtype.type(np.nan) if dtype.kind == "f" else dtype.type(0)
     else:
         fill = dtype.type(out_nodata)
+    if table.ndim == (2 if kind == "table" else 3):  # one table per row: one detector
+        table, lohi = table[:, None], lohi[:, None]
+    by_x = axis == "x"
+    nb, ny, nx = block.shape
+    rows = np.arange(nb, dtype=np.intp) if rows is None else np.asarray(rows, dtype=np.intp)
+    det = np.zeros(nx if by_x else ny, np.intp) if det is None else np.asarray(det, np.intp)
+    _check_block(block, table, lohi, rows, det, kind=kind, by_x=by_x)
     if kind == "table":
-        if not _levels_fit(block.dtype, table, offset) or table.shape[0] != block.shape[0]:
-            raise UnsupportedDtypeError(
-                f"a level table of shape {table.shape} (offset {offset}) cannot map "
-                f"{block.dtype} data; fit the LUT on data of this dtype"
-            )
-        _apply_levels(block, table, offset, nd, has_nd, fill, out)
+        info = np.iinfo(block.dtype)
+        clamp = offset != int(info.min) or table.shape[2] != int(info.max) - int(info.min) + 1
+        _apply_levels(block, table, rows, det, by_x, offset, clamp, nd, has_nd, fill, out)
         return out
-    if table.ndim != 3 or table.shape[2] != 4 or table.shape[0] != block.shape[0]:
-        raise BandMismatchError(
-            f"an interval table of shape {table.shape} cannot map a block of shape {block.shape}"
-        )
     out_lo, out_hi = float_bounds(dtype) if dtype.kind in "iu" else (-np.inf, np.inf)
-    _apply_intervals(block, table, lohi, nd, has_nd, fill, dtype.kind in "iu", out_lo, out_hi, out)
+    is_int = dtype.kind in "iu"
+    _apply_intervals(
+        block, table, lohi, rows, det, by_x, nd, has_nd, fill, is_int, out_lo, out_hi, out
+    )
     return out
+
+
+def _check_block(
+    block: np.ndarray,
+    table: np.ndarray,
+    lohi: np.ndarray,
+    rows: np.ndarray,
+    det: np.ndarray,
+    *,
+    kind: str,
+    by_x: bool,
+) -> None:
+    """The kernels index without bounds checks: every index they will use is checked here."""
+    if kind == "table":
+        if block.dtype.kind not in "iu" or block.dtype.itemsize > EXACT_MAX_ITEMSIZE:
+            raise UnsupportedDtypeError(
+                f"a level table cannot map {block.dtype} data; fit the LUT on data of this dtype"
+            )
+        shape_ok = table.ndim == 3 and table.shape[2] >= 1
+    else:
+        shape_ok = table.ndim == 4 and table.shape[2] >= 1 and table.shape[3] == 4
+    if not shape_ok or lohi.shape != (*table.shape[:2], 2):
+        raise BandMismatchError(
+            f"a {kind} of shape {table.shape} (ranges {lohi.shape}) cannot map a block of shape "
+            f"{block.shape}"
+        )
+    n = block.shape[2] if by_x else block.shape[1]
+    if rows.shape != block.shape[:1] or det.shape != (n,):
+        raise BandMismatchError(
+            f"{rows.shape[0]} row indices and {det.shape[0]} detector indices for a block of "
+            f"shape {block.shape}"
+        )
+    for what, index, size in (("row", rows, table.shape[0]), ("detector", det, table.shape[1])):
+        if index.size and (index.min() < 0 or index.max() >= size):
+            raise BandMismatchError(
+                f"a {what} index outside 0..{size - 1} for a table of shape {table.shape}"
+            )
 
 
 def block_arguments(
@@ -188,10 +302,22 @@ def block_arguments(
     return lut.table, np.stack([b.lo, b.hi], axis=1), kwargs
 
 
+# -- which LUT row maps which data row ------------------------------------------------------
+
+
 def lut_rows(lut: LUT) -> Rows:
     """The LUT's rows (a band dim for a LUT that records only band labels)."""
     rows = getattr(lut, "rows", None)
     return rows if isinstance(rows, Rows) else Rows.bands(lut.bands)
+
+
+def base_rows(lut: LUT) -> Rows:
+    """The LUT's rows without its ``detector`` dim (a per-detector LUT's bands, dates, ...);
+    all its rows for a LUT without one."""
+    rows = lut_rows(lut)
+    if rows.dims and rows.dims[-1] == "detector":
+        return Rows(rows.dims[:-1], rows.coords[:-1])
+    return rows
 
 
 def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.ndarray | None:
@@ -200,8 +326,10 @@ def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.n
     Dims both have are aligned by label, dims only the data has share the LUT's rows (a band
     LUT maps every date); dims only the LUT has must be of length 1. Data without labels of
     its own (numpy, dask) must have as many bands as the LUT: its band numbers are positions.
+    For a per-detector LUT the rows are its base rows (:func:`base_rows`): the detector of a
+    pixel is its line's or column's, not its row's.
     """
-    have = lut_rows(lut)
+    have = base_rows(lut) if getattr(lut, "detectors", None) is not None else lut_rows(lut)
     if not labelled and "band" in have.dims and "band" in rows.dims:
         n, m = len(rows.coord("band")), len(have.coord("band"))
         if n != m:
@@ -212,6 +340,42 @@ def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.n
     if index.size == have.size and np.array_equal(index, np.arange(have.size)):
         return None
     return index
+
+
+def detector_index(lut: LUT, layout: Detectors, size: int, name: str) -> np.ndarray:
+    """The LUT detector (position on its ``detector`` dim) of every line or column of data
+    ``size`` lines (columns) long laid out as ``layout``: the data's detectors meet the LUT's
+    by label, so a scene whose first line is another detector maps right."""
+    positions, labels = layout.resolve(size, name)
+    have = lut_rows(lut).coord("detector")
+    lookup: dict[Hashable, int] = {}
+    for i, v in enumerate(have):
+        lookup.setdefault(v, i)
+    to_lut = np.array([lookup.get(v, -1) for v in labels], dtype=np.int64)
+    missing = np.flatnonzero(to_lut < 0)
+    if missing.size:
+        m = int(missing[0])
+        at = int(np.flatnonzero(positions == m)[0])
+        what = "line" if layout.axis == "y" else "column"
+        shown = ", ".join(show_label(v) for v in have[:8]) + (", ..." if len(have) > 8 else "")
+        raise BandMismatchError(
+            f"{what} {at} of {name} is detector {show_label(labels[m])}, which the LUT has no "
+            f"table for (its detectors: {shown}); apply it to scenes of the detector layout it "
+            "was fitted on, or fit a LUT on this scene"
+        )
+    return to_lut[positions]
+
+
+# -- whole arrays -------------------------------------------------------------------------------
+
+
+def _check_levels_dtype(array: np.ndarray | da.Array, lut: LUT) -> None:
+    b = lut.source_binning
+    if b.kind == "levels" and array.dtype != b.dtype:
+        raise UnsupportedDtypeError(
+            f"this LUT was fitted on {b.dtype} data and cannot map {array.dtype} data; fit a LUT "
+            f"on {array.dtype} data, or convert the data to {b.dtype} first"
+        )
 
 
 def apply_lut_array(
@@ -226,63 +390,237 @@ def apply_lut_array(
 
     ``index`` names the LUT row of every data row (:func:`row_index`); default the LUT's rows
     in order. numpy input is mapped by local threads; dask output keeps the input's chunks.
-    The output dtype is ``lut.dtype``.
+    The output dtype is ``lut.dtype``. A per-detector LUT is applied with
+    :func:`apply_lut_by_detector`.
     """
-    b = lut.source_binning
-    if b.kind == "levels" and array.dtype != b.dtype:
-        raise UnsupportedDtypeError(
-            f"this LUT was fitted on {b.dtype} data and cannot map {array.dtype} data; fit a LUT "
-            f"on {array.dtype} data, or convert the data to {b.dtype} first"
+    if getattr(lut, "detectors", None) is not None:
+        raise BandMismatchError(
+            f"this LUT has a table per detector ({lut.detectors.describe()}); apply it with "
+            "lut.apply(data) or apply_lut_by_detector"
         )
+    _check_levels_dtype(array, lut)
     table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
-    if index is not None:
-        table, lohi = table[index], lohi[index]
-    if array.shape[0] != table.shape[0]:
+    rows = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    if array.shape[0] != rows.size:
         raise BandMismatchError(
             f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
             "bands the LUT was fitted on"
         )
+    # one detector: a detector axis of length 1, every line detector 0
+    det = np.zeros(array.shape[1], dtype=np.int64)
+    return _map_rows(array, table[:, None], lohi[:, None], rows, det, "y", kwargs)
+
+
+def apply_lut_by_detector(
+    array: np.ndarray | da.Array,
+    lut: LUT,
+    *,
+    detector_index: np.ndarray,
+    axis: Axis,
+    row_index: np.ndarray | None = None,
+    nodata: Any = None,
+    out_nodata: Any = None,
+) -> np.ndarray | da.Array:
+    """Map a ``(row, y, x)`` array through a per-detector LUT; lazy for dask input.
+
+    Pixel ``(r, i, j)`` is mapped by LUT row ``row_index[r] * ndet + detector_index[i]``
+    (``axis="y"``, a detector per line) or ``... + detector_index[j]`` (``axis="x"``, per
+    column), ``ndet`` the length of the LUT's last row dim, ``detector``.
+
+    Parameters
+    ----------
+    array
+        numpy or dask ``(row, y, x)``; numpy is mapped by local threads, dask lazily with the
+        input's chunks, every task holding only the table rows of its rows and of the
+        detectors its lines (columns) touch.
+    lut
+        A LUT whose last row dim is ``detector`` (:func:`rastermatch.fit_detectors`).
+    detector_index
+        For every line (``axis="y"``) or column (``axis="x"``) of the full image, the
+        position of its detector on the LUT's ``detector`` dim (:func:`detector_index`).
+    row_index
+        For every data row, the LUT's base row (bands, dates, ... without the detector);
+        default the LUT's base rows in order.
+    nodata, out_nodata
+        Pixels equal to ``nodata`` (and NaN) become ``out_nodata`` (default 0, NaN for
+        floats), as in :func:`apply_lut_array`.
+
+    Examples
+    --------
+    Two detectors along y on alternate lines; detector 1 reads one level low.
+
+    >>> import numpy as np
+    >>> from rastermatch import LUT
+    >>> from rastermatch._detectors import Detectors
+    >>> from rastermatch._rows import Rows
+    >>> from rastermatch.histogram import Binning
+    >>> levels = np.arange(256, dtype=np.uint8)
+    >>> table = np.stack([levels, np.minimum(levels, 254) + 1])
+    >>> rows = Rows(("band", "detector"), ((1,), (0, 1)))
+    >>> lut = LUT(table, Binning.levels(np.uint8, 2), np.uint8, rows=rows,
+    ...           detectors=Detectors(count=2))
+    >>> data = np.full((1, 4, 3), 10, dtype=np.uint8)
+    >>> out = apply_lut_by_detector(data, lut, detector_index=np.array([0, 1, 0, 1]), axis="y")
+    >>> out[0, :, 0].tolist()
+    [10, 11, 10, 11]
+    """
+    if axis not in ("y", "x"):
+        raise OptionError(f"the detector axis must be 'y' or 'x', not {axis!r}")
+    _check_levels_dtype(array, lut)
+    have = lut_rows(lut)
+    if not have.dims or have.dims[-1] != "detector":
+        raise BandMismatchError(
+            f"this LUT's rows {have.dims} have no 'detector' dim; apply it with lut.apply(data) "
+            "or fit a per-detector LUT with rastermatch.fit_detectors"
+        )
+    ndet = len(have.coords[-1])
+    nbase = have.size // ndet
+    what = "line" if axis == "y" else "column"
+    size = array.shape[1] if axis == "y" else array.shape[2]
+    det = _checked_index(detector_index, size, ndet, f"detector_index (one per {what})")
+    if row_index is None:
+        if array.shape[0] != nbase:
+            raise BandMismatchError(
+                f"the data has {array.shape[0]} rows and the LUT {nbase} (without its "
+                "detectors); select the bands the LUT was fitted on, or pass row_index"
+            )
+        rows = np.arange(nbase, dtype=np.int64)
+    else:
+        rows = _checked_index(row_index, array.shape[0], nbase, "row_index (one per data row)")
+    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
+    table = table.reshape(nbase, ndet, *table.shape[1:])
+    lohi = lohi.reshape(nbase, ndet, 2)
+    return _map_rows(array, table, lohi, rows, det, axis, kwargs)
+
+
+def _checked_index(index: Any, size: int, top: int, name: str) -> np.ndarray:
+    """``index`` as int64 of ``size`` entries in ``0..top - 1``, else OptionError naming it."""
+    values = np.asarray(index)
+    if values.shape != (size,) or (values.size and values.dtype.kind not in "iu"):
+        raise OptionError(
+            f"{name} must be {size} integers, not {values.dtype} of shape {values.shape}"
+        )
+    values = values.astype(np.int64, copy=False)
+    bad = np.flatnonzero((values < 0) | (values >= top))
+    if bad.size:
+        raise OptionError(
+            f"{name} is {values[bad[0]]} at position {bad[0]}; the LUT has positions 0..{top - 1}"
+        )
+    return values
+
+
+def _map_rows(
+    array: np.ndarray | da.Array,
+    table: np.ndarray,
+    lohi: np.ndarray,
+    rows: np.ndarray,
+    det: np.ndarray,
+    axis: Axis,
+    kwargs: dict[str, Any],
+) -> np.ndarray | da.Array:
+    """Data row ``r``, line ``i``, column ``j`` through ``table[rows[r], det[i or j]]``.
+
+    ``table`` is ``(base row, detector, nbins[, 4])`` and ``lohi`` ``(base row, detector, 2)``.
+    numpy input: threads, each piece given the whole table (shared memory, nothing copied).
+    dask input: one blockwise task per block, each holding its literal share of the table.
+    """
     if isinstance(array, np.ndarray):
-        return _apply_threaded(array, table, lohi, kwargs)
-    token = tokenize(table, lohi, lut.dtype)
-    # Each task holds its row chunk's rows as literal arguments (views of one table), not a
-    # key of their own: table keys would be root tasks, which dask's local scheduler starts
-    # only after the reads a shared root released (last in, first out), so every block of a
-    # stack was read before the first one was mapped and written.
-    band_chunks = array.chunks[0]
-    edges = itertools.pairwise(np.cumsum((0, *band_chunks)))
-    rows = {(i,): slice(a, b) for i, (a, b) in enumerate(edges)}
-    tables = ArrayValuesDep((band_chunks,), {i: table[s] for i, s in rows.items()})
-    ranges = ArrayValuesDep((band_chunks,), {i: lohi[s] for i, s in rows.items()})
+        return _apply_threaded(array, table, lohi, rows, det, axis, kwargs)
+    # 1. every row chunk needs the LUT base rows of its rows and every chunk of the detector
+    #    axis the detectors of its lines (columns): the distinct ones, as a slice (a view)
+    #    when they are a contiguous run, with each row's (line's) position among them.
+    # 2. a task gets the table rows of (its row chunk, its detector-axis chunk) as literal
+    #    arguments, not a key of their own: table keys would be root tasks, which dask's local
+    #    scheduler starts only after the reads a shared root released (last in, first out), so
+    #    every block of a stack would be read before the first one was mapped and written.
+    # 3. equal selections share one array object, so a pickled graph holds it once: the
+    #    periodic detectors of every y chunk, the rows of every chunk along the other axis.
+    ax = 1 if axis == "y" else 2
+    letter = "yx"[ax - 1]
+    row_chunks, det_chunks = array.chunks[0], array.chunks[ax]
+    row_parts = [_distinct(rows[a:b]) for a, b in _edges(row_chunks)]
+    det_parts = [_distinct(det[a:b]) for a, b in _edges(det_chunks)]
+    shared: dict[tuple[Hashable, Hashable], tuple[np.ndarray, np.ndarray]] = {}
+    tables, ranges = {}, {}
+    for i, (rsel, _) in enumerate(row_parts):
+        for k, (dsel, _) in enumerate(det_parts):
+            key = (_selection_key(rsel), _selection_key(dsel))
+            if key not in shared:
+                shared[key] = (_take(table, rsel, dsel), _take(lohi, rsel, dsel))
+            tables[(i, k)], ranges[(i, k)] = shared[key]
+    local_rows = {(i,): local for i, (_, local) in enumerate(row_parts)}
+    local_dets = {(k,): local for k, (_, local) in enumerate(det_parts)}
+    dtype = kwargs["out_dtype"]
+    token = tokenize(array, table, lohi, rows, det, axis, kwargs)
     return da.blockwise(
         apply_block,
         "byx",
         array,
         "byx",
-        tables,
-        "b",
-        ranges,
+        ArrayValuesDep((row_chunks, det_chunks), tables),
+        "b" + letter,
+        ArrayValuesDep((row_chunks, det_chunks), ranges),
+        "b" + letter,
+        ArrayValuesDep((det_chunks,), local_dets),
+        letter,
+        ArrayValuesDep((row_chunks,), local_rows),
         "b",
         align_arrays=False,
-        dtype=lut.dtype,
-        meta=np.empty((0, 0, 0), lut.dtype),
-        name=f"rastermatch-apply-{tokenize(array, token, nodata, out_nodata)}",
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype),
+        name=f"rastermatch-apply-{token}",
+        axis=axis,
         **kwargs,
     )
 
 
+def _edges(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(np.cumsum((0, *chunks)).tolist()))
+
+
+def _distinct(values: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray]:
+    """The distinct ``values`` (a slice when they are a contiguous run) and the position of
+    every value among them."""
+    if values.size == 0:
+        return slice(0, 0), values.astype(np.intp)
+    lo, hi = int(values.min()), int(values.max())
+    seen = np.zeros(hi - lo + 1, dtype=bool)
+    seen[values - lo] = True
+    if seen.all():
+        return slice(lo, hi + 1), (values - lo).astype(np.intp)
+    distinct, local = np.unique(values, return_inverse=True)
+    return distinct, local.astype(np.intp)
+
+
+def _selection_key(sel: slice | np.ndarray) -> Hashable:
+    return (sel.start, sel.stop) if isinstance(sel, slice) else sel.tobytes()
+
+
+def _take(a: np.ndarray, rsel: slice | np.ndarray, dsel: slice | np.ndarray) -> np.ndarray:
+    """``a[rsel][:, dsel]``, a view when both are slices."""
+    if isinstance(rsel, slice) or isinstance(dsel, slice):
+        return a[rsel, dsel]
+    return a[np.ix_(rsel, dsel)]
+
+
 def _apply_threaded(
-    array: np.ndarray, table: np.ndarray, lohi: np.ndarray, kwargs: dict[str, Any]
+    array: np.ndarray,
+    table: np.ndarray,
+    lohi: np.ndarray,
+    rows: np.ndarray,
+    det: np.ndarray,
+    axis: Axis,
+    kwargs: dict[str, Any],
 ) -> np.ndarray:
     """numpy in: every :func:`thread_pieces` piece mapped by a thread into one output array."""
     out = np.empty(array.shape, dtype=kwargs["out_dtype"])
     pieces = thread_pieces(array.shape)
     if len(pieces) == 1:
-        return apply_block(array, table, lohi, out=out, **kwargs)
+        return apply_block(array, table, lohi, det, rows, axis=axis, out=out, **kwargs)
     tasks = [
         dask.delayed(apply_block, pure=False)(
-            array[b : b + 1, s], table[b : b + 1], lohi[b : b + 1], out=out[b : b + 1, s],
-            **kwargs,
+            array[b : b + 1, s], table, lohi, det[s] if axis == "y" else det, rows[b : b + 1],
+            axis=axis, out=out[b : b + 1, s], **kwargs,
         )
         for b, s in pieces
     ]  # fmt: skip
@@ -345,6 +683,7 @@ def apply_lut(
     nodata: Any = None,
     out_nodata: Any = None,
     channel_axis: int | None = None,
+    detectors: Detectors | None = None,
 ) -> Any:
     """Map ``data`` (numpy, dask, DataArray or Dataset) through ``lut``, returning the same
     kind and layout.
@@ -354,9 +693,28 @@ def apply_lut(
     ``.rio.nodata``, else the LUT's; ``out_nodata`` to the LUT's, else the input nodata; it is
     replaced when valid pixels are mapped onto it (see :func:`resolve_out_nodata`).
     ``channel_axis`` as in :func:`~rastermatch.match_histograms`. Lazy for dask-backed input.
+
+    A per-detector LUT (``lut.detectors`` set) maps every line (column) with its detector's
+    table: the data's layout is ``detectors`` (a :class:`~rastermatch._detectors.Detectors`,
+    for a scene whose first line is another detector, say), default the LUT's own, and its
+    detectors meet the LUT's by label (:func:`detector_index`).
     """
     src = as_band_array(data, nodata=nodata, name="data", channel_axis=channel_axis)
+    layout = detectors if detectors is not None else getattr(lut, "detectors", None)
+    if layout is not None and not isinstance(layout, Detectors):
+        raise OptionError(
+            f"detectors must be a rastermatch Detectors layout, not {type(layout).__name__}; "
+            "build one with Detectors.of(16, axis='y', offset=0)"
+        )
+    if detectors is not None and getattr(lut, "detectors", None) is None:
+        raise BandMismatchError(
+            "detectors= is for a per-detector LUT, and this one has one table per band; "
+            "fit one with rastermatch.fit_detectors"
+        )
     index = row_index(lut, src.rows, src.name, labelled=src.template is not None)
+    if layout is not None:
+        size = src.array.shape[1 if layout.axis == "y" else 2]
+        det = detector_index(lut, layout, size, src.name)
     if out_nodata is not None:
         out_nodata = check_nodata(out_nodata, lut.dtype, "the output", what="out_nodata")
     nd = src.nodata if src.nodata is not None else lut.nodata
@@ -367,5 +725,16 @@ def apply_lut(
     )
     may_have_invalid = nd is not None or src.dtype.kind == "f"
     out_nd = resolve_out_nodata(lut, preferred, may_have_invalid=may_have_invalid)
-    result = apply_lut_array(src.array, lut, nodata=nd, out_nodata=out_nd, index=index)
+    if layout is None:
+        result = apply_lut_array(src.array, lut, nodata=nd, out_nodata=out_nd, index=index)
+    else:
+        result = apply_lut_by_detector(
+            src.array,
+            lut,
+            detector_index=det,
+            axis=layout.axis,
+            row_index=index,
+            nodata=nd,
+            out_nodata=out_nd,
+        )
     return src.wrap(result, nodata=out_nd)
