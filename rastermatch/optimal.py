@@ -61,8 +61,8 @@ Exact arithmetic: with ``weights`` None (or non-negative integers) the gaps are 
 integers: pair ``j``'s CDF difference ``S/N_src - C/N_ref`` is ``(S m_ref - C m_src) / D_j`` with
 ``m = N / gcd(N_src, N_ref)`` and ``D_j = N_src m_ref``, scaled to the common denominator
 ``L = lcm_j D_j``, as :mod:`rastermatch.lut` does for one pair. The KS recurrence stays in int64
-while ``L sum(w) < 2**62``; the W1 recurrence while also the reference values are integers and
-``L sum(w) (v(c_Q) - v(c_1)) < 2**62``. Beyond that (billions of pixels; float reference values;
+while ``L sum(w) < 2**61``; the W1 recurrence while also the reference values are integers and
+``L sum(w) (v(c_Q) - v(c_1)) < 2**61``. Beyond that (billions of pixels; float reference values;
 fractional weights) the same recurrences run in float64, and ties closer than float64 rounding
 may be decided either way.
 
@@ -91,19 +91,27 @@ LEVELS = ("present", "all")
 MAX_CELLS = 2**28
 """The largest ``P * Q`` (present source levels times candidate reference levels) solved."""
 
-# int64 recurrences stay below this, so that adding one more term can never wrap
-_INT_LIMIT = 2**62
-_INT_INF = np.iinfo(np.int64).max
+# int64 recurrences: every finite value stays below _INT_LIMIT and "infinity" is _INT_INF, so
+# a finite term added to infinity (before it is clamped back) can never wrap
+_INT_LIMIT = 2**61
+_INT_INF = 2**62
 
 
 # -- compiled recurrences ------------------------------------------------------------------------
+# Each row of cells is two passes: the gaps d(t, a) for every cut at once (a loop over
+# contiguous memory that LLVM vectorises), then the running suffix minimum, the one sequential
+# step.
 @numba.njit(nogil=True, cache=True)
-def _gap(a_cum, b_cum, t, a):  # pragma: no cover - compiled
-    """d(t, a): the weighted sum over pairs of |scaled S_j(a) - scaled F_ref,j(c_t)|."""
-    d = abs(a_cum[0, a] - b_cum[0, t])
+def _row_gaps(a_cum, b_cum, t, out):  # pragma: no cover - compiled
+    """out[a] = d(t, a) = sum_j |A[j, a] - B[j, t]| (the weights are folded into A and B)."""
+    p1 = a_cum.shape[1]
+    b = b_cum[0, t]
+    for a in range(p1):
+        out[a] = abs(a_cum[0, a] - b)
     for j in range(1, a_cum.shape[0]):
-        d += abs(a_cum[j, a] - b_cum[j, t])
-    return d
+        b = b_cum[j, t]
+        for a in range(p1):
+            out[a] += abs(a_cum[j, a] - b)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -112,21 +120,24 @@ def _minimax(a_cum, b_cum):  # pragma: no cover - compiled
     p1 = a_cum.shape[1]
     nq = b_cum.shape[1]
     best = np.zeros(p1, dtype=a_cum.dtype)  # M(t + 1, a), in place; M(Q, a) = E(Q, P) = 0
+    e = np.empty(p1, dtype=a_cum.dtype)
     for t in range(nq - 2, -1, -1):
-        run = best[p1 - 1]
+        _row_gaps(a_cum, b_cum, t, e)
+        for a in range(p1):
+            e[a] = max(e[a], best[a])
+        run = e[p1 - 1]
         for a in range(p1 - 1, -1, -1):
-            e = _gap(a_cum, b_cum, t, a)
-            if best[a] > e:
-                e = best[a]
-            if a == p1 - 1 or e < run:
-                run = e
+            run = min(run, e[a])
             best[a] = run
     return best[0]
 
 
 @numba.njit(nogil=True, cache=True)
-def _min_sum(a_cum, b_cum, gaps, inf, mask_a, mask_b, limit, masked, record):  # pragma: no cover
-    """The W1 recurrence, optionally over the cells with ``d(t, a) <= limit`` only (``masked``).
+def _min_sum(  # pragma: no cover - compiled
+    a_cum, b_cum, gaps, inf, mask_a, mask_b, limit, masked, same, record
+):
+    """The W1 recurrence, optionally over the cells with ``d(t, a) <= limit`` only (``masked``;
+    the cells' ``d`` from ``mask_a, mask_b``, which are ``a_cum, b_cum`` themselves if ``same``).
 
     ``record[t, a]`` = 1 when ``E(t, a)`` is below every ``E(t, a')`` with ``a' > a``: the cut the
     forward walk takes from any cut at or below ``a`` up to the next recorded one.
@@ -134,21 +145,28 @@ def _min_sum(a_cum, b_cum, gaps, inf, mask_a, mask_b, limit, masked, record):  #
     p1 = a_cum.shape[1]
     nq = b_cum.shape[1]
     best = np.zeros(p1, dtype=gaps.dtype)
+    e = np.empty(p1, dtype=gaps.dtype)
+    dm = np.empty(p1 if masked and not same else 0, dtype=mask_a.dtype)
     for t in range(nq - 2, -1, -1):
-        run = inf
+        _row_gaps(a_cum, b_cum, t, e)
         g = gaps[t]
+        if not masked:
+            for a in range(p1):
+                e[a] = g * e[a] + best[a]
+        elif same:
+            for a in range(p1):
+                # finite + inf stays below 2**63 in int64; clamped back to inf
+                e[a] = inf if e[a] > limit else min(g * e[a] + best[a], inf)
+        else:
+            _row_gaps(mask_a, mask_b, t, dm)
+            for a in range(p1):
+                e[a] = inf if dm[a] > limit else min(g * e[a] + best[a], inf)
+        run = inf
+        row = record[t]
         for a in range(p1 - 1, -1, -1):
-            if masked and _gap(mask_a, mask_b, t, a) > limit:
-                e = inf
-            elif best[a] == inf:
-                e = inf
-            else:
-                e = g * _gap(a_cum, b_cum, t, a) + best[a]
-            if e < run:
-                record[t, a] = 1
-                run = e
-            else:
-                record[t, a] = 0
+            x = e[a]
+            row[a] = x < run
+            run = min(run, x)
             best[a] = run
     return best[0]
 
@@ -274,7 +292,7 @@ def _scaled(
             for j, (ns, nr, d, wj) in enumerate(zip(n_src, n_ref, dens, wi, strict=True)):
                 g = math.gcd(ns, nr)
                 scale = common // d * wj
-                # products are at most common * wj < 2**62: no wrap
+                # products are at most common * wj < 2**61: no wrap
                 a[j] = cs[j] * (nr // g * scale)
                 b[j] = cr[j] * (ns // g * scale)
             return a, b, bound
@@ -393,9 +411,9 @@ def optimal_indices(
     record = np.empty((ncand - 1, npres + 1), dtype=np.uint8)
     if objective == "ks":
         limit = _minimax(a_cum, b_cum)
-        _min_sum(va, vb, vgaps, inf, a_cum, b_cum, limit, True, record)
+        _min_sum(va, vb, vgaps, inf, a_cum, b_cum, limit, True, va is a_cum, record)
     else:
-        _min_sum(va, vb, vgaps, inf, va, vb, va.dtype.type(0), False, record)
+        _min_sum(va, vb, vgaps, inf, va, vb, va.dtype.type(0), False, True, record)
     cut = _walk(record, npres)
     # 4. g(i) = min{t : a(t) >= i}, then the empty source bins from their neighbours
     out_present = candidates[np.searchsorted(cut, np.arange(1, npres + 1), side="left")]
