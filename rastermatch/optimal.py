@@ -73,16 +73,32 @@ an :class:`~rastermatch.errors.OptionError` that says to pass ``levels="present"
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import dask
 import numba
 import numpy as np
 
-from .errors import InputTypeError, NoValidPixelsError, OptionError
+from ._data import as_band_array, no_valid_pixels
+from ._values import cast_values, check_nodata, nodata_fits
+from .errors import (
+    BandMismatchError,
+    BinningMismatchError,
+    InputTypeError,
+    NoValidPixelsError,
+    OptionError,
+)
+from .histogram import Histogram
+from .match import _item, _scheduler, _statistics, reference_with_source_nodata
 
-__all__ = ["MAX_CELLS", "Objective", "optimal_indices"]
+if TYPE_CHECKING:
+    from .lut import LUT
+
+__all__ = ["MAX_CELLS", "Objective", "fit_multi", "optimal_indices"]
 
 Objective = Literal["ks", "w1"]
 OBJECTIVES = ("ks", "w1")
@@ -422,3 +438,251 @@ def optimal_indices(
     out = np.empty(n, dtype=np.int64)
     out[present] = out_present
     return out[nearest]
+
+
+# -- multiple histogram matching -----------------------------------------------------------------
+def fit_multi(
+    pairs: Sequence[tuple[Any, Any]],
+    *,
+    objective: Objective = "w1",
+    weights: Sequence[float] | np.ndarray | None = None,
+    levels: Literal["present", "all"] = "present",
+    dtype: Any = None,
+    nodata: float | int | None = None,
+    out_nodata: float | int | None = None,
+    bins: int | None = None,
+) -> LUT:
+    """One monotone LUT fitted to ``k`` (source, reference) pairs at once.
+
+    Multiple histogram matching (Shapira, Avidan and Hel-Or 2013): for every row (band) the
+    monotone map from source levels to reference levels that minimises the weighted sum over
+    the pairs of the per-pair objective, by the dynamic programme of :func:`optimal_indices`:
+
+        W1:  sum_j w_j sum_t (v_{t+1} - v_t) |F_map,j(v_t) - F_ref,j(v_t)|
+        KS:  max_t sum_j w_j |F_map,j(v_t) - F_ref,j(v_t)|   (ties: the smallest W1)
+
+    with ``F_map,j`` the CDF of pair ``j``'s source mapped through the LUT and ``v_t`` the
+    candidate reference values; the recurrence over the candidates ``t`` and the cuts ``a``
+    (how many present source levels map at or below ``v_t``) is
+
+        E(t, a) = gap_t d(t, a) + min_{a' >= a} E(t + 1, a')     (KS: max(d, min ...))
+
+    (:mod:`rastermatch.optimal` has the details, the tie rule and when it is exact). One
+    calibration LUT for a sensor from several scene pairs, or one LUT for a mosaic tile from
+    its overlaps with each neighbour. With one pair it is exactly
+    ``LUT.from_histograms(source, reference, method="optimal", objective=objective)``.
+
+    Parameters
+    ----------
+    pairs
+        ``(source, reference)`` tuples: computed or lazy :class:`~rastermatch.Histogram` pairs,
+        or arrays / DataArrays (numpy or dask; ``(y, x)``, ``(band, y, x)``, ...), whose
+        histograms are then computed here in one pass with one binning for all the sources
+        and one for all the references. Every source has the same rows (bands), and every
+        reference as many.
+    objective
+        ``"w1"`` (default) or ``"ks"``.
+    weights
+        One non-negative weight per pair (default all 1), e.g. the overlap areas; integers keep
+        the arithmetic exact.
+    levels
+        ``"present"``: outputs are reference levels holding pixels in some pair; ``"all"``: any
+        level of the reference binning but its nodata.
+    dtype
+        Output dtype; default the references'.
+    nodata
+        Arrays: the sources' nodata (default their ``.rio.nodata``), also taken by references
+        without one of their own. The LUT maps it to ``out_nodata``.
+    out_nodata
+        Default: the references' nodata, else ``nodata``.
+    bins
+        Arrays of floats or integers wider than 16 bits: the number of bins (default 65,536;
+        ``P * Q`` above :data:`MAX_CELLS` is refused: pass fewer).
+
+    Returns
+    -------
+    LUT
+        ``method="optimal"`` with the objective recorded; rows those of the first source.
+        With one pair it records both histograms as any LUT does, and saves. With several it
+        records none (``source_hist`` and ``reference_hist`` are None): a LUT document
+        rebuilds its table from one (source, reference) pair, which would not give this table
+        back, so :meth:`~rastermatch.LUT.save` refuses it; keep the pairs' histograms
+        (:meth:`Histogram.to_json <rastermatch.Histogram.to_json>`) and fit again instead.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rastermatch import fit_multi
+    >>> a = np.array([[0, 1, 2, 3]], dtype=np.uint8)
+    >>> b = np.array([[0, 0, 2, 3]], dtype=np.uint8)
+    >>> lut = fit_multi([(a, np.array([[10, 10, 20, 20]], np.uint8)),
+    ...                  (b, np.array([[10, 20, 20, 20]], np.uint8))], objective="ks")
+    >>> lut.table[0, :4].tolist()
+    [10, 10, 20, 20]
+    """
+    from .lut import LUT, check_out_dtype  # lut imports this module when it fits "optimal"
+
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise OptionError(f"objective must be 'ks' or 'w1', not {objective!r}")
+    if not isinstance(levels, str) or levels not in LEVELS:
+        raise OptionError(f"levels must be 'present' or 'all', not {levels!r}")
+    out_dtype = check_out_dtype(dtype)
+    hists = _pair_histograms(pairs, nodata=nodata, bins=bins)
+    _check_weights(weights, len(hists))
+    if len(hists) == 1:  # the single-pair rule itself (any positive weight gives the same map)
+        src, ref = hists[0]
+        return LUT.from_histograms(
+            src, ref, method="optimal", objective=objective, levels=levels, dtype=out_dtype,
+            nodata=nodata, out_nodata=out_nodata,
+        )  # fmt: skip
+    return _multi_lut(hists, objective, weights, levels, out_dtype, nodata, out_nodata)
+
+
+def _pair_histograms(
+    pairs: Any, *, nodata: Any, bins: int | None
+) -> list[tuple[Histogram, Histogram]]:
+    """The pairs as computed histograms: Histogram pairs as given (lazy ones computed together),
+    array pairs histogrammed in one pass, every source sharing one binning and every reference
+    another (rows of the same position share a range)."""
+    try:
+        items = list(pairs)
+    except TypeError:
+        items = []
+    if not items:
+        raise InputTypeError("pairs must be a non-empty sequence of (source, reference) tuples")
+    for j, pair in enumerate(items):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InputTypeError(
+                f"pair {j} must be a (source, reference) tuple, not {type(pair).__name__}"
+            )
+    given = [isinstance(side, Histogram) for pair in items for side in pair]
+    if all(given):
+        lazy = [side for pair in items for side in pair if side.is_lazy]
+        done = dict(zip(map(id, lazy), dask.compute(*lazy), strict=True)) if lazy else {}
+        return [(done.get(id(s), s), done.get(id(r), r)) for s, r in items]
+    if any(given):
+        j = given.index(not given[0]) // 2
+        raise InputTypeError(
+            f"pair {j} mixes histograms and arrays; pass histograms for every pair (computed "
+            "with the same bins and range) or arrays for every pair"
+        )
+    srcs = [
+        as_band_array(s, nodata=nodata, name=f"the source of pair {j}")
+        for j, (s, _) in enumerate(items)
+    ]
+    refs = [
+        reference_with_source_nodata(
+            srcs[j], as_band_array(r, nodata=None, name=f"the reference of pair {j}")
+        )
+        for j, (_, r) in enumerate(items)
+    ]
+    nrows = srcs[0].rows.size
+    for j, (s, r) in enumerate(zip(srcs, refs, strict=True)):
+        for side, what in ((s, "source"), (r, "reference")):
+            if side.rows.size != nrows:
+                raise BandMismatchError(
+                    f"the {what} of pair {j} has {side.rows.size} rows ({side.rows!r}) and the "
+                    f"source of pair 0 {nrows} ({srcs[0].rows!r}); select the same bands in "
+                    "every source and reference"
+                )
+    share = np.arange(nrows)
+    stat_items = [_item(s, None, "mask", share) for s in srcs]
+    stat_items += [_item(r, None, "mask", share + nrows) for r in refs]
+    hists, _ = _statistics(stat_items, bins, _scheduler(*srcs, *refs))
+    k = len(items)
+    return list(zip(hists[:k], hists[k:], strict=True))
+
+
+def _check_histograms(hists: list[tuple[Histogram, Histogram]]) -> None:
+    """Every source binned as pair 0's, every reference too, with as many rows and pixels."""
+    s0, r0 = hists[0]
+    for j, pair in enumerate(hists):
+        for h, first, what in ((pair[0], s0, "source"), (pair[1], r0, "reference")):
+            if h.nrows != s0.nrows:
+                raise BandMismatchError(
+                    f"the {what} of pair {j} has {h.nrows} rows and the source of pair 0 "
+                    f"{s0.nrows}; select the same bands in every source and reference"
+                )
+            if not (h.binning is first.binning or h.binning.same_as(first.binning)):
+                raise BinningMismatchError(
+                    f"the {what} of pair {j} is binned as {h.binning!r}, the {what} of pair 0 "
+                    f"as {first.binning!r}; fit_multi needs one binning for all {what}s: give "
+                    "them one dtype, or histogram them with the same bins and range"
+                )
+            for i, total in enumerate(h.total):
+                if total == 0:
+                    raise no_valid_pixels(h.rows.describe(i), f"the {what} of pair {j}")
+
+
+def _multi_lut(
+    hists: list[tuple[Histogram, Histogram]],
+    objective: Objective,
+    weights: Any,
+    levels: Literal["present", "all"],
+    dtype: np.dtype | None,
+    nodata: Any,
+    out_nodata: Any,
+) -> LUT:
+    """The LUT of several pairs: a table row per source row from :func:`optimal_indices`, with
+    the outputs LUT.from_histograms gives for the chosen reference bins (the smallest value seen
+    in the bin, across the references)."""
+    from .lut import LUT, OLO, _check_outputs_fit
+
+    _check_histograms(hists)
+    src = functools.reduce(operator.add, (s for s, _ in hists))
+    ref = functools.reduce(operator.add, (r for _, r in hists))
+    exclude = sorted({b for _, r in hists if (b := r.binning.level_bin(r.nodata)) is not None})
+    ref_values = ref.binning.values()
+    outputs = np.where(ref.counts > 0, ref.bin_stats()[0], ref_values)
+    interval = src.binning.kind != "levels"
+    if interval:
+        smin, smax, _ = src.bin_stats()
+        centre = src.binning.values()
+    rows = []
+    for b in range(src.nrows):
+        try:
+            q = optimal_indices(
+                [(s.counts[b], r.counts[b]) for s, r in hists],
+                objective=objective,
+                weights=weights,
+                reference_values=ref_values[b],
+                levels=levels,
+                exclude=exclude,
+            )
+        except OptionError as e:
+            where = src.rows.describe(b)
+            raise OptionError(f"{where}: {e}" if where else str(e)) from None
+        out = outputs[b][q]
+        if interval:
+            seen = src.counts[b] > 0
+            lo, hi = np.where(seen, smin[b], centre[b]), np.where(seen, smax[b], centre[b])
+            out = np.stack([lo, hi, out, out], axis=1)
+        rows.append(out)
+    table = np.stack(rows)
+    out_dtype = ref.binning.dtype if dtype is None else dtype
+    _check_outputs_fit(
+        table[..., OLO:] if interval else table, out_dtype, src.rows, dtype is not None
+    )
+    if not interval:
+        table = cast_values(table, out_dtype)
+    if nodata is None:
+        nodata = src.nodata
+    if out_nodata is None:
+        out_nodata = ref.nodata if ref.nodata is not None else nodata
+        if out_nodata is not None and not nodata_fits(out_nodata, out_dtype):
+            out_nodata = None  # apply chooses one
+    else:
+        out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+    # No histograms recorded: a LUT document rebuilds its table from one (source, reference)
+    # pair, which would not give this table back, so saving such a LUT is refused.
+    return LUT(
+        table,
+        src.binning,
+        out_dtype,
+        method="optimal",
+        objective=objective,
+        levels=levels,
+        rows=src.rows,
+        nodata=nodata,
+        out_nodata=out_nodata,
+    )

@@ -7,11 +7,20 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import BlockReads, raise_if_dask_computes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rastermatch.errors import InputTypeError, NoValidPixelsError, OptionError
-from rastermatch.optimal import optimal_indices
+from rastermatch import LUT, band_histograms
+from rastermatch.errors import (
+    BandMismatchError,
+    BinningMismatchError,
+    InputTypeError,
+    LUTFileError,
+    NoValidPixelsError,
+    OptionError,
+)
+from rastermatch.optimal import fit_multi, optimal_indices
 
 
 # -- the oracle ----------------------------------------------------------------------------------
@@ -118,7 +127,7 @@ def test_weights_values_levels(pairs, objective, weights, steps, levels):
     assert out.tolist() == choice.tolist()
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(problems(), st.sampled_from(["ks", "w1"]), st.lists(st.floats(0.1, 3), min_size=3))
 def test_float_weights_reach_the_optimum(pairs, objective, weights):
     """Fractional weights run in float64: the optimum is reached (to rounding)."""
@@ -203,3 +212,116 @@ def test_too_many_cells_is_refused(monkeypatch):
     monkeypatch.setattr(optimal, "MAX_CELLS", 10)
     with pytest.raises(OptionError, match="coarser bins"):
         optimal_indices([(np.ones(4), np.ones(4))])
+
+
+# -- fit_multi -----------------------------------------------------------------------------------
+def scenes(rng, k, shape=(2, 12, 10), dtype=np.uint8, top=40):
+    """k (source, reference) pairs of small random scenes, the sources darker."""
+    out = []
+    for _ in range(k):
+        src = rng.integers(0, top, shape).astype(dtype)
+        ref = (rng.integers(0, top, shape) // 3 * 3 + 5).astype(dtype)
+        out.append((src, ref))
+    return out
+
+
+@pytest.mark.parametrize("objective", ["ks", "w1"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_one_pair_is_the_single_pair_rule(rng, objective, dtype):
+    """k = 1 gives LUT.from_histograms(method="optimal") exactly, for levels and float tables."""
+    [(src, ref)] = scenes(rng, 1, dtype=dtype)
+    lut = fit_multi([(src, ref)], objective=objective, bins=64)
+    h_src, h_ref = band_histograms(src, bins=64), band_histograms(ref, bins=64)
+    single = LUT.from_histograms(h_src, h_ref, method="optimal", objective=objective)
+    assert lut.kind == single.kind
+    np.testing.assert_array_equal(lut.table, single.table)
+    assert (lut.method, lut.objective, lut.dtype) == ("optimal", objective, single.dtype)
+    assert fit_multi([(h_src, h_ref)], objective=objective).table.tolist() == lut.table.tolist()
+
+
+@pytest.mark.parametrize("objective", ["ks", "w1"])
+def test_pairs_share_one_monotone_map(rng, objective):
+    """Every row of the table is the reference level optimal_indices picks for the pairs'
+    counts of that row; arrays and their histograms give the same LUT."""
+    pairs = scenes(rng, 3)
+    weights = [1, 2, 3]
+    lut = fit_multi(pairs, objective=objective, weights=weights)
+    hists = [(band_histograms(s), band_histograms(r)) for s, r in pairs]
+    assert lut.table.shape == (2, 256)
+    for b in range(2):
+        q = optimal_indices(
+            [(s.counts[b], r.counts[b]) for s, r in hists], objective=objective, weights=weights
+        )
+        assert lut.table[b].tolist() == q.tolist()  # levels: the bin is the level
+        assert np.all(np.diff(lut.table[b].astype(int)) >= 0)
+    again = fit_multi(hists, objective=objective, weights=weights)
+    np.testing.assert_array_equal(again.table, lut.table)
+    assert lut.bands == (1, 2)
+
+
+def test_issue_example_through_fit_multi():
+    src = np.arange(10, dtype=np.uint8)[None]
+    ref = np.array([[0] + [1] * 9], dtype=np.uint8)
+    for k in (1, 2):
+        lut = fit_multi([(src, ref)] * k, objective="ks")
+        assert lut.table[0, :10].tolist() == [0] + [1] * 9
+        assert lut.apply(src).tolist() == ref.tolist()
+
+
+def test_float_pairs_share_one_binning(rng):
+    """Float sources of different ranges are binned over their union, row by row; the table is
+    monotone and every output is a reference value."""
+    pairs = [
+        (rng.normal(0, 1, (2, 8, 8)), rng.normal(10, 2, (2, 8, 8)).round(1)),
+        (rng.normal(3, 1, (2, 8, 8)), rng.normal(12, 2, (2, 8, 8)).round(1)),
+    ]
+    lut = fit_multi(pairs, bins=32)
+    assert lut.kind == "interval" and lut.table.shape == (2, 32, 4)
+    refs = np.concatenate([r.ravel() for _, r in pairs])
+    for b in range(2):
+        outs = lut.table[b, :, 2]
+        assert np.all(np.diff(outs) >= 0)
+        assert np.isin(outs, refs).all()
+        lo = min(s[b].min() for s, _ in pairs)
+        assert lut.source_binning.lo[b] == lo
+
+
+def test_dask_pairs_are_read_once(rng):
+    da = pytest.importorskip("dask.array")
+    reads = BlockReads()
+    pairs = [
+        tuple(reads.count(da.from_array(x, chunks=(1, 6, 5))) for x in pair)
+        for pair in scenes(rng, 2)
+    ]
+    with raise_if_dask_computes(1):
+        lut = fit_multi(pairs)
+    assert reads.n == 2 * 2 * 2 * 4  # pairs x sides x blocks, once
+    numpy = fit_multi([tuple(np.asarray(x) for x in pair) for pair in pairs])
+    np.testing.assert_array_equal(lut.table, numpy.table)
+
+
+def test_several_pairs_are_not_saved(rng, tmp_path):
+    """A LUT document rebuilds its table from one pair: a multi-pair LUT is refused, not saved
+    as something else."""
+    lut = fit_multi(scenes(rng, 2))
+    with pytest.raises(LUTFileError):
+        lut.save(tmp_path / "lut.json")
+
+
+def test_fit_multi_refusals(rng):
+    (s, r), (s2, r2) = scenes(rng, 2)
+    with pytest.raises(InputTypeError, match="pair 1 mixes"):
+        fit_multi([(s, r), (band_histograms(s2), band_histograms(r2))])
+    with pytest.raises(InputTypeError, match="non-empty"):
+        fit_multi([])
+    with pytest.raises(BandMismatchError, match="pair 1"):
+        fit_multi([(s, r), (s2[:1], r2[:1])])
+    with pytest.raises(BinningMismatchError, match="source of pair 1"):
+        fit_multi([(s, r), (s2.astype(np.uint16), r2)])
+    with pytest.raises(OptionError, match="weights"):
+        fit_multi([(s, r), (s2, r2)], weights=[1, -1])
+    with pytest.raises(OptionError, match="objective"):
+        fit_multi([(s, r)], objective="l1")
+    empty = np.zeros_like(s2)
+    with pytest.raises(NoValidPixelsError, match="pair 1"):
+        fit_multi([(s, r), (empty, r2)], nodata=0)
