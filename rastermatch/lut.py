@@ -242,22 +242,18 @@ def _optimal_bins(
     exclude: Iterable[int],
 ) -> np.ndarray:
     """The reference bin per source bin of :func:`rastermatch.optimal.optimal_indices` for one
-    row, ``values`` the reference bins' output values. An empty reference bin never chosen
-    (the nodata level with ``levels="all"``) is left out of the problem, which leaves every
-    CDF value of the others as it was."""
+    row; ``values`` are the reference binning's values (levels, or bin centres), the axis of
+    the W1 distance, as :func:`rastermatch.fit_multi` passes them, so that one pair fitted
+    there gives this table exactly."""
     from .optimal import optimal_indices  # optimal builds LUTs itself: imported when used
 
-    keep = np.arange(reference_counts.size)
-    excluded = [k for k in exclude if reference_counts[k] == 0]
-    if excluded:
-        keep = np.setdiff1d(keep, excluded)
-    q = optimal_indices(
-        [(np.asarray(source_counts), np.asarray(reference_counts)[keep])],
+    return optimal_indices(
+        [(source_counts, reference_counts)],
         objective=objective,
-        reference_values=np.asarray(values, dtype=np.float64)[keep],
+        reference_values=values,
         levels=levels,
+        exclude=exclude,
     )
-    return keep[np.asarray(q, dtype=np.int64)]
 
 
 def reference_curve(
@@ -304,8 +300,7 @@ def _band_table(
         elif method == "ceil":
             q = ceil_cdf_indices(sc, rc, levels=levels, exclude=exclude)
         else:
-            values = np.where(ref_seen, rmin, centre)
-            q = _optimal_bins(sc, rc, values, objective or "w1", levels, exclude)
+            q = _optimal_bins(sc, rc, centre, objective or "w1", levels, exclude)
         rlo = np.where(ref_seen, rmin, centre)[q]
         if src.binning.kind == "levels":
             return rlo
@@ -585,6 +580,8 @@ class LUT:
         dtype: Any = None,
         nodata: float | int | None = None,
         out_nodata: float | int | None = None,
+        objective: Objective | None = None,
+        proportion: float = 1.0,
     ) -> LUT:
         """The LUT that maps the source's distribution onto the reference's.
 
@@ -598,6 +595,13 @@ class LUT:
             value of the chosen reference bin), except that a source bin which is the only one
             mapped to a reference bin with the same observed range is mapped onto itself, so a
             scene matched to itself is unchanged.
+            ``"ceil"``: the generalized inverse ``q = min{q : F_ref(q) >= F_src(p)}``
+            (:func:`ceil_cdf_indices`), exact; outputs as for ``"nearest"``.
+            ``"optimal"``: the monotone map minimising ``objective`` between the mapped source
+            and the reference (:func:`rastermatch.optimal.optimal_indices`, dynamic
+            programming over present levels, exact in integers where ties decide); outputs as
+            for ``"nearest"``, the reference bins' output values being the distances' axis for
+            ``"w1"``.
             ``"interp"``: scikit-image's piecewise-linear inverse-CDF mapping, with the
             reference's knots taken exactly from its bin statistics. Equal to
             ``skimage.exposure.match_histograms`` (to float rounding) wherever each source and
@@ -622,8 +626,45 @@ class LUT:
         out_nodata
             Default: the reference histogram's nodata, else ``nodata``. :meth:`apply` replaces
             it (with a warning) if valid pixels are mapped onto it.
+        objective
+            ``method="optimal"`` only (refused with the others): ``"ks"``, the largest gap
+            between the two CDFs (Kolmogorov-Smirnov), or ``"w1"`` (default), the L1 distance
+            between them over the reference values (1-D Wasserstein).
+        proportion
+            The share ``m`` of the match, rio-hist's ``--match-proportion``: every output is
+            ``src + m * (matched - src)``, the matched map blended with the identity; 0 leaves
+            the source unchanged, 1 (default) is the full match, exactly. The source value is
+            taken within the range the fit saw (each row's valid range for integer levels,
+            each bin's observed range for floats; the fitted scene itself is never clipped).
+            Integer outputs are rounded to nearest, half to even, as everywhere else; a blend
+            the output dtype cannot hold raises :class:`~rastermatch.errors.OptionError`
+            naming the row and the dtype to pass. Otherwise whether the blend means something
+            is the caller's call: numbers cannot tell units apart (a dark scene onto a bright
+            one of the same sensor has disjoint ranges and blends meaningfully, digital
+            numbers 0..255 onto reflectances 0..1 overlap and do not), so blend source and
+            reference of the same quantity.
+
+        Examples
+        --------
+        The rules on a source with levels 0..9 (one pixel each) and a reference with one
+        pixel at 0 and nine at 1: nearest maps half the pixels onto 0 (KS 0.4), ceil and the
+        KS-optimal map reproduce the reference exactly.
+
+        >>> import numpy as np
+        >>> from rastermatch import band_histograms
+        >>> src = band_histograms(np.arange(10, dtype=np.uint8)[None])
+        >>> ref = band_histograms(np.array([[0] + [1] * 9], dtype=np.uint8))
+        >>> LUT.from_histograms(src, ref).table[0, :10].tolist()
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+        >>> LUT.from_histograms(src, ref, method="ceil").table[0, :10].tolist()
+        [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+
+        Half of the match: ``v + 0.5 * (matched - v)``, rounded half to even.
+
+        >>> LUT.from_histograms(src, ref, method="ceil", proportion=0.5).table[0, :10].tolist()
+        [0, 1, 2, 2, 2, 3, 4, 4, 4, 5]
         """
-        check_option("method", method, METHODS)
+        method, objective, proportion = check_rule(method, objective, proportion)
         check_option("levels", levels, LEVELS)
         dtype = check_out_dtype(dtype)
         for h in (source_hist, reference_hist):
@@ -661,24 +702,31 @@ class LUT:
             out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
         # one row at a time: a row's bin statistics, not the whole histogram's, per row
         one = Rows.single()
+        src_rows = [source_hist.take([b], rows=one) for b in range(source_hist.nbands)]
         rows = [
-            _band_table(
-                source_hist.take([b], rows=one), reference_hist.take([b], rows=one), 0, method,
-                levels,
+            _band_table(src_row, reference_hist.take([b], rows=one), 0, method, levels, objective)
+            for b, src_row in enumerate(src_rows)
+        ]
+
+        def finish(rows: list[np.ndarray]) -> np.ndarray:
+            table = np.stack(rows)
+            outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
+            _check_outputs_fit(outputs, out_dtype, source_hist.rows, dtype is not None)
+            return cast_values(table, out_dtype) if table.ndim == 2 else table
+
+        table = finish(rows)
+        if proportion != 1.0:  # the matched outputs as the full match gives them, blended
+            table = finish(
+                [_blend(r, s, 0, proportion) for r, s in zip(table, src_rows, strict=True)]
             )
-            for b in range(source_hist.nbands)
-        ]  # fmt: skip
-        table = np.stack(rows)
-        outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
-        _check_outputs_fit(outputs, out_dtype, source_hist.rows, dtype is not None)
-        if source_hist.binning.kind == "levels":
-            table = cast_values(table, out_dtype)
         return cls(
             table,
             source_hist.binning,
             out_dtype,
             method=method,
             levels=levels,
+            objective=objective,
+            proportion=proportion,
             rows=source_hist.rows,
             source_hist=source_hist,
             reference_hist=reference_hist,
@@ -786,8 +834,11 @@ class LUT:
 
     def __repr__(self) -> str:
         layout = "" if self.detectors is None else f", {self.detectors.describe()}"
+        rule = self.method if self.objective is None else f"{self.method}({self.objective})"
+        if self.proportion != 1.0:
+            rule += f" x{self.proportion:g}"
         return (
-            f"<LUT {self.method}/{self.levels} {self.kind}, {self._shown_rows()}, "
+            f"<LUT {rule}/{self.levels} {self.kind}, {self._shown_rows()}, "
             f"{self.source_binning.dtype} -> {self.dtype}{layout}>"
         )
 

@@ -51,7 +51,7 @@ from .histogram import (
     split_range,
     union_ranges,
 )
-from .lut import LEVELS, LUT, METHODS, Levels, Method, check_option, check_out_dtype
+from .lut import LEVELS, LUT, Levels, Method, Objective, check_option, check_out_dtype, check_rule
 
 __all__ = [
     "MatchOptions",
@@ -84,7 +84,14 @@ class MatchOptions:
     Attributes
     ----------
     method
-        ``"nearest"`` (exact nearest-CDF rule) or ``"interp"`` (scikit-image's curve).
+        ``"nearest"`` (exact nearest-CDF rule), ``"ceil"`` (the generalized inverse CDF),
+        ``"interp"`` (scikit-image's curve) or ``"optimal"`` (the monotone map minimising
+        ``objective``); see :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>`.
+    objective
+        ``"ks"`` or ``"w1"``, with ``method="optimal"`` only (default there ``"w1"``).
+    proportion
+        The blend with the identity, ``src + proportion * (matched - src)``: 0 leaves the
+        source unchanged, 1 (default) is the full match.
     levels
         ``"present"`` (outputs occur in the reference) or ``"all"``.
     bins
@@ -107,9 +114,17 @@ class MatchOptions:
     Traceback (most recent call last):
     ...
     rastermatch.errors.OptionError: pool must be one of 'counts', 'cdf', not 'mean'
+    >>> MatchOptions(method="optimal").objective
+    'w1'
+    >>> MatchOptions(proportion=1.5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rastermatch.errors.OptionError: proportion is 1.5; pass a number from 0 (the source ...
     """
 
     method: Method = "nearest"
+    objective: Objective | None = None
+    proportion: float = 1.0
     levels: Levels = "present"
     bins: int | None = None
     dtype: Any = None
@@ -117,7 +132,9 @@ class MatchOptions:
     bands: Mapping[Hashable, Hashable] | None = None
 
     def __post_init__(self) -> None:
-        check_option("method", self.method, METHODS)
+        _, objective, proportion = check_rule(self.method, self.objective, self.proportion)
+        object.__setattr__(self, "objective", objective)
+        object.__setattr__(self, "proportion", proportion)
         check_option("levels", self.levels, LEVELS)
         check_option("pool", self.pool, POOLS)
         check_bins(self.bins)
@@ -427,7 +444,13 @@ def _stack(hists: Sequence[Histogram], rows: Rows, name: str) -> Histogram:
 
 def _lut(src: BandArray, h_src: Histogram, h_ref: Histogram, options: MatchOptions) -> LUT:
     lut = LUT.from_histograms(
-        h_src, h_ref, method=options.method, levels=options.levels, dtype=options.dtype
+        h_src,
+        h_ref,
+        method=options.method,
+        levels=options.levels,
+        dtype=options.dtype,
+        objective=options.objective,
+        proportion=options.proportion,
     )
     preferred = h_ref.nodata if h_ref.nodata is not None else src.nodata
     out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
@@ -519,6 +542,8 @@ def fit_lut(
     *,
     method: Method = "nearest",
     levels: Levels = "present",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     nodata: float | int | None = None,
     reference_nodata: float | int | None = None,
     mask: Any = None,
@@ -547,8 +572,9 @@ def fit_lut(
     [[[[3, 1]]], [[[2, 2]]]]
     """
     options = MatchOptions(
-        method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
-    )
+        method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
+        dtype=dtype, pool=pool, bands=bands,
+    )  # fmt: skip
     src = as_band_array(source, nodata=nodata, name="source", channel_axis=channel_axis)
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
@@ -562,6 +588,8 @@ def match_histograms(
     *,
     method: Method = "nearest",
     levels: Levels = "present",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     nodata: float | int | None = None,
     reference_nodata: float | int | None = None,
     mask: Any = None,
@@ -597,9 +625,20 @@ def match_histograms(
     method
         ``"nearest"`` (default): the nearest-CDF rule, exact, ties to the smallest level; for
         floats too, every output is a value of the reference and a scene matched to itself is
-        unchanged. ``"interp"``: scikit-image's piecewise-linear mapping (integers rounded to
-        nearest), equal to it wherever each histogram bin holds one distinct value (see
-        :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>` for the bound otherwise).
+        unchanged. ``"ceil"``: the generalized inverse CDF, ``min{q : F_ref(q) >= F_src(p)}``,
+        exact, outputs as for nearest. ``"interp"``: scikit-image's piecewise-linear mapping
+        (integers rounded to nearest), equal to it wherever each histogram bin holds one
+        distinct value (see :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>` for
+        the bound otherwise). ``"optimal"``: the monotone map minimising ``objective``.
+    objective
+        With ``method="optimal"`` only: ``"ks"`` (the largest CDF gap) or ``"w1"`` (default;
+        the L1 distance between the CDFs, 1-D Wasserstein).
+    proportion
+        From 0 to 1: every output is ``src + proportion * (matched - src)`` (integers rounded
+        to nearest, half to even); 0 is the source unchanged, 1 (default) the full match.
+        Whether a blend means something is the caller's call (see
+        :meth:`LUT.from_histograms <rastermatch.LUT.from_histograms>`); one the output dtype
+        cannot hold is refused.
     levels
         ``"present"`` (default): only levels that occur in the reference are produced;
         ``"all"``: any level of the reference's range.
@@ -685,8 +724,9 @@ def match_histograms(
     ([[0.0, 1.0, 2.0, 3.0, 100.0]], [[0.0, 1.0, 2.0, 3.0, 100.0]])
     """
     options = MatchOptions(
-        method=method, levels=levels, bins=bins, dtype=dtype, pool=pool, bands=bands
-    )
+        method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
+        dtype=dtype, pool=pool, bands=bands,
+    )  # fmt: skip
     src = as_band_array(source, nodata=nodata, name="source", channel_axis=channel_axis)
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
@@ -729,6 +769,9 @@ def equalize(
     range: Any = None,
     dtype: Any = None,
     channel_axis: int | None = None,
+    method: Method = "nearest",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
 ) -> Any:
     """Histogram equalization: matching to a uniform reference (exact nearest-CDF rule).
 
@@ -737,7 +780,9 @@ def equalize(
     dtype's, ``(0, 255)``; finite, ``lo < hi``, else :class:`~rastermatch.errors.OptionError`
     before any work). ``nodata`` (default the DataArray's) is left out of the statistics and
     stays nodata. Takes what :func:`match_histograms` takes as source (``channel_axis`` too);
-    returns the kind that came in; lazy for dask-backed input.
+    returns the kind that came in; lazy for dask-backed input. ``method``, ``objective`` and
+    ``proportion`` choose the rule and the blend with the identity as in
+    :func:`match_histograms` (``proportion=0.5``: half-way to the equalized image).
 
     Examples
     --------
@@ -747,8 +792,12 @@ def equalize(
     [[2, 2, 2, 4, 4, 5, 6, 7]]
     >>> equalize(np.zeros((4, 2, 3), np.uint8) + [0, 1, 2], channel_axis=0).shape
     (4, 2, 3)
+    >>> equalize(np.array([[0, 0, 0, 1, 1, 2, 3, 4]], np.uint8), range=(0, 7), proportion=0.5)
+    array([[1, 1, 1, 2, 2, 4, 4, 6]], dtype=uint8)
     """
-    options = MatchOptions(bins=bins, dtype=dtype)
+    options = MatchOptions(
+        bins=bins, dtype=dtype, method=method, objective=objective, proportion=proportion
+    )
     src = as_band_array(data, nodata=nodata, name="data", channel_axis=channel_axis)
     if range is not None:
         split_range(range, src.rows.size)
@@ -763,9 +812,11 @@ def equalize(
     lut = LUT.from_histograms(
         h_src,
         h_ref,
-        method="nearest",
+        method=options.method,
         levels="present",
         dtype=src.dtype if options.dtype is None else options.dtype,
+        objective=options.objective,
+        proportion=options.proportion,
     )
     out_nodata = resolve_out_nodata(lut, src.nodata, may_have_invalid=src.may_have_invalid)
     return apply_arrays(src, lut.with_nodata(src.nodata, out_nodata))

@@ -22,7 +22,10 @@ Layout, format 2 (numbers that JSON cannot spell, NaN and infinities, are the st
 ``"inf"`` and ``"-inf"``; they are allowed only for nodata values)::
 
     LUT:       {"type": "rastermatch.LUT", "format": 2, "rastermatch_version": str,
-                "recipe": {"method": "nearest" | "interp", "levels": "present" | "all"},
+                "recipe": {"method": "nearest" | "ceil" | "interp" | "optimal",
+                           "levels": "present" | "all",
+                           "objective": "ks" | "w1" (method "optimal" only, required there),
+                           "proportion": number in [0, 1] (optional, default 1)},
                 "dtype": output dtype, "bands": [label, ...] | "rows": Rows,
                 "nodata": number | null, "out_nodata": number | null,
                 "source_histogram": Histogram, "reference_histogram": Histogram,
@@ -911,7 +914,7 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
         "type": _LUT_TYPE,
         "format": FORMAT,
         "rastermatch_version": __version__,
-        "recipe": {"method": lut.method, "levels": lut.levels},
+        "recipe": _recipe_doc(lut),
         "dtype": lut.dtype.name,
         key: rows,
         "nodata": _json_number(lut.nodata),
@@ -926,6 +929,37 @@ def _recipe_options() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from .lut import Levels, Method
 
     return get_args(Method), get_args(Levels)
+
+
+def _recipe_doc(lut: LUT) -> dict[str, Any]:
+    """The recipe; ``objective`` and ``proportion`` only when they are set, so a document of
+    the rules earlier versions know is byte for byte what they wrote (and they read it)."""
+    recipe: dict[str, Any] = {"method": lut.method, "levels": lut.levels}
+    if lut.objective is not None:
+        recipe["objective"] = lut.objective
+    if lut.proportion != 1.0:
+        recipe["proportion"] = lut.proportion
+    return recipe
+
+
+def _read_recipe(value: Any, methods: Sequence[str], levels: Sequence[str]) -> tuple[Any, ...]:
+    """``(method, levels, objective, proportion)`` of a format-2 recipe, every key checked."""
+    from .lut import OBJECTIVES
+
+    recipe = _object(value, "recipe", ("method", "levels"), ("objective", "proportion"))
+    method = _string(recipe["method"], "recipe.method", methods)
+    level = _string(recipe["levels"], "recipe.levels", levels)
+    objective = None
+    if method == "optimal":
+        if "objective" not in recipe:
+            _fail("recipe.objective", "is missing; method 'optimal' needs 'ks' or 'w1'")
+        objective = _string(recipe["objective"], "recipe.objective", OBJECTIVES)
+    elif "objective" in recipe:
+        _fail("recipe.objective", f"is set, but only method 'optimal' has one, not {method!r}")
+    proportion = recipe.get("proportion", 1.0)
+    if type(proportion) not in (int, float) or not 0 <= proportion <= 1:
+        _fail("recipe.proportion", f"is {_show(proportion)}, expected a number from 0 to 1")
+    return method, level, objective, float(proportion)
 
 
 def _read_lut(value: Any) -> LUT:
@@ -946,12 +980,11 @@ def _read_lut(value: Any) -> LUT:
         _fail("rastermatch_version", f"is {_show(version)}, expected a version string")
     methods, levels = _recipe_options()
     if fmt == 1:
-        method = _string(obj["method"], "method", methods)
+        method = _string(obj["method"], "method", (*methods[:1], "interp"))
         level = _string(obj["levels"], "levels", levels)
+        objective, proportion = None, 1.0
     else:
-        recipe = _object(obj["recipe"], "recipe", ("method", "levels"))
-        method = _string(recipe["method"], "recipe.method", methods)
-        level = _string(recipe["levels"], "recipe.levels", levels)
+        method, level, objective, proportion = _read_recipe(obj["recipe"], methods, levels)
     dtype = _dtype(obj["dtype"], "dtype")
     hists = []
     for key in ("source_histogram", "reference_histogram"):
@@ -986,6 +1019,8 @@ def _read_lut(value: Any) -> LUT:
             dtype=dtype,
             nodata=nodata,
             out_nodata=out_nodata,
+            objective=objective,
+            proportion=proportion,
         ),
         "",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from fractions import Fraction
 
@@ -15,7 +16,8 @@ from strategies import counts, huge_counts
 
 from rastermatch import LUT, Binning, Histogram, band_histograms, nearest_cdf_indices
 from rastermatch._rows import Rows
-from rastermatch.errors import BandMismatchError, NoValidPixelsError, RastermatchError
+from rastermatch.errors import BandMismatchError, NoValidPixelsError, OptionError, RastermatchError
+from rastermatch.lut import ceil_cdf_indices
 
 
 def algorithm1(source_counts, reference_counts, candidates=None) -> list[int]:
@@ -217,3 +219,207 @@ def test_a_lut_keeps_the_source_rows_and_takes_keywords():
     single = Histogram(ref.counts[:1], Binning.levels(np.dtype(np.uint8), 1), rows=Rows.single())
     one = LUT.from_histograms(single, single)
     assert one.rows.dims == () and one.describe(0) == ""
+
+
+# -- the rules side by side: ceil, optimal, and the blend with the identity ---------------------
+
+
+def ceil_oracle(source_counts, reference_counts, candidates=None) -> list[int]:
+    """The generalized inverse, literally: q* = min{q : F_ref(q) >= F_src(p)}, in fractions."""
+    n_src, n_ref = int(sum(source_counts)), int(sum(reference_counts))
+    f_src = np.cumsum(source_counts).tolist()
+    f_ref = np.cumsum(reference_counts).tolist()
+    qs = range(len(reference_counts)) if candidates is None else candidates
+    return [
+        min(q for q in qs if Fraction(f_ref[q], n_ref) >= Fraction(f_src[p], n_src))
+        for p in range(len(source_counts))
+    ]
+
+
+def ks_after(source_counts, reference_counts, q) -> Fraction:
+    """The KS distance between the source mapped through ``q`` and the reference, exactly."""
+    mapped = np.bincount(q, weights=source_counts, minlength=len(reference_counts)).astype(int)
+    f_map, f_ref = np.cumsum(mapped).tolist(), np.cumsum(reference_counts).tolist()
+    n_map, n_ref = f_map[-1], f_ref[-1]
+    return max(
+        abs(Fraction(a, n_map) - Fraction(b, n_ref)) for a, b in zip(f_map, f_ref, strict=True)
+    )
+
+
+def test_ceil_reaches_ks_0_where_nearest_leaves_0_4():
+    # the issue's case: levels 0..9, one pixel each, onto [one pixel at 0, nine at 1]
+    src, ref = np.ones(10, dtype=np.int64), np.array([1, 9])
+    assert ks_after(src, ref, nearest_cdf_indices(src, ref)) == Fraction(2, 5)
+    assert ks_after(src, ref, ceil_cdf_indices(src, ref)) == 0
+    lut = LUT.from_histograms(_hist(src), _hist(ref), method="ceil")
+    out = lut.apply(np.arange(10, dtype=np.uint8)[None, None])
+    assert np.bincount(out.ravel()).tolist() == [1, 9]
+
+
+def test_nearest_keeps_the_gonzalez_woods_result():
+    # Gonzalez & Woods, Digital Image Processing, Example 3.8: a 64 x 64 3-bit image onto the
+    # specified histogram (0, 0, 0, .15, .20, .30, .20, .15); the book maps r_k to z_q below
+    src = np.array([790, 1023, 850, 656, 329, 245, 122, 81])
+    ref = np.array([0, 0, 0, 15, 20, 30, 20, 15])
+    want = [3, 4, 5, 6, 6, 7, 7, 7]
+    assert nearest_cdf_indices(src, ref).tolist() == want
+    assert nearest_cdf_indices(src, ref, levels="all").tolist() == want
+    assert LUT.from_histograms(_hist(src), _hist(ref)).table[0, :8].tolist() == want
+    # ceil is the other textbook reading: never below the source quantile
+    assert ceil_cdf_indices(src, ref).tolist() == [4, 5, 6, 6, 7, 7, 7, 7]
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts(), counts(), st.sampled_from(["all", "present"]))
+def test_ceil_is_the_generalized_inverse(src, ref, levels):
+    candidates = None if levels == "all" else np.flatnonzero(ref).tolist()
+    got = ceil_cdf_indices(src, ref, levels=levels)
+    assert got.tolist() == ceil_oracle(src, ref, candidates)
+    assert np.all(np.diff(got) >= 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(huge_counts(), huge_counts(), st.sampled_from(["all", "present"]))
+def test_ceil_exact_beyond_int64_products(src, ref, levels):
+    candidates = None if levels == "all" else np.flatnonzero(ref).tolist()
+    assert ceil_cdf_indices(src, ref, levels=levels).tolist() == ceil_oracle(src, ref, candidates)
+
+
+def test_ceil_never_picks_the_reference_nodata_level():
+    # with levels="all" the empty level 0 would take the source's empty bins below its pixels
+    src, ref = _hist([0, 0, 1, 1]), _hist([0, 2, 2])
+    assert LUT.from_histograms(src, ref, method="ceil", levels="all").table[0, 0] == 0
+    ref = Histogram(ref.counts, ref.binning, nodata=0)
+    assert LUT.from_histograms(src, ref, method="ceil", levels="all").table[0, 0] == 1
+
+
+@pytest.mark.parametrize("method", ["ceil", "optimal"])
+def test_ceil_and_optimal_on_floats_output_reference_values(rng, method):
+    src = rng.normal(0, 1, (1, 40, 40)).astype(np.float32)
+    ref = rng.normal(5, 1, (1, 40, 40))
+    h_ref = band_histograms(ref, bins=16)
+    lut = LUT.from_histograms(band_histograms(src, bins=64), h_ref, method=method)
+    assert lut.kind == "interval"
+    out = lut.apply(src)
+    assert set(np.unique(out)) <= set(h_ref.vmin[0][h_ref.counts[0] > 0])
+    # a scene matched to itself is unchanged, as with nearest
+    x = np.array([[0.0, 1.0, 2.0, 3.0, 100.0]])
+    h = band_histograms(x)
+    assert LUT.from_histograms(h, h, method=method).apply(x).tolist() == x.tolist()
+
+
+def test_optimal_is_the_dynamic_programme_of_optimal_py():
+    from rastermatch.optimal import optimal_indices
+
+    src, ref = np.ones(10, dtype=np.int64), np.array([1, 9])
+    lut = LUT.from_histograms(_hist(src), _hist(ref), method="optimal", objective="ks")
+    assert lut.objective == "ks" and ks_after(src, ref, lut.table[0, :10].astype(int)) == 0
+    rng = np.random.default_rng(5)
+    s, r = rng.integers(0, 4, 12) * (rng.random(12) < 0.7), rng.integers(0, 5, 9)
+    s[3], r[4] = 2, 1
+    for objective in ("ks", "w1"):
+        q = optimal_indices(
+            [(s, r)], objective=objective, reference_values=np.arange(9.0), levels="present"
+        )
+        lut = LUT.from_histograms(_hist(s), _hist(r), method="optimal", objective=objective)
+        assert lut.table[0, :12].tolist() == np.asarray(q).tolist()
+    assert LUT.from_histograms(_hist(s), _hist(r), method="optimal").objective == "w1"
+
+
+def test_optimal_never_picks_the_reference_nodata_level():
+    # the empty nodata level is left out of the problem: every other CDF value is unchanged
+    src = _hist([3, 1, 0, 0, 2])
+    ref = Histogram(_hist([0, 0, 4, 2, 0, 3]).counts, Binning.levels(np.dtype(np.uint8), 1))
+    for nodata in (None, 4):
+        r = Histogram(ref.counts, ref.binning, nodata=nodata)
+        for objective in ("ks", "w1"):
+            lut = LUT.from_histograms(src, r, method="optimal", objective=objective, levels="all")
+            if nodata is not None:
+                assert 4 not in lut.table[0, :5].tolist()
+
+
+def _blend_oracle(data, matched, m, dtype):
+    out = data.astype(np.float64) + m * (matched.astype(np.float64) - data)
+    return np.rint(out).astype(dtype) if np.dtype(dtype).kind in "iu" else out.astype(dtype)
+
+
+@pytest.mark.parametrize("method", ["nearest", "ceil", "interp", "optimal"])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float64"])
+def test_proportion_blends_the_match_with_the_identity(rng, method, dtype):
+    if dtype == "float64":
+        src = rng.normal(100, 20, (2, 30, 30))
+        ref = rng.gamma(3.0, 20, (2, 25, 25))
+        kw = {"bins": 256}
+    else:
+        src = rng.integers(20, 120, (2, 30, 30)).astype(dtype)
+        ref = (rng.gamma(3.0, 20, (2, 25, 25)) + 10).astype(dtype)
+        kw = {}
+    h_src, h_ref = band_histograms(src, **kw), band_histograms(ref, **kw)
+    full = LUT.from_histograms(h_src, h_ref, method=method)
+    matched = full.apply(src)
+    # 1 is exactly the full match, 0 exactly the source
+    one = LUT.from_histograms(h_src, h_ref, method=method, proportion=1)
+    np.testing.assert_array_equal(one.table, full.table)
+    assert one.proportion == 1.0 and one.to_dict() == full.to_dict()
+    zero = LUT.from_histograms(h_src, h_ref, method=method, proportion=0.0)
+    np.testing.assert_array_equal(zero.apply(src), src)
+    # in between: src + m * (matched - src), integers rounded half to even
+    for m in (0.3, 0.5):
+        lut = LUT.from_histograms(h_src, h_ref, method=method, proportion=m)
+        want = _blend_oracle(src, matched, m, lut.dtype)
+        if dtype == "float64":
+            np.testing.assert_allclose(lut.apply(src), want, rtol=1e-12, atol=1e-9)
+        else:
+            np.testing.assert_array_equal(lut.apply(src), want)
+        assert lut.proportion == m and f"x{m:g}" in repr(lut)
+
+
+def test_proportion_on_an_interval_table_is_linear_within_each_bin():
+    # two source bins, [0, 2) holding 0 and 1, [2, 4] holding 2, 3 and 4: nearest maps each bin
+    # onto one value; half of it is linear within each bin's observed range
+    x = np.array([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    y = np.array([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    h_x, h_y = band_histograms(x, bins=2), band_histograms(y)
+    assert LUT.from_histograms(h_x, h_y).apply(x).tolist() == [[20.0, 20.0, 50.0, 50.0, 50.0]]
+    lut = LUT.from_histograms(h_x, h_y, proportion=0.5)
+    assert lut.apply(x).tolist() == [[10.0, 10.5, 26.0, 26.5, 27.0]]
+    assert lut.apply(np.array([[0.5, 3.5]])).tolist() == [[10.25, 26.75]]
+    # beyond a bin's observed range a value is held at the range's end, as the match holds it
+    assert lut.apply(np.array([[-7.0, 1.5, 9.0]])).tolist() == [[10.0, 10.5, 27.0]]
+
+
+def test_a_proportion_the_output_dtype_cannot_hold_is_refused():
+    src = _hist(np.r_[np.zeros(990), [1] * 11], np.uint16)  # levels 990..1000 of a uint16 source
+    ref = _hist([0, 3, 3, 3])
+    assert LUT.from_histograms(src, ref).dtype == np.uint8
+    with pytest.raises(
+        OptionError, match=r"onto 496\.\.502, which uint8 cannot hold; pass dtype= uint16"
+    ):
+        LUT.from_histograms(src, ref, proportion=0.5)
+    # 990 -> 1 blends to 495.5, rounded half to even; levels beyond the data are held at its ends
+    lut = LUT.from_histograms(src, ref, proportion=0.5, dtype="uint16")
+    want = [496, 496, 496, 497, 498, 498, 499, 500, 500, 501, 502]
+    assert lut.table[0, 990:1001].tolist() == want
+    assert lut.table[0, [0, 989, 1001, 65535]].tolist() == [496, 496, 502, 502]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"objective": "ks"}, "objective='ks' is what method='optimal' minimises"),
+        ({"method": "ceil", "objective": "w1"}, "drop the objective for method='ceil'"),
+        ({"method": "optimal", "objective": "l2"}, "objective must be one of 'ks', 'w1'"),
+        ({"proportion": 1.5}, "proportion is 1.5; pass a number from 0"),
+        ({"proportion": -0.1}, "proportion is -0.1"),
+        ({"proportion": float("nan")}, "proportion is nan"),
+        ({"proportion": True}, "proportion must be a number"),
+        ({"proportion": "0.5"}, "proportion must be a number"),
+        ({"method": "cubic"}, "method must be one of 'nearest', 'ceil', 'interp', 'optimal'"),
+    ],
+)
+def test_rule_options_are_checked(kw, match):
+    with pytest.raises(OptionError, match=re.escape(match)):
+        LUT.from_histograms(_hist([1, 1]), _hist([1, 1]), **kw)
+    lut = LUT.from_histograms(_hist([1, 1]), _hist([1, 1]))
+    with pytest.raises(OptionError, match=re.escape(match)):
+        LUT(lut.table, lut.source_binning, lut.dtype, **{"method": "nearest", **kw})

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1085,3 +1086,93 @@ def test_fuzz_histogram_from_dict_and_json(doc, depth):
         same_rows(back.rows, hist.rows)
     text = json.dumps(doc).replace(f'"{_DEEP}"', "[" * depth + "]" * depth)
     _only_project_errors(lambda: Histogram.from_json(text), HistogramFileError)
+
+
+# -- the rules: ceil, optimal, proportion ------------------------------------------------------
+
+
+LUT_RULES = [
+    {"method": "nearest"},
+    {"method": "ceil"},
+    {"method": "interp"},
+    {"method": "optimal", "objective": "ks"},
+    {"method": "optimal", "objective": "w1"},
+]
+
+
+def rule_lut(kind: str, rule: dict, proportion: float) -> LUT:
+    make = {"levels": levels_lut, "uniform": uniform_lut}[kind]
+    lut = make(rule["method"])
+    return LUT.from_histograms(
+        lut.source_hist,
+        lut.reference_hist,
+        method=rule["method"],
+        objective=rule.get("objective"),
+        proportion=proportion,
+    )
+
+
+@pytest.mark.parametrize("proportion", [1.0, 0.0, 0.35])
+@pytest.mark.parametrize("rule", LUT_RULES, ids=lambda r: "-".join(r.values()))
+@pytest.mark.parametrize("kind", ["levels", "uniform"])
+def test_every_rule_round_trips(tmp_path, kind, rule, proportion):
+    lut = rule_lut(kind, rule, proportion)
+    back = LUT.load(lut.save(tmp_path / "lut.json"))
+    same_lut(back, lut)
+    assert (back.objective, back.proportion) == (lut.objective, lut.proportion)
+    data = np.array([[[0, 3, 3, 7, 9, 200, 1, 2]]] * 2, dtype=np.uint8)
+    if kind == "uniform":
+        data = np.round(np.random.default_rng(7).normal(0.3, 0.1, (2, 12, 12)), 3)
+    np.testing.assert_array_equal(back.apply(data), lut.apply(data))
+    recipe = json.loads((tmp_path / "lut.json").read_text())["recipe"]
+    want = {"method": rule["method"], "levels": "present"}
+    want.update({"objective": rule["objective"]} if "objective" in rule else {})
+    want.update({} if proportion == 1.0 else {"proportion": proportion})
+    assert recipe == want
+
+
+def test_documents_of_the_earlier_rules_are_unchanged():
+    # no objective, proportion 1: the recipe holds the two keys earlier versions wrote
+    assert LEVELS_DOC["recipe"] == {"method": "nearest", "levels": "present"}
+    assert UNIFORM_DOC["recipe"] == {"method": "interp", "levels": "present"}
+    lut = rule_lut("levels", {"method": "nearest"}, 1)
+    assert schema._dumps(lut.to_dict()) == schema._dumps(LEVELS_DOC)
+    doc = copy.deepcopy(LEVELS_DOC)
+    doc["recipe"]["proportion"] = 1  # an explicit default reads as the default
+    same_lut(LUT.from_dict(doc), levels_lut())
+
+
+@pytest.mark.parametrize(
+    ("recipe", "match"),
+    [
+        ({"objective": "ks"}, "recipe.objective is set, but only method 'optimal' has one"),
+        ({"method": "optimal"}, "recipe.objective is missing; method 'optimal' needs"),
+        (
+            {"method": "optimal", "objective": "l2"},
+            "recipe.objective is the string 'l2', expected one of 'ks', 'w1'",
+        ),
+        ({"method": "optimal", "objective": 1}, "recipe.objective is 1"),
+        ({"proportion": 1.5}, "recipe.proportion is 1.5, expected a number from 0 to 1"),
+        ({"proportion": -0.25}, "recipe.proportion is -0.25"),
+        ({"proportion": True}, "recipe.proportion is true"),
+        ({"proportion": "0.5"}, "recipe.proportion is the string '0.5'"),
+        ({"proportion": None}, "recipe.proportion is null"),
+        ({"method": "cubic"}, "recipe.method is the string 'cubic'"),
+        ({"weights": [1]}, "recipe has an unknown field 'weights'"),
+    ],
+)
+def test_bad_recipes_are_refused_by_field(tmp_path, recipe, match):
+    doc = copy.deepcopy(LEVELS_DOC)
+    doc["recipe"].update(recipe)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LUTFileError, match=re.escape(f"bad.json: {match}")):
+        LUT.load(path)
+
+
+def test_a_recipe_edit_rebuilds_what_it_says():
+    # the recipe is the whole table: an edited proportion loads as that proportion's table,
+    # the same as fitting it, so a file can never carry a table its histograms do not give
+    doc = copy.deepcopy(LEVELS_DOC)
+    doc["recipe"].update({"method": "ceil", "proportion": 0.5})
+    same_lut(LUT.from_dict(doc), rule_lut("levels", {"method": "ceil"}, 0.5))
