@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -261,3 +263,79 @@ def test_accessor_one_base_for_dataarray_and_dataset(rng):
     lut = ds.rm.fit(ref)
     xr.testing.assert_equal(ds.rm.apply(lut), ds.rm.match(ref))
     assert set(ds.rm.equalize().data_vars) == {"red", "nir"}
+
+
+# -- the rules and the blend, at the level users call -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "levels"),
+    [
+        ({"method": "ceil"}, "all"),
+        ({"method": "optimal", "objective": "ks"}, "present"),
+        ({"method": "optimal", "objective": "w1"}, "present"),
+    ],
+)
+def test_rules_match_lazily_and_as_their_lut(rng, rule, levels):
+    src = rng.integers(0, 40, (2, 30, 20)).astype(np.uint16)
+    ref = rng.integers(5, 90, (2, 25, 25)).astype(np.uint8)
+    want = LUT_of(src, ref, rule, levels, 0.4).apply(src)
+    got = match_histograms(src, ref, levels=levels, proportion=0.4, **rule)
+    np.testing.assert_array_equal(got, want)
+    lazy = da.from_array(src, chunks=(1, 7, 9))
+    with raise_if_dask_computes(1):  # the one statistics pass
+        out = match_histograms(lazy, ref, levels=levels, proportion=0.4, **rule)
+    da.utils.assert_eq(out, want)
+    lut = fit_lut(src, ref, levels=levels, proportion=0.4, **rule)
+    assert (lut.method, lut.objective, lut.proportion) == (
+        rule["method"],
+        rule.get("objective"),
+        0.4,
+    )
+
+
+def LUT_of(src, ref, rule, levels, proportion):
+    return rastermatch.LUT.from_histograms(
+        rastermatch.band_histograms(src),
+        rastermatch.band_histograms(ref),
+        levels=levels,
+        proportion=proportion,
+        **rule,
+    )
+
+
+def test_proportion_0_and_1_through_match_and_equalize(rng):
+    src = rng.integers(10, 60, (1, 20, 20)).astype(np.uint8)
+    ref = rng.integers(100, 250, (1, 20, 20)).astype(np.uint8)
+    np.testing.assert_array_equal(match_histograms(src, ref, proportion=0), src)
+    np.testing.assert_array_equal(
+        match_histograms(src, ref, proportion=1.0), match_histograms(src, ref)
+    )
+    np.testing.assert_array_equal(equalize(src, proportion=0), src)
+    full = equalize(src, range=(0, 255))
+    half = equalize(src, range=(0, 255), proportion=0.5)
+    np.testing.assert_array_equal(half, np.rint(src + 0.5 * (full - src.astype(float))))
+    # a list of references (fit_many) takes the options as well
+    pooled = match_histograms(src, [ref, ref[:, :10]], method="ceil", proportion=0.25)
+    one = match_histograms(src, np.concatenate([ref, ref[:, :10]], axis=1), method="ceil")
+    np.testing.assert_array_equal(pooled, np.rint(src + 0.25 * (one - src.astype(float))))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"objective": "w1"}, "objective='w1' is what method='optimal' minimises"),
+        ({"method": "interp", "objective": "ks"}, "drop the objective for method='interp'"),
+        ({"proportion": 2}, "proportion is 2.0; pass a number from 0"),
+        ({"proportion": float("nan")}, "proportion is nan"),
+        ({"method": "optimal", "objective": "kl"}, "objective must be one of 'ks', 'w1'"),
+    ],
+)
+def test_rule_options_are_refused_before_any_work(kw, match):
+    lazy = da.zeros((1, 8, 8), dtype=np.uint8, chunks=4)
+    with raise_if_dask_computes(0), pytest.raises(rastermatch.OptionError, match=re.escape(match)):
+        match_histograms(lazy, lazy, **kw)
+    with pytest.raises(rastermatch.OptionError, match=re.escape(match)):
+        rastermatch.MatchOptions(**kw)
+    with raise_if_dask_computes(0), pytest.raises(rastermatch.OptionError, match=re.escape(match)):
+        equalize(lazy, **kw)
