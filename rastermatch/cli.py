@@ -486,10 +486,12 @@ _chunks = click.option(
 _method_levels = (
     click.option(
         "--method",
-        type=click.Choice(["nearest", "interp"]),
+        type=click.Choice(["nearest", "ceil", "interp", "optimal"]),
         default="nearest",
         show_default=True,
-        help="nearest: exact nearest-CDF rule; interp: scikit-image's piecewise-linear mapping.",
+        help="nearest: exact nearest-CDF rule; ceil: the generalized inverse CDF; interp: "
+        "scikit-image's piecewise-linear mapping; optimal: the monotone LUT minimising "
+        "--objective.",
     ),
     click.option(
         "--levels",
@@ -515,8 +517,28 @@ _dtype = click.option(
     help="Output dtype (default: the reference's).",
 )
 
+# the rule's objective and its blend with the identity (match, fit, normalize)
+_rule = (
+    click.option(
+        "--objective",
+        type=click.Choice(["ks", "w1"]),
+        help="With --method optimal: ks (the largest CDF gap) or w1 (the L1 distance between "
+        "the CDFs, 1-D Wasserstein; the default).",
+    ),
+    click.option(
+        "--proportion",
+        type=click.FloatRange(0, 1),
+        default=1.0,
+        show_default=True,
+        metavar="M",
+        help="Blend the match with the source: SOURCE + M * (MATCHED - SOURCE); 0 keeps the "
+        "source, 1 is the full match.",
+    ),
+)
+
 statistics_options = _options(
     *_method_levels,
+    *_rule,
     _nodata,
     _reference_nodata,
     _mask,
@@ -716,7 +738,9 @@ def fit(
     help="Pooling several references: counts (summed; scenes weighted by their valid pixels) "
     "or cdf (averaged CDFs; every scene weighted equally).",
 )
-@_options(*_method_levels, _nodata, _reference_nodata, _bands, _reference_bands, _bins, _dtype)
+@_options(
+    *_method_levels, *_rule, _nodata, _reference_nodata, _bands, _reference_bands, _bins, _dtype
+)
 @_chunks
 @click.option(
     "--mask",
@@ -1022,7 +1046,8 @@ def info(path: Path, as_json: bool, stats: bool) -> None:
 def demo(outdir: Path, overwrite: bool, workers: int | None, scheduler: str | None) -> None:
     """Run the bundled examples into a folder.
 
-    Two matches on the sample scenes, written as GeoTIFF and Zarr, with LUTs and reports.
+    Two matches on the sample scenes, written as GeoTIFF and Zarr, and the destriping of a
+    Landsat 7 scene with injected detector stripes, with LUTs and reports.
     """
     with _cluster(workers, scheduler):
         results = pipeline.run_demo(
@@ -1032,6 +1057,8 @@ def demo(outdir: Path, overwrite: bool, workers: int | None, scheduler: str | No
     for name, result in results.items():
         _echo()
         _echo(f"== {name}")
+        if any("stripe_power_before" in row for row in result.quality):
+            _echo("Stripe power along the detector axis, before and after:")
         _echo(result.quality_text())
     _echo()
     _echo(f"Files written to {outdir}:")

@@ -74,9 +74,9 @@ from .io import (
     temporary_sibling,
     write_raster,
 )
-from .lut import LUT, Levels, Method
+from .lut import LUT, Levels, Method, Objective
 from .match import MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many
-from .metrics import format_quality_table, matched_histogram, quality_table
+from .metrics import destripe_quality, format_quality_table, matched_histogram, quality_table
 
 __all__ = [
     "MatchResult",
@@ -633,6 +633,8 @@ def _fit(
     dtype: Any,
     chunks: Any,
     show_progress: bool,
+    objective: Objective | None = None,
+    proportion: float = 1.0,
 ) -> _Fitted:
     src, ref, ref_nodata = _open_pair(
         source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
@@ -642,7 +644,8 @@ def _fit(
     with progress(show_progress):
         lut = fit_lut(
             src, ref, method=method, levels=levels, nodata=nodata, reference_nodata=ref_nodata,
-            mask=src_mask, reference_mask=ref_mask, bins=bins, dtype=dtype,
+            mask=src_mask, reference_mask=ref_mask, bins=bins, dtype=dtype, objective=objective,
+            proportion=proportion,
         )  # fmt: skip
     quality = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
     return _Fitted(lut, quality, src, ref)
@@ -655,6 +658,8 @@ def fit_files(
     *,
     method: Method = "nearest",
     levels: Levels = "present",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     nodata: float | None = None,
     reference_nodata: float | None = None,
     mask: PathLike | None = None,
@@ -682,7 +687,7 @@ def fit_files(
         source, reference, method=method, levels=levels, nodata=nodata,
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
-        show_progress=show_progress,
+        show_progress=show_progress, objective=objective, proportion=proportion,
     )  # fmt: skip
     saved = None
     if lut_path is not None:
@@ -703,6 +708,8 @@ def match_files(
     *,
     method: Method = "nearest",
     levels: Levels = "present",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     nodata: float | None = None,
     reference_nodata: float | None = None,
     mask: PathLike | None = None,
@@ -754,7 +761,7 @@ def match_files(
         source, reference, method=method, levels=levels, nodata=nodata,
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
-        show_progress=show_progress,
+        show_progress=show_progress, objective=objective, proportion=proportion,
     )  # fmt: skip
     lut = fitted.lut
     matched = lut.apply(fitted.src, nodata=nodata)  # an explicit nodata wins, as in the fit
@@ -1261,6 +1268,8 @@ def normalize_files(
     format: Literal["tif", "zarr"] | None = None,
     method: Method = "nearest",
     levels: Levels = "present",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     pool: Literal["counts", "cdf"] = "counts",
     nodata: float | None = None,
     reference_nodata: float | None = None,
@@ -1320,7 +1329,10 @@ def normalize_files(
     >>> len(result.quality), all(r["ks_after"] < r["ks_before"] for r in result.quality)
     (6, True)
     """
-    options = MatchOptions(method=method, levels=levels, bins=bins, dtype=dtype, pool=pool)
+    options = MatchOptions(
+        method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
+        dtype=dtype, pool=pool,
+    )  # fmt: skip
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
     refs = expand_sources(reference, what="reference")
@@ -1679,7 +1691,6 @@ def destripe_file(
     ('destriped.tif', True)
     """
     from .balance import fit_detectors
-    from .metrics import destripe_quality
 
     layout = detector_layout(detectors, axis=axis, offset=offset)
     inputs = [source, mask]
@@ -1716,8 +1727,15 @@ def destripe_file(
         if lut_path is not None:
             _save_lut(lut, staged.path_for(Path(lut_path)), lut_path)
         if report is not None:
-            _save_destripe_report(staged.path_for(Path(report)), report, src, balanced, layout,
-                                  nodata)  # fmt: skip
+            from .plot import save_destripe_report
+
+            try:
+                save_destripe_report(staged.path_for(Path(report)), src, balanced, layout,
+                                     nodata=nodata, mask=src_mask)  # fmt: skip
+            except OSError as exc:  # a full disk, say: name the report, not its temporary
+                raise RasterWriteError(
+                    f"writing the report {report} failed: {exc.strerror or exc}"
+                ) from exc
         tmp = staged.path_for(final, overwrite=overwrite)
         _write(balanced, tmp, record, inputs, False, cog, compress, show_progress)
         staged.commit()
@@ -1725,20 +1743,6 @@ def destripe_file(
         final, lut, quality, Path(lut_path) if lut_path is not None else None,
         Path(report) if report is not None else None,
     )  # fmt: skip
-
-
-def _save_destripe_report(
-    tmp: Path, report: PathLike, before: Any, after: Any, layout: Detectors, nodata: Any
-) -> None:
-    from .plot import destripe_report_figure
-
-    fig = destripe_report_figure(before, after, layout, nodata=nodata)
-    try:
-        fig.savefig(tmp, dpi=120, facecolor="white")
-    except OSError as exc:  # a full disk, say: name the report, not its temporary
-        raise RasterWriteError(
-            f"writing the report {report} failed: {exc.strerror or exc}"
-        ) from exc
 
 
 # -- the demo ---------------------------------------------------------------------------------
@@ -1762,6 +1766,10 @@ DEMO_JOBS = (
 )
 
 
+#: The demo's detector balancing: (name, source, options).
+DEMO_DESTRIPE = ("landsat7_destriped", "striped_L7_ETMs.tif", {"detectors": 16})
+
+
 def run_demo(
     outdir: PathLike = "rastermatch-demo",
     *,
@@ -1769,14 +1777,16 @@ def run_demo(
     overwrite: bool = False,
     show_progress: bool = False,
 ) -> dict[str, MatchResult]:
-    """The main job on the bundled scenes; writes GeoTIFF and Zarr outputs, LUTs and reports.
+    """The main jobs on the bundled scenes; writes GeoTIFF and Zarr outputs, LUTs and reports.
 
     1. The 2014 NAIP aerial scene (uint8) normalized to the cloud-free Landsat composite (uint16):
        cross-sensor and cross-dtype.
     2. The Landsat scene with cloud holes (zeros, no nodata tag) normalized to its reference
        composite, with 0 as nodata (for both scenes).
+    3. The Landsat 7 scene with injected detector stripes (``striped_L7_ETMs.tif``) destriped:
+       its 16 detectors balanced to their pooled histogram (:func:`destripe_file`).
 
-    Every output of both jobs is checked before the first job starts.
+    Every output of every job is checked before the first job starts.
     """
     data = Path(data_dir) if data_dir is not None else DATA_DIR
     if not data.is_dir():
@@ -1788,10 +1798,13 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise RasterWriteError(f"{out} exists and is not a folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
-    for name, source, reference, _ in DEMO_JOBS:
-        inputs = [data / source, data / reference]
+    striped_name, striped, striped_options = DEMO_DESTRIPE
+    jobs = [(name, [data / source, data / reference]) for name, source, reference, _ in DEMO_JOBS]
+    for name, inputs in [*jobs, (striped_name, [data / striped])]:
         for suffix, kind in ((".tif", "raster"), (".zarr", "raster"), (".lut.json", "file"),
                              (".report.png", "file")):  # fmt: skip
+            if name == striped_name and suffix == ".zarr":
+                continue
             check_output_path(out / f"{name}{suffix}", inputs=inputs, overwrite=overwrite,
                               kind=kind)  # type: ignore[arg-type]  # fmt: skip
     results = {}
@@ -1807,4 +1820,9 @@ def run_demo(
                             reference=data / reference)  # fmt: skip
         _write(matched, out / f"{name}.zarr", record, [data / source, data / reference],
                overwrite, False, None, show_progress)  # fmt: skip
+    results[striped_name] = destripe_file(
+        data / striped, out / f"{striped_name}.tif", lut_path=out / f"{striped_name}.lut.json",
+        report=out / f"{striped_name}.report.png", overwrite=overwrite,
+        show_progress=show_progress, **striped_options,
+    )  # fmt: skip
     return results

@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 
 import rastermatch
 from rastermatch import OutputExistsError
-from rastermatch.cli import BandList, Chunks, Range, main
+from rastermatch.cli import BandList, Chunks, DetectorCount, DetectorReference, Range, main
 from rastermatch.errors import StaleTemporaryWarning
 
 REPO = Path(__file__).resolve().parent.parent
@@ -337,6 +337,11 @@ def test_demo(tmp_path):
         tif, _ = values(tmp_path / f"{name}.tif")
         zarr, _ = values(tmp_path / f"{name}.zarr")
         np.testing.assert_array_equal(tif, zarr)
+    assert "== landsat7_destriped" in result.stdout and "Stripe power" in result.stdout
+    for suffix in (".tif", ".lut.json", ".report.png"):
+        assert (tmp_path / f"landsat7_destriped{suffix}").exists()
+    record = rastermatch.read_provenance(tmp_path / "landsat7_destriped.tif")
+    assert record["operation"] == "destripe" and record["detectors"]["count"] == 16
     assert_refused(run("demo", "-o", tmp_path), 1, "exists already", "--overwrite")
 
 
@@ -926,3 +931,146 @@ def test_apply_a_stack_lut_to_its_stack_aligns_rows_by_label(tmp_path):
     result = run("apply", stack, lut, "-o", tmp_path / "two.zarr", "--bands", "1,2")
     assert_refused(result, 1, "(time: 2, band: 2)", "select as many bands")
     assert not (tmp_path / "one.tif").exists() and not (tmp_path / "two.zarr").exists()
+
+
+# -- destripe ---------------------------------------------------------------------------------
+
+STRIPED = DATA / "striped_L7_ETMs.tif"  # 6 bands uint8, 16 detectors along y with own responses
+
+
+def _detector_spread(scene: np.ndarray, count: int = 16, skip: tuple[int, ...] = ()) -> np.ndarray:
+    """Per band, the spread (max - min) of the detectors' mean levels (but those in ``skip``):
+    stripes make it large."""
+    lines = scene.astype(np.float64).mean(axis=2)  # (band, y)
+    detector = np.arange(scene.shape[1]) % count
+    keep = [d for d in range(count) if d not in skip]
+    means = np.stack([lines[:, detector == d].mean(axis=1) for d in keep], axis=1)
+    return means.max(axis=1) - means.min(axis=1)
+
+
+@pytest.fixture(scope="module")
+def destriped(tmp_path_factory) -> dict[str, Path]:
+    """``rastermatch destripe`` on the striped sample, with the LUT file."""
+    tmp = tmp_path_factory.mktemp("destripe")
+    paths = {"output": tmp / "destriped.tif", "lut": tmp / "detectors.lut.json"}
+    result = run(
+        "destripe", STRIPED, "-o", paths["output"], "--detectors", "16", "--lut", paths["lut"],
+        "--chunks", "128",
+    )  # fmt: skip
+    assert_ok(result)
+    paths["tmp"] = tmp
+    paths["stdout"] = result.stdout  # type: ignore[assignment]
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("param", "text", "expected"),
+    [
+        (DetectorCount(), "16", 16),
+        (DetectorCount(), "column", "column"),
+        (DetectorCount(), "Columns", "column"),
+        (DetectorReference(), "pooled", "pooled"),
+        (DetectorReference(), "7", 7),
+    ],
+)
+def test_detector_param_types_convert(param, text, expected):
+    assert param.convert(text, None, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("param", "text"),
+    [(DetectorCount(), "0"), (DetectorCount(), "sixteen"), (DetectorCount(), "1.5"),
+     (DetectorReference(), "-1"), (DetectorReference(), "best")],
+)  # fmt: skip
+def test_detector_param_types_refuse(param, text):
+    import click
+
+    with pytest.raises(click.BadParameter):
+        param.convert(text, None, None)
+
+
+def test_destripe_removes_the_stripes_and_keeps_the_grid(destriped):
+    out, nodata = values(destriped["output"])
+    scene, _ = values(STRIPED)
+    assert out.dtype == np.uint8 and out.shape == scene.shape and nodata is None
+    # the detectors' mean levels agree after balancing (within 1.5 levels), not before; the
+    # detector with the dead low end (5) merged its low levels into one, which no LUT can split
+    before, after = _detector_spread(scene, skip=(5,)), _detector_spread(out, skip=(5,))
+    assert (before > 25).all() and (after < 1.5).all(), (before, after)
+    assert (_detector_spread(out) < _detector_spread(scene) / 4).all()
+    src, dst = rastermatch.open_raster(STRIPED), rastermatch.open_raster(destriped["output"])
+    assert dst.rio.crs == src.rio.crs and dst.rio.transform() == src.rio.transform()
+    # the quality table: stripe power before and after, one row per band
+    stdout = destriped["stdout"]
+    assert "Stripe power" in stdout and "detectors.lut.json" in stdout
+    record = rastermatch.read_provenance(destriped["output"])
+    assert record["operation"] == "destripe"
+    assert record["detectors"]["count"] == 16 and record["detectors"]["axis"] == "y"
+    assert record["reference"] == "pooled"
+    assert len(record["quality"]) == 6
+    assert all(r["stripe_reduction"] >= 0.95 for r in record["quality"]), record["quality"]
+
+
+def test_destripe_lut_reapplies_with_apply(destriped, tmp_path):
+    lut = rastermatch.LUT.load(destriped["lut"])
+    assert lut.detectors is not None and lut.detectors.count == 16
+    again = tmp_path / "again.tif"
+    assert_ok(run("-q", "apply", STRIPED, destriped["lut"], "-o", again))
+    np.testing.assert_array_equal(values(again)[0], values(destriped["output"])[0])
+    # a scene of a different band count is refused before any work
+    result = run("apply", STRIPED, destriped["lut"], "-o", tmp_path / "b.tif", "--bands", "1,2")
+    assert_refused(result, 1, "select as many bands")
+    assert not (tmp_path / "b.tif").exists()
+
+
+def test_destripe_to_one_detector_into_zarr_with_a_report(tmp_path):
+    """--reference K matches every detector to detector K: K's lines come out unchanged."""
+    out, report = tmp_path / "k.zarr", tmp_path / "k.png"
+    assert_ok(run("-q", "destripe", STRIPED, "-o", out, "--detectors", "16", "--reference",
+                  "3", "--bands", "4", "--report", report))  # fmt: skip
+    got, scene = values(out)[0], values(STRIPED)[0][[3]]
+    np.testing.assert_array_equal(got[:, 3::16], scene[:, 3::16])
+    assert rastermatch.read_provenance(out)["reference"] == 3
+    assert (_detector_spread(got) < _detector_spread(scene)).all()
+    assert report.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragments"),
+    [
+        (["-o", STRIPED, "--detectors", "16", "--overwrite"], 1, ["refusing", "input"]),
+        (["-o", "x.tif", "--detectors", "16", "--lut", STRIPED], 1, ["input"]),
+        (["-o", "x.tif", "--detectors", "16", "--report", "x.tif"], 1, ["report", "x.tif"]),
+        (["-o", "x.tif", "--detectors", "0"], 2, ["--detectors", "at least 1"]),
+        (["-o", "x.tif", "--detectors", "many"], 2, ["--detectors", "'column'"]),
+        (["-o", "x.tif"], 2, ["--detectors N"]),
+        (["-o", "x.tif", "--detectors", "column", "--axis", "y"], 2, ["--axis y"]),
+        (["-o", "x.tif", "--detectors", "16", "--reference", "16"], 1,
+         ["--reference", "no detector 16", "0..15"]),
+        (["-o", "x.tif", "--detectors", "16", "--offset", "16"], 1, ["offset", "0..15"]),
+        (["-o", "x.tif", "--detectors", "16", "--bands", "7"], 1, ["6 bands", "[7]"]),
+        (["-o", "x.tif", "--detectors", "16", "--nodata", "300"], 1, ["300", "uint8"]),
+        (["-o", "x.zarr", "--detectors", "16", "--cog"], 1, ["--cog"]),
+    ],
+)  # fmt: skip
+def test_destripe_refusals_are_one_line(args, exit_code, fragments, tmp_path, monkeypatch):
+    from rastermatch import balance
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("the statistics pass ran")
+
+    monkeypatch.setattr(balance, "fit_detectors", no_statistics)
+    monkeypatch.chdir(tmp_path)
+    assert_refused(run("destripe", STRIPED, *args), exit_code, *fragments)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporaries left
+
+
+def test_destripe_refuses_an_existing_output(destriped, tmp_path):
+    lut = tmp_path / "new.lut.json"
+    result = run("destripe", STRIPED, "-o", destriped["output"], "--detectors", "16", "--lut", lut)
+    assert_refused(result, 1, "exists already", "--overwrite")
+    assert not lut.exists()
+    result = run("destripe", STRIPED, "-o", tmp_path / "n.tif", "--detectors", "16", "--lut",
+                 destriped["lut"])  # fmt: skip
+    assert_refused(result, 1, "exists already", "--overwrite")
+    assert list(tmp_path.iterdir()) == []

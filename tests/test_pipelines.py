@@ -133,3 +133,120 @@ def test_a_float_mask_keeps_its_nan_pixels(tmp_path):
     mask = np.asarray(open_mask(tmp_path / "mask.tif", image))
     assert mask[0, :4].tolist() == [False, True, True, False]
     assert int(mask.sum()) == 2
+
+
+# -- detector balancing: the striped sample, destripe_file and the README command -------------
+
+STRIPED = DATA / "striped_L7_ETMs.tif"  # 6 bands uint8, 16 detectors along y
+
+
+def test_make_striped_sample_reproduces_the_bundled_file(tmp_path):
+    done = script("make_striped_sample.py", "--check", cwd=tmp_path)
+    assert "matches" in done.stdout
+    assert STRIPED.stat().st_size < 2**20
+
+
+def test_readme_destripe_command_runs(tmp_path):
+    """The README's ``rastermatch destripe data/...`` line, as a process."""
+    import re
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^rastermatch destripe data/\S+ .*$", readme, flags=re.M)
+    assert line is not None
+    (tmp_path / "data").symlink_to(DATA)
+    done = subprocess.run(
+        [sys.executable, "-m", "rastermatch", *shlex.split(line[0])[1:]], capture_output=True,
+        text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stripes before" in done.stdout
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "data")
+    assert written == ["destripe.png", "destriped.tif", "detectors.lut.json"]
+
+
+def _write_like(path: Path, values: np.ndarray, nodata: float | None = None) -> Path:
+    import rasterio
+
+    with rasterio.open(STRIPED) as src:
+        profile = src.profile
+        transform = src.transform
+    profile.update(count=values.shape[0], height=values.shape[1], width=values.shape[2],
+                   nodata=nodata, transform=transform)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+    return path
+
+
+def test_destripe_file_mask_leaves_pixels_out_of_the_statistics(tmp_path):
+    """Masking whole sweeps (lines 176..351) gives the LUTs of the unmasked lines alone; the
+    masked pixels are still mapped."""
+    from rastermatch.pipeline import destripe_file
+
+    scene = rastermatch.open_raster(STRIPED).values
+    mask = np.zeros((1, *scene.shape[1:]), dtype=np.uint8)
+    mask[:, 176:] = 1  # 11 sweeps of 16 lines each
+    mask_path = _write_like(tmp_path / "mask.tif", mask)
+    top = _write_like(tmp_path / "top.tif", scene[:, :176])
+    masked = destripe_file(STRIPED, tmp_path / "masked.tif", detectors=16, mask=mask_path)
+    alone = destripe_file(top, tmp_path / "top_out.tif", detectors=16)
+    got = rastermatch.open_raster(masked.output).values
+    np.testing.assert_array_equal(got[:, :176], rastermatch.open_raster(alone.output).values)
+    np.testing.assert_array_equal(
+        masked.lut.apply(scene[:, 176:]), got[:, 176:]
+    )  # the masked lines go through the same LUTs
+    record = rastermatch.read_provenance(masked.output)
+    assert record["inputs"]["mask"] == str(mask_path)
+
+
+def test_destripe_file_keeps_nodata_out(tmp_path):
+    from rastermatch.pipeline import destripe_file
+
+    scene = np.maximum(rastermatch.open_raster(STRIPED).values, 1)
+    scene[:, :, :30] = 0  # a fill border
+    src = _write_like(tmp_path / "bordered.tif", scene, nodata=0)
+    result = destripe_file(src, tmp_path / "out.tif", detectors=16, bands=[1, 5])
+    out = rastermatch.open_raster(result.output)
+    assert out.rio.nodata == 0 and out.sizes["band"] == 2
+    values = out.values
+    assert (values[:, :, :30] == 0).all() and (values[:, :, 30:] > 0).all()
+    assert all(r["stripe_reduction"] > 0.9 for r in result.quality)
+
+
+def test_destripe_file_along_x(tmp_path):
+    """The striped sample transposed has its 16 detectors along x; one detector per column
+    works too and is recorded as such."""
+    from rastermatch.pipeline import destripe_file
+
+    scene = rastermatch.open_raster(STRIPED).values[[3, 5]]
+    along_y = destripe_file(STRIPED, tmp_path / "y.tif", detectors=16, bands=[4, 6])
+    flipped = _write_like(tmp_path / "t.tif", np.ascontiguousarray(scene.transpose(0, 2, 1)))
+    along_x = destripe_file(flipped, tmp_path / "x.zarr", detectors=16, axis="x")
+    np.testing.assert_array_equal(
+        rastermatch.open_raster(along_x.output).values.transpose(0, 2, 1),
+        rastermatch.open_raster(along_y.output).values,
+    )
+    columns = destripe_file(flipped, tmp_path / "c.tif", detectors="column", axis="x", bands=[1])
+    record = rastermatch.read_provenance(columns.output)
+    assert record["detectors"]["count"] is None and record["detectors"]["axis"] == "x"
+    assert "one detector per column" in record["detectors"]["description"]
+    assert all(r["stripe_reduction"] > 0.5 for r in columns.quality), columns.quality
+
+
+def test_destripe_file_refuses_overlapping_outputs_and_leaves_nothing(tmp_path, monkeypatch):
+    from rastermatch import OptionError, RasterWriteError
+    from rastermatch import pipeline as pipe
+
+    with pytest.raises(OptionError, match="LUT file and the output"):
+        pipe.destripe_file(STRIPED, tmp_path / "a.tif", detectors=16, lut_path=tmp_path / "a.tif")
+    with pytest.raises(OptionError, match="detectors must be a number"):
+        pipe.destripe_file(STRIPED, tmp_path / "a.tif", detectors="lines")
+
+    def disk_full(*args, **kwargs):
+        raise RasterWriteError("writing a.tif failed: No space left on device")
+
+    monkeypatch.setattr(pipe, "_write", disk_full)
+    with pytest.raises(RasterWriteError, match="No space"):
+        pipe.destripe_file(STRIPED, tmp_path / "a.tif", detectors=16, bands=[2],
+                           lut_path=tmp_path / "a.json", report=tmp_path / "a.svg")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # the staged LUT file and report went too
