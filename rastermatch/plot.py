@@ -839,7 +839,7 @@ def _destripe_row_title(name: str, row: dict[str, Any]) -> str:
     change = ""
     if reduction is not None:
         change = (
-            f" ({significant(100 * abs(reduction), 3)} % {'less' if reduction >= 0 else 'more'})"
+            f" ({significant(100 * abs(reduction), 4)} % {'less' if reduction >= 0 else 'more'})"
         )
     deviation = significant(100 * row["mean_relative_deviation"], 3)
     return (
