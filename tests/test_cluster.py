@@ -116,3 +116,12 @@ def test_histograms_compute_together_on_the_cluster(client, scenes):
     np.testing.assert_array_equal(h_src.counts, local_src.counts)
     assert h_ref.total.tolist() == [200 * 210] * 3
     assert isinstance(h_src.counts, np.ndarray)
+
+
+def test_exact_specification_is_the_same_on_the_cluster(client, scenes):
+    paths, _ = scenes
+    src = rastermatch.open_raster(paths["src"]).isel(y=slice(0, 160), x=slice(0, 150))
+    ref = rastermatch.open_raster(paths["ref"])
+    clustered = rastermatch.specify_exact(src, ref).values  # the active client computes it
+    local = rastermatch.specify_exact(src.values, ref.values, nodata=0)
+    np.testing.assert_array_equal(clustered, local)
