@@ -109,8 +109,8 @@ def check_rule(method: Any, objective: Any, proportion: Any) -> tuple[Any, Any, 
         check_option("objective", objective, OBJECTIVES)
         if method != "optimal":
             raise OptionError(
-                f"objective={objective!r} is what method='optimal' minimises; pass "
-                f"method='optimal' with it, or drop the objective for method={method!r}"
+                f"objective {objective!r} is what method 'optimal' minimises; pass "
+                f"method='optimal' with it, or leave the objective out for method {method!r}"
             )
     elif method == "optimal":
         objective = "w1"

@@ -406,8 +406,8 @@ def test_a_proportion_the_output_dtype_cannot_hold_is_refused():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"objective": "ks"}, "objective='ks' is what method='optimal' minimises"),
-        ({"method": "ceil", "objective": "w1"}, "drop the objective for method='ceil'"),
+        ({"objective": "ks"}, "objective 'ks' is what method 'optimal' minimises"),
+        ({"method": "ceil", "objective": "w1"}, "leave the objective out for method 'ceil'"),
         ({"method": "optimal", "objective": "l2"}, "objective must be one of 'ks', 'w1'"),
         ({"proportion": 1.5}, "proportion is 1.5; pass a number from 0"),
         ({"proportion": -0.1}, "proportion is -0.1"),

@@ -324,8 +324,8 @@ def test_proportion_0_and_1_through_match_and_equalize(rng):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"objective": "w1"}, "objective='w1' is what method='optimal' minimises"),
-        ({"method": "interp", "objective": "ks"}, "drop the objective for method='interp'"),
+        ({"objective": "w1"}, "objective 'w1' is what method 'optimal' minimises"),
+        ({"method": "interp", "objective": "ks"}, "leave the objective out for method 'interp'"),
         ({"proportion": 2}, "proportion is 2.0; pass a number from 0"),
         ({"proportion": float("nan")}, "proportion is nan"),
         ({"method": "optimal", "objective": "kl"}, "objective must be one of 'ks', 'w1'"),
