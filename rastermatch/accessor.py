@@ -21,6 +21,7 @@ from typing import Any
 
 import xarray as xr
 
+from .balance import balance_detectors, fit_detectors
 from .histogram import Histogram, band_histograms
 from .lut import LUT
 from .match import equalize, fit_lut, match_histograms
@@ -29,9 +30,9 @@ __all__ = ["DataArrayAccessor", "DatasetAccessor", "RastermatchAccessor"]
 
 
 class RastermatchAccessor:
-    """``obj.rm.match(reference)``, ``.histograms()``, ``.equalize()``, ``.fit(reference)`` and
-    ``.apply(lut)``: the functions of the same names with this DataArray or Dataset as first
-    argument."""
+    """``obj.rm.match(reference)``, ``.histograms()``, ``.equalize()``, ``.fit(reference)``,
+    ``.apply(lut)``, ``.balance_detectors(detectors=16)`` and ``.fit_detectors(...)``: the
+    functions of the same names with this DataArray or Dataset as first argument."""
 
     def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
         self._obj = obj
@@ -55,6 +56,14 @@ class RastermatchAccessor:
     def apply(self, lut: LUT, **kwargs: Any) -> Any:
         """:meth:`rastermatch.LUT.apply` to this object."""
         return lut.apply(self._obj, **kwargs)
+
+    def balance_detectors(self, **kwargs: Any) -> Any:
+        """:func:`rastermatch.balance_detectors` of this object (destriping)."""
+        return balance_detectors(self._obj, **kwargs)
+
+    def fit_detectors(self, **kwargs: Any) -> LUT:
+        """:func:`rastermatch.fit_detectors` of this object: the per-detector LUT."""
+        return fit_detectors(self._obj, **kwargs)
 
 
 @xr.register_dataarray_accessor("rm")
