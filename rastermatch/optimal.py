@@ -37,38 +37,42 @@ depends on nothing else, and the objectives are
   ``reference_values`` of the bins (default: the bin indices).
 
 The recurrence, over the candidates from the top down (``E(t, a)`` the best value of the terms
-``t..Q`` when ``a(t) = a``; ``M`` its suffix minimum over the cut):
+``t..Q`` when ``a(t) = a``), is the dynamic programme of multiple histogram matching:
 
     E(Q, a) = 0 if a = P else infinity
-    M(t, a) = min_{a' >= a} E(t, a')          (one sweep over the cuts, from a = P down to 0)
-    "w1":  E(t, a) = gap_t d(t, a) + M(t+1, a),   gap_t = v(c_{t+1}) - v(c_t)
-    "ks":  E(t, a) = max(d(t, a), M(t+1, a))
+    "w1":  E(t, a) = gap_t d(t, a) + min_{a' >= a} E(t+1, a'),   gap_t = v(c_{t+1}) - v(c_t)
+    "ks":  E(t, a) = max(d(t, a), min_{a' >= a} E(t+1, a'))
 
-with the optimum ``M(1, 0)``; ``P + 1`` cuts by ``Q`` candidates, O(P Q k) time and O(P)
-memory for the values (a compiled loop, GIL-free).
+solved over ``P + 1`` cuts by ``Q`` candidates with suffix minima in O(P Q k). It collapses:
+``d`` has decreasing differences in ``(a, t)`` (for one pair, ``|A(a+1) - b| - |A(a) - b|``
+does not increase with ``b``, and every ``b = B_j(t)`` grows with ``t``; a sum with non-negative
+weights keeps the property), so by Topkis' theorem the largest minimiser ``a*(t)`` of
+``d(t, .)`` does not decrease with ``t``. The cuts ``a*(t)`` are therefore a monotone map that
+minimises every term at once: it is optimal for both objectives, and ``min_{a' >= a} E(t+1,
+a')`` is always attained at ``a*(t+1)``. The row minima of such a monotone matrix are found by
+divide and conquer (the middle row over the whole range of cuts, then the rows above and below
+within the cuts its minimiser leaves them): O(k (P + Q) log Q) gap evaluations, compiled and
+GIL-free, instead of P Q. For one pair it is the nearest-CDF rule read the other way: for every
+reference level the source cut whose CDF is nearest, where Algorithm 1 takes for every source
+level the nearest reference CDF.
 
-Ties (deterministic, exact where the arithmetic is exact, see below): for ``"w1"``, among all
-optimal maps the lexicographically smallest ``(g(1), g(2), ...)`` (the lowest output for the
-lowest source level first); a smaller ``g`` is a larger cut sequence read from ``t = 1``, which
-the forward walk picks with one bit per cell, "this cut is the largest minimiser of ``E(t, .)``
-at or above it". A KS optimum is rarely unique (any map within the bottleneck ties), so ``"ks"``
-picks, among all maps with the smallest KS value, the one with the smallest W1 value (as above,
-in ``reference_values`` units), and among those the lexicographically smallest: the map stays
-centred instead of leaning to one side of the tolerance. That is a second pass: the KS optimum
-``K`` first, then the W1 recurrence over the cells with ``d(t, a) <= K`` only.
+Ties (deterministic, exact where the arithmetic is exact, see below): among all optimal maps
+the lexicographically smallest ``(g(1), g(2), ...)`` (the lowest output for the lowest source
+level first), which is the largest cut sequence read from ``t = 1``. A KS optimum is rarely
+unique (any map within the bottleneck ties), so ``"ks"`` takes, among the maps with the smallest
+KS value, those with the smallest W1 value, and the lexicographically smallest of them. With
+distinct candidate values both rules give the map ``a*``: the two objectives give the same map
+and differ in the value they report. They differ only where candidates share one value (a
+zero gap, which W1 does not see): there ``"w1"`` takes the next candidate's cut and ``"ks"``
+the largest cut up to it whose gap stays within the KS optimum.
 
 Exact arithmetic: with ``weights`` None (or non-negative integers) the gaps are computed in
 integers: pair ``j``'s CDF difference ``S/N_src - C/N_ref`` is ``(S m_ref - C m_src) / D_j`` with
 ``m = N / gcd(N_src, N_ref)`` and ``D_j = N_src m_ref``, scaled to the common denominator
-``L = lcm_j D_j``, as :mod:`rastermatch.lut` does for one pair. The KS recurrence stays in int64
-while ``L sum(w) < 2**61``; the W1 recurrence while also the reference values are integers and
-``L sum(w) (v(c_Q) - v(c_1)) < 2**61``. Beyond that (billions of pixels; float reference values;
-fractional weights) the same recurrences run in float64, and ties closer than float64 rounding
-may be decided either way.
-
-Size: the work is ``P Q`` cells per row; above :data:`MAX_CELLS` cells the map is refused with
-an :class:`~rastermatch.errors.OptionError` that says to pass ``levels="present"`` or coarser
-``bins`` (16-bit levels with 4,096 present levels on both sides are 17 million cells).
+``L = lcm_j D_j``, as :mod:`rastermatch.lut` does for one pair; int64 while
+``L sum(w) < 2**61`` (for one pair, ``N_src N_ref / gcd`` below 2.3e18: two scenes of
+1.5e9 pixels each). Beyond that, and with fractional weights, the same search runs in float64,
+and gaps closer than float64 rounding may be told apart or tied either way.
 """
 
 from __future__ import annotations
@@ -98,108 +102,59 @@ from .match import _item, _scheduler, _statistics, reference_with_source_nodata
 if TYPE_CHECKING:
     from .lut import LUT
 
-__all__ = ["MAX_CELLS", "Objective", "fit_multi", "optimal_indices"]
+__all__ = ["Objective", "fit_multi", "optimal_indices"]
 
 Objective = Literal["ks", "w1"]
 OBJECTIVES = ("ks", "w1")
 LEVELS = ("present", "all")
 
-MAX_CELLS = 2**28
-"""The largest ``P * Q`` (present source levels times candidate reference levels) solved."""
-
-# int64 recurrences: every finite value stays below _INT_LIMIT and "infinity" is _INT_INF, so
-# a finite term added to infinity (before it is clamped back) can never wrap
+# int64 gaps stay below this: a sum of two never wraps
 _INT_LIMIT = 2**61
-_INT_INF = 2**62
 
 
-# -- compiled recurrences ------------------------------------------------------------------------
-# Each row of cells is two passes: the gaps d(t, a) for every cut at once (a loop over
-# contiguous memory that LLVM vectorises), then the running suffix minimum, the one sequential
-# step.
+# -- compiled search ------------------------------------------------------------------------------
 @numba.njit(nogil=True, cache=True)
-def _row_gaps(a_cum, b_cum, t, out):  # pragma: no cover - compiled
-    """out[a] = d(t, a) = sum_j |A[j, a] - B[j, t]| (the weights are folded into A and B)."""
-    p1 = a_cum.shape[1]
-    b = b_cum[0, t]
-    for a in range(p1):
-        out[a] = abs(a_cum[0, a] - b)
+def _gap(a_cum, b_cum, t, a):  # pragma: no cover - compiled
+    """d(t, a) = sum_j |A[j, a] - B[j, t]| (the weights are folded into A and B)."""
+    d = abs(a_cum[0, a] - b_cum[0, t])
     for j in range(1, a_cum.shape[0]):
-        b = b_cum[j, t]
-        for a in range(p1):
-            out[a] += abs(a_cum[j, a] - b)
+        d += abs(a_cum[j, a] - b_cum[j, t])
+    return d
 
 
 @numba.njit(nogil=True, cache=True)
-def _minimax(a_cum, b_cum):  # pragma: no cover - compiled
-    """The KS optimum ``min over monotone maps of max_t d(t, a(t))`` (Q >= 2)."""
-    p1 = a_cum.shape[1]
+def _row_minima(a_cum, b_cum, inf):  # pragma: no cover - compiled
+    """For every candidate row t < Q - 1, the largest cut minimising d(t, .) and that minimum;
+    row Q - 1 gets the cut P. Divide and conquer over the rows: the largest minimiser does not
+    decrease with t, so a row's minimiser bounds the search of the rows on either side."""
+    p = a_cum.shape[1] - 1
     nq = b_cum.shape[1]
-    best = np.zeros(p1, dtype=a_cum.dtype)  # M(t + 1, a), in place; M(Q, a) = E(Q, P) = 0
-    e = np.empty(p1, dtype=a_cum.dtype)
-    for t in range(nq - 2, -1, -1):
-        _row_gaps(a_cum, b_cum, t, e)
-        for a in range(p1):
-            e[a] = max(e[a], best[a])
-        run = e[p1 - 1]
-        for a in range(p1 - 1, -1, -1):
-            run = min(run, e[a])
-            best[a] = run
-    return best[0]
-
-
-@numba.njit(nogil=True, cache=True)
-def _min_sum(  # pragma: no cover - compiled
-    a_cum, b_cum, gaps, inf, mask_a, mask_b, limit, masked, same, record
-):
-    """The W1 recurrence, optionally over the cells with ``d(t, a) <= limit`` only (``masked``;
-    the cells' ``d`` from ``mask_a, mask_b``, which are ``a_cum, b_cum`` themselves if ``same``).
-
-    ``record[t, a]`` = 1 when ``E(t, a)`` is below every ``E(t, a')`` with ``a' > a``: the cut the
-    forward walk takes from any cut at or below ``a`` up to the next recorded one.
-    """
-    p1 = a_cum.shape[1]
-    nq = b_cum.shape[1]
-    best = np.zeros(p1, dtype=gaps.dtype)
-    e = np.empty(p1, dtype=gaps.dtype)
-    dm = np.empty(p1 if masked and not same else 0, dtype=mask_a.dtype)
-    for t in range(nq - 2, -1, -1):
-        _row_gaps(a_cum, b_cum, t, e)
-        g = gaps[t]
-        if not masked:
-            for a in range(p1):
-                e[a] = g * e[a] + best[a]
-        elif same:
-            for a in range(p1):
-                # finite + inf stays below 2**63 in int64; clamped back to inf
-                e[a] = inf if e[a] > limit else min(g * e[a] + best[a], inf)
-        else:
-            _row_gaps(mask_a, mask_b, t, dm)
-            for a in range(p1):
-                e[a] = inf if dm[a] > limit else min(g * e[a] + best[a], inf)
-        run = inf
-        row = record[t]
-        for a in range(p1 - 1, -1, -1):
-            x = e[a]
-            row[a] = x < run
-            run = min(run, x)
-            best[a] = run
-    return best[0]
-
-
-@numba.njit(nogil=True, cache=True)
-def _walk(record, p):  # pragma: no cover - compiled
-    """The cut sequence a(1..Q) from the recorded bits: each the first recorded cut at or above
-    the previous one (a(Q) = P)."""
-    nq = record.shape[0] + 1
     cut = np.empty(nq, dtype=np.int64)
-    a = 0
-    for t in range(nq - 1):
-        while record[t, a] == 0:
-            a += 1
-        cut[t] = a
+    low = np.empty(nq, dtype=a_cum.dtype)
     cut[nq - 1] = p
-    return cut
+    low[nq - 1] = _gap(a_cum, b_cum, nq - 1, p)
+    stack = np.empty((128, 4), dtype=np.int64)  # depth-first: at most 2 log2(Q) + 1 entries
+    stack[0] = (0, nq - 2, 0, p)
+    top = 1
+    while top > 0:
+        top -= 1
+        t0, t1, a0, a1 = stack[top]
+        if t0 > t1:
+            continue
+        t = (t0 + t1) // 2
+        best = inf
+        arg = a0
+        for a in range(a0, a1 + 1):
+            d = _gap(a_cum, b_cum, t, a)
+            if d <= best:  # ties to the larger cut
+                best = d
+                arg = a
+        cut[t] = arg
+        low[t] = best
+        stack[top] = (t0, t - 1, a0, arg)
+        stack[top + 1] = (t + 1, t1, arg, a1)
+        top += 2
+    return cut, low
 
 
 # -- the map -------------------------------------------------------------------------------------
@@ -317,6 +272,29 @@ def _scaled(
     return a, b, None
 
 
+def _equal_values(
+    a_cum: np.ndarray,
+    b_cum: np.ndarray,
+    cut: np.ndarray,
+    low: np.ndarray,
+    zero: np.ndarray,
+    objective: Objective,
+) -> np.ndarray:
+    """The cuts of the rows whose candidate shares its value with the next one (a zero gap):
+    W1 does not see such a row, so it takes the next row's cut ("w1"), or the largest cut up to
+    it whose gap stays within the KS optimum ("ks"); rows from the top down."""
+    cut = cut.copy()
+    ks = low.max()
+    for t in np.flatnonzero(zero)[::-1]:
+        if objective == "w1":
+            cut[t] = cut[t + 1]
+            continue
+        d = np.abs(a_cum[:, : cut[t + 1] + 1] - b_cum[:, t : t + 1]).sum(axis=0)
+        within = np.flatnonzero(d <= ks)  # holds the row's own minimiser (but for rounding)
+        cut[t] = max(cut[t], within[-1]) if within.size else cut[t]
+    return cut
+
+
 def optimal_indices(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
@@ -344,8 +322,9 @@ def optimal_indices(
     weights
         One non-negative number per pair (default all 1); integers keep the arithmetic exact.
     reference_values
-        The value of every reference bin (non-decreasing over the candidates), for the W1 gaps;
-        default the bin indices.
+        The value of every reference bin (non-decreasing over the candidates), the axis of the
+        W1 distance; default the bin indices. The map depends on them only where candidates
+        share a value.
     levels
         ``"present"``: outputs are reference bins holding pixels in some pair; ``"all"``: any
         reference bin but those in ``exclude`` that are empty.
@@ -390,47 +369,24 @@ def optimal_indices(
     if drop:
         candidates = np.setdiff1d(candidates, drop)
     npres, ncand = present.size, candidates.size
-    if npres * ncand > MAX_CELLS:
-        raise OptionError(
-            f"an optimal map over {npres} present source levels and {ncand} reference levels "
-            f"({npres * ncand:.3g} cells) is larger than {MAX_CELLS:.3g}; pass levels='present' "
-            "or coarser bins (bins=...) for the histograms"
-        )
     if ncand == 1:
         return np.full(n, candidates[0], dtype=np.int64)
+    if values is not None and np.any(np.diff(values[candidates]) < 0):
+        raise OptionError("reference_values must not decrease from one reference bin to the next")
 
-    # 1. cumulative counts at the cuts (0..P present levels) and at the candidates
+    # 1. cumulative counts at the cuts (0..P present levels) and at the candidates, scaled to
+    # exact integers where they fit
     cs = np.zeros((k, npres + 1), dtype=np.int64)
     np.cumsum(src[:, present], axis=1, out=cs[:, 1:])
     cr = np.cumsum(ref, axis=1, dtype=np.int64)[:, candidates]
-    # 2. the gaps between consecutive candidates, integers where the values are
-    if values is None:
-        v = candidates
-    else:
-        v = values[candidates].astype(np.float64 if values.dtype.kind == "f" else np.int64)
-    gaps = np.diff(v)
-    if np.any(gaps < 0):
-        raise OptionError("reference_values must not decrease from one reference bin to the next")
-    int_gaps = gaps.dtype.kind in "iu" or bool(np.all(gaps == np.round(gaps)))
-    span = v[-1] - v[0]
-    # 3. exact integer gaps d(t, a) where they fit, float64 otherwise
     a_cum, b_cum, bound = _scaled(cs, cr, w, integral)
-    w1_exact = bound is not None and int_gaps and bound * int(np.rint(span)) < _INT_LIMIT
-    if w1_exact:
-        va, vb = a_cum, b_cum
-        vgaps = np.round(gaps).astype(np.int64)
-        inf = _INT_INF
-    else:
-        va, vb, _ = _scaled(cs, cr, w, False)
-        vgaps = gaps.astype(np.float64)
-        inf = np.inf
-    record = np.empty((ncand - 1, npres + 1), dtype=np.uint8)
-    if objective == "ks":
-        limit = _minimax(a_cum, b_cum)
-        _min_sum(va, vb, vgaps, inf, a_cum, b_cum, limit, True, va is a_cum, record)
-    else:
-        _min_sum(va, vb, vgaps, inf, va, vb, va.dtype.type(0), False, True, record)
-    cut = _walk(record, npres)
+    # 2. every row's largest minimising cut: the optimal map of both objectives
+    cut, low = _row_minima(a_cum, b_cum, bound if bound is not None else np.inf)
+    # 3. candidates sharing a value (zero gaps) are the only place where the objectives differ
+    if values is not None:
+        zero = np.diff(values[candidates]) == 0
+        if zero.any():
+            cut = _equal_values(a_cum, b_cum, cut, low[:-1], zero, objective)
     # 4. g(i) = min{t : a(t) >= i}, then the empty source bins from their neighbours
     out_present = candidates[np.searchsorted(cut, np.arange(1, npres + 1), side="left")]
     below = np.maximum.accumulate(np.where(np.isin(np.arange(n), present), np.arange(n), -1))
@@ -496,8 +452,7 @@ def fit_multi(
     out_nodata
         Default: the references' nodata, else ``nodata``.
     bins
-        Arrays of floats or integers wider than 16 bits: the number of bins (default 65,536;
-        ``P * Q`` above :data:`MAX_CELLS` is refused: pass fewer).
+        Arrays of floats or integers wider than 16 bits: the number of bins (default 65,536).
 
     Returns
     -------
@@ -512,7 +467,7 @@ def fit_multi(
     Examples
     --------
     >>> import numpy as np
-    >>> from rastermatch import fit_multi
+    >>> from rastermatch.optimal import fit_multi
     >>> a = np.array([[0, 1, 2, 3]], dtype=np.uint8)
     >>> b = np.array([[0, 0, 2, 3]], dtype=np.uint8)
     >>> lut = fit_multi([(a, np.array([[10, 10, 20, 20]], np.uint8)),

@@ -206,14 +206,6 @@ def test_bad_input_is_refused(kwargs, error, text):
         optimal_indices(**kwargs)
 
 
-def test_too_many_cells_is_refused(monkeypatch):
-    import rastermatch.optimal as optimal
-
-    monkeypatch.setattr(optimal, "MAX_CELLS", 10)
-    with pytest.raises(OptionError, match="coarser bins"):
-        optimal_indices([(np.ones(4), np.ones(4))])
-
-
 # -- fit_multi -----------------------------------------------------------------------------------
 def scenes(rng, k, shape=(2, 12, 10), dtype=np.uint8, top=40):
     """k (source, reference) pairs of small random scenes, the sources darker."""
