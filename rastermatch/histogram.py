@@ -20,6 +20,7 @@ h_ref)`` computes several histograms in one pass over their inputs.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "band_ranges",
     "block_counts",
     "block_stats",
+    "detector_histograms",
     "uniform_bin",
     "union_ranges",
 ]
@@ -407,46 +409,53 @@ COUNT, VMIN, VMAX, NMIN = 0, 1, 2, 3
 
 
 @numba.njit(nogil=True, cache=True)
-def _stats_uniform(block, lo, hi, nodata, has_nodata, mask, has_mask, rec):  # pragma: no cover
+def _stats_uniform(
+    block, det_y, det_x, lo, hi, nodata, has_nodata, mask, has_mask, rec
+):  # pragma: no cover
     """Smallest value, largest value, pixels equal to the smallest and the other pixels, per bin,
     in one pass.
 
-    ``rec`` is a ``(band, nbins)`` record array (see :func:`_record_dtype`) prefilled by
-    :func:`_stats_reset`. A bin's record is 16 bytes for float32 data, so the table of 65,536
-    bins is 1 MiB; the count is ``nmin + nother``, so a pixel equal to its bin's minimum (the
-    common case: quantised bins hold one value) costs one comparison and one increment.
+    ``rec`` is a ``(band, dy, dx, nbins)`` record array (see :func:`_record_dtype`) prefilled by
+    :func:`_stats_reset`; pixel ``(b, i, j)`` goes to ``rec[b, det_y[i], det_x[j]]`` (as in
+    :func:`_count_levels`), binned over ``[lo[b], hi[b]]``. A bin's record is 16 bytes for
+    float32 data, so the table of 65,536 bins is 1 MiB; the count is ``nmin + nother``, so a
+    pixel equal to its bin's minimum (the common case: quantised bins hold one value) costs one
+    comparison and one increment.
     """
     nb, ny, nx = block.shape
-    nbins = rec.shape[1]
+    nbins = rec.shape[3]
+    step = _STRIP if rec.shape[2] > 1 else max(nx, 1)
     for b in range(nb):
         mb = b if mask.shape[0] > 1 else 0
         lo_b = lo[b]
         hi_b = hi[b]
-        rb = rec[b]
         scale = nbins / (hi_b - lo_b) if hi_b > lo_b else 0.0
-        for i in range(ny):
-            for j in range(nx):
-                v = block[b, i, j]
-                # written so that NaN fails it: NaN and values outside the range are not counted
-                if not (v >= lo_b and v <= hi_b):
-                    continue
-                if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
-                    continue
-                f = np.float64(v)
-                r = rb[uniform_bin(f, lo_b, scale, nbins)]
-                m = r.vmin
-                if f == m:
-                    r.nmin += 1
-                elif f > m:
-                    r.nother += 1
-                    if f > r.vmax:
-                        r.vmax = f
-                else:  # a new minimum (or the bin's first pixel: vmin is +inf)
-                    r.nother += r.nmin
-                    r.nmin = 1
-                    r.vmin = f
-                    if f > r.vmax:
-                        r.vmax = f
+        for j0 in range(0, nx, step):
+            j1 = min(j0 + step, nx)
+            for i in range(ny):
+                rb = rec[b, det_y[i]]
+                for j in range(j0, j1):
+                    v = block[b, i, j]
+                    # written so that NaN fails it: NaN and values outside the range are skipped
+                    if not (v >= lo_b and v <= hi_b):
+                        continue
+                    if (has_nodata and v == nodata) or (has_mask and mask[mb, i, j]):
+                        continue
+                    f = np.float64(v)
+                    r = rb[np.uint64(det_x[j]), uniform_bin(f, lo_b, scale, nbins)]
+                    m = r.vmin
+                    if f == m:
+                        r.nmin += 1
+                    elif f > m:
+                        r.nother += 1
+                        if f > r.vmax:
+                            r.vmax = f
+                    else:  # a new minimum (or the bin's first pixel: vmin is +inf)
+                        r.nother += r.nmin
+                        r.nmin = 1
+                        r.vmin = f
+                        if f > r.vmax:
+                            r.vmax = f
 
 
 @numba.njit(nogil=True, cache=True)
@@ -533,14 +542,33 @@ def block_stats(
     :data:`NMIN`); empty bins hold (0, inf, -inf, 0). Counts in float64 are exact up to 2**53
     pixels, far beyond any raster. ``lohi`` holds ``(lo, hi)`` per band.
     """
+    one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
+    return _stats_into(block, mask, one, one, (1, 1), lohi, nbins, nodata)
+
+
+def _stats_into(
+    block: np.ndarray,
+    mask: np.ndarray | None,
+    det_y: np.ndarray,
+    det_x: np.ndarray,
+    ndet: tuple[int, int],
+    lohi: Any,
+    nbins: int,
+    nodata: Any,
+) -> np.ndarray:
+    """``(band, dy, dx, nbins, 4)`` statistics of ``block`` (see :func:`_stats_uniform`)."""
     nd, has_nd = kernel_nodata(block, nodata)
     m, has_m = _kernel_mask(mask, block.ndim)
     lohi = np.asarray(lohi, dtype=np.float64).reshape(block.shape[0], 2)
     rdt = _record_dtype(block.dtype, block.shape[1] * block.shape[2])
-    rec = np.empty((block.shape[0], nbins), dtype=rdt)
-    _stats_reset(rec)
+    shape = (block.shape[0], *ndet, nbins)
+    rec = np.empty(shape, dtype=rdt)
+    flat = rec.reshape(-1, nbins)
+    _stats_reset(flat)
     _stats_uniform(
         block,
+        det_y,
+        det_x,
         np.ascontiguousarray(lohi[:, 0]),
         np.ascontiguousarray(lohi[:, 1]),
         nd,
@@ -549,24 +577,31 @@ def block_stats(
         has_m,
         rec,
     )
-    out = np.empty((block.shape[0], nbins, 4), dtype=np.float64)
-    _stats_columns(rec, out)
-    return out[:, None, None]
+    out = np.empty((flat.shape[0], nbins, 4), dtype=np.float64)
+    _stats_columns(flat, out)
+    return out.reshape((*shape, 4))
 
 
 def combine_stats(parts: np.ndarray, axis: Any = (1, 2)) -> np.ndarray:
     """Merge per-bin statistics ``(band, gy, gx, nbins, 4)`` over ``axis`` into ``(band, 1, 1,
     nbins, 4)``, exactly: counts summed, min of the minima, max of the maxima, and the counts of
     the minimum summed over the parts whose minimum is the merged one."""
-    nb, gy, gx, nbins, _ = parts.shape
-    x = parts.reshape(nb, gy * gx, nbins, 4)
-    out = np.empty((nb, nbins, 4), dtype=np.float64)
-    out[..., COUNT] = x[..., COUNT].sum(axis=1)
-    out[..., VMIN] = x[..., VMIN].min(axis=1)
-    out[..., VMAX] = x[..., VMAX].max(axis=1)
-    at_min = x[..., VMIN] == out[:, None, :, VMIN]
-    out[..., NMIN] = np.where(at_min, x[..., NMIN], 0.0).sum(axis=1)
-    return out[:, None, None]
+    return _reduce_stats(parts, axis, keepdims=True)
+
+
+def _reduce_stats(x: np.ndarray, axis: Any, *, keepdims: bool = False) -> np.ndarray:
+    """Statistics ``(..., 4)`` merged over ``axis`` (see :func:`combine_stats`)."""
+    vmin = x[..., VMIN].min(axis=axis, keepdims=True)
+    out = np.stack(
+        [
+            x[..., COUNT].sum(axis=axis, keepdims=True),
+            vmin,
+            x[..., VMAX].max(axis=axis, keepdims=True),
+            np.where(x[..., VMIN] == vmin, x[..., NMIN], 0.0).sum(axis=axis, keepdims=True),
+        ],
+        axis=-1,
+    )
+    return out if keepdims else out.squeeze(axis=axis)
 
 
 def _tree_combine(per_block: da.Array, split_every: int = 8) -> da.Array:
@@ -1321,6 +1356,7 @@ def _lazy_range(src: BandArray, mask: Any) -> da.Array:
         *_mask_args(mask),
         new_axes={"k": 2},
         adjust_chunks={"y": 1, "x": 1},
+        concatenate=True,  # a one-layer mask ("zyx") reaches the block as an array, not a list
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), np.float64),
         nodata=src.nodata,
@@ -1619,13 +1655,382 @@ def _rows_of(src: BandArray) -> Rows:
     return rows if rows is not None else Rows.bands(src.bands)
 
 
-def _histogram_from_stats(stats: Any, binning: Binning, recorded: dict[str, Any]) -> Histogram:
+def _histogram_from_stats(
+    stats: Any, binning: Binning, recorded: dict[str, Any], count_dtype: Any = np.int64
+) -> Histogram:
     """A histogram from ``(row, nbins, 4)`` statistics (numpy or dask)."""
     return Histogram(
-        stats[..., COUNT].astype(np.int64),
+        stats[..., COUNT].astype(count_dtype),
         binning,
         vmin=stats[..., VMIN],
         vmax=stats[..., VMAX],
-        nmin=stats[..., NMIN].astype(np.int64),
+        nmin=stats[..., NMIN].astype(count_dtype),
         **recorded,
     )
+
+
+# -- per-detector histograms ------------------------------------------------------------------
+
+
+def detector_histograms(
+    src: Any,
+    index: Any,
+    labels: Sequence[Hashable],
+    *,
+    axis: Literal["y", "x"],
+    mask: Any = None,
+    bins: int | None = None,
+    range: Any = None,
+) -> Histogram:
+    """Histograms per (row, detector): the counts of every row split by the detector that
+    recorded each line (``axis="y"``) or column (``axis="x"``).
+
+    Parameters
+    ----------
+    src
+        A :class:`~rastermatch._data.BandArray` (or anything :func:`as_band_array` takes).
+    index
+        The detector of every line (``axis="y"``) or column (``axis="x"``) of the full image:
+        integers ``0..len(labels) - 1``, as :meth:`Detectors.resolve
+        <rastermatch._detectors.Detectors.resolve>` gives them.
+    labels
+        The detector labels, the coordinate of the ``detector`` row dim.
+    mask
+        True where a pixel is left out (as :func:`band_histograms` takes it), or None.
+    bins, range
+        As for :func:`band_histograms`, for floats and integers wider than 16 bits (or when
+        given): ``bins`` equal-width bins over each row's valid range (or ``range``), the same
+        for all detectors of a row, with the per-bin ``vmin``/``vmax``/``nmin``.
+
+    Returns
+    -------
+    Histogram
+        Rows ``(*src rows, "detector")``, flat row ``base_row * ndet + detector``. Integers of
+        at most 16 bits are counted over the levels the whole input occupies
+        (:meth:`Binning.occupied`), found by a first pass (for dask input one
+        ``dask.compute`` of the valid range: the counts stay lazy); counts are int32 when no
+        (row, detector) can hold 2**31 pixels. nodata, NaN and masked pixels are never counted.
+
+    How dask input is counted, whatever its chunking:
+
+    1. Every axis chunk's detectors are found on the client (``np.unique`` of its slice of
+       ``index``); a 1-D array chunked like the axis gives each block its lines' (columns')
+       positions among them, so a block's counts cover only the detectors it touches.
+    2. Each block is counted by the compiled kernel of :func:`band_histograms`, given the
+       detector of each line or column.
+    3. The partial counts of one row chunk are merged as a tree: first those of the same axis
+       chunk (same detectors, summed over the other axis), then neighbouring axis chunks (the
+       union of their detectors), last into every detector of the row chunk. A task holds at
+       most ``split_every`` partials; the result keeps one chunk per row chunk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scene = np.array([[[1, 2, 2], [5, 5, 6], [1, 1, 2], [6, 6, 6]]], dtype=np.uint8)
+    >>> h = detector_histograms(scene, np.array([0, 1, 0, 1]), ("a", "b"), axis="y")
+    >>> h.dims, h.binning
+    (('band', 'detector'), Binning(levels, uint8, 7 levels from 0))
+    >>> h.counts.tolist()
+    [[0, 3, 3, 0, 0, 0, 0], [0, 0, 0, 0, 0, 2, 4]]
+    """
+    if not isinstance(src, BandArray):
+        src = as_band_array(src)
+    if axis not in ("y", "x"):
+        raise OptionError(f"the detector axis must be 'y' or 'x', not {axis!r}")
+    along = 1 if axis == "y" else 2
+    labels = tuple(labels)
+    index = _check_detector_index(index, src.array.shape[along], len(labels), axis, src.name)
+    check_bins(bins)
+    base = _rows_of(src)
+    if "detector" in base.dims:
+        raise OptionError(
+            f"{src.name} already has a row dim named 'detector'; rename it before counting "
+            "per detector"
+        )
+    rows = Rows((*base.dims, "detector"), (*base.coords, labels))
+    m = None if mask is None else as_band_mask(mask, src)
+    nrows, ndet = src.array.shape[0], len(labels)
+    # int32 counts unless a (row, detector) can hold 2**31 pixels
+    per_det = int(np.bincount(index, minlength=ndet).max()) * src.array.shape[3 - along]
+    count_dtype = np.dtype(np.int32 if per_det <= _INT32_BLOCK_LIMIT else np.int64)
+    recorded = {"nodata": src.nodata, "masked": m is not None, "name": src.name, "rows": rows}
+
+    binning = default_binning(src.dtype, nrows, bins=bins, range=range)
+    lohi: Any = None
+    if binning is not None and binning.kind == "levels":
+        # the levels the whole input occupies, one empty level below them: one pass first
+        if src.is_dask:
+            (rng,) = dask.compute(_lazy_range(src, m))
+        else:
+            rng = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
+        binning = Binning.occupied(
+            src.dtype, nrows * ndet, float(rng[:, 0].min()), float(rng[:, 1].max())
+        )
+    else:
+        # each row's range (given, or found lazily), the same for all its detectors
+        if binning is not None:
+            lohi = np.stack([binning.lo, binning.hi], axis=1)
+        elif src.is_dask:
+            lohi = _lazy_range(src, m)
+        else:
+            lohi = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
+            lohi = check_range(lohi, base, src.name)
+        xp = da if isinstance(lohi, da.Array) else np
+        binning = Binning(
+            "uniform", src.dtype, bins or DEFAULT_BINS, xp.repeat(lohi[:, 0], ndet),
+            xp.repeat(lohi[:, 1], ndet),
+        )  # fmt: skip
+    spec = {
+        "kind": binning.kind,
+        "nbins": binning.nbins,
+        "offset": binning.offset if binning.kind == "levels" else 0,
+        "nodata": src.nodata,
+        "along": along,
+        "count_dtype": count_dtype,
+    }
+    if not src.is_dask:
+        dets = np.unique(index)
+        local = np.searchsorted(dets, index)
+        part = _detector_block(src.array, m, local, lohi, width=dets.size, **spec)
+        merge = _MergeSpec(binning.kind, count_dtype, (dets,), (0,), np.arange(ndet), nrows)
+        out = _flat_rows(_merge_detector_parts(merge, part))
+        return _detector_histogram(out, binning, recorded, count_dtype)
+
+    arr = src.array
+    if m is not None:  # the block grid of the data, so the local index meets its blocks
+        m = m.rechunk((m.chunks[0], *arr.chunks[1:]))
+    bounds = list(itertools.pairwise(np.cumsum((0, *arr.chunks[along])).tolist()))
+    dets = [np.unique(index[a:b]) for a, b in bounds]
+    local = np.concatenate(
+        [np.searchsorted(d, index[a:b]) for d, (a, b) in zip(dets, bounds, strict=True)]
+    )
+    width = max(d.size for d in dets)
+    # the most pixels one detector has in one block, per axis chunk: the partials' count dtype
+    other = max(arr.chunks[3 - along])
+    cap = [int(np.bincount(index[a:b]).max()) * other for a, b in bounds]
+    extra: list[Any] = []
+    if lohi is not None:
+        lohi_d = lohi if isinstance(lohi, da.Array) else da.from_array(lohi)
+        extra = [lohi_d.rechunk((arr.chunks[0], 2)), "bc"]
+    tail = "n" if binning.kind == "levels" else "nk"
+    sizes = {"n": binning.nbins, "k": 4}
+    block_dtype = _count_dtype(max(cap))
+    out_dtype = block_dtype if binning.kind == "levels" else np.dtype(np.float64)
+    token = tokenize(arr, m, index, labels, spec, lohi)
+    per_block = da.blockwise(
+        _detector_block,
+        "byxl" + tail,
+        arr,
+        "byx",
+        *_mask_args(m),
+        da.from_array(local, chunks=(arr.chunks[along],)),
+        "y" if along == 1 else "x",
+        *extra,
+        new_axes={"l": width, **{c: sizes[c] for c in tail}},
+        adjust_chunks={"y": 1, "x": 1},
+        concatenate=True,
+        dtype=out_dtype,
+        meta=np.empty((0,) * (4 + len(tail)), out_dtype),
+        width=width,
+        **{**spec, "count_dtype": block_dtype},
+        name=f"rastermatch-detector-block-{token}",
+    )
+    name = f"rastermatch-detector-counts-{token}"
+    out = _detector_tree(per_block, dets, cap, ndet, spec, name)
+    return _detector_histogram(out, binning, recorded, count_dtype)
+
+
+def _check_detector_index(index: Any, size: int, ndet: int, axis: str, name: str) -> np.ndarray:
+    """``index`` as ``(size,)`` intp detector positions, or OptionError saying what is wrong."""
+    what = "line" if axis == "y" else "column"
+    if ndet < 1:
+        raise OptionError("detector histograms need at least one detector label")
+    try:
+        index = np.asarray(index)
+    except (TypeError, ValueError):
+        index = np.empty(0, dtype=object)
+    if index.shape != (size,) or index.dtype.kind not in "iu":
+        raise OptionError(
+            f"the detector index must give one integer detector per {what} of {name} ({size}), "
+            f"not {index.dtype} of shape {index.shape}"
+        )
+    if size and (index.min() < 0 or index.max() >= ndet):
+        k = int(np.flatnonzero((index < 0) | (index >= ndet))[0])
+        raise OptionError(
+            f"{what} {k} of {name} is given detector {int(index[k])}, but there are {ndet} "
+            f"detector labels (0..{ndet - 1})"
+        )
+    return index.astype(np.intp)
+
+
+def _detector_block(
+    block: np.ndarray,
+    mask: np.ndarray | None,
+    local: np.ndarray,
+    lohi: np.ndarray | None = None,
+    *,
+    width: int,
+    kind: str,
+    nbins: int,
+    offset: int,
+    nodata: Any,
+    along: int,
+    count_dtype: np.dtype,
+) -> np.ndarray:
+    """Counts (or statistics) of one block per detector: ``(row, 1, 1, width, nbins[, 4])``,
+    detector ``local[i]`` for the block's line (``along=1``) or column ``i``."""
+    local = np.ascontiguousarray(local, dtype=np.intp)
+    zeros = np.zeros(block.shape[3 - along], dtype=np.intp)
+    det_y, det_x = (local, zeros) if along == 1 else (zeros, local)
+    ndet = (width, 1) if along == 1 else (1, width)
+    if kind == "levels":
+        out = np.zeros((block.shape[0], *ndet, nbins), dtype=count_dtype)
+        _levels_into(block, mask, det_y, det_x, offset, out, nodata)
+    else:
+        out = _stats_into(block, mask, det_y, det_x, ndet, lohi, nbins, nodata)
+    return out.reshape(block.shape[0], 1, 1, width, *out.shape[3:])
+
+
+def _count_dtype(cap: int) -> np.dtype:
+    """The smallest count dtype for at most ``cap`` pixels per bin: uint16, int32 or int64."""
+    if cap <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32 if cap <= _INT32_BLOCK_LIMIT else np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class _MergeSpec:
+    """What a merge task of :func:`_detector_tree` does.
+
+    Part ``i`` holds the detectors ``dets[i]`` (positions in the full detector axis) of the rows
+    starting at ``starts[i]``; the result holds the detectors ``union`` of ``nrows`` rows in
+    ``dtype`` (counts; statistics are float64), laid out ``(row, detector, nbins[, 4])``.
+    """
+
+    kind: str
+    dtype: np.dtype
+    dets: tuple[np.ndarray, ...]
+    starts: tuple[int, ...]
+    union: np.ndarray
+    nrows: int
+
+
+def _fill_rows(spec: _MergeSpec, out: np.ndarray | None, *parts: np.ndarray) -> np.ndarray:
+    """One link of the chain of :func:`_detector_tree`: ``out`` (None for the first link: a new
+    array) with one row chunk's partials merged in, in place."""
+    return _merge_detector_parts(spec, *parts, out=out)
+
+
+def _flat_rows(out: np.ndarray) -> np.ndarray:
+    """``(row, detector, nbins[, 4])`` as the flat rows ``(row * ndet + detector, ...)``."""
+    return out.reshape(-1, *out.shape[2:])
+
+
+def _merge_detector_parts(
+    spec: _MergeSpec, *parts: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Partial counts (statistics) of some detectors merged onto ``spec.union``, into ``out``
+    when given (``(nrows, union, nbins[, 4])``)."""
+    tail = 1 if spec.kind == "levels" else 2
+    for dets, start, part in zip(spec.dets, spec.starts, parts, strict=True):
+        part = part.reshape(part.shape[0], -1, *part.shape[-tail:])[:, : dets.size]
+        if out is None:
+            shape = (spec.nrows, spec.union.size, *part.shape[2:])
+            if spec.kind == "levels":
+                out = np.zeros(shape, dtype=spec.dtype)
+            else:
+                out = np.empty(shape, dtype=np.float64)
+                out[...] = (0.0, np.inf, -np.inf, 0.0)
+        pos = np.searchsorted(spec.union, dets)
+        at: Any = pos
+        if pos.size and pos[-1] - pos[0] + 1 == pos.size:
+            at = slice(int(pos[0]), int(pos[-1]) + 1)  # contiguous: a view, no fancy copy
+        rows = slice(start, start + part.shape[0])
+        if spec.kind == "levels":
+            out[rows, at] += part
+        else:
+            out[rows, at] = _reduce_stats(np.stack([out[rows, at], part]), 0)
+        del part
+    assert out is not None
+    return out
+
+
+def _detector_tree(
+    per_block: da.Array, dets: list[np.ndarray], cap: list[int], ndet: int, spec: dict[str, Any],
+    name: str, split_every: int = 8,
+) -> da.Array:  # fmt: skip
+    """Merge the ``(row, block_y, block_x, width, nbins[, 4])`` block partials into one
+    ``(row * ndet, nbins[, 4])`` chunk (see :func:`detector_histograms`, step 3).
+
+    ``dets[k]`` are the detectors of axis chunk ``k``, ``cap[k]`` the most pixels one of them
+    has in a block; a merged partial's counts take the smallest dtype its pixels fit.
+    """
+    along = spec["along"]
+    kind = spec["kind"]
+    zeros = (0,) * (per_block.ndim - 3)
+    row_starts = np.cumsum((0, *per_block.chunks[0])).tolist()
+    dsk: dict[Any, Any] = {}
+    parts = itertools.count()
+    # an item: (key, detectors, row chunk, most pixels per (row, detector))
+
+    def merge(items: list[tuple[Any, np.ndarray, int, int]], union: np.ndarray) -> Any:
+        if len(items) == 1:
+            return items[0]
+        total = sum(c for *_, c in items)
+        key = (f"{name}-part", next(parts))
+        r = items[0][2]
+        ms = _MergeSpec(
+            kind, _count_dtype(total), tuple(d for _, d, _, _ in items), (0,) * len(items),
+            union, per_block.chunks[0][r],
+        )  # fmt: skip
+        dsk[key] = (_merge_detector_parts, ms, *(k for k, *_ in items))
+        return key, union, r, total
+
+    def grouped(items: list[Any], union: Any = None) -> list[Any]:
+        return [
+            merge(g, union if union is not None else np.unique(np.concatenate([i[1] for i in g])))
+            for g in (items[a : a + split_every] for a in range(0, len(items), split_every))
+        ]
+
+    last: list[Any] = []
+    for r in range(per_block.numblocks[0]):
+        merged = []
+        for k, d in enumerate(dets):
+            others = range(per_block.numblocks[3 - along])
+            items = [
+                ((per_block.name, r, k, o, *zeros) if along == 1 else
+                 (per_block.name, r, o, k, *zeros), d, r, cap[k])
+                for o in others
+            ]  # fmt: skip
+            while len(items) > 1:  # the same detectors: summed over the other axis
+                items = grouped(items, d)
+            merged.append(items[0])
+        while len(merged) > split_every:  # neighbouring axis chunks: the union of detectors
+            merged = grouped(merged)
+        last += merged
+    # the result is one chunk, filled row chunk after row chunk by a chain of tasks: each adds
+    # one row chunk's partials into the array the previous link returns (its only user), so
+    # the peak holds the result and one row chunk's partials, never two copies of the counts
+    dtype = spec["count_dtype"] if kind == "levels" else np.dtype(np.float64)
+    key: Any = None
+    for r in range(per_block.numblocks[0]):
+        mine = [i for i in last if i[2] == r]
+        link = _MergeSpec(
+            kind, dtype, tuple(i[1] for i in mine), (row_starts[r],) * len(mine),
+            np.arange(ndet), row_starts[-1],
+        )  # fmt: skip
+        prev, key = key, (f"{name}-link", r)
+        dsk[key] = (_fill_rows, link, prev, *(i[0] for i in mine))
+    dsk[(name, *((0,) * (per_block.ndim - 3)))] = (_flat_rows, key)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[per_block])
+    chunks = ((row_starts[-1] * ndet,), *per_block.chunks[4:])
+    return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+
+
+def _detector_histogram(
+    out: Any, binning: Binning, recorded: dict[str, Any], count_dtype: np.dtype
+) -> Histogram:
+    """The histogram of :func:`detector_histograms` from its merged counts or statistics."""
+    if binning.kind == "levels":
+        return Histogram(out, binning, **recorded)
+    return _histogram_from_stats(out, binning, recorded, count_dtype)
