@@ -16,18 +16,21 @@ from hypothesis import strategies as st
 from strategies import chunkings
 
 from rastermatch import (
+    LUT,
     Binning,
     BinningMismatchError,
     DimensionError,
     Histogram,
+    HistogramFileError,
     NotComputedError,
     NoValidPixelsError,
+    OptionError,
     UnsupportedDtypeError,
     band_histograms,
     band_ranges,
 )
 from rastermatch._rows import Rows
-from rastermatch.histogram import union_ranges
+from rastermatch.histogram import block_counts, union_ranges
 
 
 def bincount_oracle(x: np.ndarray, offset: int, nbins: int, valid=None) -> np.ndarray:
@@ -448,3 +451,148 @@ def test_a_lazy_histogram_sums_lazily(rng):
     assert picked.compute().dims == ("time",)
     with pytest.raises(NotComputedError, match="compute it first"):
         lazy.pool("time", how="cdf")
+
+
+# -- levels over a sub-range of the dtype (counted over the occupied levels) ------------------
+
+
+def test_ranged_levels_binnings_and_their_refusals():
+    b = Binning.levels(np.uint16, 3, lo=99, hi=4095)
+    assert (b.nbins, b.offset, b.is_full) == (3997, 99, False)
+    np.testing.assert_array_equal(b.values()[2, [0, -1]], [99, 4095])
+    assert b.level_bin(99) == 0 and b.level_bin(98) is None and b.level_bin(4096) is None
+    assert Binning.levels(np.int8, 1).is_full and not Binning("uniform", "f4", 4, [0], [1]).is_full
+    assert Binning.occupied(np.uint8, 2, 0, 7).offset == 0  # no room below level 0
+    assert Binning.occupied(np.int16, 1, -32768, 5).offset == -32768
+    o = Binning.occupied(np.uint16, 1, 10, 20)
+    assert (o.offset, o.nbins) == (9, 12)
+    assert Binning.occupied(np.uint8, 1, np.inf, -np.inf).nbins == 1  # no valid pixel
+    bad = [
+        ("levels", "uint8", 3, [5], [3]),  # lo > hi
+        ("levels", "uint8", 11, [250], [260]),  # beyond the dtype
+        ("levels", "int8", 2, [-129], [-128]),
+        ("levels", "uint8", 3, [1.5], [3.5]),  # not integer levels
+        ("levels", "uint8", 4, [0, 1], [3, 4]),  # differs per row
+        ("levels", "uint8", 5, [0], [3]),  # nbins disagrees
+        ("levels", "float32", 4, [0], [3]),
+    ]
+    for kind, dtype, nbins, lo, hi in bad:
+        with pytest.raises(OptionError):
+            Binning(kind, dtype, nbins, np.array(lo, float), np.array(hi, float))
+    with pytest.raises(OptionError, match="integer level"):
+        Binning.levels(np.uint8, 1, lo=2.5)
+    with pytest.raises(OptionError, match="16 bits"):
+        Binning.levels(np.int32, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_ranged_counts_skip_levels_outside_the_bins(data):
+    draw = data.draw
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "int8", "uint16", "int16"])))
+    info = np.iinfo(dtype)
+    lo = draw(st.integers(int(info.min), int(info.max)))
+    hi = draw(st.integers(lo, min(lo + 30, int(info.max))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    a, b = max(int(info.min), lo - 10), min(int(info.max), hi + 10)
+    x = rng.integers(a, b + 1, (2, 9, 7)).astype(dtype)
+    nodata = draw(st.one_of(st.none(), st.integers(a, b)))
+    mask = rng.random((1, 9, 7)) < 0.3 if draw(st.booleans()) else None
+    counts = block_counts(x, mask, kind="levels", nbins=hi - lo + 1, offset=lo, nodata=nodata)
+    valid = np.ones(x.shape, bool) if mask is None else ~np.broadcast_to(mask, x.shape)
+    if nodata is not None:
+        valid &= x != nodata
+    valid &= (x >= lo) & (x <= hi)
+    np.testing.assert_array_equal(counts[:, 0, 0], bincount_oracle(x, lo, hi - lo + 1, valid))
+
+
+def ranged(x: np.ndarray, nodata=None) -> Histogram:
+    """The histogram of ``x`` over its occupied levels (as detector histograms count)."""
+    full = band_histograms(x, nodata=nodata)
+    seen = np.flatnonzero(full.counts.sum(axis=0))
+    b = Binning.occupied(x.dtype, full.nrows, full.binning.offset + seen[0],
+                         full.binning.offset + seen[-1])  # fmt: skip
+    k = b.offset - full.binning.offset
+    counts = full.counts[:, k : k + b.nbins].astype(np.int32)
+    return Histogram(counts, b, rows=full.rows, nodata=full.nodata)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_a_ranged_lut_is_the_full_lut_clamped_on_every_level(data):
+    draw = data.draw
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+
+    def scene() -> np.ndarray:
+        lo = draw(st.integers(int(info.min), int(info.max)))
+        hi = draw(st.integers(lo, min(lo + 25, int(info.max))))
+        return rng.integers(lo, hi + 1, (2, 5, 6)).astype(dtype)
+
+    src, ref = scene(), scene()
+    nodata = draw(st.one_of(st.none(), st.just(int(src[0, 0, 0]))))
+    if nodata is not None:
+        src[:, 1, 1] = ref[:, 1, 1] = nodata + (1 if nodata < info.max else -1)
+    method = draw(st.sampled_from(["nearest", "interp"]))
+    full = LUT.from_histograms(
+        band_histograms(src, nodata=nodata), band_histograms(ref, nodata=nodata), method=method
+    )
+    small = LUT.from_histograms(ranged(src, nodata), ranged(ref, nodata), method=method)
+    levels = np.arange(int(info.min), int(info.max) + 1)
+    b = small.source_binning
+    at = np.clip(levels - b.offset, 0, b.nbins - 1)
+    np.testing.assert_array_equal(small.table[:, at], full.table)
+    assert small.out_nodata == full.out_nodata
+    # and it applies as the full one does to the scene it was fitted on
+    np.testing.assert_array_equal(small.apply(src), full.apply(src))
+
+
+def test_ranged_histograms_and_luts_round_trip_through_json(tmp_path, rng):
+    src = rng.integers(40, 90, (2, 6, 7)).astype(np.uint16)
+    ref = rng.integers(1000, 1200, (2, 6, 7)).astype(np.uint16)
+    h = ranged(src)
+    back = Histogram.from_json(h.to_json())
+    assert back.binning.same_as(h.binning) and not back.binning.is_full
+    np.testing.assert_array_equal(back.counts, h.counts)
+    lut = LUT.from_histograms(h, ranged(ref))
+    lut.save(tmp_path / "ranged.json")
+    again = LUT.load(tmp_path / "ranged.json")
+    np.testing.assert_array_equal(again.table, lut.table)
+    assert again.source_binning.same_as(lut.source_binning)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lo", [5.0, 5.0], r"binning\.hi\[0\]|below lo"),
+        ("lo", [-1.0, -1.0], r"binning\.lo\[0\].*integers from 0 to 65535"),
+        ("lo", [2.5, 2.5], r"binning\.lo\[0\].*integers"),
+        ("lo", [2.0, 3.0], r"binning\.lo\[1\].*the same on every row"),
+        ("hi", [4.0, 70000.0], r"binning\.hi\[1\]"),
+        ("nbins", 7, r"binning\.nbins.*disagree"),
+        ("nbins", 70000, r"binning\.nbins.*65,536 levels"),
+    ],
+)
+def test_bad_ranged_binnings_in_documents_are_refused(field, value, message):
+    h = Histogram(np.ones((2, 3), dtype=np.int32), Binning.levels(np.uint16, 2, lo=2, hi=4))
+    d = json.loads(h.to_json())
+    if field == "lo" and value[0] == 5.0:
+        d["binning"]["hi"] = [4.0, 4.0]
+    d["binning"][field] = value
+    with pytest.raises(HistogramFileError, match=message):
+        Histogram.from_dict(d)
+
+
+def test_int32_counts_stay_int32_and_sum_in_int64():
+    big = np.full((2, 3), 2**31 - 1, dtype=np.int32)
+    h = Histogram(big, Binning.levels(np.uint8, 2, lo=0, hi=2))
+    assert h.counts.dtype == np.int32
+    assert h.total.dtype == np.int64 and h.total.tolist() == [3 * (2**31 - 1)] * 2
+    assert h.cumulative()[0, -1] == 3 * (2**31 - 1)
+    assert h.sum().counts.tolist() == [[2 * (2**31 - 1)] * 3]
+    assert (h + h).counts.dtype == np.int64 and (h + h).counts[0, 0] == 2 * (2**31 - 1)
+    assert h.pool(how="cdf").counts.dtype == np.int64
+    assert band_histograms(np.zeros((2, 2), np.uint8)).counts.dtype == np.int64
+    with pytest.raises(OptionError, match="non-negative"):
+        Histogram(-big, h.binning)
