@@ -182,7 +182,7 @@ def test_exact_recovery_of_the_base_values():
     np.testing.assert_array_equal(out, np.roll(base, -2, axis=0))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     ndet=st.integers(2, 5),
@@ -270,15 +270,16 @@ def test_nodata_and_mask_stay_out_of_the_statistics(striped):
 
 
 def test_identical_across_chunkings_and_kinds(striped):
-    data = striped.values[:3, :200, :150]
+    data = striped.values[:2, :160, :120]
     want = balance_detectors(data, detectors=16, offset=3)
-    for chunks in ((1, 7, 40), (2, 33, -1), (-1, -1, -1), (3, 16, 16)):
+    for chunks in ((1, 7, 40), (2, 33, -1), (-1, -1, -1)):
         got = balance_detectors(da.from_array(data, chunks=chunks), detectors=16, offset=3)
         assert got.chunks == da.from_array(data, chunks=chunks).chunks
         np.testing.assert_array_equal(got.compute(), want)
     # push-broom along x over column chunks that cut the detectors anywhere
+    data = data[:1, :, :40]
     want = balance_detectors(data, detectors=None, axis="x")
-    got = balance_detectors(da.from_array(data, chunks=(1, 64, 37)), detectors=None, axis="x")
+    got = balance_detectors(da.from_array(data, chunks=(1, 64, 7)), detectors=None, axis="x")
     np.testing.assert_array_equal(got.compute(), want)
 
 
@@ -287,10 +288,11 @@ def test_local_cluster_gives_the_same_bytes(striped):
     distributed = pytest.importorskip("distributed")
     from rastermatch.pipeline import local_cluster
 
-    data = striped.chunk({"band": 1, "y": 64, "x": 128})
+    data = striped.isel(band=[0, 1]).chunk({"band": 1, "y": 128, "x": 176})
     with dask.config.set(scheduler="threads"):
         want = balance_detectors(data, detectors=16, reference=0).compute()
-    with local_cluster(2, threads_per_worker=1, dashboard_address=None) as client:
+    # one worker process: the tasks are pickled and run elsewhere, at the least start-up cost
+    with local_cluster(1, threads_per_worker=2, dashboard_address=None) as client:
         assert isinstance(client, distributed.Client)
         got = balance_detectors(data, detectors=16, reference=0).compute()
     np.testing.assert_array_equal(got.values, want.values)
@@ -300,21 +302,25 @@ def test_local_cluster_gives_the_same_bytes(striped):
 
 
 def test_push_broom_one_detector_per_column():
-    """2,048 columns, each its own detector with its own gain and offset."""
+    """2,048 columns (a real scene side by side with itself, shifted), each its own detector
+    with its own gain and offset: one LUT row per column, the column stripes gone."""
     rng = np.random.default_rng(5)
-    scene = stars([3, 4])  # (2, 352, 349)
-    wide = np.concatenate([scene[:, :64]] * 6, axis=2)[:, :, :2048]  # (2, 64, 2048)... tiled
-    wide = np.concatenate([np.roll(scene[:, :64], 11 * k, axis=2) for k in range(6)], axis=2)
+    scene = stars([3])[:, :48]  # (1, 48, 349)
+    wide = np.concatenate([np.roll(scene, 11 * k, axis=2) for k in range(6)], axis=2)
     wide = wide[:, :, :2048].astype(np.float64)
     gain = rng.uniform(0.8, 1.2, 2048)
     offset = rng.uniform(-15, 15, 2048)
     striped = np.clip(np.rint(wide * gain + offset), 0, 1023).astype(np.uint16)
-    out = balance_detectors(da.from_array(striped, chunks=(1, 32, 500)), axis="x", detectors=None)
-    out = out.compute()
-    assert column_stripes(out) <= 0.2 * column_stripes(striped)
-    lut = fit_detectors(striped, axis="x", detectors=None)
-    assert lut.rows.dims == ("band", "detector") and lut.nrows == 2 * 2048
+    lazy = da.from_array(striped, chunks=(1, 16, 500))
+    lut = fit_detectors(lazy, axis="x", detectors=None)
+    assert lut.rows.dims == ("band", "detector") and lut.nrows == 2048
     assert lut.detectors.describe() == "one detector per column"
+    out = lut.apply(lazy)
+    assert out.chunks == lazy.chunks
+    out = out.compute()
+    assert column_stripes(out) <= 0.05 * column_stripes(striped), column_stripes(
+        out
+    ) / column_stripes(striped)
 
 
 def test_labelled_detectors_mirror_sides():
