@@ -467,7 +467,7 @@ def fit_multi(
     Examples
     --------
     >>> import numpy as np
-    >>> from rastermatch.optimal import fit_multi
+    >>> from rastermatch import fit_multi
     >>> a = np.array([[0, 1, 2, 3]], dtype=np.uint8)
     >>> b = np.array([[0, 0, 2, 3]], dtype=np.uint8)
     >>> lut = fit_multi([(a, np.array([[10, 10, 20, 20]], np.uint8)),

@@ -70,6 +70,37 @@ def brute_force(pairs, objective, weights=None, values=None, levels="present", e
     return best[0][0], best[1]
 
 
+def dp_optimum(pairs, objective, weights=None, values=None):
+    """The optimum by the dynamic programme over every (candidate, cut) cell, exactly:
+    E(t, a) = gap_t d(t, a) + min_{a' >= a} E(t + 1, a') (W1), max(d, min ...) (KS)."""
+    src = np.array([s for s, _ in pairs])
+    ref = np.array([r for _, r in pairs])
+    weights = [1] * len(pairs) if weights is None else weights
+    present = np.flatnonzero(src.any(axis=0))
+    cands = np.flatnonzero(ref.any(axis=0))
+    values = np.arange(ref.shape[1]) if values is None else np.asarray(values)
+    cs = np.concatenate([np.zeros((len(pairs), 1), int), np.cumsum(src[:, present], 1)], 1)
+    cr = np.cumsum(ref, 1)[:, cands]
+
+    def d(t, a):
+        return sum(
+            Fraction(int(w)) * abs(Fraction(int(cs[j, a]), int(cs[j, -1]))
+                                   - Fraction(int(cr[j, t]), int(cr[j, -1])))
+            for j, w in enumerate(weights)
+        )  # fmt: skip
+
+    npres, q = present.size, cands.size
+    nxt = [Fraction(0)] * (npres + 1)  # min over a' >= a of E(Q, a'): E(Q, P) = 0
+    for t in range(q - 2, -1, -1):
+        gap = Fraction(int(values[cands[t + 1]] - values[cands[t]]))
+        row = [
+            gap * d(t, a) + nxt[a] if objective == "w1" else max(d(t, a), nxt[a])
+            for a in range(npres + 1)
+        ]
+        nxt = [min(row[a:]) for a in range(npres + 1)]
+    return nxt[0]
+
+
 counts = st.lists(st.integers(0, 4), min_size=1, max_size=6)
 
 
@@ -95,6 +126,31 @@ def test_matches_brute_force(pairs, objective):
     best, choice = brute_force(pairs, objective)
     assert distance(pairs, out, objective) == best
     assert out.tolist() == choice.tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(2, 30),
+    st.integers(2, 30),
+    st.sampled_from(["ks", "w1"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_reaches_the_dynamic_programme_optimum(k, n, m, objective, seed):
+    """Larger grids than the brute force reaches: the map's objective is the optimum of the
+    full (candidate, cut) recurrence."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(k):
+        s, r = rng.integers(0, 6, n) * (rng.random(n) < 0.7), rng.integers(0, 6, m)
+        s[rng.integers(n)] += 1
+        r[rng.integers(m)] += 1
+        pairs.append((s, r))
+    weights = rng.integers(1, 4, k).tolist()
+    values = np.cumsum(rng.integers(1, 5, m))
+    out = optimal_indices(pairs, objective=objective, weights=weights, reference_values=values)
+    best = dp_optimum(pairs, objective, weights, values)
+    assert distance(pairs, out, objective, weights, values) == best
 
 
 @settings(max_examples=30, deadline=None)
@@ -235,7 +291,7 @@ def test_one_pair_is_the_single_pair_rule(rng, objective, dtype):
 def test_pairs_share_one_monotone_map(rng, objective):
     """Every row of the table is the reference level optimal_indices picks for the pairs'
     counts of that row; arrays and their histograms give the same LUT."""
-    pairs = scenes(rng, 3)
+    pairs = scenes(rng, 2) + scenes(rng, 1, shape=(2, 5, 7))  # overlaps of any shape
     weights = [1, 2, 3]
     lut = fit_multi(pairs, objective=objective, weights=weights)
     hists = [(band_histograms(s), band_histograms(r)) for s, r in pairs]
@@ -317,3 +373,23 @@ def test_fit_multi_refusals(rng):
     empty = np.zeros_like(s2)
     with pytest.raises(NoValidPixelsError, match="pair 1"):
         fit_multi([(s, r), (empty, r2)], nodata=0)
+
+
+def test_dataarrays_and_nodata(rng):
+    """DataArray pairs: rows labelled by the first source's bands, nodata left out of the
+    statistics and mapped to the output nodata."""
+    xr = pytest.importorskip("xarray")
+    (s, r), (s2, r2) = scenes(rng, 2)
+    s = np.maximum(s, 1)
+    s[:, 0, :] = 0  # nodata lines
+    coords = {"band": ["red", "nir"]}
+    src = xr.DataArray(s, dims=("band", "y", "x"), coords=coords)
+    ref = xr.DataArray(r, dims=("band", "y", "x"), coords=coords)
+    lut = fit_multi([(src, ref), (s2, r2)], nodata=0, out_nodata=255)
+    assert lut.bands == ("red", "nir")
+    assert (lut.nodata, lut.out_nodata) == (0, 255)
+    out = lut.apply(src)
+    assert np.all(out.values[:, 0, :] == 255)
+    assert np.all(out.values[:, 1:, :] != 255)
+    clean = fit_multi([(s[:, 1:], r), (s2, r2)], nodata=0)  # the same pixels without nodata
+    assert clean.table[:, 1:].tolist() == lut.table[:, 1:].tolist()
