@@ -29,12 +29,14 @@ from typing import Any
 
 import dask
 import dask.array as da
+import numba
 import numpy as np
+from dask.base import tokenize
 
 from ._data import BandArray, as_band_array, as_band_mask, as_dask
 from ._detectors import Axis, Detectors
 from ._rows import Rows, show_label
-from ._values import EXACT_MAX_ITEMSIZE, cast_values, nodata_fits, uniform_bins
+from ._values import EXACT_MAX_ITEMSIZE, cast_values, kernel_nodata, nodata_fits, uniform_bins
 from .errors import (
     BandMismatchError,
     DimensionError,
@@ -546,8 +548,9 @@ def detector_profile(
         raise OptionError(f"axis must be 'y' (a mean per line) or 'x' (per column), not {axis!r}")
     src = as_band_array(data, nodata=nodata, name="data", channel_axis=channel_axis)
     m = None if mask is None else as_band_mask(mask, src)
-    sums, counts = _profile_sums(as_dask(src), src.nodata, _dask_mask(m, src), axis)
-    profile = da.where(counts > 0, sums / da.maximum(counts, 1), np.nan)
+    stats = _line_stats(as_dask(src), None, _dask_mask(m, src), nodata=src.nodata,
+                        out_nodata=None, axis=axis)  # fmt: skip
+    profile = _means(stats, 0)
     if src.is_dask:
         return profile
     (out,) = dask.compute(profile, scheduler="threads")
@@ -565,24 +568,108 @@ def _dask_mask(mask: Any, src: BandArray) -> da.Array | None:
     return mask
 
 
-def _valid(array: da.Array, nodata: Any, mask: da.Array | None) -> da.Array:
-    """Lazily: the pixels that count (not nodata, finite, not masked)."""
-    valid = da.isfinite(array) if array.dtype.kind == "f" else da.ones_like(array, dtype=bool)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid = valid & (array != nodata)
+# the per-line statistics of one pass, in this order along the last axis
+_FIELDS = 6  # sum before, count before, sum after, count after, deviation sum, count both
+
+
+@numba.njit(cache=True, nogil=True)
+def _line_stats_kernel(
+    before, after, mask, has_mask, has_after, nd_b, has_nd_b, nd_a, has_nd_a, along_y, out
+):  # pragma: no cover - compiled
+    """Add every valid pixel of a ``(row, y, x)`` block to its line's (or column's) statistics
+    ``out[row, k]``: sum and count of the valid pixels before, the same after, and the sum of
+    ``|after - before| / max(|before|, 1)`` over the pixels valid on both sides with their
+    count. Valid: finite, not the nodata value, not masked."""
+    nrows, ny, nx = before.shape
+    for r in range(nrows):
+        m = r if mask.shape[0] > 1 else 0
+        for i in range(ny):
+            for j in range(nx):
+                if has_mask and mask[m, i, j]:
+                    continue
+                k = i if along_y else j
+                vb = before[r, i, j]
+                fb = float(vb)
+                ok_b = fb - fb == 0.0 and not (has_nd_b and vb == nd_b)  # finite, not nodata
+                if ok_b:
+                    out[r, k, 0] += fb
+                    out[r, k, 1] += 1.0
+                if not has_after:
+                    continue
+                va = after[r, i, j]
+                fa = float(va)
+                if fa - fa == 0.0 and not (has_nd_a and va == nd_a):
+                    out[r, k, 2] += fa
+                    out[r, k, 3] += 1.0
+                    if ok_b:
+                        out[r, k, 4] += abs(fa - fb) / max(abs(fb), 1.0)
+                        out[r, k, 5] += 1.0
+
+
+def _line_stats_block(
+    before: np.ndarray, *rest: np.ndarray, has_after: bool, nodata: Any, out_nodata: Any,
+    axis: Axis,
+) -> np.ndarray:  # fmt: skip
+    """One block's line statistics (``rest``: the after block if ``has_after``, then the mask
+    block if any): ``(row, y, 1, 6)`` for ``axis="y"``, ``(row, 1, x, 6)`` for ``"x"`` (the
+    other axis is summed across blocks afterwards)."""
+    after = rest[0] if has_after else before
+    has_mask = len(rest) > has_after
+    mask = rest[-1] if has_mask else np.zeros((1, 1, 1), dtype=np.bool_)
+    along_y = axis == "y"
+    out = np.zeros((before.shape[0], before.shape[1 if along_y else 2], _FIELDS))
+    nd_b, has_nd_b = kernel_nodata(before, nodata)
+    nd_a, has_nd_a = kernel_nodata(after, out_nodata)
+    _line_stats_kernel(
+        before, after, mask, has_mask, has_after, nd_b, has_nd_b, nd_a, has_nd_a, along_y, out
+    )
+    return out[:, :, None] if along_y else out[:, None]
+
+
+def _line_stats(
+    before: da.Array,
+    after: da.Array | None,
+    mask: da.Array | None,
+    *,
+    nodata: Any,
+    out_nodata: Any,
+    axis: Axis,
+) -> da.Array:
+    """Lazily, ``(row, n, 6)``: the line (or column) statistics of :func:`_line_stats_kernel`
+    over the whole image, one compiled pass over the blocks of both inputs, then a sum across
+    the blocks of the other axis."""
+    rows, ys, xs = before.chunks
+    args = [before]
+    if after is not None:
+        args.append(after if after.chunks == before.chunks else after.rechunk(before.chunks))
     if mask is not None:
-        valid = valid & ~mask
-    return valid
+        want = ((1,) if mask.shape[0] == 1 else rows, ys, xs)
+        args.append(mask if mask.chunks == want else mask.rechunk(want))
+    if axis == "y":
+        chunks = (rows, ys, (1,) * len(xs), (_FIELDS,))
+    else:
+        chunks = (rows, (1,) * len(ys), xs, (_FIELDS,))
+    per_block = da.map_blocks(
+        _line_stats_block,
+        *args,
+        has_after=after is not None,
+        nodata=nodata,
+        out_nodata=out_nodata,
+        axis=axis,
+        chunks=chunks,
+        new_axis=3,
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64),
+        name="rastermatch-line-stats-" + tokenize(*args, nodata, out_nodata, axis),
+    )
+    return per_block.sum(axis=2 if axis == "y" else 1)
 
 
-def _profile_sums(
-    array: da.Array, nodata: Any, mask: da.Array | None, axis: Axis
-) -> tuple[da.Array, da.Array]:
-    """Lazily: the sum (float64) and the number of valid pixels of every line or column."""
-    valid = _valid(array, nodata, mask)
-    other = 2 if axis == "y" else 1
-    values = da.where(valid, array.astype(np.float64), 0.0)
-    return values.sum(axis=other), valid.sum(axis=other, dtype=np.int64)
+def _means(stats: Any, field: int) -> Any:
+    """Sums over counts, NaN where nothing was counted (numpy or dask)."""
+    where = da.where if isinstance(stats, da.Array) else np.where
+    sums, counts = stats[..., field], stats[..., field + 1]
+    return where(counts > 0, sums / (counts + (counts == 0)), np.nan)
 
 
 def _as_layout(detectors: Any, axis: Axis | None, offset: int) -> Detectors:
@@ -826,22 +913,18 @@ class DestripePass:
 
     def profiles(self, computed: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """The ``(row, n)`` mean profiles before and after (NaN: no valid pixel)."""
-        sums_b, counts_b, sums_a, counts_a = (np.asarray(c) for c in computed[:4])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (
-                np.where(counts_b > 0, sums_b / np.maximum(counts_b, 1), np.nan),
-                np.where(counts_a > 0, sums_a / np.maximum(counts_a, 1), np.nan),
-            )
+        stats = np.asarray(computed[0])
+        return _means(stats, 0), _means(stats, 2)
 
     def rows(self, computed: Sequence[Any]) -> list[dict[str, Any]]:
         """The quality rows (see :func:`destripe_quality`) from the computed :attr:`lazy`."""
         before, after = self.profiles(computed)
-        counts_b, counts_a = np.asarray(computed[1]), np.asarray(computed[3])
-        dev_sum, dev_count = np.asarray(computed[4]), np.asarray(computed[5])
+        totals = np.asarray(computed[0]).sum(axis=1)  # (row, 6)
+        dev_sum, dev_count = totals[:, 4], totals[:, 5]
         for r in range(before.shape[0]):
-            if counts_b[r].sum() == 0:
+            if totals[r, 1] == 0:
                 raise self.before.no_valid_pixels(r)
-            if counts_a[r].sum() == 0 or dev_count[r] == 0:
+            if dev_count[r] == 0:
                 where = self.before.rows.describe(r)
                 raise NoValidPixelsError(
                     f"{where + ' of ' if where else ''}{self.after.name} has no valid pixel "
@@ -910,22 +993,9 @@ def destripe_pass(
     size = src.array.shape[1 if layout.axis == "y" else 2]
     layout.resolve(size, src.name)  # a labelled layout must fit the image
     m = None if mask is None else _dask_mask(as_band_mask(mask, src), src)
-    a, b = as_dask(src), as_dask(out)
-    sums_b, counts_b = _profile_sums(a, src.nodata, m, layout.axis)
-    sums_a, counts_a = _profile_sums(b, out.nodata, m, layout.axis)
-    # 1. pixels valid on both sides, 2. |after - before| / max(|before|, 1) on them, summed
-    both = _valid(a, src.nodata, m) & _valid(b, out.nodata, None)
-    x = da.where(both, a.astype(np.float64), 0.0)
-    y = da.where(both, b.astype(np.float64), 0.0)
-    relative = abs(y - x) / da.maximum(abs(x), 1.0)
-    lazy = (
-        sums_b,
-        counts_b,
-        sums_a,
-        counts_a,
-        relative.sum(axis=(1, 2)),
-        both.sum(axis=(1, 2), dtype=np.int64),
-    )
+    stats = _line_stats(as_dask(src), as_dask(out), m, nodata=src.nodata,
+                        out_nodata=out.nodata, axis=layout.axis)  # fmt: skip
+    lazy = (stats,)
     scheduler = None if (src.is_dask or out.is_dask) else "threads"
     return DestripePass(src, out, layout, m, lazy, scheduler)
 
