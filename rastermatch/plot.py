@@ -870,7 +870,8 @@ def destripe_report_figure(
     channel_axis: int | None = None,
     zoom: int = 128,
     title: str | None = None,
-) -> Figure:
+    return_quality: bool = False,
+) -> Figure | tuple[Figure, list[dict[str, Any]]]:
     """A one-page visual report of a detector balancing (destriping): one row per band.
 
     Each row shows (1) the mean profile along the detector axis (the mean of every line, or
@@ -895,10 +896,13 @@ def destripe_report_figure(
         Side of the quicklook window, in pixels.
     title
         The figure title; default names the layout and the stripe reduction.
+    return_quality
+        Also return the rows of :func:`~rastermatch.metrics.destripe_quality`, from the same
+        pass (a job that wants both reads its inputs once).
 
     Returns
     -------
-    matplotlib.figure.Figure
+    matplotlib.figure.Figure, or (Figure, list of dict) with ``return_quality``
         Drawn by the Agg canvas; no display or pyplot is involved.
 
     Examples
@@ -1072,7 +1076,7 @@ def destripe_report_figure(
             ):
                 image = np.where(valid, crop.astype(np.float64), np.nan)
                 _image_panel(ax, image, stretch, role, text, note, cmap)
-    return fig
+    return (fig, rows) if return_quality else fig
 
 
 def save_destripe_report(
@@ -1083,12 +1087,14 @@ def save_destripe_report(
     *,
     dpi: int = 120,
     **kwargs: Any,
-) -> Path:
+) -> Path | tuple[Path, list[dict[str, Any]]]:
     """Write :func:`destripe_report_figure` to ``path`` (PNG, PDF or SVG, by the suffix).
 
-    Keyword arguments go to :func:`destripe_report_figure`.
+    Keyword arguments go to :func:`destripe_report_figure`; with ``return_quality=True`` the
+    quality rows of the same pass come back too: ``(path, rows)``.
     """
-    fig = destripe_report_figure(before, after, detectors, **kwargs)
+    result = destripe_report_figure(before, after, detectors, **kwargs)
+    fig, rows = result if isinstance(result, tuple) else (result, None)
     path = Path(path)
     fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
+    return path if rows is None else (path, rows)

@@ -227,6 +227,7 @@ def test_destripe_report_renders_lazily_in_one_compute(axis):
 def test_destripe_report_of_a_dataarray_with_a_mask_and_one_detector_per_column(tmp_path):
     import xarray as xr
 
+    from rastermatch.metrics import destripe_quality
     from rastermatch.plot import save_destripe_report
 
     striped, scene = _striped(shape=(1, 40, 70))
@@ -235,8 +236,10 @@ def test_destripe_report_of_a_dataarray_with_a_mask_and_one_detector_per_column(
     mask = np.zeros(striped.shape, bool)
     mask[:, :4] = True
     before = xr.DataArray(striped, dims=("y", "x"))
-    path = save_destripe_report(
+    path, rows = save_destripe_report(
         tmp_path / "destripe.png", before, before.copy(data=scene), None, axis="x", mask=mask,
-        title="push-broom",
+        title="push-broom", return_quality=True,
     )  # fmt: skip
     assert path.read_bytes()[:8] == PNG
+    after = before.copy(data=scene)
+    assert rows == destripe_quality(before, after, None, axis="x", mask=mask)
