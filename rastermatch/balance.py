@@ -42,14 +42,13 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import apply as _apply
-from . import histogram as _histogram
 from ._data import BandArray, as_band_array
 from ._detectors import Detectors
 from ._rows import Rows, label_value, show_label
+from .apply import apply_lut_by_detector
 from .errors import DimensionError, NoValidPixelsError, OptionError
-from .histogram import Histogram
-from .lut import LUT, Levels, Method
+from .histogram import Histogram, detector_histograms
+from .lut import LUT, Levels, Method, Objective
 from .match import (
     MatchOptions,
     Reference,
@@ -81,6 +80,8 @@ def fit_detectors(
     offset: int = 0,
     reference: Any = POOLED,
     method: Method = "nearest",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     levels: Levels = "present",
     nodata: float | int | None = None,
     mask: Any = None,
@@ -111,7 +112,10 @@ def fit_detectors(
     [[2, 3, 3], [2, 3, 3], [3, 3, 2], [3, 3, 2]]
     """
     src, layout, index, lazy = _prepare(data, detectors, axis, offset, nodata, mask, channel_axis)
-    options = MatchOptions(method=method, levels=levels, bins=bins, dtype=dtype)
+    options = MatchOptions(
+        method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
+        dtype=dtype,
+    )  # fmt: skip
     ref = _reference(reference, src, layout, index, reference_nodata, reference_mask, channel_axis)
     return _fit(src, lazy, mask, layout, index, ref, options)
 
@@ -124,6 +128,8 @@ def balance_detectors(
     offset: int = 0,
     reference: Any = POOLED,
     method: Method = "nearest",
+    objective: Objective | None = None,
+    proportion: float = 1.0,
     levels: Levels = "present",
     nodata: float | int | None = None,
     mask: Any = None,
@@ -156,10 +162,12 @@ def balance_detectors(
         Anything :func:`~rastermatch.match_histograms` accepts as a reference (an array,
         DataArray, Dataset, a list of them, a :class:`~rastermatch.Histogram`): every detector
         of a row to the reference row of the same label (band to band).
-    method, levels, bins, dtype
-        As for :func:`~rastermatch.match_histograms` (the LUT rule; ``levels="present"`` keeps
-        every output a level the reference has; ``bins`` for floats and wide integers; the
-        output dtype, default the reference's).
+    method, objective, proportion, levels, bins, dtype
+        As for :func:`~rastermatch.match_histograms`: the LUT rule (``"nearest"``, ``"ceil"``,
+        ``"interp"``, ``"optimal"`` with its ``objective``), the blend with the identity
+        (``proportion``), ``levels="present"`` keeping every output a level the reference
+        has, ``bins`` for floats and wide integers, the output dtype (default the
+        reference's).
     nodata, mask
         Pixels equal to ``nodata`` (default the DataArray's), NaN and masked pixels (True) stay
         out of every detector's statistics; nodata pixels stay nodata, masked ones are mapped.
@@ -200,7 +208,10 @@ def balance_detectors(
     (('band', 'y', 'x'), 'uint8', True)
     """
     src, layout, index, lazy = _prepare(data, detectors, axis, offset, nodata, mask, channel_axis)
-    options = MatchOptions(method=method, levels=levels, bins=bins, dtype=dtype)
+    options = MatchOptions(
+        method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
+        dtype=dtype,
+    )  # fmt: skip
     ref = _reference(reference, src, layout, index, reference_nodata, reference_mask, channel_axis)
     lut = _fit(src, lazy, mask, layout, index, ref, options)
     return apply_detector_lut(src, lut, index)
@@ -211,7 +222,7 @@ def apply_detector_lut(src: BandArray, lut: LUT, index: np.ndarray) -> Any:
     every line or column; the kind and layout that came in."""
     assert lut.detectors is not None
     nodata = src.nodata if src.nodata is not None else lut.nodata
-    result = _apply.apply_lut_by_detector(
+    result = apply_lut_by_detector(
         src.array,
         lut,
         detector_index=index,
@@ -325,9 +336,7 @@ def _fit(
 ) -> LUT:
     """Steps 2-4: the statistics pass, the reference per base row, one LUT row per detector."""
     _, labels = layout.resolve(index.size, src.name)
-    h_det = _histogram.detector_histograms(
-        lazy, index, labels, axis=layout.axis, mask=mask, bins=options.bins
-    )
+    h_det = detector_histograms(lazy, index, labels, axis=layout.axis, mask=mask, bins=options.bins)
     plan = None
     if isinstance(reference, Reference):
         plan = _plan(src, reference, options)  # refuse a row mismatch before any work

@@ -348,6 +348,25 @@ def test_empty_detector_is_mapped_as_its_row():
     np.testing.assert_array_equal(row[present - lut.source_binning.offset], present)
 
 
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"method": "interp"},
+        {"method": "ceil"},
+        {"method": "optimal", "objective": "ks"},
+        {"levels": "all"},
+    ],
+)
+def test_every_lut_rule_balances(rule):
+    data = inject_stripes(stars([0])[:, :96, :120], 16, seed=2)
+    out = balance_detectors(data, detectors=16, **rule)
+    assert stripe_power(out, 16) <= 0.05 * stripe_power(data, 16)
+    lut = fit_detectors(data, detectors=16, **rule)
+    assert lut.method == rule.get("method", "nearest")
+    # proportion 0: the identity blend leaves the data as it is
+    np.testing.assert_array_equal(balance_detectors(data, detectors=16, proportion=0), data)
+
+
 # -- references -------------------------------------------------------------------------------
 
 
