@@ -895,8 +895,21 @@ class DestripePass:
     """The statistics of a destriping, built lazily: profiles and deviations of both inputs.
 
     :func:`destripe_pass` builds it; ``dask.compute(*p.lazy, ..., scheduler=p.scheduler)``
-    computes it (together with anything else the caller reads, such as the report's crops);
-    :meth:`rows` and :meth:`profiles` read the computed values.
+    computes it together with anything else the caller reads (the report's crops; a job's
+    ``dask.array.store`` of the output with ``compute=False``, so that writing the output and
+    measuring it read the input once); :meth:`rows` and :meth:`profiles` read the computed
+    values (the first ``len(p.lazy)`` results).
+
+    Examples
+    --------
+    >>> import dask, numpy as np
+    >>> before = np.repeat(np.arange(8.0) % 2 * 4, 5).reshape(8, 5)  # odd lines 4 brighter
+    >>> p = destripe_pass(before, np.full((8, 5), 2.0), 2)
+    >>> computed = dask.compute(*p.lazy, scheduler=p.scheduler)
+    >>> p.profiles(computed)[0].tolist()
+    [[0.0, 4.0, 0.0, 4.0, 0.0, 4.0, 0.0, 4.0]]
+    >>> p.rows(computed)[0]["stripe_power_before"], p.rows(computed)[0]["stripe_reduction"]
+    (4.0, 1.0)
     """
 
     before: BandArray
