@@ -10,6 +10,10 @@ The report (:func:`report_figure`, :func:`save_report`) shows one row per band: 
 source, reference and matched output, the LUT, and quicklooks of the three images. The curves
 come from histograms (the LUT's own and :func:`~rastermatch.metrics.matched_histogram`); only
 the quicklooks read pixels, decimated before they are computed.
+
+The destriping report (:func:`destripe_report_figure`, :func:`save_destripe_report`) shows per
+band the mean profile along the detector axis before and after and a full-resolution window of
+both, read with the stripe statistics in one pass.
 """
 
 from __future__ import annotations
