@@ -615,8 +615,9 @@ class LUT:
         levels
             ``"present"`` (default): outputs are levels (or values) that occur in the
             reference, so no pixel is mapped onto a level the reference does not have, nodata
-            included. ``"all"``: any level of the reference's value range (``method="nearest"``;
-            an empty float bin gives its centre), never the reference's nodata level.
+            included. ``"all"``: any level of the reference's value range (every rule but
+            ``"interp"``; an empty float bin gives its centre), never the reference's nodata
+            level.
         dtype
             Output dtype; default the reference's. An integer dtype that cannot hold the
             outputs raises :class:`~rastermatch.errors.OptionError` (it would clip them).
