@@ -465,14 +465,21 @@ def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dic
     }
 
 
-#: The most histogram counts (source and reference together) a provenance record embeds with
-#: its LUT: a 4-band 16-bit match (524,288) fits; a LUT per column of a push-broom scene (tens of
-#: millions) would make megabytes of metadata, so the record says where the LUT is instead.
+#: The most nonzero histogram counts (source and reference together) a provenance record
+#: embeds with its LUT (a LUT document lists the nonzero counts of every row). A 4-band match
+#: of 16-bit data fits; a LUT per column of a push-broom scene (millions) would make megabytes
+#: of metadata, so the record says where the LUT is instead.
 PROVENANCE_MAX_COUNTS = 2**20
+#: The same bound for a destriped output: a LUT per (band, detector) lists every detector's
+#: levels, and a record of a few megabytes costs seconds to store as Zarr attributes (xarray
+#: copies them level by level); 16 detectors x 4 bands of 12-bit data (half a million) are
+#: kept in the LUT file (``lut_path``) instead.
+DESTRIPE_PROVENANCE_MAX_COUNTS = 2**16
 
 
-def lut_record(lut: LUT) -> dict[str, Any]:
-    """``{"lut": <the LUT document>}``, or, for a LUT too large for raster metadata, a note.
+def lut_record(lut: LUT, *, max_counts: int = PROVENANCE_MAX_COUNTS) -> dict[str, Any]:
+    """``{"lut": <the LUT document>}``, or, for a LUT with more than ``max_counts`` nonzero
+    histogram counts, ``{"lut": None, "lut_omitted": <why, and how to keep it>}``.
 
     Examples
     --------
@@ -481,16 +488,22 @@ def lut_record(lut: LUT) -> dict[str, Any]:
     >>> levels = np.arange(64, dtype=np.uint8).reshape(8, 8)
     >>> record = lut_record(fit_lut(levels, levels))
     >>> sorted(record), record["lut"]["type"]
-    (['lut'], 'lut')
+    (['lut'], 'rastermatch.LUT')
+    >>> lut_record(fit_lut(levels, levels), max_counts=100)["lut_omitted"][:42]
+    'the LUT has 128 nonzero histogram counts, '
     """
-    counts = sum(h.counts.size for h in (lut.source_hist, lut.reference_hist) if h is not None)
-    if counts <= PROVENANCE_MAX_COUNTS:
+    counts = sum(
+        int(np.count_nonzero(np.asarray(h.counts)))
+        for h in (lut.source_hist, lut.reference_hist)
+        if h is not None
+    )
+    if counts <= max_counts:
         return {"lut": lut.to_dict()}
     return {
         "lut": None,
         "lut_omitted": (
-            f"the LUT has {counts} histogram counts, too many for raster metadata; save it "
-            "with lut_path= (--lut) to keep it"
+            f"the LUT has {counts} nonzero histogram counts, more than {max_counts} for raster "
+            "metadata; save it with lut_path= (--lut) to keep it"
         ),
     }
 
@@ -1614,7 +1627,8 @@ def destripe_record(
     **inputs: Any,
 ) -> dict[str, Any]:
     """The provenance of a destriped output: the detector layout, the reference, the stripe
-    metrics, versions and (when small enough, :func:`lut_record`) the per-detector LUT."""
+    metrics, versions and the per-detector LUT when it has at most
+    :data:`DESTRIPE_PROVENANCE_MAX_COUNTS` nonzero counts (:func:`lut_record`)."""
     return {
         **_created(),
         "operation": "destripe",
@@ -1625,7 +1639,7 @@ def destripe_record(
         "levels": lut.levels,
         "quality": quality,
         "versions": versions(),
-        **lut_record(lut),
+        **lut_record(lut, max_counts=DESTRIPE_PROVENANCE_MAX_COUNTS),
     }
 
 
