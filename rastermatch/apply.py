@@ -418,8 +418,7 @@ def apply_lut_array(
             "bands the LUT was fitted on"
         )
     # one detector: a detector axis of length 1, every line detector 0
-    det = np.zeros(array.shape[1], dtype=np.int64)
-    return _map_rows(array, table[:, None], lohi[:, None], rows, det, "y", kwargs)
+    return _map_rows(array, table[:, None], lohi[:, None], rows, None, "y", kwargs)
 
 
 def apply_lut_by_detector(
@@ -525,11 +524,12 @@ def _map_rows(
     table: np.ndarray,
     lohi: np.ndarray,
     rows: np.ndarray,
-    det: np.ndarray,
+    det: np.ndarray | None,
     axis: Axis,
     kwargs: dict[str, Any],
 ) -> np.ndarray | da.Array:
-    """Data row ``r``, line ``i``, column ``j`` through ``table[rows[r], det[i or j]]``.
+    """Data row ``r``, line ``i``, column ``j`` through ``table[rows[r], det[i or j]]``
+    (``det`` None: detector 0 everywhere).
 
     ``table`` is ``(base row, detector, nbins[, 4])`` and ``lohi`` ``(base row, detector, 2)``.
     numpy input: threads, each piece given the whole table (shared memory, nothing copied).
@@ -547,10 +547,13 @@ def _map_rows(
     # 3. equal selections share one array object, so a pickled graph holds it once: the
     #    periodic detectors of every y chunk, the rows of every chunk along the other axis.
     ax = 1 if axis == "y" else 2
-    letter = "yx"[ax - 1]
-    row_chunks, det_chunks = array.chunks[0], array.chunks[ax]
+    row_chunks = array.chunks[0]
     row_parts = [_distinct(rows[a:b]) for a, b in _edges(row_chunks)]
-    det_parts = [_distinct(det[a:b]) for a, b in _edges(det_chunks)]
+    if det is None:  # one table per row: nothing depends on the lines or columns
+        letter, by_det, det_parts = "", (), [(slice(0, 1), None)]
+    else:
+        letter, by_det = "yx"[ax - 1], (array.chunks[ax],)
+        det_parts = [_distinct(det[a:b]) for a, b in _edges(array.chunks[ax])]
     shared: dict[tuple[Hashable, Hashable], tuple[np.ndarray, np.ndarray]] = {}
     tables, ranges = {}, {}
     for i, (rsel, _) in enumerate(row_parts):
@@ -558,22 +561,25 @@ def _map_rows(
             key = (_selection_key(rsel), _selection_key(dsel))
             if key not in shared:
                 shared[key] = (_take(table, rsel, dsel), _take(lohi, rsel, dsel))
-            tables[(i, k)], ranges[(i, k)] = shared[key]
+            block = (i, k) if by_det else (i,)
+            tables[block], ranges[block] = shared[key]
     local_rows = {(i,): local for i, (_, local) in enumerate(row_parts)}
-    local_dets = {(k,): local for k, (_, local) in enumerate(det_parts)}
+    per_det: list[Any] = []
+    if by_det:
+        local_dets = {(k,): local for k, (_, local) in enumerate(det_parts)}
+        per_det = [ArrayValuesDep(by_det, local_dets), letter]
     dtype = kwargs["out_dtype"]
     token = tokenize(array, table, lohi, rows, det, axis, kwargs)
     return da.blockwise(
-        apply_block,
+        apply_block if by_det else _apply_block_rows,
         "byx",
         array,
         "byx",
-        ArrayValuesDep((row_chunks, det_chunks), tables),
+        ArrayValuesDep((row_chunks, *by_det), tables),
         "b" + letter,
-        ArrayValuesDep((row_chunks, det_chunks), ranges),
+        ArrayValuesDep((row_chunks, *by_det), ranges),
         "b" + letter,
-        ArrayValuesDep((det_chunks,), local_dets),
-        letter,
+        *per_det,
         ArrayValuesDep((row_chunks,), local_rows),
         "b",
         align_arrays=False,
@@ -583,6 +589,13 @@ def _map_rows(
         axis=axis,
         **kwargs,
     )
+
+
+def _apply_block_rows(
+    block: np.ndarray, table: np.ndarray, lohi: np.ndarray, rows: np.ndarray, **kwargs: Any
+) -> np.ndarray:
+    """:func:`apply_block` with one table per row (no detector index)."""
+    return apply_block(block, table, lohi, None, rows, **kwargs)
 
 
 def _edges(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -619,7 +632,7 @@ def _apply_threaded(
     table: np.ndarray,
     lohi: np.ndarray,
     rows: np.ndarray,
-    det: np.ndarray,
+    det: np.ndarray | None,
     axis: Axis,
     kwargs: dict[str, Any],
 ) -> np.ndarray:
@@ -630,7 +643,8 @@ def _apply_threaded(
         return apply_block(array, table, lohi, det, rows, axis=axis, out=out, **kwargs)
     tasks = [
         dask.delayed(apply_block, pure=False)(
-            array[b : b + 1, s], table, lohi, det[s] if axis == "y" else det, rows[b : b + 1],
+            array[b : b + 1, s], table, lohi, det[s] if axis == "y" and det is not None else det,
+            rows[b : b + 1],
             axis=axis, out=out[b : b + 1, s], **kwargs,
         )
         for b, s in pieces
