@@ -360,7 +360,7 @@ def _fit(
     else:
         assert plan is not None and h_given is not None
         h_base = (h_given.pool(list(plan.pooled)) if plan.pooled else h_given).take(
-            plan.index, rows=src.rows
+            plan.index.tolist(), rows=src.rows
         )
     h_src = _fill_empty(h_det, pooled, ndet)
     h_ref = _repeat_rows(h_base, h_det.rows, ndet)
@@ -398,7 +398,7 @@ def _computed(hist: Histogram, scheduler: str | None) -> Histogram:
 
 def _repeat_rows(hist: Histogram, rows: Rows, ndet: int) -> Histogram:
     """A base-row histogram repeated for every detector of its row, labelled ``rows``."""
-    return hist.take(np.repeat(np.arange(hist.nrows), ndet), rows=rows)
+    return hist.take(np.repeat(np.arange(hist.nrows), ndet).tolist(), rows=rows)
 
 
 def _fill_empty(h_det: Histogram, pooled: Histogram, ndet: int) -> Histogram:
