@@ -114,7 +114,9 @@ def check_rule(method: Any, objective: Any, proportion: Any) -> tuple[Any, Any, 
             )
     elif method == "optimal":
         objective = "w1"
-    if isinstance(proportion, bool) or not isinstance(proportion, int | float | np.number):
+    if isinstance(proportion, bool) or not isinstance(
+        proportion, int | float | np.integer | np.floating
+    ):
         raise OptionError(
             f"proportion must be a number from 0 (the source unchanged) to 1 (the full match), "
             f"not {proportion!r}"
@@ -393,7 +395,7 @@ def _check_detector_rows(detectors: Any, rows: Rows) -> None:
         )
     have = rows.coords[-1]
     if detectors.count is not None:
-        want = tuple(range(detectors.count))
+        want: tuple[Hashable, ...] = tuple(range(detectors.count))
     elif detectors.labels is None:
         want = tuple(range(len(have)))
     else:
