@@ -70,9 +70,15 @@ __all__ = ["SpecifyReport", "specify_exact"]
 #: Bits of a shifted pixel value and of each ring sum (4 values of 16 bits < 2**18; the
 #: knight ring has 8 values < 2**19). A cell is ``value << 18 | d1`` (34 bits); the full key is
 #: ``hi = cell << 18 | d2`` (52 bits) and ``lo = d3 << 37 | d4 << 18 | d5`` (55 bits).
-_VALUE_BITS = 16
 _RING_BITS = 18
 _HALO = 2
+#: A cell is ``value << 19 | (d1 - 4 * value + 2**18) >> shift``: the value and the sum of its
+#: 4 neighbours relative to 4 times its own, in bins of ``2**shift`` (monotone in d1 for each
+#: value, so cells are intervals of the order). The shift is chosen per row so that a cell holds
+#: about :data:`_CELL_PIXELS` pixels: fewer cells to count, few pixels to gather.
+_REL_BITS = 19
+_REL_BIAS = 1 << 18
+_CELL_PIXELS = 64
 
 # -- compiled kernels -------------------------------------------------------------------------
 
@@ -132,7 +138,7 @@ def _key(p, r, i, j, c):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _cells_kernel(p, out):  # pragma: no cover - compiled
-    """``out[r, y, x]`` = the cell ``value << 18 | d1`` of every pixel, -1 where invalid."""
+    """``out[r, y, x]`` = the finest cell (shift 0) of every pixel, -1 where invalid."""
     nr, ny, nx = out.shape
     for r in range(nr):
         for y in range(ny):
@@ -141,52 +147,45 @@ def _cells_kernel(p, out):  # pragma: no cover - compiled
                 if c < 0:
                     out[r, y, x] = -1
                 else:
-                    out[r, y, x] = (c << 18) | _ring1(p, r, y + 2, x + 2, c)
+                    rel = _ring1(p, r, y + 2, x + 2, c) - 4 * c + _REL_BIAS
+                    out[r, y, x] = (c << _REL_BITS) | rel
 
 
 @numba.njit(nogil=True, cache=True)
-def _subset_kernel(p, cells, bounds, y0, x0, width):  # pragma: no cover - compiled
-    """Row, full key and position of every pixel whose cell is in ``cells[bounds[r]:
-    bounds[r + 1]]`` (sorted) for its row ``r``."""
+def _subset_kernel(p, cells, vstart, shifts, y0, x0, width):  # pragma: no cover - compiled
+    """Row, full key and position of every pixel whose cell is among its row's straddling
+    ``cells``; ``vstart[r, v]:vstart[r, v + 1]`` are those of value ``v`` (sorted)."""
     nr = p.shape[0]
     ny, nx = p.shape[1] - 4, p.shape[2] - 4
     n = 0
-    for r in range(nr):
-        a, b = bounds[r], bounds[r + 1]
-        if a == b:
-            continue
-        for y in range(ny):
-            for x in range(nx):
-                c = np.int64(p[r, y + 2, x + 2])
-                if c < 0:
-                    continue
-                cell = (c << 18) | _ring1(p, r, y + 2, x + 2, c)
-                k = a + np.searchsorted(cells[a:b], cell)
-                if k < b and cells[k] == cell:
-                    n += 1
-    rows = np.empty(n, np.int64)
-    his = np.empty(n, np.int64)
-    los = np.empty(n, np.int64)
-    pos = np.empty(n, np.int64)
-    n = 0
-    for r in range(nr):
-        a, b = bounds[r], bounds[r + 1]
-        if a == b:
-            continue
-        for y in range(ny):
-            for x in range(nx):
-                c = np.int64(p[r, y + 2, x + 2])
-                if c < 0:
-                    continue
-                cell = (c << 18) | _ring1(p, r, y + 2, x + 2, c)
-                k = a + np.searchsorted(cells[a:b], cell)
-                if k < b and cells[k] == cell:
-                    hi, lo = _key(p, r, y + 2, x + 2, c)
-                    rows[n] = r
-                    his[n] = hi
-                    los[n] = lo
-                    pos[n] = (y0 + y) * width + x0 + x
-                    n += 1
+    for step in range(2):  # count, then fill
+        if step == 1:
+            rows = np.empty(n, np.int64)
+            his = np.empty(n, np.int64)
+            los = np.empty(n, np.int64)
+            pos = np.empty(n, np.int64)
+            n = 0
+        for r in range(nr):
+            shift = shifts[r]
+            for y in range(ny):
+                for x in range(nx):
+                    c = np.int64(p[r, y + 2, x + 2])
+                    if c < 0:
+                        continue
+                    a, b = vstart[r, c], vstart[r, c + 1]
+                    if a == b:
+                        continue
+                    rel = _ring1(p, r, y + 2, x + 2, c) - 4 * c + _REL_BIAS
+                    cell = (c << _REL_BITS) | (rel >> shift)
+                    k = a + np.searchsorted(cells[a:b], cell)
+                    if k < b and cells[k] == cell:
+                        if step == 1:
+                            hi, lo = _key(p, r, y + 2, x + 2, c)
+                            rows[n] = r
+                            his[n] = hi
+                            los[n] = lo
+                            pos[n] = (y0 + y) * width + x0 + x
+                        n += 1
     return rows, his, los, pos
 
 
@@ -228,39 +227,83 @@ def _apply_kernel(
 # -- block functions (run by the tasks) -------------------------------------------------------
 
 
-def _block_cells(p: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row of a padded block: its cells, sorted, and how many pixels each holds."""
+def _coarsen(keys: np.ndarray, counts: np.ndarray, by: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted cells and counts with ``by`` more bits of shift: merged neighbours stay sorted."""
+    if by == 0 or not keys.size:
+        return keys, counts
+    mask = (1 << _REL_BITS) - 1
+    keys = ((keys >> _REL_BITS) << _REL_BITS) | ((keys & mask) >> by)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[first], np.add.reduceat(counts, first)
+
+
+def _sorted_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``keys``, sorted, and how often each occurs."""
+    keys = np.sort(keys)
+    if not keys.size:
+        return keys, np.zeros(0, np.int64)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[first], np.diff(np.r_[first, keys.size]).astype(np.int64)
+
+
+def _cell_shift(keys: np.ndarray, pixels: int) -> int:
+    """The smallest shift at which the sorted finest cells ``keys`` merge into at most
+    ``pixels / _CELL_PIXELS`` cells. Two neighbours stay apart at shift ``s`` when their values
+    differ or the highest bit in which their relative sums differ is at or above ``s``."""
+    limit = max(1, pixels // _CELL_PIXELS)
+    if keys.size <= limit:
+        return 0
+    mask = (1 << _REL_BITS) - 1
+    same = (keys[1:] >> _REL_BITS) == (keys[:-1] >> _REL_BITS)
+    bits = np.frexp(((keys[1:] ^ keys[:-1]) & mask)[same].astype(np.float64))[1]
+    apart_at = np.bincount(bits, minlength=_REL_BITS + 2)  # bit lengths 1.._REL_BITS
+    # distinct cells at shift s: 1 + value changes + neighbours whose bit length exceeds s
+    base = 1 + int((~same).sum())
+    above = np.cumsum(apart_at[::-1])[::-1]  # above[k] = neighbours with bit length >= k
+    for shift in range(_REL_BITS + 1):
+        if base + int(above[shift + 1]) <= limit:
+            return shift
+    return _REL_BITS
+
+
+def _block_cells(p: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per row of a padded block: ``(shift, cells, counts)``, cells sorted, with the smallest
+    shift that leaves about :data:`_CELL_PIXELS` pixels per cell."""
     ny, nx = p.shape[1] - 2 * _HALO, p.shape[2] - 2 * _HALO
     cells = np.empty((p.shape[0], ny, nx), np.int64)
     _cells_kernel(p, cells)
     out = []
     for row in cells:
-        valid = row[row >= 0]
-        keys, counts = np.unique(valid, return_counts=True)
-        out.append((keys, counts.astype(np.int64)))
+        keys, counts = _sorted_counts(row[row >= 0])
+        shift = _cell_shift(keys, int(counts.sum()))
+        keys, counts = _coarsen(keys, counts, shift)
+        out.append((shift, keys, counts))
     return out
 
 
-def _merge_cells(*parts: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
-    """The per-row cell counts of several blocks summed (sorted keys, counts)."""
+def _merge_cells(*parts: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[Any, ...]]:
+    """The per-row cell counts of several blocks summed, at the largest shift among them."""
     merged = []
     for row in zip(*parts, strict=True):
-        keys = np.concatenate([k for k, _ in row])
-        counts = np.concatenate([c for _, c in row])
+        shift = max(s for s, _, _ in row)
+        pieces = [_coarsen(k, c, shift - s) for s, k, c in row]
+        keys = np.concatenate([k for k, _ in pieces])
+        counts = np.concatenate([c for _, c in pieces])
         order = np.argsort(keys, kind="stable")
         keys, counts = keys[order], counts[order]
         if not keys.size:
-            merged.append((keys, counts))
+            merged.append((shift, keys, counts))
             continue
         first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        merged.append((keys[first], np.add.reduceat(counts, first)))
+        merged.append((shift, keys[first], np.add.reduceat(counts, first)))
     return merged
 
 
 def _block_subset(
-    p: np.ndarray, cells: np.ndarray, bounds: np.ndarray, y0: int, x0: int, width: int
-) -> tuple[np.ndarray, ...]:
-    return _subset_kernel(p, cells, bounds, y0, x0, width)
+    p: np.ndarray, cells: np.ndarray, vstart: np.ndarray, shifts: np.ndarray, y0: int, x0: int,
+    width: int,
+) -> tuple[np.ndarray, ...]:  # fmt: skip
+    return _subset_kernel(p, cells, vstart, shifts, y0, x0, width)
 
 
 def _apply_block(
@@ -441,6 +484,7 @@ def _starts(chunks: tuple[int, ...]) -> list[int]:
 class _RowPlan:
     """What the driver knows about one row after the cell pass."""
 
+    shift: int
     cells: np.ndarray  # sorted
     counts: np.ndarray
     run_ends: np.ndarray  # cumulative target counts per level
@@ -449,12 +493,50 @@ class _RowPlan:
     start: np.ndarray  # rank of each cell's first pixel
 
 
-def _row_plan(cells: np.ndarray, counts: np.ndarray, target: np.ndarray) -> _RowPlan:
+def _row_plan(shift: int, cells: np.ndarray, counts: np.ndarray, target: np.ndarray) -> _RowPlan:
     run_ends = np.cumsum(target, dtype=np.int64)
     start = np.cumsum(counts, dtype=np.int64) - counts
     first = np.searchsorted(run_ends, start, side="right")
     last = np.searchsorted(run_ends, start + counts - 1, side="right")
-    return _RowPlan(cells, counts, run_ends, first, last, start)
+    return _RowPlan(shift, cells, counts, run_ends, first, last, start)
+
+
+def _cut_values(plan: _RowPlan) -> int:
+    """How many pixels have a value whose first and last pixels get different levels."""
+    values = plan.cells >> _REL_BITS
+    first = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    last = np.r_[first[1:], values.size] - 1
+    cut = plan.first[first] != plan.last[last]
+    per_value = np.add.reduceat(plan.counts, first)
+    return int(per_value[cut].sum())
+
+
+def _cell_of(hi: np.ndarray, shift: int) -> np.ndarray:
+    """The cell of full keys ``hi``."""
+    value = hi >> (2 * _RING_BITS)
+    d1 = (hi >> _RING_BITS) & ((1 << _RING_BITS) - 1)
+    return (value << _REL_BITS) | ((d1 - 4 * value + _REL_BIAS) >> shift)
+
+
+def _smallest_hi(cells: np.ndarray, shift: int) -> np.ndarray:
+    """The smallest full key ``hi`` a pixel of each cell can have (d1 at its bin's floor)."""
+    value = cells >> _REL_BITS
+    rel = cells & ((1 << _REL_BITS) - 1)
+    d1 = np.maximum((rel << shift) - _REL_BIAS + 4 * value, 0)
+    return ((value << _RING_BITS) | d1) << _RING_BITS
+
+
+def _key_order(his: np.ndarray, los: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The order of ``(hi, lo, pos)``: one sort by ``hi``, then the few runs of equal ``hi``
+    sorted in place by all three (np.lexsort of every key would be several times slower)."""
+    order = np.argsort(his, kind="stable")
+    h = his[order]
+    dup = h[1:] == h[:-1]
+    if dup.any():
+        tied = np.flatnonzero(np.r_[False, dup] | np.r_[dup, False])
+        members = order[tied]
+        order[tied] = members[np.lexsort((pos[members], los[members], his[members]))]
+    return order
 
 
 def _breakpoints(
@@ -463,10 +545,10 @@ def _breakpoints(
     """The row's breakpoints ``(hi, lo, pos, level value)``, sorted, one where the level
     changes along the order; and how many pixels tie with another level in their full key."""
     his, los, pos = sub
-    order = np.lexsort((pos, los, his))
+    order = _key_order(his, los, pos)
     his, los, pos = his[order], los[order], pos[order]
     # the rank of each gathered pixel: its cell's first rank + its place within the cell
-    where = np.searchsorted(plan.cells, his >> _RING_BITS)
+    where = np.searchsorted(plan.cells, _cell_of(his, plan.shift))
     new_cell = np.r_[True, where[1:] != where[:-1]] if where.size else np.zeros(0, bool)
     group_start = np.maximum.accumulate(np.where(new_cell, np.arange(where.size), 0))
     rank = plan.start[where] + (np.arange(where.size) - group_start)
@@ -486,7 +568,7 @@ def _breakpoints(
     # gathered pixels: where the level differs from the pixel before in the order
     prev = np.where(new_cell, prev_cell_last[where] if where.size else 0, np.r_[-1, sub_level[:-1]])
     keep = np.flatnonzero(sub_level != prev)
-    bp_hi = np.concatenate([plan.cells[whole] << _RING_BITS, his[keep]])
+    bp_hi = np.concatenate([_smallest_hi(plan.cells[whole], plan.shift), his[keep]])
     bp_lo = np.concatenate([np.zeros(whole.size, np.int64), los[keep]])
     bp_pos = np.concatenate([np.zeros(whole.size, np.int64), pos[keep]])
     bp_level = np.concatenate([plan.first[whole], sub_level[keep]])
@@ -634,7 +716,7 @@ def specify_exact(
     offset, nbins = hist.binning.offset, hist.binning.nbins
     level_values = (offset + np.arange(nbins, dtype=np.int64)).astype(out_dtype)
     nvalues = 1 << (8 * src.dtype.itemsize)
-    for r, (cells, counts) in enumerate(row_cells):
+    for r, (shift, cells, counts) in enumerate(row_cells):
         total = int(counts.sum())
         if total == 0:
             raise src.no_valid_pixels(r)
@@ -646,15 +728,13 @@ def specify_exact(
             )
         target = largest_remainder(tcounts, total)
         _check_nodata_level(src, target, offset, ref_name)
-        plan = _row_plan(cells, counts, target)
+        plan = _row_plan(shift, cells, counts, target)
         plans.append(plan)
         levels.append(level_values)
-        values = cells >> _RING_BITS
-        cut = np.unique(values[plan.first != plan.last])
-        by_windows.append(int(counts[np.isin(values, cut)].sum()) if cut.size else 0)
+        by_windows.append(_cut_values(plan))
 
     # 2. the pixels of the cells a run boundary cuts
-    subs = _gather_straddling(padded, blocks, plans, chunks, row_starts, scheduler)
+    subs = _gather_straddling(padded, blocks, plans, chunks, row_starts, scheduler, nvalues)
 
     # 3. breakpoints, and the lazy output
     tables, by_position = [], []
@@ -700,26 +780,35 @@ def _gather_straddling(
     chunks: tuple[tuple[int, ...], ...],
     row_starts: list[int],
     scheduler: str | None,
+    nvalues_all: int,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per row: full key (hi, lo) and position of every pixel in a straddling cell."""
     empty = np.zeros(0, np.int64)
     straddling = [p.cells[p.first != p.last] for p in plans]
     if not any(s.size for s in straddling):
         return [(empty, empty, empty) for _ in plans]
-    width = int(padded.shape[2] - 2 * _HALO * len(chunks[2]))
+    width = int(sum(chunks[2]))
     ys, xs = _starts(chunks[1]), _starts(chunks[2])
     tasks, owners = [], []
-    for i, j, k in itertools.product(*(range(n) for n in blocks.shape)):
+    for i in range(blocks.shape[0]):
         rows = range(row_starts[i], row_starts[i] + chunks[0][i])
-        cells = np.concatenate([straddling[r] for r in rows])
-        bounds = np.cumsum([0, *(straddling[r].size for r in rows)]).astype(np.int64)
-        if not cells.size:
+        if not any(straddling[r].size for r in rows):
             continue
-        task = dask.delayed(_block_subset, pure=True)(
-            blocks[i, j, k], cells, bounds, ys[j], xs[k], width
-        )
-        tasks.append(task)
-        owners.append(row_starts[i])
+        cells = np.concatenate([straddling[r] for r in rows])
+        sizes = np.cumsum([0, *(straddling[r].size for r in rows)])
+        vstart = np.stack(
+            [
+                np.searchsorted(straddling[r] >> _REL_BITS, np.arange(nvalues_all + 1)) + off
+                for r, off in zip(rows, sizes[:-1], strict=True)
+            ]
+        ).astype(np.int64)
+        shifts = np.array([plans[r].shift for r in rows], np.int64)
+        for j, k in itertools.product(range(blocks.shape[1]), range(blocks.shape[2])):
+            task = dask.delayed(_block_subset, pure=True)(
+                blocks[i, j, k], cells, vstart, shifts, ys[j], xs[k], width
+            )
+            tasks.append(task)
+            owners.append(row_starts[i])
     results = dask.compute(*tasks, scheduler=scheduler)
     gathered: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plans]
     for first_row, (rows, his, los, pos) in zip(owners, results, strict=True):
