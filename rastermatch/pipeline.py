@@ -1598,6 +1598,8 @@ def _detector_reference(reference: Any, labels: tuple[Any, ...], source: PathLik
     """``"pooled"`` or a detector label of the layout, checked before any work."""
     if isinstance(reference, str) and reference == "pooled":
         return reference
+    if not isinstance(reference, bool) and reference in labels:  # a label, as it is
+        return int(reference) if isinstance(reference, np.integer) else reference
     if isinstance(reference, str):
         try:
             reference = int(reference)
@@ -1699,10 +1701,11 @@ def destripe_file(
     --------
     >>> import tempfile
     >>> out = tempfile.mkdtemp() + "/destriped.tif"
-    >>> result = destripe_file("data/striped_L7_ETMs.tif", out, detectors=16)  # doctest: +SKIP
-    >>> reduced = all(r["stripe_reduction"] > 0.95 for r in result.quality)  # doctest: +SKIP
-    >>> result.output.name, reduced  # doctest: +SKIP
+    >>> result = destripe_file("data/striped_L7_ETMs.tif", out, detectors=16)
+    >>> result.output.name, all(r["stripe_reduction"] > 0.95 for r in result.quality)
     ('destriped.tif', True)
+    >>> result.lut.detectors
+    Detectors(16 detectors along y)
     """
     from .balance import fit_detectors
 
@@ -1736,16 +1739,18 @@ def destripe_file(
         quality = destripe_quality(src, balanced, layout, nodata=nodata, mask=src_mask)
     record = destripe_record(lut, quality, layout, chosen, source=source, mask=mask)
 
-    # 3. the raster, then the staged LUT file and report
+    # 3. the raster, then the staged LUT file and report (none of them replaces a file that
+    # appeared meanwhile, unless overwrite)
     with _staging() as staged:
         if lut_path is not None:
-            _save_lut(lut, staged.path_for(Path(lut_path)), lut_path)
+            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
         if report is not None:
             from .plot import save_destripe_report
 
+            tmp_report = staged.path_for(Path(report), overwrite=overwrite)
             try:
-                save_destripe_report(staged.path_for(Path(report)), src, balanced, layout,
-                                     nodata=nodata, mask=src_mask)  # fmt: skip
+                save_destripe_report(tmp_report, src, balanced, layout, nodata=nodata,
+                                     mask=src_mask)  # fmt: skip
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
                     f"writing the report {report} failed: {exc.strerror or exc}"
@@ -1840,3 +1845,63 @@ def run_demo(
         show_progress=show_progress, **striped_options,
     )  # fmt: skip
     return results
+
+
+@bounded_gdal_cache
+def specify_file(
+    source: PathLike,
+    reference: PathLike,
+    output: PathLike,
+    *,
+    nodata: float | None = None,
+    reference_nodata: float | None = None,
+    mask: PathLike | None = None,
+    bands: Sequence[int] | None = None,
+    reference_bands: Sequence[int] | None = None,
+    chunks: Any = "auto",
+    overwrite: bool = False,
+    cog: bool = False,
+    compress: Any = None,
+    show_progress: bool = False,
+) -> Any:
+    """Give ``source`` exactly the histogram of ``reference`` and write it to ``output``.
+
+    :func:`rastermatch.specify.specify_exact` on the opened files: two statistics passes over
+    the source (the reference's counts in the first), then the lazy output streamed to
+    ``output`` under a temporary name (the same write guarantees as :func:`match_files`; the
+    inputs are never written over). Masked pixels (a mask file: nonzero = leave out) and nodata
+    pixels are written as nodata. The output's provenance records the inputs and, per row, the
+    shares of pixels whose level the window sums and the raster position decided. Returns the
+    :class:`~rastermatch.specify.SpecifyReport`.
+    """
+    from .specify import specify_exact
+
+    inputs = [source, reference, mask]
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+    _check_write_options(final, cog)
+    src, ref, ref_nodata = _open_pair(
+        source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
+        reference_bands=reference_bands, chunks=chunks,
+    )  # fmt: skip
+    if ref_nodata is not None:
+        ref = ref.rio.write_nodata(ref_nodata, encoded=False)
+    with progress(show_progress):
+        out, report = specify_exact(
+            src, ref, nodata=nodata, mask=open_mask(mask, src), return_report=True
+        )
+    record = {
+        **_created(),
+        "operation": "specify",
+        "method": "exact histogram specification (Coltuc, Bolon and Chassery 2006)",
+        "inputs": {"source": str(source), "reference": str(reference), "mask": _path_text(mask)},
+        "rows": [report.rows.describe(i) for i in range(report.rows.size)],
+        "pixels": report.pixels.tolist(),
+        "by_windows": report.by_windows.tolist(),
+        "by_position": report.by_position.tolist(),
+        "versions": versions(),
+    }
+    with _staging() as staged:
+        tmp = staged.path_for(final, overwrite=overwrite)
+        _write(out, tmp, record, inputs, False, cog, compress, show_progress)
+        staged.commit()
+    return report
