@@ -336,10 +336,10 @@ def _fit(
 ) -> LUT:
     """Steps 2-4: the statistics pass, the reference per base row, one LUT row per detector."""
     _, labels = layout.resolve(index.size, src.name)
-    h_det = detector_histograms(lazy, index, labels, axis=layout.axis, mask=mask, bins=options.bins)
     plan = None
     if isinstance(reference, Reference):
         plan = _plan(src, reference, options)  # refuse a row mismatch before any work
+    h_det = detector_histograms(lazy, index, labels, axis=layout.axis, mask=mask, bins=options.bins)
     h_det, h_given = _statistics_pass(src, h_det, reference, options)
     ndet = len(labels)
     nbase = src.rows.size

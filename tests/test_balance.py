@@ -556,6 +556,17 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, words):
         balance_detectors(data, **kwargs)
 
 
+def test_bad_reference_is_refused_before_any_work():
+    lazy = da.from_array(stars([0, 1, 2]), chunks=(1, 100, 100))
+    with raise_if_dask_computes(0):
+        with pytest.raises(BandMismatchError, match="5"):
+            fit_detectors(lazy, detectors=16, reference=np.ones((5, 4, 4), np.uint8))
+        with pytest.raises(OptionError, match="not a detector"):
+            balance_detectors(lazy, detectors=16, reference=99)
+        with pytest.raises(OptionError, match="16 detector labels for the 352 lines"):
+            balance_detectors(lazy, detectors=list(range(16)))
+
+
 def test_channel_last_and_detector_dim_and_empty_reference_are_refused():
     with pytest.raises(DimensionError, match="channel_axis=-1"):
         balance_detectors(np.zeros((60, 80, 6), np.uint8), detectors=16)
