@@ -761,6 +761,8 @@ def child_job(spec: dict[str, Any]) -> dict[str, Any]:
             stack_job(Path(spec["stack"]), Path(spec["reference"]), out, spec["dates"])
         elif spec.get("job") == "destripe":
             destripe_job(Path(spec["source"]), out, spec["layout"])
+        elif spec.get("job") == "specify":
+            rastermatch.pipeline.specify_file(spec["source"], spec["reference"], out, nodata=0)
         else:
             match_files(spec["source"], spec["reference"], out, nodata=0)
         elapsed = time.perf_counter() - t0
@@ -1463,6 +1465,55 @@ def stage_optimal(ctx: dict, res: Results) -> None:
     )
 
 
+def stage_specify(ctx: dict, res: Results) -> None:
+    """Stage 10: exact histogram specification (``pipeline.specify_file``, Zarr -> Zarr) of the
+    stage-3 scene vs ``match_files`` of the same pair (threads), then the peak RSS of each job in
+    a child process. Targets: <= 3x the match's time, < 1.5 GB. ``--stages 10`` runs it alone."""
+    p, tmp, log, npx = ctx["paths"], ctx["tmp"], ctx["log"], ctx["npx"]
+    out_s, out_m = tmp / "specified.zarr", tmp / "matched-10.zarr"
+    last: dict[str, Any] = {}
+
+    def specify() -> None:
+        report = rastermatch.pipeline.specify_file(p["src.zarr"], p["ref.zarr"], out_s, nodata=0)
+        last["position_share"] = report.position_share.tolist()
+        last["windows_share"] = report.windows_share.tolist()
+
+    s = Case("specify_file zarr", specify, setup=remove(out_s))
+    m = Case("match_files zarr", lambda: match_files(p["src.zarr"], p["ref.zarr"], out_m, nodata=0),
+             setup=remove(out_m))  # fmt: skip
+    with dask.config.set(scheduler="threads", num_workers=ctx["threads"]):
+        measure([s, m], ctx["repeats"], log, warmup=ctx["repeats"] > 1)
+    remove(out_s, out_m)()
+    children = {}
+    for job, o in (("specify", out_s), ("files", out_m)):
+        spec = {"job": job, "source": str(p["src.zarr"]), "reference": str(p["ref.zarr"]),
+                "output": str(o)}  # fmt: skip
+        children[job] = run_child(spec)
+        remove(o)()
+        log(f"    {job}: peak {children[job]['peak_rss_bytes'] / MiB:.0f} MiB, "
+            f"{children[job]['seconds']:.1f} s")  # fmt: skip
+    ratio = s.median / m.median
+    peak = children["specify"]["peak_rss_bytes"]
+    res.add(
+        "10 specify",
+        "specify_file zarr (exact histogram specification)",
+        s.median,
+        npx,
+        peer="match_files, same scene",
+        peer_time_s=m.median,
+        ratio=ratio,
+        ratio_label="x match",
+        peak_rss=peak,
+        target="≤ 3x match, < 1.5 GB",
+        met=ratio <= 3 and peak < 1.5 * GB,
+        cases={"specify": s.as_dict(), "match": m.as_dict()},
+        children=children,
+        report=last,
+    )
+    res.add("10 specify", "  match_files, same scene", m.median, npx,
+            peak_rss=children["files"]["peak_rss_bytes"])  # fmt: skip
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -1498,7 +1549,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9,10")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
     ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
     ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
@@ -1551,7 +1602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.threads} threads, stages {args.stages}, workdir {args.workdir}"
     )
 
-    if set(args.stages) & {1, 2, 3, 4, 6, 8}:
+    if set(args.stages) & {1, 2, 3, 4, 6, 8, 10}:
         t = time.perf_counter()
         log("inputs")
         ctx["paths"] = ensure_scene(args.workdir, args.size, args.bands, args.chunk, log)
@@ -1570,6 +1621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         7: ("time stack", stage_stack),
         8: ("detector balancing", stage_destripe),
         9: ("optimal LUTs", stage_optimal),
+        10: ("exact specification", stage_specify),
     }
     # the memory stage runs last: its large scene (several GB of files) evicts the other
     # inputs from the page cache

@@ -968,6 +968,44 @@ def apply(
 
 @main.command()
 @_input("source")
+@_input("reference")
+@_output
+@_nodata
+@_reference_nodata
+@_mask
+@_bands
+@_reference_bands
+@_chunks
+@output_options
+@cluster_options
+@_quiet
+@_verbose
+@_progress
+def specify(
+    source: Path,
+    reference: Path,
+    output: Path,
+    workers: int | None,
+    scheduler: str | None,
+    **options: Any,
+) -> None:
+    """Give SOURCE exactly the histogram of REFERENCE, band by band, into OUTPUT.
+
+    Exact histogram specification (Coltuc, Bolon and Chassery 2006) of integer rasters of at
+    most 16 bits: pixels of equal value are ordered by their local means over growing windows,
+    then by position, and cut into runs of exactly the reference's counts (rescaled to the
+    source's valid pixels). Nodata and masked pixels stay nodata.
+    """
+    with _cluster(workers, scheduler):
+        report = pipeline.specify_file(
+            source, reference, output, show_progress=_settings().show_progress, **options
+        )
+    _echo(report.to_text())
+    _print_written(output=Path(output))
+
+
+@main.command()
+@_input("source")
 @_output
 @_bands
 @_nodata
