@@ -63,6 +63,10 @@ __all__ = [
 DEFAULT_BINS = 65_536
 MAX_BINS = 2**24
 _INT32_BLOCK_LIMIT = 2**31 - 1
+#: Per-detector histograms larger than this are refused before any work (see
+#: :func:`detector_histograms`). 4 bands x 8,192 push-broom columns x all 65,536 uint16 levels
+#: are 8 GiB of int32 counts, the limit; floats with 65,536 bins and their bin statistics 64 GiB.
+MAX_DETECTOR_BYTES = 2**33
 
 
 # -- binning ----------------------------------------------------------------------------------
@@ -1780,6 +1784,7 @@ def detector_histograms(
             "uniform", src.dtype, bins or DEFAULT_BINS, xp.repeat(lohi[:, 0], ndet),
             xp.repeat(lohi[:, 1], ndet),
         )  # fmt: skip
+    _check_detector_size(src.name, nrows, ndet, binning, count_dtype)
     spec = {
         "kind": binning.kind,
         "nbins": binning.nbins,
@@ -1838,6 +1843,26 @@ def detector_histograms(
     name = f"rastermatch-detector-counts-{token}"
     out = _detector_tree(per_block, dets, cap, ndet, spec, name)
     return _detector_histogram(out, binning, recorded, count_dtype)
+
+
+def _check_detector_size(
+    name: str, nrows: int, ndet: int, binning: Binning, count_dtype: np.dtype
+) -> None:
+    """OptionError when the counts (and bin statistics) would pass :data:`MAX_DETECTOR_BYTES`."""
+    per_bin = count_dtype.itemsize if binning.kind == "levels" else 32  # 4 float64 columns
+    size = nrows * ndet * binning.nbins * per_bin
+    if size <= MAX_DETECTOR_BYTES:
+        return
+    hint = (
+        "declare the fill value as nodata if one end of the range is one, or count fewer detectors"
+        if binning.kind == "levels"
+        else "pass fewer bins (bins=, --bins) or count fewer detectors"
+    )
+    raise OptionError(
+        f"the per-detector histograms of {name} would take {size / 2**30:.1f} GiB ({nrows} "
+        f"row(s) x {ndet} detectors x {binning.nbins} bins), more than "
+        f"rastermatch.histogram.MAX_DETECTOR_BYTES ({MAX_DETECTOR_BYTES / 2**30:.0f} GiB); {hint}"
+    )
 
 
 def _check_detector_index(index: Any, size: int, ndet: int, axis: str, name: str) -> np.ndarray:

@@ -57,7 +57,7 @@ def layout(draw, n: int, axis: str) -> Detectors:
     return Detectors.of(draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n)), axis=axis)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.data())
 def test_integer_counts_equal_bincount_per_detector_for_any_chunking(data):
     draw = data.draw
@@ -97,7 +97,7 @@ def test_integer_counts_equal_bincount_per_detector_for_any_chunking(data):
     assert g.binning.same_as(h.binning)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data())
 def test_float_statistics_equal_the_band_histogram_of_each_detector(data):
     draw = data.draw
@@ -251,3 +251,14 @@ def test_bad_detector_arguments_are_refused(rng):
     named = xr.DataArray(x, dims=("detector", "y", "x"))
     with pytest.raises(OptionError, match="already has a row dim named 'detector'"):
         detector_histograms(named, np.zeros(4, dtype=int), (0,), axis="y")
+
+
+def test_a_histogram_too_large_for_memory_is_refused_before_any_work(monkeypatch, rng):
+    x = rng.random((2, 2, 3000)).astype(np.float32)
+    index, labels = Detectors.of(None, axis="x").resolve(3000)
+    with raise_if_dask_computes(0), pytest.raises(OptionError, match=r"GiB.*pass fewer bins"):
+        detector_histograms(da.from_array(x), index, labels, axis="x")  # 65,536 bins each
+    monkeypatch.setattr("rastermatch.histogram.MAX_DETECTOR_BYTES", 1000)
+    small = rng.integers(0, 100, (1, 2, 30)).astype(np.uint8)
+    with pytest.raises(OptionError, match="declare the fill value as nodata"):
+        detector_histograms(small, np.arange(30), tuple(range(30)), axis="x")
