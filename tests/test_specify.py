@@ -251,3 +251,29 @@ def test_a_histogram_of_uniform_bins_is_refused():
     hist = rastermatch.band_histograms(np.arange(16, dtype=np.float32).reshape(4, 4), bins=4)
     with pytest.raises(OptionError, match="integer levels"):
         specify_exact(np.zeros((4, 4), np.uint8), hist)
+
+
+def test_specify_command_writes_the_exact_histogram(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from rastermatch.cli import main
+
+    small = rastermatch.open_raster(data_dir / "rasterio_RGB.byte.tif").isel(
+        y=slice(250, 330), x=slice(300, 390)
+    )
+    source = rastermatch.write_raster(small, tmp_path / "small.tif")
+    reference = data_dir / "stars_L7_ETMs.tif"
+    out = tmp_path / "out.tif"
+    args = [str(source), str(reference), "-o", str(out), "--reference-bands", "1,2,3"]
+    result = CliRunner().invoke(main, ["specify", *args, "--nodata", "0"])
+    assert result.exit_code == 0, result.output
+    assert "by position only" in result.output
+    written = rastermatch.open_raster(out).values
+    ref = rastermatch.open_raster(reference).values
+    for b in range(3):
+        valid = small.values[b] != 0
+        target = largest_remainder(level_counts(ref[b], np.uint8, 0), int(valid.sum()))
+        assert np.array_equal(level_counts(written[b][valid], np.uint8), target)
+    again = CliRunner().invoke(main, ["specify", *args])
+    assert again.exit_code != 0 and "exists" in again.output  # no overwrite without asking
+    assert rastermatch.read_provenance(out)["operation"] == "specify"
