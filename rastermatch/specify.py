@@ -24,13 +24,17 @@ masked counts as the centre value, so every window is full and a sum stands for 
 
 Out of core, in three passes over the data (each block read with a 2-pixel halo):
 
-1. *Cells.* Every valid pixel falls in a cell ``(value, d1)``; blocks count their cells
-   (``np.unique`` over packed 34-bit integers) and the counts are summed by sorted merges in a
-   tree. The cells in order with their counts give every cell's rank interval; a cell whose
+1. *Cells.* Every valid pixel falls in a cell ``(value, (d1 - 4 * value) >> shift)``, an
+   interval of the order (the bins are monotone in d1). Blocks count their cells (a sort of
+   packed 35-bit integers) and the counts are summed by sorted merges in a tree; each block
+   picks the smallest shift that leaves about 64 pixels per cell and merges re-bin to the
+   largest shift of a row, so a noisy 16-bit row has some 10**6 cells, not one per pixel.
+   The cells in order with their counts give every cell's rank interval; a cell whose
    interval lies inside one target run takes that run's level, whatever its other keys.
-2. *Straddling cells.* The few cells whose rank interval crosses a run boundary are read again:
-   their pixels' full keys and positions are gathered and sorted (a sort of these pixels only,
-   never of the image), which gives each of them its exact rank, hence its level.
+2. *Straddling cells.* The cells whose rank interval crosses a run boundary (at most one per
+   target level) are read again: their pixels' full keys and positions are gathered and
+   sorted (a sort of these pixels only, never of the image), which gives each of them its
+   exact rank, hence its level.
 3. *Apply.* The order is summarised by breakpoints, the ``(key, position)`` of every pixel
    that starts a new level (at most one per target level). Each output block gets its rows'
    breakpoints as literal arguments and gives a pixel the level of the last breakpoint at or
@@ -647,9 +651,9 @@ def specify_exact(
     -----
     Window neighbours outside the image, nodata or masked count as the centre value, so every
     window holds its full number of pixels and its sum orders as its mean. Equal values are
-    ranked from the lowest window sum up. Memory: the cell pass keeps the distinct ``(value,
-    sum of the 4 neighbours)`` pairs of a row (millions at most for 16-bit imagery), the
-    second pass the pixels of the cells a target boundary cuts.
+    ranked from the lowest window sum up. Memory: the cell pass keeps about one cell per 64
+    valid pixels of a row, the second pass the pixels of the cells a target boundary cuts
+    (about 64 per target level on noisy data; more where large flat areas tie).
 
     Examples
     --------
