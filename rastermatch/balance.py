@@ -96,7 +96,11 @@ def fit_detectors(
 
     The LUT's rows are the data's rows followed by ``detector``; ``lut.detectors`` holds the
     layout, so ``lut.apply(later_scene)`` maps a later scene of the same sensor (same size
-    along ``axis``) detector by detector, and ``lut.save(path)`` keeps it.
+    along ``axis``) detector by detector, and ``lut.save(path)`` keeps it. A LUT file holds at
+    most :data:`rastermatch.schema.MAX_BANDS` rows and :data:`rastermatch.schema.MAX_CELLS`
+    rows x bins, so the per-column LUT of a wide 16-bit push-broom scene (2,048 columns of
+    4,000 occupied levels) is refused by :meth:`~rastermatch.LUT.save`, by name; it still
+    applies in memory.
 
     Examples
     --------
