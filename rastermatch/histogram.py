@@ -1797,8 +1797,11 @@ def detector_histograms(
         dets = np.unique(index)
         local = np.searchsorted(dets, index)
         part = _detector_block(src.array, m, local, lohi, width=dets.size, **spec)
-        merge = _MergeSpec(binning.kind, count_dtype, (dets,), (0,), np.arange(ndet), nrows)
-        out = _flat_rows(_merge_detector_parts(merge, part))
+        if dets.size == ndet:  # every detector seen: the partial is the result, no copy
+            out = part.reshape(nrows * ndet, *part.shape[4:])
+        else:
+            merge = _MergeSpec(binning.kind, count_dtype, (dets,), (0,), np.arange(ndet), nrows)
+            out = _flat_rows(_merge_detector_parts(merge, part))
         return _detector_histogram(out, binning, recorded, count_dtype)
 
     arr = src.array

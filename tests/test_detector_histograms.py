@@ -262,3 +262,17 @@ def test_a_histogram_too_large_for_memory_is_refused_before_any_work(monkeypatch
     small = rng.integers(0, 100, (1, 2, 30)).astype(np.uint8)
     with pytest.raises(OptionError, match="declare the fill value as nodata"):
         detector_histograms(small, np.arange(30), tuple(range(30)), axis="x")
+
+
+def test_a_detector_without_lines_and_an_input_without_valid_pixels(rng):
+    x = rng.integers(1, 9, (2, 6, 4)).astype(np.uint8)
+    index = np.array([0, 2, 0, 2, 2, 0])  # detector 1 ("b") records no line
+    for data in (x, da.from_array(x, chunks=(1, 4, 3))):
+        h = detector_histograms(data, index, ("a", "b", "c"), axis="y").compute()
+        assert h.total.tolist() == [12, 0, 12, 12, 0, 12]
+        np.testing.assert_array_equal(
+            h.counts, levels_oracle(x, index, 3, "y", h.binning.offset, h.binning.nbins)
+        )
+    empty = as_band_array(da.from_array(np.zeros((1, 3, 3), np.uint16)), nodata=0)
+    h = detector_histograms(empty, np.arange(3), (0, 1, 2), axis="x").compute()
+    assert h.binning.nbins == 1 and h.total.tolist() == [0, 0, 0]
