@@ -16,6 +16,10 @@ How a dask-backed band is counted:
 
 The result stays lazy: a :class:`Histogram` is a dask collection, so ``dask.compute(h_src,
 h_ref)`` computes several histograms in one pass over their inputs.
+
+:func:`detector_histograms` splits every row by the detector that recorded each line or column
+(Horn & Woodham's detector balancing) with the same kernels, given a detector index; its
+integer counts cover only the levels the input occupies and stay int32.
 """
 
 from __future__ import annotations
