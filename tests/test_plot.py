@@ -220,7 +220,7 @@ def test_destripe_report_renders_lazily_in_one_compute(axis):
     window = before_ax.get_images()[0].get_array()
     assert window.shape == (32, 32) and np.isfinite(window).mean() > 0.5
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=40)
     assert buf.getvalue()[:8] == PNG
 
 
@@ -238,7 +238,7 @@ def test_destripe_report_of_a_dataarray_with_a_mask_and_one_detector_per_column(
     before = xr.DataArray(striped, dims=("y", "x"))
     path, rows = save_destripe_report(
         tmp_path / "destripe.png", before, before.copy(data=scene), None, axis="x", mask=mask,
-        title="push-broom", return_quality=True,
+        title="push-broom", return_quality=True, dpi=40,
     )  # fmt: skip
     assert path.read_bytes()[:8] == PNG
     after = before.copy(data=scene)
