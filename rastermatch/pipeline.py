@@ -1687,7 +1687,7 @@ def destripe_file(
     1. the statistics: the histograms of every (band, detector), one read of the source;
     2. the quality: the stripe power of the mean profile along the detector axis before and
        after, and how far valid pixels moved (:func:`rastermatch.metrics.destripe_quality`),
-       one read;
+       one read (the report's, when one is drawn);
     3. the source mapped through its per-detector LUTs, streamed to ``output`` with the
        provenance (layout, reference, stripe metrics, the LUT when small enough).
 
@@ -1734,27 +1734,30 @@ def destripe_file(
         )  # fmt: skip
     balanced = lut.apply(src, nodata=nodata)  # lazy; an explicit nodata wins, as in the fit
 
-    # 2. stripe power before and after, and how far valid pixels moved
-    with progress(show_progress):
-        quality = destripe_quality(src, balanced, layout, nodata=nodata, mask=src_mask)
-    record = destripe_record(lut, quality, layout, chosen, source=source, mask=mask)
-
-    # 3. the raster, then the staged LUT file and report (none of them replaces a file that
-    # appeared meanwhile, unless overwrite)
+    # 2. stripe power before and after, and how far valid pixels moved (one read; with a
+    # report, the report's pass gives them); 3. the raster, the staged LUT file and report
+    # (none of them replaces a file that appeared meanwhile, unless overwrite)
     with _staging() as staged:
-        if lut_path is not None:
-            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
         if report is not None:
             from .plot import save_destripe_report
 
             tmp_report = staged.path_for(Path(report), overwrite=overwrite)
             try:
-                save_destripe_report(tmp_report, src, balanced, layout, nodata=nodata,
-                                     mask=src_mask)  # fmt: skip
+                with progress(show_progress):
+                    _, quality = save_destripe_report(  # type: ignore[misc]
+                        tmp_report, src, balanced, layout, nodata=nodata, mask=src_mask,
+                        return_quality=True,
+                    )  # fmt: skip
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
                     f"writing the report {report} failed: {exc.strerror or exc}"
                 ) from exc
+        else:
+            with progress(show_progress):
+                quality = destripe_quality(src, balanced, layout, nodata=nodata, mask=src_mask)
+        record = destripe_record(lut, quality, layout, chosen, source=source, mask=mask)
+        if lut_path is not None:
+            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
         tmp = staged.path_for(final, overwrite=overwrite)
         _write(balanced, tmp, record, inputs, False, cog, compress, show_progress)
         staged.commit()
