@@ -79,10 +79,13 @@ _HALO = 2
 #: A cell is ``value << 19 | (d1 - 4 * value + 2**18) >> shift``: the value and the sum of its
 #: 4 neighbours relative to 4 times its own, in bins of ``2**shift`` (monotone in d1 for each
 #: value, so cells are intervals of the order). The shift is chosen per row so that a cell holds
-#: about :data:`_CELL_PIXELS` pixels: fewer cells to count, few pixels to gather.
+#: about :data:`_CELL_PIXELS` pixels: fewer cells to count, few pixels to gather. Blocks and
+#: partial merges keep at most one cell per :data:`_PARTIAL_PIXELS` pixels of their area (a
+#: block cannot judge its row: a coarse shift there would coarsen the whole row).
 _REL_BITS = 19
 _REL_BIAS = 1 << 18
 _CELL_PIXELS = 64
+_PARTIAL_PIXELS = 16
 
 # -- compiled kernels -------------------------------------------------------------------------
 
@@ -250,11 +253,11 @@ def _sorted_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[first], np.diff(np.r_[first, keys.size]).astype(np.int64)
 
 
-def _cell_shift(keys: np.ndarray, pixels: int) -> int:
-    """The smallest shift at which the sorted finest cells ``keys`` merge into at most
-    ``pixels / _CELL_PIXELS`` cells. Two neighbours stay apart at shift ``s`` when their values
+def _cell_shift(keys: np.ndarray, limit: int) -> int:
+    """The smallest extra shift at which the sorted cells ``keys`` merge into at most
+    ``limit`` cells. Two neighbours stay apart at shift ``s`` when their values
     differ or the highest bit in which their relative sums differ is at or above ``s``."""
-    limit = max(1, pixels // _CELL_PIXELS)
+    limit = max(1, limit)
     if keys.size <= limit:
         return 0
     mask = (1 << _REL_BITS) - 1
@@ -270,36 +273,43 @@ def _cell_shift(keys: np.ndarray, pixels: int) -> int:
     return _REL_BITS
 
 
-def _block_cells(p: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Per row of a padded block: ``(shift, cells, counts)``, cells sorted, with the smallest
-    shift that leaves about :data:`_CELL_PIXELS` pixels per cell."""
+def _block_cells(p: np.ndarray) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Per row of a padded block: ``(shift, area, cells, counts)``, cells sorted, at the
+    smallest shift that leaves at most one cell per :data:`_PARTIAL_PIXELS` pixels of area."""
     ny, nx = p.shape[1] - 2 * _HALO, p.shape[2] - 2 * _HALO
     cells = np.empty((p.shape[0], ny, nx), np.int64)
     _cells_kernel(p, cells)
     out = []
     for row in cells:
         keys, counts = _sorted_counts(row[row >= 0])
-        shift = _cell_shift(keys, int(counts.sum()))
+        shift = _cell_shift(keys, row.size // _PARTIAL_PIXELS)
         keys, counts = _coarsen(keys, counts, shift)
-        out.append((shift, keys, counts))
+        out.append((shift, row.size, keys, counts))
     return out
 
 
-def _merge_cells(*parts: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[Any, ...]]:
-    """The per-row cell counts of several blocks summed, at the largest shift among them."""
+def _merge_cells(
+    *parts: list[tuple[int, int, np.ndarray, np.ndarray]], final: bool = False
+) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The per-row cell counts of several blocks summed, at the largest shift among them,
+    coarsened further to one cell per :data:`_PARTIAL_PIXELS` pixels of area (per
+    :data:`_CELL_PIXELS` at the ``final`` merge of a row)."""
     merged = []
     for row in zip(*parts, strict=True):
-        shift = max(s for s, _, _ in row)
-        pieces = [_coarsen(k, c, shift - s) for s, k, c in row]
+        shift = max(s for s, _, _, _ in row)
+        area = sum(a for _, a, _, _ in row)
+        pieces = [_coarsen(k, c, shift - s) for s, _, k, c in row]
         keys = np.concatenate([k for k, _ in pieces])
         counts = np.concatenate([c for _, c in pieces])
         order = np.argsort(keys, kind="stable")
         keys, counts = keys[order], counts[order]
-        if not keys.size:
-            merged.append((shift, keys, counts))
-            continue
-        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        merged.append((shift, keys[first], np.add.reduceat(counts, first)))
+        if keys.size:
+            first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            keys, counts = keys[first], np.add.reduceat(counts, first)
+        more = _cell_shift(keys, area // (_CELL_PIXELS if final else _PARTIAL_PIXELS))
+        more = min(more, _REL_BITS - shift)
+        keys, counts = _coarsen(keys, counts, more)
+        merged.append((shift + more, area, keys, counts))
     return merged
 
 
@@ -321,13 +331,14 @@ def _apply_block(
 
 
 def _tree(parts: list[Any], combine: Any, split_every: int = 8) -> Any:
-    """``combine`` applied over ``parts`` (delayed) in a tree of fan-in ``split_every``."""
-    while len(parts) > 1:
+    """``combine`` applied over ``parts`` (delayed) in a tree of fan-in ``split_every``; the
+    root call gets ``final=True``."""
+    while len(parts) > split_every:
         parts = [
             dask.delayed(combine, pure=True)(*parts[i : i + split_every])
             for i in range(0, len(parts), split_every)
         ]
-    return parts[0]
+    return dask.delayed(combine, pure=True)(*parts, final=True)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -720,7 +731,7 @@ def specify_exact(
     offset, nbins = hist.binning.offset, hist.binning.nbins
     level_values = (offset + np.arange(nbins, dtype=np.int64)).astype(out_dtype)
     nvalues = 1 << (8 * src.dtype.itemsize)
-    for r, (shift, cells, counts) in enumerate(row_cells):
+    for r, (shift, _, cells, counts) in enumerate(row_cells):
         total = int(counts.sum())
         if total == 0:
             raise src.no_valid_pixels(r)
