@@ -189,6 +189,10 @@ def _check_weights(weights: Any, k: int) -> tuple[np.ndarray, bool]:
         )
     if not np.any(w > 0):
         raise OptionError("weights are all zero; give at least one pair a positive weight")
+    if not np.isfinite(w.sum()):  # the weighted gaps are added up in float64
+        raise OptionError(
+            "weights add up to more than float64 holds; scale them down (only their ratios matter)"
+        )
     return w, bool(np.all(w == np.round(w)) and w.max() < 2**53)
 
 
@@ -458,11 +462,11 @@ def fit_multi(
     -------
     LUT
         ``method="optimal"`` with the objective recorded; rows those of the first source.
-        With one pair it records both histograms as any LUT does, and saves. With several it
-        records none (``source_hist`` and ``reference_hist`` are None): a LUT document
-        rebuilds its table from one (source, reference) pair, which would not give this table
-        back, so :meth:`~rastermatch.LUT.save` refuses it; keep the pairs' histograms
-        (:meth:`Histogram.to_json <rastermatch.Histogram.to_json>`) and fit again instead.
+        With one pair it records both histograms as any LUT does. With several it records
+        every pair's histograms and weight in ``pairs`` (``source_hist`` and
+        ``reference_hist`` are None): :meth:`~rastermatch.LUT.save` writes them, and
+        :meth:`~rastermatch.LUT.load` rebuilds the table from them with this function, so the
+        loaded LUT applies exactly as this one (see :mod:`rastermatch.schema`).
 
     Examples
     --------
@@ -474,6 +478,9 @@ def fit_multi(
     ...                  (b, np.array([[10, 20, 20, 20]], np.uint8))], objective="ks")
     >>> lut.table[0, :4].tolist()
     [10, 10, 20, 20]
+    >>> from rastermatch import LUT
+    >>> LUT.from_dict(lut.to_dict()).table[0, :4].tolist()  # the pairs rebuild it
+    [10, 10, 20, 20]
     """
     from .lut import LUT, check_out_dtype  # lut imports this module when it fits "optimal"
 
@@ -483,14 +490,14 @@ def fit_multi(
         raise OptionError(f"levels must be 'present' or 'all', not {levels!r}")
     out_dtype = check_out_dtype(dtype)
     hists = _pair_histograms(pairs, nodata=nodata, bins=bins)
-    _check_weights(weights, len(hists))
+    w, _ = _check_weights(weights, len(hists))
     if len(hists) == 1:  # the single-pair rule itself (any positive weight gives the same map)
         src, ref = hists[0]
         return LUT.from_histograms(
             src, ref, method="optimal", objective=objective, levels=levels, dtype=out_dtype,
             nodata=nodata, out_nodata=out_nodata,
         )  # fmt: skip
-    return _multi_lut(hists, objective, weights, levels, out_dtype, nodata, out_nodata)
+    return _multi_lut(hists, objective, w, levels, out_dtype, nodata, out_nodata)
 
 
 def _pair_histograms(
@@ -572,7 +579,7 @@ def _check_histograms(hists: list[tuple[Histogram, Histogram]]) -> None:
 def _multi_lut(
     hists: list[tuple[Histogram, Histogram]],
     objective: Objective,
-    weights: Any,
+    weights: np.ndarray,
     levels: Literal["present", "all"],
     dtype: np.dtype | None,
     nodata: Any,
@@ -580,7 +587,9 @@ def _multi_lut(
 ) -> LUT:
     """The LUT of several pairs: a table row per source row from :func:`optimal_indices`, with
     the outputs LUT.from_histograms gives for the chosen reference bins (the smallest value seen
-    in the bin, across the references)."""
+    in the bin, across the references). It records the pairs and ``weights`` (float64, what
+    optimal_indices takes), from which a LUT document's reader calls :func:`fit_multi` again:
+    the same table."""
     from .lut import LUT, OLO, _check_outputs_fit
 
     _check_histograms(hists)
@@ -628,8 +637,7 @@ def _multi_lut(
             out_nodata = None  # apply chooses one
     else:
         out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
-    # No histograms recorded: a LUT document rebuilds its table from one (source, reference)
-    # pair, which would not give this table back, so saving such a LUT is refused.
+    # no source_hist/reference_hist: one pair would not give this table back
     return LUT(
         table,
         src.binning,
@@ -640,4 +648,5 @@ def _multi_lut(
         rows=src.rows,
         nodata=nodata,
         out_nodata=out_nodata,
+        pairs=tuple((s, r, float(wj)) for (s, r), wj in zip(hists, weights, strict=True)),
     )

@@ -30,6 +30,10 @@ Layout, format 2 (numbers that JSON cannot spell, NaN and infinities, are the st
                 "nodata": number | null, "out_nodata": number | null,
                 "source_histogram": Histogram, "reference_histogram": Histogram,
                 "detectors": Detectors (optional)}
+    LUT of several pairs (:func:`rastermatch.fit_multi`, k > 1): as above, but with
+                "pairs": [{"source": Histogram, "reference": Histogram, "weight": number},
+                          ...]   (2 to MAX_PAIRS entries)
+                instead of "source_histogram" and "reference_histogram"
     Histogram: {"type": "rastermatch.Histogram", "format": 2, "binning": Binning,
                 "bands": [label, ...] | "rows": Rows, "nodata": number | null, "masked": bool,
                 "counts": [{"index": [int, ...], "count": [int, ...],
@@ -64,6 +68,19 @@ optional ``detectors`` field (:meth:`Detectors.to_dict <rastermatch._detectors.D
 ``{"axis": "y" | "x", "count": int | null, "offset": int, "labels": [label, ...] | null}``);
 its rows then end with a ``detector`` dim labelled as the layout resolves. As with ``rows``,
 earlier readers refuse the unknown field by name.
+
+A LUT fitted to several (source, reference) pairs at once (multiple histogram matching,
+:func:`rastermatch.fit_multi` with k > 1) cannot be rebuilt from one pair, so its document
+records every pair in the optional ``pairs`` field (and no ``source_histogram`` or
+``reference_histogram``): both histograms and the pair's weight (a finite number >= 0, not all
+zero), the recipe being ``"method": "optimal"`` with its objective and no proportion. Every
+source has the same binning, every reference too (checked, pair by pair, before a histogram's
+arrays are made), each with a pixel in every row; a document has at most :data:`MAX_PAIRS`
+pairs, whose histograms together hold at most twice :data:`MAX_CELLS` cells (what the two
+histograms of a one-pair document may). Loading calls :func:`rastermatch.fit_multi` on the
+pairs, weights, objective, levels, dtype and nodata recorded: the table is rebuilt by the code
+that fitted it, and a document whose pairs do not fit is refused. A one-pair LUT is an ordinary
+document, and earlier readers refuse ``pairs`` by name.
 """
 
 from __future__ import annotations
@@ -100,6 +117,7 @@ __all__ = [
     "MAX_CELLS",
     "MAX_DIMS",
     "MAX_DOCUMENT_BYTES",
+    "MAX_PAIRS",
     "MAX_TOTAL",
     "MAX_UNIFORM_BINS",
     "binning_from_dict",
@@ -131,6 +149,9 @@ MAX_UNIFORM_BINS = 2**24
 #: LUT is rebuilt in seconds. Raise it (``rastermatch.schema.MAX_CELLS = ...``) to exchange
 #: larger histograms; :func:`save_lut` refuses what :func:`load_lut` would.
 MAX_CELLS = 2**22
+#: (source, reference) pairs of a LUT fitted to several at once; their histograms together
+#: hold at most ``2 * MAX_CELLS`` cells.
+MAX_PAIRS = 1_000
 #: Pixels per band of a histogram (sums of two of them still fit int64).
 MAX_TOTAL = 2**62
 #: dtypes a histogram or a LUT output can have.
@@ -897,15 +918,25 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
     """The JSON-ready layout (format 2): the recipe and both histograms, no table."""
     from . import __version__
 
-    if lut.source_hist is None or lut.reference_hist is None:
+    if lut.pairs is not None:
+        source = _pairs_source(lut)
+        hists: dict[str, Any] = {"pairs": [_pair_doc(s, r, w) for s, r, w in lut.pairs]}
+    elif lut.source_hist is None or lut.reference_hist is None:
         raise LUTFileError(
             "this LUT has no histograms, and a LUT document records them (the table is rebuilt "
-            "from them when read); build it with LUT.from_histograms"
+            "from them when read); build it with LUT.from_histograms, or with "
+            "rastermatch.fit_multi for several pairs"
         )
-    if not lut.rows.same_as(lut.source_hist.rows):
+    else:
+        source = lut.source_hist
+        hists = {
+            "source_histogram": histogram_to_dict(lut.source_hist),
+            "reference_histogram": histogram_to_dict(lut.reference_hist),
+        }
+    if not lut.rows.same_as(source.rows):
         raise LUTFileError(
             f"cannot write the LUT: its rows {lut.rows!r} are not those of its source histogram "
-            f"{lut.source_hist.rows!r}, which a LUT document repeats (the table is rebuilt from "
+            f"{source.rows!r}, which a LUT document repeats (the table is rebuilt from "
             "the histograms when read); build it with LUT.from_histograms"
         )
     key, rows = _writable_rows(lut.rows, LUTFileError, "LUT")
@@ -919,9 +950,56 @@ def lut_to_dict(lut: LUT) -> dict[str, Any]:
         key: rows,
         "nodata": _json_number(lut.nodata),
         "out_nodata": _json_number(lut.out_nodata),
-        "source_histogram": histogram_to_dict(lut.source_hist),
-        "reference_histogram": histogram_to_dict(lut.reference_hist),
+        **hists,
         **layout,
+    }
+
+
+def _pairs_source(lut: LUT) -> Histogram:
+    """The first source of a LUT of several pairs (whose rows the LUT has), after checking that
+    its ``pairs`` are what a document records and its reader rebuilds: 2 to MAX_PAIRS
+    ``(Histogram, Histogram, weight)`` with finite weights >= 0, the recipe fit_multi's."""
+    from .histogram import Histogram
+
+    pairs = lut.pairs
+    fix = "fit it with rastermatch.fit_multi"
+    if not isinstance(pairs, tuple) or not 2 <= len(pairs) <= MAX_PAIRS:
+        size = f"{len(pairs):,} pairs" if isinstance(pairs, tuple) else _show(pairs)
+        raise LUTFileError(
+            f"cannot write the LUT: its pairs are {size}, but a LUT document records a tuple "
+            f"of 2 to {MAX_PAIRS:,} (source, reference, weight); {fix}"
+        )
+    for j, pair in enumerate(pairs):
+        ok = (
+            isinstance(pair, tuple)
+            and len(pair) == 3
+            and all(isinstance(h, Histogram) for h in pair[:2])
+            and isinstance(pair[2], int | float)
+            and not isinstance(pair[2], bool)
+            and math.isfinite(pair[2])
+            and pair[2] >= 0
+        )
+        if not ok:
+            raise LUTFileError(
+                f"cannot write the LUT: pair {j} is not a (source Histogram, reference "
+                f"Histogram, finite weight >= 0) tuple; {fix}"
+            )
+    if not any(w > 0 for *_, w in pairs):
+        raise LUTFileError(f"cannot write the LUT: the weights of its pairs are all zero; {fix}")
+    if lut.method != "optimal" or lut.proportion != 1.0:
+        raise LUTFileError(
+            f"cannot write the LUT: a LUT of several pairs is rebuilt by fit_multi, whose rule "
+            f"is method 'optimal' without a blend, not {lut.method!r} with proportion "
+            f"{lut.proportion:g}; {fix}"
+        )
+    return pairs[0][0]
+
+
+def _pair_doc(source: Histogram, reference: Histogram, weight: float) -> dict[str, Any]:
+    return {
+        "source": histogram_to_dict(source),
+        "reference": histogram_to_dict(reference),
+        "weight": float(weight),
     }
 
 
@@ -963,7 +1041,7 @@ def _read_recipe(value: Any, methods: Sequence[str], levels: Sequence[str]) -> t
 
 
 def _read_lut(value: Any) -> LUT:
-    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS + ("detectors",))
+    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS + ("detectors", "pairs"))
     if obj["type"] != _LUT_TYPE:
         _fail("type", f"is {_show(obj['type'])}: this is not a rastermatch LUT")
     if "format" not in obj:
@@ -971,8 +1049,14 @@ def _read_lut(value: Any) -> LUT:
     fmt = obj["format"]
     if type(fmt) is not int or fmt not in (1, 2):
         _fail("format", f"is {_show(fmt)}; this version reads LUT formats 1 and 2")
+    multi = fmt == 2 and "pairs" in obj
     if fmt == 1:
         _object(obj, "", (*_LUT_KEYS_1, "bands"))
+    elif multi:
+        for key in ("source_histogram", "reference_histogram"):
+            if key in obj:
+                _fail(key, "is given beside pairs; a document records one pair or several")
+        _object(obj, "", _LUT_KEYS_PAIRS, (*_ROWS, "detectors"))
     else:
         _object(obj, "", _LUT_KEYS_2, (*_ROWS, "detectors"))
     version = obj["rastermatch_version"]
@@ -986,19 +1070,28 @@ def _read_lut(value: Any) -> LUT:
     else:
         method, level, objective, proportion = _read_recipe(obj["recipe"], methods, levels)
     dtype = _dtype(obj["dtype"], "dtype")
-    hists = []
-    for key in ("source_histogram", "reference_histogram"):
-        if obj[key] is None and fmt == 1:
-            _fail(key, "is null: a LUT without its histograms cannot be checked")
-        hists.append(_read_histogram(obj[key], key, (fmt,), need_pixels=True))
-    src, ref = hists
-    src_key = _at("source_histogram", _rows_key(obj["source_histogram"]))
-    if ref.rows.size != src.rows.size:
-        ref_key = _rows_key(obj["reference_histogram"])
-        _fail(
-            _at("reference_histogram", ref_key),
-            f"has {ref.rows.size} {ref_key}, but {src_key} has {src.rows.size}",
-        )
+    if multi:
+        if method != "optimal":
+            _fail("recipe.method", f"is {method!r}, but a LUT of several pairs is 'optimal'")
+        if proportion != 1.0:
+            _fail("recipe.proportion", "is set, but a LUT of several pairs has no blend")
+        pairs = _read_pairs(obj["pairs"])
+        src = pairs[0][0]
+        src_key = _at("pairs[0].source", _rows_key(obj["pairs"][0]["source"]))
+    else:
+        hists = []
+        for key in ("source_histogram", "reference_histogram"):
+            if obj[key] is None and fmt == 1:
+                _fail(key, "is null: a LUT without its histograms cannot be checked")
+            hists.append(_read_histogram(obj[key], key, (fmt,), need_pixels=True))
+        src, ref = hists
+        src_key = _at("source_histogram", _rows_key(obj["source_histogram"]))
+        if ref.rows.size != src.rows.size:
+            ref_key = _rows_key(obj["reference_histogram"])
+            _fail(
+                _at("reference_histogram", ref_key),
+                f"has {ref.rows.size} {ref_key}, but {src_key} has {src.rows.size}",
+            )
     rows = _read_rows_of(obj, "", src.rows.size)
     if not rows.same_as(src.rows):
         _fail(_rows_key(obj), f"differ from {src_key}")
@@ -1009,21 +1102,37 @@ def _read_lut(value: Any) -> LUT:
     stored = _read_table(obj, src.binning, dtype) if fmt == 1 else None
 
     from .lut import LUT
+    from .optimal import fit_multi
 
-    lut = _build(
-        lambda: LUT.from_histograms(
-            src,
-            ref,
-            method=method,
-            levels=level,
-            dtype=dtype,
-            nodata=nodata,
-            out_nodata=out_nodata,
-            objective=objective,
-            proportion=proportion,
-        ),
-        "",
-    )
+    if multi:
+        # the rebuild is fit_multi itself, on what the document records
+        lut = _build(
+            lambda: fit_multi(
+                [(s, r) for s, r, _ in pairs],
+                objective=objective,
+                weights=[w for *_, w in pairs],
+                levels=level,
+                dtype=dtype,
+                nodata=nodata,
+                out_nodata=out_nodata,
+            ),
+            "pairs",
+        )
+    else:
+        lut = _build(
+            lambda: LUT.from_histograms(
+                src,
+                ref,
+                method=method,
+                levels=level,
+                dtype=dtype,
+                nodata=nodata,
+                out_nodata=out_nodata,
+                objective=objective,
+                proportion=proportion,
+            ),
+            "",
+        )
     if "detectors" in obj:
         detectors = _read_detectors(obj["detectors"])
         lut = _build(lambda: replace(lut, detectors=detectors), "detectors")
@@ -1065,6 +1174,80 @@ _LUT_KEYS_1 = (
     "type", "format", "rastermatch_version", "method", "levels", "kind", "dtype", "nodata",
     "out_nodata", "source_binning", "table", "source_histogram", "reference_histogram",
 )  # fmt: skip
+# a LUT of several pairs: "pairs" instead of the two histograms
+_LUT_KEYS_PAIRS = (*_LUT_KEYS_2[:-2], "pairs")
+
+
+def _read_pairs(value: Any) -> list[tuple[Histogram, Histogram, float]]:
+    """The ``pairs`` field: ``(source, reference, weight)`` of 2 to MAX_PAIRS pairs, every
+    source binned as the first, every reference too, each binning compared before the
+    histogram's arrays are made, all of them together within twice MAX_CELLS cells."""
+    seq = _sequence(value, "pairs", "objects")
+    if not 2 <= len(seq) <= MAX_PAIRS:
+        _fail(
+            "pairs",
+            f"has {len(seq):,} entries, expected 2..{MAX_PAIRS:,} (source, reference) pairs (a "
+            "LUT of one pair records it in source_histogram and reference_histogram)",
+        )
+    entries = [
+        _object(entry, _at("pairs", j), ("source", "reference", "weight"))
+        for j, entry in enumerate(seq)
+    ]
+    weights = []
+    for j, entry in enumerate(entries):
+        w, where = entry["weight"], _at(_at("pairs", j), "weight")
+        if type(w) not in (int, float) or (type(w) is int and not _fits_float(w)):
+            _fail(where, f"is {_show(w)}, expected a finite number >= 0")
+        if not (math.isfinite(w) and w >= 0):
+            _fail(where, f"is {_show(float(w))}, expected a finite number >= 0")
+        weights.append(float(w))
+    if not any(w > 0 for w in weights):
+        _fail("pairs", "has weights that are all zero; give at least one pair a positive weight")
+    if not math.isfinite(sum(weights)):  # the float64 search adds them up
+        _fail("pairs", "has weights adding up to more than float64 holds")
+    pairs: list[tuple[Histogram, Histogram, float]] = []
+    for j, entry in enumerate(entries):
+        hists = []
+        for i, side in enumerate(("source", "reference")):
+            where = _at(_at("pairs", j), side)
+            doc = entry[side]
+            if j and isinstance(doc, Mapping) and "binning" in doc:
+                first = (pairs[0][0], pairs[0][1])[i].binning
+                kind, dtype, nbins, lo, hi = _read_binning(
+                    doc["binning"], _at(where, "binning"), None
+                )
+                same = (
+                    kind == first.kind
+                    and dtype == first.dtype
+                    and nbins == first.nbins
+                    and np.array_equal(lo, first.lo)
+                    and np.array_equal(hi, first.hi)
+                )
+                if not same:
+                    _fail(
+                        _at(where, "binning"),
+                        f"differs from pairs[0].{side}.binning; every {side} of a LUT of "
+                        "several pairs has the same binning",
+                    )
+            hists.append(_read_histogram(doc, where, (2,), need_pixels=True))
+        src, ref = hists
+        if j == 0:
+            if ref.rows.size != src.rows.size:
+                _fail(
+                    "pairs[0].reference",
+                    f"has {ref.rows.size} rows, but pairs[0].source has {src.rows.size}",
+                )
+            cells = len(entries) * (src.nbands * src.binning.nbins + ref.nbands * ref.binning.nbins)
+            if cells > 2 * MAX_CELLS:
+                _fail(
+                    "pairs",
+                    f"hold {cells:,} histogram cells ({len(entries):,} pairs of "
+                    f"{src.nbands} x {src.binning.nbins:,} and {ref.nbands} x "
+                    f"{ref.binning.nbins:,}), more than the {2 * MAX_CELLS:,} a document may "
+                    "(2 x rastermatch.schema.MAX_CELLS)",
+                )
+        pairs.append((src, ref, weights[j]))
+    return pairs
 
 
 def _read_table(obj: Mapping[str, Any], binning: Binning, dtype: np.dtype) -> np.ndarray:
@@ -1233,6 +1416,16 @@ def save_lut(
                 "or raise rastermatch.schema.MAX_CELLS"
             )
     data = _dumps(lut_to_dict(lut)).encode()  # before anything touches the disk
+    if lut.pairs is not None:  # checked by lut_to_dict
+        s, r, _ = lut.pairs[0]
+        cells = len(lut.pairs) * (s.nbands * s.binning.nbins + r.nbands * r.binning.nbins)
+        if cells > 2 * MAX_CELLS:
+            raise LUTFileError(
+                f"cannot write LUT file {final}: its {len(lut.pairs):,} pairs' histograms hold "
+                f"{cells:,} cells, more than the {2 * MAX_CELLS:,} a LUT file may hold, so it "
+                "could not be read back; fit with fewer bins or fewer pairs, or raise "
+                "rastermatch.schema.MAX_CELLS"
+            )
     # io's temporaries: named by pid and host (shortened with a hash for long names), so a save
     # killed outright (SIGKILL) leaves one that the next save of the same file removes
     from .io import move_into_place, remove_stale_temporaries, temporary_sibling

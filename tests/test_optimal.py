@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -348,12 +351,78 @@ def test_dask_pairs_are_read_once(rng):
     np.testing.assert_array_equal(lut.table, numpy.table)
 
 
-def test_several_pairs_are_not_saved(rng, tmp_path):
-    """A LUT document rebuilds its table from one pair: a multi-pair LUT is refused, not saved
-    as something else."""
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("objective", ["ks", "w1"])
+@pytest.mark.parametrize("weights", [None, "int", "float"])
+def test_several_pairs_save_load_and_reapply_identically(rng, tmp_path, k, objective, weights):
+    """The document records every pair and weight; loading rebuilds the same table with
+    fit_multi, applies identically, and writes the same bytes again."""
+    w = {None: None, "int": [3, 1, 2][:k], "float": [0.25, 1.5, 1e-3][:k]}[weights]
+    pairs = scenes(rng, k)
+    lut = fit_multi(pairs, objective=objective, weights=w, nodata=0)
+    assert len(lut.pairs) == k and lut.source_hist is None
+    path = lut.save(tmp_path / "lut.json")
+    doc = json.loads(path.read_text())
+    assert doc["recipe"] == {"method": "optimal", "levels": "present", "objective": objective}
+    assert "source_histogram" not in doc and len(doc["pairs"]) == k
+    assert [p["weight"] for p in doc["pairs"]] == [float(x) for x in (w or [1] * k)]
+    back = LUT.load(path)
+    np.testing.assert_array_equal(back.table, lut.table)
+    assert (back.method, back.objective, back.dtype, back.bands) == (
+        lut.method, lut.objective, lut.dtype, lut.bands,
+    )  # fmt: skip
+    assert (back.nodata, back.out_nodata) == (lut.nodata, lut.out_nodata)
+    for (s, r, wj), (s2, r2, wj2) in zip(lut.pairs, back.pairs, strict=True):
+        np.testing.assert_array_equal(s.counts, s2.counts)
+        np.testing.assert_array_equal(r.counts, r2.counts)
+        assert wj == wj2
+    src = pairs[0][0]
+    np.testing.assert_array_equal(back.apply(src), lut.apply(src))
+    assert back.save(tmp_path / "again.json").read_bytes() == path.read_bytes()
+
+
+def test_several_float_pairs_save_load_and_reapply_identically(rng, tmp_path):
+    """Interval tables (uniform binnings, with their bin statistics) rebuild exactly too."""
+    pairs = [
+        (rng.normal(0, 1, (2, 8, 8)), rng.normal(10, 2, (2, 8, 8)).round(1)),
+        (rng.normal(3, 1, (2, 8, 8)), rng.normal(12, 2, (2, 8, 8)).round(1)),
+    ]
+    lut = fit_multi(pairs, objective="ks", weights=[2, 0.5], bins=32)
+    back = LUT.load(lut.save(tmp_path / "lut.json"))
+    assert back.kind == "interval"
+    np.testing.assert_array_equal(back.table, lut.table)
+    np.testing.assert_array_equal(back.apply(pairs[1][0]), lut.apply(pairs[1][0]))
+
+
+def test_one_pair_writes_the_plain_optimal_document(rng):
+    """k = 1 is LUT.from_histograms' LUT, so its document is that of method 'optimal', byte
+    for byte, with no pairs."""
+    [(src, ref)] = scenes(rng, 1)
+    lut = fit_multi([(src, ref)], objective="ks")
+    single = LUT.from_histograms(
+        band_histograms(src), band_histograms(ref), method="optimal", objective="ks"
+    )
+    assert lut.pairs is None
+    assert json.dumps(lut.to_dict()) == json.dumps(single.to_dict())
+    assert "pairs" not in lut.to_dict()
+
+
+def test_a_hand_made_multi_lut_is_not_written(rng, tmp_path):
+    """What a reader would refuse (one pair, a negative weight, a blend) is not written."""
     lut = fit_multi(scenes(rng, 2))
-    with pytest.raises(LUTFileError):
-        lut.save(tmp_path / "lut.json")
+    (s, r, _), pair = lut.pairs
+    for pairs, match in [
+        (lut.pairs[:1], "its pairs are 1 pairs"),
+        (((s, r, -1.0), pair), "pair 0 is not a"),
+        (((s, r, float("nan")), pair), "pair 0 is not a"),
+        (((s, r), pair), "pair 0 is not a"),
+        (((s, r, 0.0), (*pair[:2], 0)), "weights of its pairs are all zero"),
+    ]:
+        with pytest.raises(LUTFileError, match=match):
+            dataclasses.replace(lut, pairs=pairs).save(tmp_path / "lut.json")
+    with pytest.raises(LUTFileError, match="method 'optimal' without a blend"):
+        dataclasses.replace(lut, proportion=0.5).save(tmp_path / "lut.json")
+    assert os.listdir(tmp_path) == []
 
 
 def test_fit_multi_refusals(rng):

@@ -185,6 +185,13 @@ def same_lut(a: LUT, b: LUT) -> None:
         b.kind,
     )
     assert repr((a.nodata, a.out_nodata)) == repr((b.nodata, b.out_nodata))
+    if a.pairs is not None or b.pairs is not None:  # a LUT of several pairs: no source_hist
+        assert len(a.pairs) == len(b.pairs)
+        for (s, r, w), (s2, r2, w2) in zip(a.pairs, b.pairs, strict=True):
+            same_histogram(s, s2)
+            same_histogram(r, r2)
+            assert w == w2
+        return
     same_histogram(a.source_hist, b.source_hist)
     same_histogram(a.reference_hist, b.reference_hist)
 
@@ -1014,9 +1021,10 @@ def _check_loaded(lut):
     """A LUT that was accepted: built by the builder, and safe to apply to any value (in the
     layout of its rows: a DataArray with its row dims and labels, or a 2-D array)."""
     assert lut.table.shape[0] == lut.nbands == len(lut.bands) == lut.rows.size
-    assert lut.rows.same_as(lut.source_hist.rows)
+    source = lut.source_hist if lut.pairs is None else lut.pairs[0][0]
+    assert lut.rows.same_as(source.rows)
     same_lut(LUT.from_dict(json.loads(json.dumps(lut.to_dict()))), lut)  # written as read
-    dtype = lut.source_hist.binning.dtype
+    dtype = source.binning.dtype
     if dtype.kind == "f":
         big = np.finfo(dtype).max
         x = np.array([-np.inf, -big, -1.0, 0.0, 0.5, big, np.inf, np.nan], dtype=dtype)
@@ -1180,3 +1188,158 @@ def test_a_recipe_edit_rebuilds_what_it_says():
     doc = copy.deepcopy(LEVELS_DOC)
     doc["recipe"].update({"method": "ceil", "proportion": 0.5})
     same_lut(LUT.from_dict(doc), rule_lut("levels", {"method": "ceil"}, 0.5))
+
+
+# -- LUTs of several pairs (fit_multi) -------------------------------------------------------
+
+
+def multi_lut(k: int = 3) -> LUT:
+    """k pairs of 2-band uint8 scenes with nodata 0, references up to 200 (beyond int8)."""
+    from rastermatch import fit_multi
+
+    rng = np.random.default_rng(5)
+    pairs = [
+        (rng.integers(0, 40, (2, 6, 5)).astype(np.uint8),
+         (rng.integers(0, 40, (2, 6, 5)) * 5 + 5).astype(np.uint8))
+        for _ in range(k)
+    ]  # fmt: skip
+    return fit_multi(pairs, objective="ks", weights=[1, 2.5, 0.5][:k], nodata=0)
+
+
+MULTI_DOC = multi_lut().to_dict()
+P = "pairs"
+
+
+def _pairs_doc(**edits):
+    doc = copy.deepcopy(MULTI_DOC)
+    for path, value in edits.items():
+        _set(doc, tuple(int(p) if p.isdigit() else p for p in path.split("__")), value)
+    return doc
+
+
+def test_multi_documents_record_every_pair_and_rebuild_with_fit_multi():
+    assert MULTI_DOC["recipe"] == {"method": "optimal", "levels": "present", "objective": "ks"}
+    assert [p["weight"] for p in MULTI_DOC[P]] == [1.0, 2.5, 0.5]
+    assert S not in MULTI_DOC and R not in MULTI_DOC
+    lut = LUT.from_dict(MULTI_DOC)
+    np.testing.assert_array_equal(lut.table, multi_lut().table)
+    assert schema._dumps(lut.to_dict()) == schema._dumps(MULTI_DOC)
+    # a valid edit of the counts gives the table of those counts, never a stored one
+    doc = _pairs_doc(pairs__1__source__counts__0__count=[50] * 3)
+    doc[P][1]["source"]["counts"][0]["index"] = [1, 2, 3]
+    from rastermatch import fit_multi
+
+    edited = LUT.from_dict(doc)
+    again = fit_multi([(s, r) for s, r, _ in edited.pairs], objective="ks",
+                      weights=[1, 2.5, 0.5], nodata=0)  # fmt: skip
+    np.testing.assert_array_equal(edited.table, again.table)
+
+
+_BIG = 10**400
+MULTI_RULES = [
+    ({"pairs__1__reference__counts__0__count__0": -3},
+     r"pairs\[1\]\.reference\.counts\[0\]\.count\[0\] is -3, outside 1\.\."),
+    ({"pairs__2__source__counts__1__count__0": 1.5},
+     r"pairs\[2\]\.source\.counts\[1\]\.count\[0\] is 1\.5, expected an integer"),
+    ({"pairs__0__source__counts__0": {"index": [], "count": []}},
+     r"pairs\[0\]\.source\.counts\[0\]\.count is empty: band 1 has no pixels"),
+    ({"pairs__0__weight": float("nan")}, r"pairs\[0\]\.weight is nan, expected a finite number"),
+    ({"pairs__0__weight": "nan"}, r"pairs\[0\]\.weight is the string 'nan', expected a finite"),
+    ({"pairs__1__weight": -1}, r"pairs\[1\]\.weight is -1\.0, expected a finite number >= 0"),
+    ({"pairs__1__weight": "2"}, r"pairs\[1\]\.weight is the string '2'"),
+    ({"pairs__1__weight": True}, r"pairs\[1\]\.weight is true"),
+    ({"pairs__1__weight": None}, r"pairs\[1\]\.weight is null"),
+    ({"pairs__2__weight": _BIG}, r"pairs\[2\]\.weight is an integer of 401 digits"),
+    ({"pairs__0__weight": 1.7e308, "pairs__1__weight": 1.7e308},
+     r"pairs has weights adding up to more than float64 holds"),
+    ({"pairs__0__weight": 0, "pairs__1__weight": 0.0, "pairs__2__weight": 0},
+     r"pairs has weights that are all zero"),
+    ({"pairs__1__source__binning__dtype": "uint16", "pairs__1__source__binning__nbins": 65536,
+      "pairs__1__source__binning__hi": [65535.0, 65535.0]},
+     r"pairs\[1\]\.source\.binning differs from pairs\[0\]\.source\.binning; every source"),
+    ({"pairs__2__reference__binning__lo": [10.0, 10.0], "pairs__2__reference__binning__nbins": 246},
+     r"pairs\[2\]\.reference\.binning differs from pairs\[0\]\.reference\.binning"),
+    ({"pairs__1__reference__binning__lo": [0.0], "pairs__1__reference__binning__hi": [255.0]},
+     r"pairs\[1\]\.reference\.binning differs from pairs\[0\]\.reference\.binning"),
+    ({"pairs__0__reference__bands": [1], "pairs__0__reference__counts": "one row",
+      "pairs__0__reference__binning__lo": [0.0], "pairs__0__reference__binning__hi": [255.0]},
+     r"pairs\[0\]\.reference has 1 rows, but pairs\[0\]\.source has 2"),
+    ({"pairs": []}, r"pairs has 0 entries, expected 2\.\.1,000"),
+    ({"pairs": "first"}, r"pairs has 1 entries, expected 2\.\.1,000 .*\(a LUT of one pair"),
+    ({"pairs": "huge"}, r"pairs has 100,000 entries, expected 2\.\.1,000"),
+    ({"pairs": {}}, r"pairs is an object, expected a list of objects"),
+    ({"pairs__1": [1, 2]}, r"pairs\[1\] is a list of 2, expected an object"),
+    ({"pairs__1__weight": "drop"}, r"pairs\[1\]\.weight is missing"),
+    ({"pairs__1__extra": 1}, r"pairs\[1\] has an unknown field 'extra'"),
+    ({"source_histogram": "copy"}, r"source_histogram is given beside pairs"),
+    ({"recipe__method": "nearest", "recipe__objective": "drop"},
+     r"recipe\.method is 'nearest', but a LUT of several pairs is 'optimal'"),
+    ({"recipe__proportion": 0.5}, r"recipe\.proportion is set, but a LUT of several pairs"),
+    ({"bands": [1, 3]}, r"bands differ from pairs\[0\]\.source\.bands"),
+    ({"nodata": 300}, r"nodata is 300, outside uint8's 0\.\.255"),
+    ({"dtype": "int8"}, r"pairs is refused: .*int8"),
+    ({"format": 1}, r"method is missing"),  # format 1 knows no pairs
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edits", "message"), MULTI_RULES)
+def test_multi_documents_refuse_each_field(edits, message):
+    doc = copy.deepcopy(MULTI_DOC)
+    for key, value in edits.items():
+        path = tuple(int(p) if p.isdigit() else p for p in key.split("__"))
+        if value == "drop":
+            parent = doc
+            for part in path[:-1]:
+                parent = parent[part]
+            del parent[path[-1]]
+        elif value == "first":
+            doc[P] = doc[P][:1]
+        elif value == "huge":
+            doc[P] = doc[P][:1] * 100_000  # refused by its length before any is read
+        elif value == "copy":
+            doc[S] = copy.deepcopy(LEVELS_DOC[S])
+        elif value == "one row":
+            doc[P][0]["reference"]["counts"] = doc[P][0]["reference"]["counts"][:1]
+        else:
+            _set(doc, path, value)
+    with pytest.raises(LUTFileError, match=rf"^LUT document: {message}") as info:
+        LUT.from_dict(doc)
+    assert str(info.value).endswith("; recreate it with `rastermatch fit`")
+
+
+def test_multi_documents_are_bounded_before_their_arrays(tmp_path, monkeypatch):
+    # 3 pairs x (2 x 256 + 2 x 256) cells = 3,072: over a budget of 2 x 1,024, refused when read
+    # (after the first pair only) and when written
+    monkeypatch.setattr(schema, "MAX_CELLS", 1024)
+    with pytest.raises(LUTFileError, match=r"pairs hold 3,072 histogram cells .* 2,048"):
+        LUT.from_dict(MULTI_DOC)
+    with pytest.raises(LUTFileError, match=r"pairs' histograms hold 3,072 cells"):
+        multi_lut().save(tmp_path / "lut.json")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(schema, "MAX_CELLS", 1536)  # 3,072 cells fit twice 1,536
+    LUT.load(multi_lut().save(tmp_path / "lut.json"))
+
+
+def test_multi_files_round_trip_and_json_level_checks(tmp_path):
+    lut = multi_lut(2)
+    path = lut.save(tmp_path / "lut.json")
+    back = LUT.load(path)
+    np.testing.assert_array_equal(back.table, lut.table)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16).repeat(2, axis=0)
+    np.testing.assert_array_equal(back.apply(x), lut.apply(x))
+    text = path.read_text().replace('"weight":1.0', '"weight":NaN', 1)
+    (tmp_path / "nan.json").write_text(text)
+    with pytest.raises(LUTFileError, match="bare constant NaN"):
+        LUT.load(tmp_path / "nan.json")
+
+
+@settings(
+    max_examples=min(60, int(os.environ.get("RASTERMATCH_FUZZ_EXAMPLES", "300"))),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(doc=mutated([MULTI_DOC]))
+def test_fuzz_multi_lut_from_dict(doc):
+    lut = _only_project_errors(lambda: LUT.from_dict(doc), LUTFileError)
+    if lut is not None:
+        _check_loaded(lut)
