@@ -71,6 +71,10 @@ _INT32_BLOCK_LIMIT = 2**31 - 1
 #: :func:`detector_histograms`). 4 bands x 8,192 push-broom columns x all 65,536 uint16 levels
 #: are 8 GiB of int32 counts, the limit; floats with 65,536 bins and their bin statistics 64 GiB.
 MAX_DETECTOR_BYTES = 2**33
+#: Lazy per-detector counts of an integer input are taken over every level of its dtype, with
+#: no range pass first, when they take at most this many bytes (16 detectors x 4 bands x all
+#: 65,536 uint16 levels in int32 are 16 MiB); computed, they are cropped to the occupied levels.
+FULL_LEVELS_BYTES = 2**26
 
 
 # -- binning ----------------------------------------------------------------------------------
@@ -1323,6 +1327,10 @@ def _assemble(parts: list[Any], meta: dict[str, Any]) -> Histogram:
     stats = {}
     if meta["stats"]:
         stats = {"vmin": parts[1], "vmax": parts[2], "nmin": parts[3]}
+    if meta.get("occupied"):  # counts over the whole dtype (see _OccupiedHistogram)
+        lazy = _OccupiedHistogram(parts[0], binning, rows=meta["rows"], nodata=meta["nodata"],
+                                  masked=meta["masked"], name=meta["name"])  # fmt: skip
+        return lazy if lazy.is_lazy else _crop_occupied(lazy)
     return Histogram(
         parts[0],
         binning,
@@ -1765,15 +1773,23 @@ def detector_histograms(
 
     binning = default_binning(src.dtype, nrows, bins=bins, range=range)
     lohi: Any = None
+    occupied = False
     if binning is not None and binning.kind == "levels":
-        # the levels the whole input occupies, one empty level below them: one pass first
-        if src.is_dask:
-            (rng,) = dask.compute(_lazy_range(src, m))
+        full = Binning.levels(src.dtype, nrows * ndet)
+        if src.is_dask and nrows * ndet * full.nbins * count_dtype.itemsize <= FULL_LEVELS_BYTES:
+            # small enough to count every level of the dtype: no range pass; the computed
+            # histogram is cropped to the occupied levels (the same as the range pass gives)
+            binning = full
+            occupied = True
         else:
-            rng = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
-        binning = Binning.occupied(
-            src.dtype, nrows * ndet, float(rng[:, 0].min()), float(rng[:, 1].max())
-        )
+            # the levels the whole input occupies, one empty level below them: one pass first
+            if src.is_dask:
+                (rng,) = dask.compute(_lazy_range(src, m))
+            else:
+                rng = block_range(src.array, m, nodata=src.nodata)[:, 0, 0, :]
+            binning = Binning.occupied(
+                src.dtype, nrows * ndet, float(rng[:, 0].min()), float(rng[:, 1].max())
+            )
     else:
         # each row's range (given, or found lazily), the same for all its detectors
         if binning is not None:
@@ -1849,6 +1865,8 @@ def detector_histograms(
     )
     name = f"rastermatch-detector-counts-{token}"
     out = _detector_tree(per_block, dets, cap, ndet, spec, name)
+    if occupied:
+        return _OccupiedHistogram(out, binning, **recorded)
     return _detector_histogram(out, binning, recorded, count_dtype)
 
 
@@ -2057,6 +2075,29 @@ def _detector_tree(
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[per_block])
     chunks = ((row_starts[-1] * ndet,), *per_block.chunks[4:])
     return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype))
+
+
+class _OccupiedHistogram(Histogram):
+    """Lazy counts over every level of the dtype that compute (or persist, once concrete) to
+    the histogram over the occupied levels, :meth:`Binning.occupied` of all rows together."""
+
+    def _meta(self) -> dict[str, Any]:
+        return {**super()._meta(), "occupied": True}
+
+
+def _crop_occupied(hist: Histogram) -> Histogram:
+    """A concrete levels histogram cropped to :meth:`Binning.occupied` of its nonzero levels
+    (all rows together): exactly what counting over that range gives."""
+    counts = np.asarray(hist.counts)
+    present = np.flatnonzero(counts.any(axis=0))
+    offset = hist.binning.offset
+    vmin, vmax = (offset + present[0], offset + present[-1]) if present.size else (np.inf, -np.inf)
+    binning = Binning.occupied(hist.binning.dtype, counts.shape[0], vmin, vmax)
+    start = binning.offset - offset
+    return Histogram(
+        np.ascontiguousarray(counts[:, start : start + binning.nbins]), binning, rows=hist.rows,
+        nodata=hist.nodata, masked=hist.masked, name=hist.name,
+    )  # fmt: skip
 
 
 def _detector_histogram(

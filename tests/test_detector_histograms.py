@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import chunkings
 
-from rastermatch import Binning, OptionError, band_histograms
+from rastermatch import Binning, OptionError, band_histograms, histogram
 from rastermatch._data import as_band_array
 from rastermatch._detectors import Detectors
 from rastermatch.histogram import _count_dtype, detector_histograms
@@ -164,11 +164,15 @@ def test_a_given_range_bins_every_detector_alike(rng):
     )
 
 
-def test_building_reads_only_the_range_for_integers_and_nothing_for_floats(rng):
+def test_building_reads_only_the_range_for_integers_and_nothing_for_floats(rng, monkeypatch):
     x = rng.integers(0, 50, (2, 16, 12)).astype(np.uint8)
     index, labels = Detectors.of(4, axis="y").resolve(16)
     reads = BlockReads()
     arr = reads.count(da.from_array(x, chunks=(1, 5, 5)))
+    with raise_if_dask_computes(0):  # counts over every level are small: no range pass
+        small = detector_histograms(arr, index, labels, axis="y")
+    assert reads.n == 0 and small.binning.is_full
+    monkeypatch.setattr(histogram, "FULL_LEVELS_BYTES", 0)
     with raise_if_dask_computes(1):  # one pass: the occupied range
         h = detector_histograms(arr, index, labels, axis="y")
     first = reads.n
@@ -176,6 +180,7 @@ def test_building_reads_only_the_range_for_integers_and_nothing_for_floats(rng):
     with raise_if_dask_computes(1):  # one pass: the counts
         h = h.compute()
     assert reads.n == 2 * first
+    assert small.compute().binning.same_as(h.binning)
     f = da.from_array(x.astype(np.float32), chunks=(1, 5, 5))
     with raise_if_dask_computes(0):
         hf = detector_histograms(f, index, labels, axis="y", bins=8)
