@@ -842,6 +842,7 @@ def write_raster(
     compress: Any = None,
     lock: Any = None,
     tile_size: int = 512,
+    compute_with: Sequence[Any] = (),
 ) -> Path | Delayed:
     """Write a raster or a stack to GeoTIFF/COG or Zarr v3, block by block, atomically.
 
@@ -886,6 +887,12 @@ def write_raster(
     tile_size : int, default 512
         GeoTIFF tile edge in pixels (a multiple of 16). Dask chunks that do not fall on tile
         boundaries are rechunked so that each tile is written whole, once.
+    compute_with : sequence of dask collections, optional
+        Computed together with the blocks, so that what they share (the blocks of the input
+        the data are computed from) is read once: a GeoTIFF written by a local scheduler runs
+        them in the same ``dask.compute``; Zarr and a distributed client compute them first.
+        ``provenance`` may then be a callable taking their computed values and returning the
+        record, stored before the output is moved into place.
 
     Returns
     -------
@@ -977,7 +984,8 @@ def write_raster(
         final=final,
         fmt=fmt,
         overwrite=overwrite,
-        provenance=_provenance_json(provenance),
+        provenance=provenance if callable(provenance) else _provenance_json(provenance),
+        compute_with=tuple(compute_with),
         cog=cog,
         compress=(_gtiff_compression(compress) if fmt == "gtiff" else _zarr_compressors(compress)),
         lock=lock,
@@ -1000,6 +1008,7 @@ class _WriteJob:
     __slots__ = (
         "cog",
         "compress",
+        "compute_with",
         "data",
         "final",
         "fmt",
@@ -1225,6 +1234,8 @@ def _execute(job: _WriteJob) -> Path:
     tmp = _sibling(job.final, "tmp")
     try:
         with _distributed_client() as client:
+            if job.compute_with and (job.fmt == "zarr" or client is not None):
+                _settle_provenance(job, dask.compute(*job.compute_with))
             if job.fmt == "zarr":
                 _write_zarr(job, tmp, client)
             else:
@@ -1236,6 +1247,12 @@ def _execute(job: _WriteJob) -> Path:
             raise _write_error(job.final, exc) from exc
         raise
     return job.final
+
+
+def _settle_provenance(job: _WriteJob, computed: Sequence[Any]) -> None:
+    """The record of a callable ``provenance`` from the values of ``compute_with``."""
+    if callable(job.provenance):
+        job.provenance = _provenance_json(job.provenance(computed))
 
 
 def _write_error(final: Path, exc: OSError) -> RasterWriteError:
@@ -1504,11 +1521,20 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                 dst = rasterio.open(staging, "w", **profile)
             try:
                 with _writing():
-                    _write_gtiff_metadata(dst, data, job.provenance)
+                    _write_gtiff_metadata(
+                        dst, data, None if callable(job.provenance) else job.provenance
+                    )
                 writer = _WindowWriter(dst, arr.chunks)
                 if client is None:
                     stored = da.store(arr, writer, lock=job.lock or threading.Lock(), compute=False)
-                    _compute_on_own_pool(stored, thread_prefix=failures.thread_prefix)
+                    computed = _compute_on_own_pool(
+                        stored, *job.compute_with, thread_prefix=failures.thread_prefix
+                    )
+                    if callable(job.provenance):
+                        _settle_provenance(job, computed)
+                        with _writing():
+                            record = {PROVENANCE_KEY: job.provenance}
+                            dst.update_tags(ns=PROVENANCE_DOMAIN, **record)
                 else:
                     _write_blocks_from_cluster(arr, writer, client)
                 with _writing():
@@ -1556,7 +1582,9 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
 # Computing the blocks of a write ----------------------------------------------------------
 
 
-def _compute_on_own_pool(collection: Any, *, thread_prefix: str = "rastermatch-write") -> None:
+def _compute_on_own_pool(
+    collection: Any, *also: Any, thread_prefix: str = "rastermatch-write"
+) -> tuple[Any, ...]:
     """Compute ``collection``; on an error or interrupt return only once no block runs.
 
     dask's threaded scheduler returns to the caller on the first exception (or Ctrl-C) while
@@ -1569,8 +1597,7 @@ def _compute_on_own_pool(collection: Any, *, thread_prefix: str = "rastermatch-w
     """
     scheduler = dask.base.get_scheduler(collections=[collection])
     if scheduler is not dask.threaded.get:
-        dask.compute(collection)
-        return
+        return dask.compute(collection, *also)[1:]
     configured = dask.config.get("pool", None)
     workers = (
         dask.config.get("num_workers", None)
@@ -1580,7 +1607,7 @@ def _compute_on_own_pool(collection: Any, *, thread_prefix: str = "rastermatch-w
     executor = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
     pool = executor(int(workers), thread_name_prefix=thread_prefix)
     try:
-        dask.compute(collection, scheduler="threads", pool=pool)
+        return dask.compute(collection, *also, scheduler="threads", pool=pool)[1:]
     finally:
         _shutdown_despite_interrupts(pool)
 

@@ -76,7 +76,7 @@ from .io import (
 )
 from .lut import LUT, Levels, Method, Objective
 from .match import MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many
-from .metrics import destripe_quality, format_quality_table, matched_histogram, quality_table
+from .metrics import destripe_pass, format_quality_table, matched_histogram, quality_table
 
 __all__ = [
     "MatchResult",
@@ -931,18 +931,22 @@ def _check_write_options(final: Path, cog: bool) -> None:
 def _write(
     data: xr.DataArray,
     output: PathLike,
-    record: dict[str, Any],
+    record: dict[str, Any] | Callable[[Sequence[Any]], dict[str, Any]],
     inputs: Sequence[PathLike | None],
     overwrite: bool,
     cog: bool,
     compress: Any,
     show_progress: bool,
+    compute_with: Sequence[Any] = (),
 ) -> Path:
-    """Write in this process, inside the progress context: the bar follows every block stored."""
+    """Write in this process, inside the progress context: the bar follows every block stored.
+    ``compute_with`` and a callable ``record`` as :func:`~rastermatch.io.write_raster` takes
+    them (collections computed with the blocks; the record made from their values)."""
     with progress(show_progress):
         path = write_raster(
             data, output, overwrite=overwrite, compute=True, provenance=record,
             inputs=[p for p in inputs if p is not None], cog=cog, compress=compress,
+            compute_with=compute_with,
         )  # fmt: skip
     assert isinstance(path, Path)
     return path
@@ -1685,11 +1689,13 @@ def destripe_file(
        reference detector, nodata, bands, mask grid) is checked before any work; no output
        may be an input or another output;
     1. the statistics: the histograms of every (band, detector), one read of the source;
-    2. the quality: the stripe power of the mean profile along the detector axis before and
-       after, and how far valid pixels moved (:func:`rastermatch.metrics.destripe_quality`),
-       one read (the report's, when one is drawn);
-    3. the source mapped through its per-detector LUTs, streamed to ``output`` with the
-       provenance (layout, reference, stripe metrics, the LUT when small enough).
+    2. the source mapped through its per-detector LUTs, streamed to ``output``; the quality
+       (the stripe power of the mean profile along the detector axis before and after, and how
+       far valid pixels moved: :func:`rastermatch.metrics.destripe_quality`) and what the
+       report draws are computed in the same pass, so source and output are read once for
+       all of them (a Zarr output or a distributed client: one more read, before the write);
+    3. the provenance (layout, reference, stripe metrics, the LUT when small enough) stored
+       in the output, the LUT file and the report written, all moved into place together.
 
     nodata and masked pixels (``mask``: nonzero is left out) stay out of every detector's
     statistics; masked pixels are still mapped, nodata stays nodata. ``lut_path`` saves the
@@ -1734,32 +1740,42 @@ def destripe_file(
         )  # fmt: skip
     balanced = lut.apply(src, nodata=nodata)  # lazy; an explicit nodata wins, as in the fit
 
-    # 2. stripe power before and after, and how far valid pixels moved (one read; with a
-    # report, the report's pass gives them); 3. the raster, the staged LUT file and report
-    # (none of them replaces a file that appeared meanwhile, unless overwrite)
+    # 2-3. the raster, with the stripe power before and after and how far valid pixels moved
+    # (metrics.destripe_pass; with a report, everything the report reads) computed in the same
+    # dask.compute as the write, so source and output are read once for all of them; then the
+    # staged LUT file and report (none replaces a file that appeared meanwhile, unless overwrite)
     with _staging() as staged:
+        if lut_path is not None:
+            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
+        options: dict[str, Any] = {"nodata": nodata, "mask": src_mask}
+        measured = destripe_pass(src, balanced, layout, **options)
+        lazy = measured.lazy
+        if report is not None:
+            from .plot import destripe_report_lazy
+
+            lazy = destripe_report_lazy(src, balanced, layout, **options)
+        found: dict[str, Any] = {}
+
+        def record_of(computed: Sequence[Any]) -> dict[str, Any]:
+            found["computed"] = computed
+            found["quality"] = measured.rows(computed[: len(measured.lazy)])
+            return destripe_record(lut, found["quality"], layout, chosen, source=source, mask=mask)
+
+        tmp = staged.path_for(final, overwrite=overwrite)
+        _write(balanced, tmp, record_of, inputs, False, cog, compress, show_progress, lazy)
+        quality = found["quality"]
         if report is not None:
             from .plot import save_destripe_report
 
             tmp_report = staged.path_for(Path(report), overwrite=overwrite)
             try:
-                with progress(show_progress):
-                    _, quality = save_destripe_report(  # type: ignore[misc]
-                        tmp_report, src, balanced, layout, nodata=nodata, mask=src_mask,
-                        return_quality=True,
-                    )  # fmt: skip
+                save_destripe_report(
+                    tmp_report, src, balanced, layout, computed=found["computed"], **options
+                )
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
                     f"writing the report {report} failed: {exc.strerror or exc}"
                 ) from exc
-        else:
-            with progress(show_progress):
-                quality = destripe_quality(src, balanced, layout, nodata=nodata, mask=src_mask)
-        record = destripe_record(lut, quality, layout, chosen, source=source, mask=mask)
-        if lut_path is not None:
-            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
-        tmp = staged.path_for(final, overwrite=overwrite)
-        _write(balanced, tmp, record, inputs, False, cog, compress, show_progress)
         staged.commit()
     return MatchResult(
         final, lut, quality, Path(lut_path) if lut_path is not None else None,

@@ -861,6 +861,50 @@ def _profile_limits(*profiles: np.ndarray) -> tuple[float, float]:
     return _padded(np.percentile(values, [0.5, 99.5]), pad=0.08)
 
 
+def _report_parts(
+    before: Any, after: Any, detectors: Any, *, zoom: int, **options: Any
+) -> tuple[Any, list[tuple[int, int]], list[Any], tuple[int, int]]:
+    """The pass of :func:`destripe_report_figure`, its candidate windows, their crops (before,
+    after[, mask] per window) and the window shape."""
+    if isinstance(zoom, bool) or not isinstance(zoom, int | np.integer) or zoom < 8:
+        raise OptionError(f"zoom must be a window side of at least 8 pixels, not {zoom!r}")
+    p = destripe_pass(before, after, detectors, **options)
+    _, ny, nx = p.before.array.shape
+    hy, hx = min(zoom, ny), min(zoom, nx)
+    windows = [(y0, x0) for y0 in _zoom_starts(ny, hy) for x0 in _zoom_starts(nx, hx)]
+    crops = []
+    for y0, x0 in windows:
+        at = (slice(None), slice(y0, y0 + hy), slice(x0, x0 + hx))
+        crops += [p.before.array[at], p.after.array[at]]
+        if p.mask is not None:
+            crops.append(p.mask[at])
+    return p, windows, crops, (hy, hx)
+
+
+def destripe_report_lazy(
+    before: Any,
+    after: Any,
+    detectors: Any,
+    *,
+    axis: Literal["y", "x"] | None = None,
+    offset: int = 0,
+    nodata: float | int | None = None,
+    out_nodata: float | int | None = None,
+    mask: Any = None,
+    channel_axis: int | None = None,
+    zoom: int = 128,
+) -> tuple[Any, ...]:
+    """Everything :func:`destripe_report_figure` reads, lazy: compute it together with other
+    work on the same inputs and pass the values as its ``computed=``. The first values are
+    those of :func:`~rastermatch.metrics.destripe_pass` (``.lazy``), so
+    ``destripe_pass(...).rows(values)`` gives the quality rows too."""
+    p, _, crops, _ = _report_parts(
+        before, after, detectors, axis=axis, offset=offset, nodata=nodata,
+        out_nodata=out_nodata, mask=mask, channel_axis=channel_axis, zoom=zoom,
+    )  # fmt: skip
+    return (*p.lazy, *crops)
+
+
 def destripe_report_figure(
     before: Any,
     after: Any,
@@ -875,6 +919,7 @@ def destripe_report_figure(
     zoom: int = 128,
     title: str | None = None,
     return_quality: bool = False,
+    computed: Sequence[Any] | None = None,
 ) -> Figure | tuple[Figure, list[dict[str, Any]]]:
     """A one-page visual report of a detector balancing (destriping): one row per band.
 
@@ -903,6 +948,10 @@ def destripe_report_figure(
     return_quality
         Also return the rows of :func:`~rastermatch.metrics.destripe_quality`, from the same
         pass (a job that wants both reads its inputs once).
+    computed
+        The values of :func:`destripe_report_lazy` (same inputs and options), computed by the
+        caller together with whatever else reads the inputs (a job's write of the output):
+        then nothing is read here.
 
     Returns
     -------
@@ -928,30 +977,18 @@ def destripe_report_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if isinstance(zoom, bool) or not isinstance(zoom, int | np.integer) or zoom < 8:
-        raise OptionError(f"zoom must be a window side of at least 8 pixels, not {zoom!r}")
-    p = destripe_pass(
-        before,
-        after,
-        detectors,
-        axis=axis,
-        offset=offset,
-        nodata=nodata,
-        out_nodata=out_nodata,
-        mask=mask,
-        channel_axis=channel_axis,
-    )
+    p, windows, crops, (hy, hx) = _report_parts(
+        before, after, detectors, axis=axis, offset=offset, nodata=nodata,
+        out_nodata=out_nodata, mask=mask, channel_axis=channel_axis, zoom=zoom,
+    )  # fmt: skip
     layout = p.layout
-    _, ny, nx = p.before.array.shape
-    hy, hx = min(zoom, ny), min(zoom, nx)
-    windows = [(y0, x0) for y0 in _zoom_starts(ny, hy) for x0 in _zoom_starts(nx, hx)]
-    crops = []
-    for y0, x0 in windows:
-        at = (slice(None), slice(y0, y0 + hy), slice(x0, x0 + hx))
-        crops += [p.before.array[at], p.after.array[at]]
-        if p.mask is not None:
-            crops.append(p.mask[at])
-    computed = dask.compute(*p.lazy, *crops, scheduler=p.scheduler)
+    if computed is None:
+        computed = dask.compute(*p.lazy, *crops, scheduler=p.scheduler)
+    elif len(computed) != len(p.lazy) + len(crops):
+        raise OptionError(
+            f"computed= has {len(computed)} values; destripe_report_lazy of these inputs and "
+            f"options gives {len(p.lazy) + len(crops)}"
+        )
     rows = p.rows(computed[: len(p.lazy)])
     profile_b, profile_a = p.profiles(computed[: len(p.lazy)])
     per = 3 if p.mask is not None else 2
