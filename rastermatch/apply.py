@@ -341,6 +341,14 @@ def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.n
     pixel is its line's or column's, not its row's.
     """
     have = base_rows(lut) if getattr(lut, "detectors", None) is not None else lut_rows(lut)
+    if have.dims and have.dims[-1] == "detector" and "detector" not in rows.dims:
+        n = len(have.coord("detector"))
+        raise BandMismatchError(
+            f"this LUT has per-detector rows ({n} detectors) but no detector layout, so the "
+            f"detector of each line of {name} is unknown (a LUT file lacking its 'detectors' "
+            "field); recreate it with `rastermatch destripe ... --lut` or "
+            "rastermatch.fit_detectors"
+        )
     if not labelled and "band" in have.dims and "band" in rows.dims:
         n, m = len(rows.coord("band")), len(have.coord("band"))
         if n != m:
@@ -353,11 +361,50 @@ def row_index(lut: LUT, rows: Rows, name: str, *, labelled: bool = True) -> np.n
     return index
 
 
-def detector_index(lut: LUT, layout: Detectors, size: int, name: str) -> np.ndarray:
+def _check_layout_fits(lut: LUT, layout: Detectors) -> None:
+    """Refuse a ``detectors=`` layout that does not describe the LUT's detectors: another
+    axis, or a periodic layout whose labels ``0..count-1`` are not the LUT's detectors (another
+    count). Another offset is fine: a later scene whose first line is another detector."""
+    own = lut.detectors
+    fix = (
+        f"pass a layout of the LUT's ({own.describe()}), e.g. "
+        f"Detectors.of({own.count}, axis={own.axis!r}, offset=...), or fit a LUT for this layout"
+        if own.periodic
+        else "pass a layout along the LUT's axis with its detector labels, or fit a LUT for it"
+    )
+    problem = None
+    if layout.axis != own.axis:
+        problem = "another axis"
+    elif layout.periodic:
+        have = lut_rows(lut).coord("detector")
+        if tuple(have) != tuple(range(layout.count)):  # type: ignore[arg-type]
+            problem = "another number of detectors" if own.periodic else "other detectors"
+    if problem is not None:
+        raise BandMismatchError(
+            f"the layout detectors= ({layout.describe()}) does not fit this LUT, fitted for "
+            f"{own.describe()}: {problem}; {fix}"
+        )
+
+
+def detector_index(
+    lut: LUT, layout: Detectors, size: int, name: str, *, own: bool = False
+) -> np.ndarray:
     """The LUT detector (position on its ``detector`` dim) of every line or column of data
     ``size`` lines (columns) long laid out as ``layout``: the data's detectors meet the LUT's
-    by label, so a scene whose first line is another detector maps right."""
-    positions, labels = layout.resolve(size, name)
+    by label, so a scene whose first line is another detector maps right. ``own``: the layout
+    is the LUT's own (its labels are the LUT's, not the caller's)."""
+    try:
+        positions, labels = layout.resolve(size, name)
+    except OptionError:
+        if not own or layout.labels is None:
+            raise
+        what = "lines" if layout.axis == "y" else "columns"
+        raise BandMismatchError(
+            f"this LUT's layout has {len(layout.labels)} detector labels, one per "
+            f"{what[:-1]} of the scene it was fitted on, and {name} has {size} {what}; apply it to "
+            "scenes of that size, or pass detectors= with one label per "
+            f"{what[:-1]} of {name}"
+        ) from None
     have = lut_rows(lut).coord("detector")
     lookup: dict[Hashable, int] = {}
     for i, v in enumerate(have):
@@ -736,10 +783,12 @@ def apply_lut(
             "detectors= is for a per-detector LUT, and this one has one table per band; "
             "fit one with rastermatch.fit_detectors"
         )
+    if detectors is not None:
+        _check_layout_fits(lut, detectors)
     index = row_index(lut, src.rows, src.name, labelled=src.template is not None)
     if layout is not None:
         size = src.array.shape[1 if layout.axis == "y" else 2]
-        det = detector_index(lut, layout, size, src.name)
+        det = detector_index(lut, layout, size, src.name, own=detectors is None)
     if out_nodata is not None:
         out_nodata = check_nodata(out_nodata, lut.dtype, "the output", what="out_nodata")
     nd = src.nodata if src.nodata is not None else lut.nodata

@@ -161,6 +161,46 @@ def test_a_detector_the_lut_lacks_is_refused_by_position(rng):
     assert detector_index(lut, mirror, 4, "data").tolist() == [0, 1, 1, 0]
 
 
+def test_a_layout_that_does_not_fit_the_lut_is_refused(rng):
+    """detectors= may move the phase (a later scene whose line 0 is another detector), not the
+    axis or the number of detectors: those would map lines with the wrong tables, silently."""
+    lut = level_lut(rng, 1, 3)  # 3 detectors along y
+    x = rng.integers(0, 256, (1, 12, 10)).astype(np.uint8)
+    for other, problem in (
+        (Detectors(axis="x", count=3), "another axis"),
+        (Detectors(count=2), "another number of detectors"),
+        (Detectors(count=4), "another number of detectors"),
+    ):
+        with pytest.raises(BandMismatchError) as info:
+            apply_lut(lut, x, detectors=other)
+        msg = str(info.value)
+        assert other.describe() in msg and "3 detectors along y" in msg and problem in msg
+    shifted = apply_lut(lut, x, detectors=Detectors(count=3, offset=2))
+    det = (np.arange(12) + 2) % 3
+    np.testing.assert_array_equal(shifted, lut.table[det[None, :, None], x])
+    relabelled = apply_lut(lut, x, detectors=Detectors.of([2, 0, 1] * 4, axis="y"))
+    np.testing.assert_array_equal(relabelled, shifted)
+    mirror = level_lut(rng, 1, 2, detectors=Detectors.of(["a", "b"] * 6), labels=("a", "b"))
+    with pytest.raises(BandMismatchError, match="other detectors"):
+        apply_lut(mirror, x, detectors=Detectors(count=2))
+
+
+def test_layout_errors_name_the_lut_not_the_data(rng):
+    """A LUT's own labelled layout of another length, or per-detector rows with no layout (a
+    file that lost its 'detectors' field): the message says what the LUT lacks."""
+    lut = level_lut(rng, 1, 3, detectors=Detectors.of([0, 1, 2] * 4), labels=(0, 1, 2))
+    x = rng.integers(0, 256, (1, 6, 5)).astype(np.uint8)
+    with pytest.raises(BandMismatchError, match="this LUT's layout has 12 detector labels, one "
+                       "per line of the scene it was fitted on, and data has 6 lines"):  # fmt: skip
+        lut.apply(x)
+    bare = LUT(lut.table, lut.source_binning, lut.dtype, rows=lut.rows)
+    with pytest.raises(BandMismatchError) as info:
+        bare.apply(x)
+    msg = str(info.value)
+    assert "per-detector rows (3 detectors) but no detector layout" in msg
+    assert "rastermatch destripe" in msg and "pool it" not in msg
+
+
 def test_bad_indices_are_refused(rng):
     lut = level_lut(rng, 2, 3)
     x = rng.integers(0, 256, (2, 4, 5)).astype(np.uint8)
