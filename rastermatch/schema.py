@@ -180,6 +180,7 @@ _DATE_DTYPES = tuple(
 )
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _LUT_FIX = "recreate it with `rastermatch fit`"
+_DETECTOR_LUT_FIX = "recreate it with `rastermatch destripe ... --lut` (or fit_detectors)"
 _ROWS = ("bands", "rows")  # the two spellings of a document's rows: one or the other
 _HISTOGRAM_FIX = "write it again with Histogram.to_json()"
 
@@ -1301,11 +1302,25 @@ def _run_length_decode(row: Any, where: str, width: int, dtype: np.dtype) -> np.
         return np.repeat(value, lengths).astype(dtype)
 
 
-def _lut_error(source: str) -> Callable[[_Invalid], Exception]:
+def _lut_fix(doc: Any) -> str:
+    """How to fix a bad LUT document: a per-detector one (a ``detectors`` field, or rows whose
+    last dim is ``detector``) is made by destripe, every other one by fit."""
+    if isinstance(doc, Mapping):
+        rows = doc.get("rows")
+        last = rows[-1] if isinstance(rows, list) and rows else None
+        if "detectors" in doc or (isinstance(last, Mapping) and last.get("dim") == "detector"):
+            return _DETECTOR_LUT_FIX
+    return _LUT_FIX
+
+
+def _lut_error(source: str, doc: list[Any] | None = None) -> Callable[[_Invalid], Exception]:
+    """``doc``: a list holding the document once parsed (it picks the fix), or None."""
+
     def error(e: _Invalid) -> Exception:
+        fix = _lut_fix(doc[0] if doc else None)
         if not e.where and e.problem.startswith(("is not", "is nested", "contains")):
-            return LUTFileError(f"{source} {e.problem}; {_LUT_FIX}")
-        return LUTFileError(f"{source}: {e.sentence()}; {_LUT_FIX}")
+            return LUTFileError(f"{source} {e.problem}; {fix}")
+        return LUTFileError(f"{source}: {e.sentence()}; {fix}")
 
     return error
 
@@ -1327,7 +1342,7 @@ def lut_from_dict(d: Any) -> LUT:
     ...
     rastermatch.errors.LUTFileError: LUT document: source_histogram.binning.lo[0] is -1e15, but ...
     """
-    return _checked(lambda: _read_lut(d), _lut_error("LUT document"))
+    return _checked(lambda: _read_lut(d), _lut_error("LUT document", [d]))
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -1354,7 +1369,13 @@ def load_lut(path: str | os.PathLike[str]) -> LUT:
         raise LUTFileError(f"{name} cannot be read: {e.strerror or e}") from None
     except MemoryError:
         raise LUTFileError(f"{name} is too large to read into memory") from None
-    return _checked(lambda: _read_lut(parse_json(data)), _lut_error(name))
+    parsed: list[Any] = []
+
+    def read() -> LUT:
+        parsed.append(parse_json(data))
+        return _read_lut(parsed[0])
+
+    return _checked(read, _lut_error(name, parsed))
 
 
 def _same_file(a: Path, b: Path) -> bool:

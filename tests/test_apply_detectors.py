@@ -201,6 +201,29 @@ def test_layout_errors_name_the_lut_not_the_data(rng):
     assert "rastermatch destripe" in msg and "pool it" not in msg
 
 
+def test_a_bad_per_detector_lut_file_says_how_it_is_made(rng, tmp_path):
+    """A per-detector LUT file with a bad field is recreated by destripe, not by fit."""
+    import json
+
+    from rastermatch import LUTFileError
+    from rastermatch.balance import fit_detectors
+
+    path = tmp_path / "d.json"
+    fit_detectors(rng.integers(0, 256, (1, 6, 5)).astype(np.uint8), detectors=3).save(path)
+    doc = json.loads(path.read_text())
+    doc["detectors"]["count"] = 0
+    path.write_text(json.dumps(doc))
+    for load in (lambda: LUT.load(path), lambda: LUT.from_dict(doc)):
+        with pytest.raises(LUTFileError, match="detectors") as info:
+            load()
+        assert "rastermatch destripe ... --lut" in str(info.value)
+        assert "rastermatch fit`" not in str(info.value)
+    del doc["detectors"]
+    doc["dtype"] = "complex"  # rows still end in 'detector'
+    with pytest.raises(LUTFileError, match="rastermatch destripe"):
+        LUT.from_dict(doc)
+
+
 def test_bad_indices_are_refused(rng):
     lut = level_lut(rng, 2, 3)
     x = rng.integers(0, 256, (2, 4, 5)).astype(np.uint8)
