@@ -45,7 +45,7 @@ import xarray as xr
 from ._data import BandArray, as_band_array
 from ._detectors import Detectors
 from ._rows import Rows, label_value, show_label
-from .apply import apply_lut_by_detector
+from .apply import apply_lut_by_detector, resolve_out_nodata
 from .errors import DimensionError, NoValidPixelsError, OptionError
 from .histogram import Histogram, detector_histograms
 from .lut import LUT, Levels, Method, Objective
@@ -53,7 +53,6 @@ from .match import (
     MatchOptions,
     Reference,
     _item,
-    _lut,
     _plan,
     _scheduler,
     _stack,
@@ -367,9 +366,20 @@ def _fit(
             plan.index.tolist(), rows=src.rows
         )
     h_src = _fill_empty(h_det, pooled, ndet)
-    h_ref = _repeat_rows(h_base, h_det.rows, ndet)
-    lut = _lut(src, h_src, h_ref, options)
-    return replace(lut, detectors=layout)
+    # every detector of a base row reads that row's reference by index (no copy per detector)
+    lut = LUT.from_histograms(
+        h_src,
+        _narrow(h_base),
+        method=options.method,
+        levels=options.levels,
+        dtype=options.dtype,
+        objective=options.objective,
+        proportion=options.proportion,
+        reference_rows=np.repeat(np.arange(nbase), ndet),
+    )
+    preferred = h_base.nodata if h_base.nodata is not None else src.nodata
+    out_nodata = resolve_out_nodata(lut, preferred, may_have_invalid=src.may_have_invalid)
+    return replace(lut.with_nodata(src.nodata, out_nodata), detectors=layout)
 
 
 def _statistics_pass(
@@ -400,30 +410,44 @@ def _computed(hist: Histogram, scheduler: str | None) -> Histogram:
     return dask.compute(hist, scheduler=scheduler)[0] if hist.is_lazy else hist
 
 
-def _repeat_rows(hist: Histogram, rows: Rows, ndet: int) -> Histogram:
-    """A base-row histogram repeated for every detector of its row, labelled ``rows``."""
-    return hist.take(np.repeat(np.arange(hist.nrows), ndet).tolist(), rows=rows)
+def _narrow(hist: Histogram) -> Histogram:
+    """``hist`` with int32 counts when they fit (a pooled row is the sum of int32 detector
+    rows), so the reference the LUT records per detector takes half the memory."""
+    counts = np.asarray(hist.counts)
+    if counts.dtype == np.int32 or _count_dtype(counts) != np.int32:
+        return hist
+    return _with_counts(hist, counts.astype(np.int32))
 
 
 def _fill_empty(h_det: Histogram, pooled: Histogram, ndet: int) -> Histogram:
-    """``h_det`` with every empty (row, detector) replaced by its row's pooled histogram."""
-    empty = np.asarray(h_det.total) == 0
-    if not empty.any():
+    """``h_det`` with every empty (row, detector) replaced by its row's pooled histogram
+    (only those rows copied from it)."""
+    empty = np.flatnonzero(np.asarray(h_det.total) == 0)
+    if not empty.size:
         return h_det
-    return _with_rows(h_det, empty, _repeat_rows(pooled, h_det.rows, ndet))
-
-
-def _with_rows(hist: Histogram, where: np.ndarray, other: Histogram) -> Histogram:
-    """``hist`` with the rows ``where`` taken from ``other`` (same rows and binning)."""
-    pick = where[:, None]
+    base = empty // ndet
+    fill = np.asarray(pooled.counts)[base]
+    counts = np.array(h_det.counts, dtype=np.result_type(h_det.counts, _count_dtype(fill)))
+    counts[empty] = fill
     stats: dict[str, Any] = {}
-    if hist.has_stats and other.has_stats:
-        stats = {
-            k: np.where(pick, getattr(other, k), getattr(hist, k)) for k in ("vmin", "vmax", "nmin")
-        }
-    counts = np.where(pick, np.asarray(other.counts), np.asarray(hist.counts))
+    if h_det.has_stats and pooled.has_stats:
+        for k in ("vmin", "vmax", "nmin"):
+            stats[k] = np.array(getattr(h_det, k))
+            stats[k][empty] = getattr(pooled, k)[base]
+    return _with_counts(h_det, counts, **stats)
+
+
+def _count_dtype(counts: np.ndarray) -> np.dtype:
+    """int32 when every count fits, else int64."""
+    return np.dtype(np.int32 if counts.size == 0 or counts.max() < 2**31 else np.int64)
+
+
+def _with_counts(hist: Histogram, counts: np.ndarray, **stats: Any) -> Histogram:
+    """``hist`` with other counts (and statistics, if given)."""
+    if not stats and hist.has_stats:
+        stats = {k: getattr(hist, k) for k in ("vmin", "vmax", "nmin")}
     return Histogram(
-        counts.astype(np.asarray(hist.counts).dtype, copy=False),
+        counts,
         hist.binning,
         rows=hist.rows,
         nodata=hist.nodata,

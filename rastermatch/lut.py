@@ -46,6 +46,7 @@ from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numba
 import numpy as np
 
 from ._data import no_valid_pixels, python_scalar
@@ -235,6 +236,56 @@ def ceil_cdf_indices(
     return candidates[np.searchsorted(a, t, side="left")]
 
 
+@numba.njit(nogil=True, cache=True)
+def _cdf_rows_kernel(src, ref, ref_row, m_src, m_ref, present, exclude, ceil, out):
+    """:func:`nearest_cdf_indices` (``ceil``: :func:`ceil_cdf_indices`) of every source row
+    ``r`` against reference row ``ref_row[r]``, into ``out[r]``, in int64.
+
+    The same candidates, scaled CDFs (``a = c_ref * m_src``, ``t = c_src * m_ref``) and tie
+    rule as the numpy functions; ``t`` grows with the source bin, so one forward walk finds the
+    first candidate ``k`` with ``a[k] >= t`` for every bin, and ``first[j]`` (the first
+    candidate with ``a[j]``'s value; equal ``a`` means equal ``c_ref``) gives the lower one. A
+    reference row's candidates are listed once for consecutive source rows that share it. The
+    caller passes only rows whose products provably fit in int64."""
+    nq = ref.shape[1]
+    cand = np.empty(nq, np.int64)
+    cum = np.empty(nq, np.int64)
+    first = np.empty(nq, np.int64)
+    na = 0
+    last = -1
+    for r in range(src.shape[0]):
+        rr = ref_row[r]
+        if rr != last:
+            last = rr
+            na = 0
+            total = np.int64(0)
+            for j in range(nq):
+                c = np.int64(ref[rr, j])
+                total += c
+                if (present and c == 0) or (j == exclude and c == 0):
+                    continue
+                cand[na] = j
+                cum[na] = total
+                first[na] = first[na - 1] if na > 0 and total == cum[na - 1] else na
+                na += 1
+        ms, mr = m_src[r], m_ref[r]
+        k = 0
+        cs = np.int64(0)
+        for p in range(src.shape[1]):
+            cs += np.int64(src[r, p])
+            t = cs * mr
+            while k < na and cum[k] * ms < t:
+                k += 1
+            if ceil:
+                out[r, p] = cand[min(k, na - 1)]
+            elif k == 0:
+                out[r, p] = cand[0]
+            elif k < na and cum[k] * ms - t < t - cum[k - 1] * ms:
+                out[r, p] = cand[k]
+            else:
+                out[r, p] = cand[first[k - 1]]
+
+
 def _optimal_bins(
     source_counts: np.ndarray,
     reference_counts: np.ndarray,
@@ -280,6 +331,25 @@ def reference_curve(
     return x[keep] / n, y[keep]
 
 
+def _values_row(binning: Binning, b: int) -> np.ndarray:
+    """Row ``b`` of ``binning.values()``, computed for that row only (the same arithmetic)."""
+    if binning.kind == "levels":
+        return binning.offset + np.arange(binning.nbins, dtype=np.float64)
+    t = np.arange(binning.nbins + 1, dtype=np.float64) / binning.nbins
+    e = binning.lo[b] + (binning.hi[b] - binning.lo[b]) * t
+    return e[:-1] / 2 + e[1:] / 2
+
+
+def _stats_row(hist: Histogram, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row ``b`` of ``hist.bin_stats()``, computed for that row only."""
+    if hist.has_stats:
+        return hist.vmin[b], hist.vmax[b], hist.nmin[b]
+    counts = hist.counts[b]
+    seen = counts > 0
+    values = _values_row(hist.binning, b)
+    return np.where(seen, values, np.inf), np.where(seen, values, -np.inf), counts.astype(np.int64)
+
+
 def _band_table(
     src: Histogram,
     ref: Histogram,
@@ -287,16 +357,19 @@ def _band_table(
     method: Method,
     levels: Levels,
     objective: Objective | None = None,
+    rb: int | None = None,
 ) -> np.ndarray:
-    """One band's table: ``(nbins,)`` outputs for a levels-binned source, else ``(nbins, 4)``
-    rows ``(smin, smax, olo, ohi)`` (see :class:`LUT`)."""
-    sc, rc = src.counts[b], ref.counts[b]
-    rmin, rmax, rnmin = (a[b] for a in ref.bin_stats())
+    """The table of source row ``b`` against reference row ``rb`` (default ``b``): ``(nbins,)``
+    outputs for a levels-binned source, else ``(nbins, 4)`` rows ``(smin, smax, olo, ohi)``
+    (see :class:`LUT`). Reads those two rows only (no per-row Histogram is built)."""
+    rb = b if rb is None else rb
+    sc, rc = src.counts[b], ref.counts[rb]
+    rmin, rmax, rnmin = _stats_row(ref, rb)
     ref_seen = rc > 0
     if method != "interp":  # a reference bin per source bin: its values are the outputs
         k = ref.binning.level_bin(ref.nodata)
         exclude = () if k is None else (k,)
-        centre = ref.binning.values()[b]  # levels="all" on an empty bin: its centre
+        centre = _values_row(ref.binning, rb)  # levels="all" on an empty bin: its centre
         if method == "nearest":
             q = nearest_cdf_indices(sc, rc, levels=levels, exclude=exclude)
         elif method == "ceil":
@@ -307,7 +380,7 @@ def _band_table(
         if src.binning.kind == "levels":
             return rlo
         rhi = np.where(ref_seen, rmax, centre)[q]
-        smin, smax, _ = (a[b] for a in src.bin_stats())
+        smin, smax, _ = _stats_row(src, b)
         seen = sc > 0
         # a source bin that alone is mapped onto a reference bin holding exactly its own range
         # is the same population: map it onto itself (self-matching is the identity)
@@ -328,12 +401,12 @@ def _band_table(
         hi_u = cs / n
         if src.binning.kind == "levels":
             return np.interp(hi_u, knots_u, knots_v)
-        smin, smax, snmin = (a[b] for a in src.bin_stats())
+        smin, smax, snmin = _stats_row(src, b)
         seen = sc > 0
         # a bin's smallest value sits at quantile (c_{p-1} + nmin_p) / N, its largest at c_p / N
         lo_u = np.where(smin < smax, (cs - sc + snmin) / n, hi_u)
         olo, ohi = np.interp(lo_u, knots_u, knots_v), np.interp(hi_u, knots_u, knots_v)
-    centre = src.binning.values()[b]
+    centre = _values_row(src.binning, b)
     smin, smax = np.where(seen, smin, centre), np.where(seen, smax, centre)
     return np.stack([smin, smax, olo, ohi], axis=1)
 
@@ -353,7 +426,7 @@ def _blend(table: np.ndarray, src: Histogram, b: int, m: float) -> np.ndarray:
     if m == 1.0:
         return table
     if table.ndim == 1:
-        values = src.binning.values()[b]
+        values = _values_row(src.binning, b)
         present = np.flatnonzero(src.counts[b])
         c = np.clip(values, values[present[0]], values[present[-1]])
         return c + m * (table - c)
@@ -364,22 +437,137 @@ def _blend(table: np.ndarray, src: Histogram, b: int, m: float) -> np.ndarray:
     return np.stack([smin, smax, lo, hi], axis=1)
 
 
-def _check_outputs_fit(outputs: np.ndarray, dtype: np.dtype, rows: Rows, explicit: bool) -> None:
-    """OptionError when an integer ``dtype`` cannot hold a row's outputs (it would clip)."""
-    if dtype.kind not in "iu":
+def _check_outputs_fit(
+    outputs: np.ndarray, dtype: np.dtype, rows: Rows, explicit: bool, start: int = 0
+) -> None:
+    """OptionError when an integer ``dtype`` cannot hold a row's outputs (it would clip);
+    ``outputs[i]`` is row ``start + i`` of ``rows``, the first such row is named."""
+    if dtype.kind not in "iu" or len(outputs) == 0:
         return
     info = np.iinfo(dtype)
-    for i, row in enumerate(outputs):
-        lo, hi = float(np.rint(row.min())), float(np.rint(row.max()))
-        # float(info.max) is 2**63 for int64: a value rounding there is the top of the range
-        if lo < info.min or hi > float(info.max):
-            fit = smallest_dtype(lo, hi)
-            hint = "leave dtype unset or choose" if explicit else "pass dtype="
-            where = rows.describe(i) or "the image"
-            raise OptionError(
-                f"the LUT maps {where} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
-                f"{hint} {fit.name}"
+    flat = outputs.reshape(len(outputs), -1)
+    lows, highs = np.rint(flat.min(axis=1)), np.rint(flat.max(axis=1))
+    # float(info.max) is 2**63 for int64: a value rounding there is the top of the range
+    bad = np.flatnonzero((lows < float(info.min)) | (highs > float(info.max)))
+    if bad.size:
+        i = int(bad[0])
+        lo, hi = float(lows[i]), float(highs[i])
+        fit = smallest_dtype(lo, hi)
+        hint = "leave dtype unset or choose" if explicit else "pass dtype="
+        where = rows.describe(start + i) or "the image"
+        raise OptionError(
+            f"the LUT maps {where} onto {lo:g}..{hi:g}, which {dtype} cannot hold; "
+            f"{hint} {fit.name}"
+        )
+
+
+#: Source rows per step of the many-rows builder (bounds its float64 temporaries).
+CHUNK_ROWS = 256
+
+
+def _tables(
+    src: Histogram,
+    ref: Histogram,
+    ref_rows: np.ndarray,
+    method: Method,
+    levels: Levels,
+    objective: Objective | None,
+    proportion: float,
+    out_dtype: np.dtype,
+    explicit: bool,
+) -> np.ndarray:
+    """The table of every source row ``b`` against reference row ``ref_rows[b]``, blended,
+    checked and cast as :meth:`LUT.from_histograms` documents.
+
+    Levels-binned sources under ``"nearest"`` and ``"ceil"`` take the compiled builder
+    (:func:`_cdf_rows_kernel`: all rows in one pass, int64 while a row's products provably
+    fit, that row by the exact per-row path otherwise), ``CHUNK_ROWS`` rows at a time written
+    straight into the output dtype; a reference row shared by many source rows is read by
+    index, never copied. The other rules build row by row. Both give the same bytes: the
+    per-row path is the definition, the compiled one is tested against it."""
+    n = src.nrows
+    if src.binning.kind != "levels" or method not in ("nearest", "ceil"):
+        rows = [
+            _band_table(src, ref, b, method, levels, objective, int(ref_rows[b])) for b in range(n)
+        ]
+
+        def finish(rows: list[np.ndarray]) -> np.ndarray:
+            table = np.stack(rows)
+            outputs = table if src.binning.kind == "levels" else table[..., OLO:]
+            _check_outputs_fit(outputs, out_dtype, src.rows, explicit)
+            return cast_values(table, out_dtype) if table.ndim == 2 else table
+
+        table = finish(rows)
+        if proportion != 1.0:  # the matched outputs as the full match gives them, blended
+            table = finish([_blend(r, src, b, proportion) for b, r in enumerate(table)])
+        return table
+    terms = 2 if method == "nearest" else 1  # as nearest_cdf_indices / ceil_cdf_indices
+    n_src, n_ref = src.total.tolist(), ref.total.tolist()
+    m_src = np.zeros(n, np.int64)
+    m_ref = np.zeros(n, np.int64)
+    fits = np.zeros(n, bool)
+    for b in range(n):
+        ns, nr = n_src[b], n_ref[int(ref_rows[b])]
+        g = math.gcd(ns, nr)
+        if terms * ns * (nr // g) < 2**63:
+            fits[b], m_src[b], m_ref[b] = True, ns // g, nr // g
+    k = ref.binning.level_bin(ref.nodata)
+    exclude = -1 if k is None else k
+    plain = not ref.has_stats and ref.binning.kind == "levels"
+    ref_values = _values_row(ref.binning, 0) if plain else None
+    table = np.empty((n, src.binning.nbins), out_dtype)
+    q = np.empty((min(n, CHUNK_ROWS), src.binning.nbins), np.int64)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n)
+        rows_at = ref_rows[start:stop]
+        qc = q[: stop - start]
+        ok = fits[start:stop]
+        _cdf_rows_kernel(
+            src.counts[start:stop] if ok.all() else src.counts[start:stop][ok],
+            ref.counts,
+            rows_at[ok],
+            m_src[start:stop][ok],
+            m_ref[start:stop][ok],
+            levels == "present",
+            exclude,
+            method == "ceil",
+            qc if ok.all() else (qc_ok := np.empty((int(ok.sum()), qc.shape[1]), np.int64)),
+        )
+        if not ok.all():
+            qc[ok], qc[~ok] = qc_ok, 0  # rows ~ok are built below
+        if ref_values is not None and ok.all():  # outputs are the levels themselves
+            qc += ref.binning.offset
+            _check_outputs_fit(qc, out_dtype, src.rows, explicit, start)
+            table[start:stop] = qc if out_dtype.kind in "iu" else cast_values(qc * 1.0, out_dtype)
+            continue
+        if ref_values is not None:
+            chunk = ref_values[qc]
+        else:  # a reference bin's output: its smallest value seen, an empty bin's centre
+            uniq, inv = np.unique(rows_at, return_inverse=True)
+            maps = np.stack(
+                [
+                    np.where(ref.counts[u] > 0, _stats_row(ref, u)[0], _values_row(ref.binning, u))
+                    for u in uniq.tolist()
+                ]
             )
+            chunk = np.take_along_axis(maps[inv], qc, axis=1)
+        for i in np.flatnonzero(~ok).tolist():  # products beyond int64: the per-row path
+            b = start + i
+            chunk[i] = _band_table(src, ref, b, method, levels, objective, int(ref_rows[b]))
+        _check_outputs_fit(chunk, out_dtype, src.rows, explicit, start)
+        table[start:stop] = cast_values(chunk, out_dtype)
+    if proportion != 1.0:  # every row checked unblended first, as the per-row path does
+        values = _values_row(src.binning, 0)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            seen = src.counts[start:stop] > 0
+            first = seen.argmax(axis=1)
+            last = seen.shape[1] - 1 - seen[:, ::-1].argmax(axis=1)
+            c = np.clip(values, values[first][:, None], values[last][:, None])
+            chunk = c + proportion * (table[start:stop] - c)
+            _check_outputs_fit(chunk, out_dtype, src.rows, explicit, start)
+            table[start:stop] = cast_values(chunk, out_dtype)
+    return table
 
 
 def _check_detector_rows(detectors: Any, rows: Rows) -> None:
@@ -406,6 +594,22 @@ def _check_detector_rows(detectors: Any, rows: Rows) -> None:
             f"the LUT's detector rows ({shown}) are not the detectors of its layout "
             f"({detectors.describe()}); fit it with rastermatch.fit_detectors"
         )
+
+
+def _check_reference_rows(rows: Any, src: Histogram, ref: Histogram) -> np.ndarray:
+    """``reference_rows`` of :meth:`LUT.from_histograms` as int64 positions, else OptionError."""
+    at = np.asarray(rows)
+    if at.shape != (src.nrows,) or at.dtype.kind not in "iu":
+        raise OptionError(
+            f"reference_rows must give one reference row (an integer) per source row, "
+            f"{src.nrows} in all, not an array of shape {at.shape} and dtype {at.dtype}"
+        )
+    if at.size and (at.min() < 0 or at.max() >= ref.nrows):
+        raise OptionError(
+            f"reference_rows holds {int(at.min())}..{int(at.max())}, but the reference has "
+            f"{ref.nrows} rows; pass positions 0..{ref.nrows - 1}"
+        )
+    return at.astype(np.int64)
 
 
 # Columns of an interval LUT's table: the source bin's observed range and its output interval.
@@ -455,6 +659,11 @@ class LUT:
         (:class:`~rastermatch._detectors.Detectors`); the last row dim is then ``detector``,
         labelled with the layout's detectors, and :meth:`apply` picks each line's (or column's)
         row by its detector. None for a LUT per row.
+    pairs
+        For a LUT fitted to several (source, reference) pairs at once
+        (:func:`rastermatch.fit_multi`, k > 1): ``(source_hist, reference_hist, weight)`` of
+        every pair, what its document records and its table is rebuilt from
+        (``source_hist`` and ``reference_hist`` are then None). None otherwise.
 
     Examples
     --------
@@ -490,6 +699,7 @@ class LUT:
     nodata: float | int | None = None
     out_nodata: float | int | None = None
     detectors: Detectors | None = None
+    pairs: tuple[tuple[Histogram, Histogram, float], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         dtype = check_out_dtype(self.dtype)
@@ -584,6 +794,7 @@ class LUT:
         out_nodata: float | int | None = None,
         objective: Objective | None = None,
         proportion: float = 1.0,
+        reference_rows: Any = None,
     ) -> LUT:
         """The LUT that maps the source's distribution onto the reference's.
 
@@ -646,6 +857,13 @@ class LUT:
             one of the same sensor has disjoint ranges and blends meaningfully, digital
             numbers 0..255 onto reflectances 0..1 overlap and do not), so blend source and
             reference of the same quantity.
+        reference_rows
+            The reference row of every source row (default: row ``b`` for row ``b``, the
+            histograms having the same rows). A reference row shared by many source rows (a
+            band's pooled histogram for each of its detectors) is then read by index, never
+            copied, while the tables are built; the LUT records ``reference_hist`` aligned to
+            the source rows (:meth:`Histogram.take <rastermatch.Histogram.take>`, labelled as
+            the source, counts in their own dtype), as LUT documents store it.
 
         Examples
         --------
@@ -678,7 +896,10 @@ class LUT:
                     "the histograms are lazy; compute them together first: "
                     "h_src, h_ref = dask.compute(h_src, h_ref)"
                 )
-        if source_hist.nrows != reference_hist.nrows:
+        ref_rows = np.arange(source_hist.nrows)
+        if reference_rows is not None:
+            ref_rows = _check_reference_rows(reference_rows, source_hist, reference_hist)
+        elif source_hist.nrows != reference_hist.nrows:
             if source_hist.dims == reference_hist.dims == ("band",):
                 what = f"{source_hist.nrows} bands and the reference {reference_hist.nrows}"
             else:
@@ -703,25 +924,17 @@ class LUT:
                 out_nodata = None  # apply chooses one
         else:
             out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
-        # one row at a time: a row's bin statistics, not the whole histogram's, per row
-        one = Rows.single()
-        src_rows = [source_hist.take([b], rows=one) for b in range(source_hist.nbands)]
-        rows = [
-            _band_table(src_row, reference_hist.take([b], rows=one), 0, method, levels, objective)
-            for b, src_row in enumerate(src_rows)
-        ]
-
-        def finish(rows: list[np.ndarray]) -> np.ndarray:
-            table = np.stack(rows)
-            outputs = table if source_hist.binning.kind == "levels" else table[..., OLO:]
-            _check_outputs_fit(outputs, out_dtype, source_hist.rows, dtype is not None)
-            return cast_values(table, out_dtype) if table.ndim == 2 else table
-
-        table = finish(rows)
-        if proportion != 1.0:  # the matched outputs as the full match gives them, blended
-            table = finish(
-                [_blend(r, s, 0, proportion) for r, s in zip(table, src_rows, strict=True)]
-            )
+        table = _tables(
+            source_hist,
+            reference_hist,
+            ref_rows,
+            method,
+            levels,
+            objective,
+            proportion,
+            out_dtype,
+            dtype is not None,
+        )
         return cls(
             table,
             source_hist.binning,
@@ -732,23 +945,34 @@ class LUT:
             proportion=proportion,
             rows=source_hist.rows,
             source_hist=source_hist,
-            reference_hist=reference_hist,
+            reference_hist=reference_hist
+            if reference_rows is None
+            else reference_hist.take(ref_rows.tolist(), rows=source_hist.rows),
             nodata=nodata,
             out_nodata=out_nodata,
         )
 
     # -- using
-    def apply(self, data: Any, *, nodata: float | int | None = None, out_nodata: Any = None) -> Any:
+    def apply(
+        self,
+        data: Any,
+        *,
+        nodata: float | int | None = None,
+        out_nodata: Any = None,
+        detectors: Detectors | None = None,
+    ) -> Any:
         """Map ``data`` through the LUT, lazily for dask-backed input.
 
         Returns the kind that came in (numpy, dask or DataArray, the latter with its coords, CRS
         and transform). Pixels equal to ``nodata`` (default: the data's ``.rio.nodata``, else the
-        LUT's) and NaN become ``out_nodata`` (default: the LUT's). See
-        :func:`rastermatch.apply.apply_lut`.
+        LUT's) and NaN become ``out_nodata`` (default: the LUT's). ``detectors``: for a
+        per-detector LUT, the layout of ``data`` when it differs from the fitted one (e.g.
+        ``Detectors.of(16, axis="y", offset=5)`` for a later scene whose first line is detector
+        5). See :func:`rastermatch.apply.apply_lut`.
         """
         from .apply import apply_lut
 
-        return apply_lut(self, data, nodata=nodata, out_nodata=out_nodata)
+        return apply_lut(self, data, nodata=nodata, out_nodata=out_nodata, detectors=detectors)
 
     def with_nodata(self, nodata: Any, out_nodata: Any) -> LUT:
         """The same LUT recording other nodata values."""

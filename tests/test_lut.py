@@ -423,3 +423,113 @@ def test_rule_options_are_checked(kw, match):
     lut = LUT.from_histograms(_hist([1, 1]), _hist([1, 1]))
     with pytest.raises(OptionError, match=re.escape(match)):
         LUT(lut.table, lut.source_binning, lut.dtype, **{"method": "nearest", **kw})
+
+
+# -- many rows at once: the compiled builder against the per-row definition -----------------
+
+
+@st.composite
+def many_rows(draw):
+    """Source and reference histograms over one ranged levels binning, several rows, small
+    counts (ties), int32 or int64, some rows beyond int64 products."""
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "uint16", "int16"])))
+    info = np.iinfo(dtype)
+    lo = draw(st.sampled_from([info.min, info.max - 12]) | st.integers(info.min, info.max))
+    hi = draw(st.integers(lo, min(lo + 12, info.max)))
+
+    def binning(n):
+        return Binning.levels(dtype, n, lo=lo, hi=hi)
+
+    def hist(nrows):
+        b = binning(nrows)
+        rows = []
+        for _ in range(nrows):
+            huge = draw(st.integers(0, 9)) == 0
+            top = 2**45 if huge else 3
+            row = draw(st.lists(st.integers(0, top), min_size=b.nbins, max_size=b.nbins))
+            row[draw(st.integers(0, b.nbins - 1))] += 1  # at least one pixel
+            rows.append(row)
+        counts = np.array(rows, dtype=np.int64)
+        if counts.max() < 2**31 and draw(st.booleans()):
+            counts = counts.astype(np.int32)
+        nodata = draw(st.none() | st.integers(b.offset, b.offset + b.nbins - 1))
+        return Histogram(counts, b, nodata=nodata)
+
+    nsrc, nref = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    return hist(nsrc), hist(nref), draw(st.lists(st.integers(0, nref - 1), min_size=nsrc,
+                                                 max_size=nsrc))  # fmt: skip
+
+
+def _per_row_table(src, ref, ref_rows, method, levels, proportion, dtype):
+    """The definition: every row by itself (``lut._band_table``), cast, then blended."""
+    from rastermatch import lut as lut_module
+    from rastermatch._values import cast_values
+
+    rows = [
+        lut_module._band_table(src, ref, b, method, levels, None, rb)
+        for b, rb in enumerate(ref_rows)
+    ]
+    table = cast_values(np.stack(rows), dtype)
+    if proportion != 1.0:
+        blended = [lut_module._blend(r, src, b, proportion) for b, r in enumerate(table)]
+        table = cast_values(np.stack(blended), dtype)
+    return table
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    many_rows(),
+    st.sampled_from(["nearest", "ceil"]),
+    st.sampled_from(["present", "all"]),
+    st.sampled_from([1.0, 0.5, 0.0, 0.3]),
+    st.sampled_from([None, "float32", "int32"]),
+)
+def test_many_rows_builder_is_the_per_row_definition(case, method, levels, proportion, dtype):
+    src, ref, ref_rows = case
+    lut = LUT.from_histograms(
+        src,
+        ref,
+        method=method,
+        levels=levels,
+        proportion=proportion,
+        dtype=dtype,
+        reference_rows=np.array(ref_rows),
+    )
+    want = _per_row_table(src, ref, ref_rows, method, levels, proportion, lut.dtype)
+    assert lut.table.dtype == want.dtype
+    assert lut.table.tobytes() == want.tobytes()
+    # the reference recorded per source row, as LUT documents store it
+    assert np.array_equal(lut.reference_hist.counts, ref.counts[ref_rows])
+    assert lut.reference_hist.rows.same_as(src.rows)
+    if src.nrows == ref.nrows and ref_rows == list(range(src.nrows)):
+        same = LUT.from_histograms(src, ref, method=method, levels=levels, proportion=proportion,
+                                   dtype=dtype)  # fmt: skip
+        assert same.table.tobytes() == lut.table.tobytes()
+
+
+def test_many_rows_builder_chunks_and_names_the_row_that_does_not_fit(monkeypatch):
+    from rastermatch import lut as lut_module
+
+    monkeypatch.setattr(lut_module, "CHUNK_ROWS", 2)
+    src = Histogram(np.ones((5, 11), np.int32), Binning.levels(np.uint16, 5, lo=250, hi=260))
+    ref_counts = np.zeros((2, 11), np.int64)
+    ref_counts[0, :3] = 1
+    ref_counts[1, 7:] = 1  # levels 257..260, beyond uint8
+    ref = Histogram(ref_counts, Binning.levels(np.uint16, 2, lo=250, hi=260))
+    rows = np.array([0, 0, 0, 1, 0])
+    lut = LUT.from_histograms(src, ref, reference_rows=rows)
+    want = _per_row_table(src, ref, rows.tolist(), "nearest", "present", 1.0, lut.dtype)
+    assert lut.table.tobytes() == want.tobytes()
+    with pytest.raises(OptionError, match=r"band 4 onto 257\.\.260, which uint8 cannot hold"):
+        LUT.from_histograms(src, ref, reference_rows=rows, dtype="uint8")
+
+
+@pytest.mark.parametrize(
+    "rows, words",
+    [([0, 1], "one reference row"), ([0.0], "one reference row"), ([2], "0..1")],
+)
+def test_reference_rows_are_checked(rows, words):
+    h = Histogram(np.ones((1, 4), np.int64), Binning.levels(np.uint8, 1, lo=0, hi=3))
+    ref = Histogram(np.ones((2, 4), np.int64), Binning.levels(np.uint8, 2, lo=0, hi=3))
+    with pytest.raises(OptionError, match=re.escape(words)):
+        LUT.from_histograms(h, ref, reference_rows=np.array(rows))
