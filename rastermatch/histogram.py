@@ -1726,6 +1726,9 @@ def detector_histograms(
         (:meth:`Binning.occupied`), found by a first pass (for dask input one
         ``dask.compute`` of the valid range: the counts stay lazy); counts are int32 when no
         (row, detector) can hold 2**31 pixels. nodata, NaN and masked pixels are never counted.
+        Lazy counts of at most :data:`FULL_LEVELS_BYTES` skip that pass: the lazy histogram
+        counts every level of the dtype (its binning says so) and computes (or persists) to
+        the histogram over the occupied levels, the same as the range pass gives.
 
     How dask input is counted, whatever its chunking:
 
