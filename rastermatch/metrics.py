@@ -365,8 +365,7 @@ def quality_table(
     rows = source_hist.rows
     return [
         {
-            "band": _band_label(rows, i),
-            "row": rows.describe(i),
+            **_row_labels(rows, i),
             "ks_before": float(ks_before[i]),
             "ks_after": float(ks_after[i]),
             "w1_before": float(w1_before[i]),
@@ -374,6 +373,22 @@ def quality_table(
         }
         for i in range(source_hist.nbands)
     ]
+
+
+#: Keys of a quality row a row dim of the same name must not overwrite.
+_ROW_KEYS = {"band", "row", "source", "mean_relative_deviation"}
+
+
+def _row_labels(rows: Rows, index: int) -> dict[str, Any]:
+    """A quality row's labels: ``band`` (None without one), the label of every other row dim
+    under its name (a stack's ``time``, dates as ISO text; so a table can be filtered by date)
+    and ``row``, the description for people."""
+    labels: dict[str, Any] = {"band": _band_label(rows, index)}
+    for dim, label in zip(rows.dims, rows.label(index), strict=True):
+        if dim not in _ROW_KEYS and not dim.startswith(("ks_", "w1_", "stripe_")):
+            labels[dim] = show_label(label) if isinstance(label, np.datetime64) else label
+    labels["row"] = rows.describe(index)
+    return labels
 
 
 def _band_label(rows: Rows, index: int) -> Any:
@@ -955,8 +970,7 @@ class DestripePass:
         rows = self.before.rows
         return [
             {
-                "band": _band_label(rows, r),
-                "row": rows.describe(r),
+                **_row_labels(rows, r),
                 "stripe_power_before": float(power_b[r]),
                 "stripe_power_after": float(power_a[r]),
                 "stripe_reduction": _reduction(float(power_b[r]), float(power_a[r])),

@@ -523,6 +523,23 @@ def test_destripe_quality_along_x_with_a_stack(rng):
         destripe_quality(before, after, Detectors(axis="x", count=6), axis="y")
 
 
+def test_quality_rows_carry_every_row_label(rng):
+    """A stack's rows carry ``time`` (ISO text) besides ``band``, in both tables, so they can be
+    filtered by date; a 2-D image has no band label to give."""
+    import xarray as xr
+
+    striped, scene = _striped_scene(rng, shape=(2, 24, 16), n=4)
+    coords = {"time": np.array(["2020-01-01", "2020-02-01"], "datetime64[ns]"), "band": [3]}
+    before = xr.DataArray(striped[:, None], dims=("time", "band", "y", "x"), coords=coords)
+    rows = destripe_quality(before, before.copy(data=scene[:, None]), 4)
+    assert [(r["time"], r["band"]) for r in rows] == [("2020-01-01", 3), ("2020-02-01", 3)]
+    lut = fit_lut(before, before)
+    table = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
+    assert [(r["time"], r["band"]) for r in table] == [("2020-01-01", 3), ("2020-02-01", 3)]
+    flat = destripe_quality(striped[0], scene[0], 4)[0]
+    assert (flat["band"], flat["row"]) == (None, "") and "time" not in flat
+
+
 def test_destripe_quality_refuses_mismatched_or_empty_inputs(rng):
     striped, scene = _striped_scene(rng)
     with pytest.raises(GridMismatchError, match=r"before .* after"):
