@@ -61,6 +61,7 @@ from ._data import BandArray, as_band_array, as_band_mask, as_dask, python_scala
 from ._rows import Rows
 from ._values import nodata_fits
 from .errors import (
+    BandMismatchError,
     NodataConflictError,
     NoValidPixelsError,
     OptionError,
@@ -356,7 +357,8 @@ class SpecifyReport:
         Valid pixels per row (each receives one level of the target).
     by_windows
         Pixels whose level was not decided by their value alone: a target boundary falls among
-        the pixels of their value, and the window sums ordered them.
+        the pixels of their value, so their rank within it decided it. It includes
+        ``by_position``; ``by_windows - by_position`` were told apart by the window sums.
     by_position
         Pixels whose level was decided by raster position alone: they tie with a pixel of
         another level in value and in all five window sums.
@@ -378,14 +380,17 @@ class SpecifyReport:
         return self.by_windows / np.maximum(self.pixels, 1)
 
     def to_text(self) -> str:
-        """One line per row: pixels and the shares decided by the windows and by position."""
+        """One line per row: the valid pixels and three disjoint shares, those whose level
+        their value decided, the window sums, or raster position only."""
         lines = []
         for i in range(self.rows.size):
             where = self.rows.describe(i) or "data"
+            n = max(int(self.pixels[i]), 1)
+            windows = int(self.by_windows[i] - self.by_position[i]) / n
             lines.append(
-                f"{where}: {int(self.pixels[i])} pixels, "
-                f"{self.windows_share[i]:.2%} ordered by window sums, "
-                f"{self.position_share[i]:.4%} by position only"
+                f"{where}: {int(self.pixels[i])} pixels, level decided by value for "
+                f"{1 - self.windows_share[i]:.2%}, by window sums for {windows:.2%}, by "
+                f"position only for {self.position_share[i]:.4%}"
             )
         return "\n".join(lines)
 
@@ -702,6 +707,7 @@ def specify_exact(
             "a mask was given but the source has no nodata value; masked pixels receive no "
             "level and are written as nodata: pass nodata= (a value the target does not use)"
         )
+    _check_band_count(src, hist.rows, ref_name)
     index = hist.rows.index_for(src.rows, names=(ref_name, src.name))
     out_dtype = np.dtype(hist.binning.dtype)
     if src.nodata is not None and not nodata_fits(src.nodata, out_dtype):
@@ -774,6 +780,20 @@ def specify_exact(
         np.array(by_position, np.int64),
     )
     return result, report
+
+
+def _check_band_count(src: BandArray, rows: Rows, ref_name: str) -> None:
+    """Band numbers (not names) on both sides must be as many, as match_histograms requires:
+    a reference of 3 bands for a source of 2 is a mistake, not a choice of its first two."""
+    if "band" not in rows.dims or "band" not in src.rows.dims:
+        return
+    have, theirs = src.rows.coord("band"), rows.coord("band")
+    named = all(isinstance(b, str) for b in (*have, *theirs))
+    if len(have) != len(theirs) and not named:
+        raise BandMismatchError(
+            f"{src.name} has {len(have)} bands and {ref_name} has {len(theirs)}; select the "
+            "same number of bands from each (--bands and --reference-bands on the command line)"
+        )
 
 
 def _check_nodata_level(src: BandArray, target: np.ndarray, offset: int, ref_name: str) -> None:

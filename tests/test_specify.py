@@ -14,6 +14,7 @@ from strategies import chunkings
 import rastermatch
 from rastermatch import Binning, Histogram, specify_exact
 from rastermatch.errors import (
+    BandMismatchError,
     NodataConflictError,
     OptionError,
     RastermatchError,
@@ -245,6 +246,41 @@ def test_bad_inputs_are_refused_by_name(source, reference, kwargs, error, words)
         reference = rastermatch.band_histograms(np.full((4, 4), 5, np.uint8))
     with pytest.raises(error, match=words):
         specify_exact(source, reference, **kwargs)
+
+
+def test_a_reference_of_more_bands_is_refused_as_match_histograms_refuses_it():
+    """Band numbers: a reference of 3 bands for a source of 2 is refused, not cut to its first
+    two (named bands still meet by name, a subset of them allowed)."""
+    src = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    ref = np.stack([np.full((3, 3), v) for v in (10, 20, 30)]).astype(np.uint8)
+    for reference in (ref, rastermatch.band_histograms(ref)):
+        with pytest.raises(BandMismatchError, match=r"source has 2 bands and .* has 3; select"):
+            specify_exact(src, reference)
+    with pytest.raises(BandMismatchError):
+        rastermatch.match_histograms(src, ref)
+    named = xr.DataArray(ref, dims=("band", "y", "x"), coords={"band": ["r", "g", "b"]})
+    out = specify_exact(xr.DataArray(src, dims=named.dims, coords={"band": ["b", "r"]}), named)
+    assert out.sel(band="b").values.tolist() == [[30] * 3] * 3
+
+
+def test_the_report_shares_are_disjoint():
+    """Every pixel is counted once in the text: by value, by window sums, by position only; an
+    all-equal image is ordered by position alone."""
+    _, report = specify_exact(
+        np.full((4, 4), 5, np.uint8), np.arange(16, dtype=np.uint8).reshape(4, 4),
+        return_report=True,
+    )  # fmt: skip
+    assert report.to_text() == (
+        "data: 16 pixels, level decided by value for 0.00%, by window sums for 0.00%, by "
+        "position only for 100.0000%"
+    )
+    source = np.array([[5, 5, 5, 5], [5, 5, 5, 9]], dtype=np.uint8)
+    flat = np.arange(8, dtype=np.uint8).reshape(2, 4)
+    _, report = specify_exact(source, flat, return_report=True)  # 7 tied fives, 4 by position
+    assert report.to_text().endswith(
+        "8 pixels, level decided by value for 12.50%, by window sums for 37.50%, by position "
+        "only for 50.0000%"
+    )
 
 
 def test_a_histogram_of_uniform_bins_is_refused():
