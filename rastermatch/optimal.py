@@ -29,9 +29,12 @@ exact sups and integrals over values. The gap of a pair at ``c_t`` with cut ``a`
 depends on nothing else, and the objectives are
 
 - ``"ks"``: ``max_t d(t, a(t))``: for one pair the Kolmogorov-Smirnov distance; for several the
-  largest, over reference levels, weighted sum of the pairs' CDF gaps (the sum of per-pair
-  maxima does not decompose over levels; this one does, lies between the weighted maximum and
-  the weighted sum of the per-pair KS distances, and equals KS for one pair);
+  largest, over reference levels, weighted sum of the pairs' CDF gaps. This is NOT the
+  weighted sum of the per-pair KS distances: that sum of per-pair maxima does not decompose
+  over levels and is not what is minimised (a map of smaller summed per-pair KS may exist:
+  pairs ``([0, 1, 1, 2], [0, 0, 0, 3])`` and ``([1, 2, 1, 0], [1, 2, 2, 0])`` get a map of
+  summed KS 17/20 where 1/2 is reachable). The largest summed gap lies between the weighted
+  maximum and the weighted sum of the per-pair KS distances, and equals KS for one pair;
 - ``"w1"``: ``sum_{t<Q} (v(c_{t+1}) - v(c_t)) d(t, a(t))``: for each pair the L1 distance between
   the CDFs in value units (the 1-D Wasserstein distance), weighted and summed; ``v`` are the
   ``reference_values`` of the bins (default: the bin indices).
@@ -62,9 +65,12 @@ level first), which is the largest cut sequence read from ``t = 1``. A KS optimu
 unique (any map within the bottleneck ties), so ``"ks"`` takes, among the maps with the smallest
 KS value, those with the smallest W1 value, and the lexicographically smallest of them. With
 distinct candidate values both rules give the map ``a*``: the two objectives give the same map
-and differ in the value they report. They differ only where candidates share one value (a
-zero gap, which W1 does not see): there ``"w1"`` takes the next candidate's cut and ``"ks"``
-the largest cut up to it whose gap stays within the KS optimum.
+and differ in the value they report, for one pair or for several: :func:`fit_multi` and
+:class:`~rastermatch.LUT` pass the bins' values, distinct for integer levels (and for uniform
+bins of a range wider than a point), so there ``"ks"`` and ``"w1"`` give the same LUT. They
+differ only where candidates share one value (a zero gap, which W1 does not see): there
+``"w1"`` takes the next candidate's cut and ``"ks"`` the largest cut up to it whose gap stays
+within the KS optimum.
 
 Exact arithmetic: with ``weights`` None (or non-negative integers) the gaps are computed in
 integers: pair ``j``'s CDF difference ``S/N_src - C/N_ref`` is ``(S m_ref - C m_src) / D_j`` with
@@ -414,73 +420,80 @@ def fit_multi(
 ) -> LUT:
     """One monotone LUT fitted to ``k`` (source, reference) pairs at once.
 
-    Multiple histogram matching (Shapira, Avidan and Hel-Or 2013): for every row (band) the
-    monotone map from source levels to reference levels that minimises the weighted sum over
-    the pairs of the per-pair objective, by the dynamic programme of :func:`optimal_indices`:
+        Multiple histogram matching (Shapira, Avidan and Hel-Or 2013): for every row (band) the
+        monotone map from source levels to reference levels that minimises the weighted sum over
+        the pairs of the per-pair objective, by the dynamic programme of :func:`optimal_indices`:
 
-        W1:  sum_j w_j sum_t (v_{t+1} - v_t) |F_map,j(v_t) - F_ref,j(v_t)|
-        KS:  max_t sum_j w_j |F_map,j(v_t) - F_ref,j(v_t)|   (ties: the smallest W1)
+            W1:  sum_j w_j sum_t (v_{t+1} - v_t) |F_map,j(v_t) - F_ref,j(v_t)|
+            KS:  max_t sum_j w_j |F_map,j(v_t) - F_ref,j(v_t)|   (ties: the smallest W1)
 
-    with ``F_map,j`` the CDF of pair ``j``'s source mapped through the LUT and ``v_t`` the
-    candidate reference values; the recurrence over the candidates ``t`` and the cuts ``a``
-    (how many present source levels map at or below ``v_t``) is
+    (for several pairs "ks" is the largest weighted sum of the CDF gaps over the reference levels,
+    not the weighted sum of the per-pair KS distances, which does not decompose over levels; the
+    optimal map minimises every level's summed gap at once, so where the reference bins' values
+    are distinct, always for integer levels, both objectives give the same LUT; see
+    :mod:`rastermatch.optimal`)
 
-        E(t, a) = gap_t d(t, a) + min_{a' >= a} E(t + 1, a')     (KS: max(d, min ...))
+        with ``F_map,j`` the CDF of pair ``j``'s source mapped through the LUT and ``v_t`` the
+        candidate reference values; the recurrence over the candidates ``t`` and the cuts ``a``
+        (how many present source levels map at or below ``v_t``) is
 
-    (:mod:`rastermatch.optimal` has the details, the tie rule and when it is exact). One
-    calibration LUT for a sensor from several scene pairs, or one LUT for a mosaic tile from
-    its overlaps with each neighbour. With one pair it is exactly
-    ``LUT.from_histograms(source, reference, method="optimal", objective=objective)``.
+            E(t, a) = gap_t d(t, a) + min_{a' >= a} E(t + 1, a')     (KS: max(d, min ...))
 
-    Parameters
-    ----------
-    pairs
-        ``(source, reference)`` tuples: computed or lazy :class:`~rastermatch.Histogram` pairs,
-        or arrays / DataArrays (numpy or dask; ``(y, x)``, ``(band, y, x)``, ...), whose
-        histograms are then computed here in one pass with one binning for all the sources
-        and one for all the references. Every source has the same rows (bands), and every
-        reference as many.
-    objective
-        ``"w1"`` (default) or ``"ks"``.
-    weights
-        One non-negative weight per pair (default all 1), e.g. the overlap areas; integers keep
-        the arithmetic exact.
-    levels
-        ``"present"``: outputs are reference levels holding pixels in some pair; ``"all"``: any
-        level of the reference binning but its nodata.
-    dtype
-        Output dtype; default the references'.
-    nodata
-        Arrays: the sources' nodata (default their ``.rio.nodata``), also taken by references
-        without one of their own. The LUT maps it to ``out_nodata``.
-    out_nodata
-        Default: the references' nodata, else ``nodata``.
-    bins
-        Arrays of floats or integers wider than 16 bits: the number of bins (default 65,536).
+        (:mod:`rastermatch.optimal` has the details, the tie rule and when it is exact). One
+        calibration LUT for a sensor from several scene pairs, or one LUT for a mosaic tile from
+        its overlaps with each neighbour. With one pair it is exactly
+        ``LUT.from_histograms(source, reference, method="optimal", objective=objective)``.
 
-    Returns
-    -------
-    LUT
-        ``method="optimal"`` with the objective recorded; rows those of the first source.
-        With one pair it records both histograms as any LUT does. With several it records
-        every pair's histograms and weight in ``pairs`` (``source_hist`` and
-        ``reference_hist`` are None): :meth:`~rastermatch.LUT.save` writes them, and
-        :meth:`~rastermatch.LUT.load` rebuilds the table from them with this function, so the
-        loaded LUT applies exactly as this one (see :mod:`rastermatch.schema`).
+        Parameters
+        ----------
+        pairs
+            ``(source, reference)`` tuples: computed or lazy :class:`~rastermatch.Histogram` pairs,
+            or arrays / DataArrays (numpy or dask; ``(y, x)``, ``(band, y, x)``, ...), whose
+            histograms are then computed here in one pass with one binning for all the sources
+            and one for all the references. Every source has the same rows (bands), and every
+            reference as many.
+        objective
+            ``"w1"`` (default) or ``"ks"`` (the largest summed gap, above); the same table where
+            the reference bins' values are distinct, the recipe recording which was asked for.
+        weights
+            One non-negative weight per pair (default all 1), e.g. the overlap areas; integers keep
+            the arithmetic exact.
+        levels
+            ``"present"``: outputs are reference levels holding pixels in some pair; ``"all"``: any
+            level of the reference binning but its nodata.
+        dtype
+            Output dtype; default the references'.
+        nodata
+            Arrays: the sources' nodata (default their ``.rio.nodata``), also taken by references
+            without one of their own. The LUT maps it to ``out_nodata``.
+        out_nodata
+            Default: the references' nodata, else ``nodata``.
+        bins
+            Arrays of floats or integers wider than 16 bits: the number of bins (default 65,536).
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from rastermatch import fit_multi
-    >>> a = np.array([[0, 1, 2, 3]], dtype=np.uint8)
-    >>> b = np.array([[0, 0, 2, 3]], dtype=np.uint8)
-    >>> lut = fit_multi([(a, np.array([[10, 10, 20, 20]], np.uint8)),
-    ...                  (b, np.array([[10, 20, 20, 20]], np.uint8))], objective="ks")
-    >>> lut.table[0, :4].tolist()
-    [10, 10, 20, 20]
-    >>> from rastermatch import LUT
-    >>> LUT.from_dict(lut.to_dict()).table[0, :4].tolist()  # the pairs rebuild it
-    [10, 10, 20, 20]
+        Returns
+        -------
+        LUT
+            ``method="optimal"`` with the objective recorded; rows those of the first source.
+            With one pair it records both histograms as any LUT does. With several it records
+            every pair's histograms and weight in ``pairs`` (``source_hist`` and
+            ``reference_hist`` are None): :meth:`~rastermatch.LUT.save` writes them, and
+            :meth:`~rastermatch.LUT.load` rebuilds the table from them with this function, so the
+            loaded LUT applies exactly as this one (see :mod:`rastermatch.schema`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from rastermatch import fit_multi
+        >>> a = np.array([[0, 1, 2, 3]], dtype=np.uint8)
+        >>> b = np.array([[0, 0, 2, 3]], dtype=np.uint8)
+        >>> lut = fit_multi([(a, np.array([[10, 10, 20, 20]], np.uint8)),
+        ...                  (b, np.array([[10, 20, 20, 20]], np.uint8))], objective="ks")
+        >>> lut.table[0, :4].tolist()
+        [10, 10, 20, 20]
+        >>> from rastermatch import LUT
+        >>> LUT.from_dict(lut.to_dict()).table[0, :4].tolist()  # the pairs rebuild it
+        [10, 10, 20, 20]
     """
     from .lut import LUT, check_out_dtype  # lut imports this module when it fits "optimal"
 
