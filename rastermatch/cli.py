@@ -908,7 +908,7 @@ def destripe(
                 "a number of detectors"
             )
         axis = "x"
-    with _cluster(workers, scheduler):
+    with _cluster(workers, scheduler), _file_as_given(source):
         result = pipeline.destripe_file(
             source,
             output,
@@ -923,6 +923,24 @@ def destripe(
         )
     _print_destripe_quality(result)
     _print_written(output=result.output, LUT=result.lut_path, report=result.report)
+
+
+@contextlib.contextmanager
+def _file_as_given(path: Path) -> Iterator[None]:
+    """Errors name ``path`` as the user gave it (``s.tif``), as every other message of the
+    command does: the library names an opened raster after its resolved path
+    (``data /abs/s.tif``)."""
+    try:
+        yield
+    except RastermatchError as error:
+        resolved = str(Path(path).resolve())
+        error.args = tuple(
+            re.sub(rf"\b(?:(?:data|source) )?{re.escape(resolved)}(?![\w/])", str(path), a)
+            if isinstance(a, str)
+            else a
+            for a in error.args
+        )
+        raise
 
 
 def _print_destripe_quality(result: pipeline.MatchResult) -> None:

@@ -1066,6 +1066,19 @@ def test_destripe_refusals_are_one_line(args, exit_code, fragments, tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporaries left
 
 
+def test_destripe_errors_name_the_file_as_given(tmp_path, monkeypatch):
+    """The statistics pass's errors name the source as typed, like every other message of the
+    command (the library names an opened file after its resolved path)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(STRIPED, "s.tif")
+    result = run("destripe", "s.tif", "-o", "out.tif", "--detectors", "100000")
+    assert_refused(result, 1, "100000 detectors along y but s.tif has 352 lines")
+    assert str(tmp_path) not in result.stderr and "data " not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
 def test_destripe_refuses_an_existing_output(destriped, tmp_path):
     lut = tmp_path / "new.lut.json"
     result = run("destripe", STRIPED, "-o", destriped["output"], "--detectors", "16", "--lut", lut)
