@@ -72,12 +72,15 @@ differ only where candidates share one value (a zero gap, which W1 does not see)
 ``"w1"`` takes the next candidate's cut and ``"ks"`` the largest cut up to it whose gap stays
 within the KS optimum.
 
-Exact arithmetic: with ``weights`` None (or non-negative integers) the gaps are computed in
+Exact arithmetic: with ``weights`` None, non-negative integers, or fractions of denominator at
+most 2**20 that round to the weights given (``[0.3, 0.1]`` is taken as 3/10 and 1/10, in the
+integer ratio 3 : 1, so it decides ties exactly as ``[3, 1]``) the gaps are computed in
 integers: pair ``j``'s CDF difference ``S/N_src - C/N_ref`` is ``(S m_ref - C m_src) / D_j`` with
 ``m = N / gcd(N_src, N_ref)`` and ``D_j = N_src m_ref``, scaled to the common denominator
 ``L = lcm_j D_j``, as :mod:`rastermatch.lut` does for one pair; int64 while
 ``L sum(w) < 2**61`` (for one pair, ``N_src N_ref / gcd`` below 2.3e18: two scenes of
-1.5e9 pixels each). Beyond that, and with fractional weights, the same search runs in float64,
+1.5e9 pixels each). Beyond that, and with other fractional weights, the same search runs in
+float64,
 and gaps closer than float64 rounding may be told apart or tied either way.
 """
 
@@ -87,6 +90,7 @@ import functools
 import math
 import operator
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
 import dask
@@ -181,10 +185,10 @@ def _counts(value: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _check_weights(weights: Any, k: int) -> tuple[np.ndarray, bool]:
-    """``(weights as float64, whether they are all integers)``; all ones for None."""
+def _check_weights(weights: Any, k: int) -> tuple[np.ndarray, list[int] | None]:
+    """``(weights as float64, integers proportional to them or None)``; all ones for None."""
     if weights is None:
-        return np.ones(k), True
+        return np.ones(k), [1] * k
     try:
         w = np.asarray(weights, dtype=np.float64)
     except (TypeError, ValueError):
@@ -199,7 +203,24 @@ def _check_weights(weights: Any, k: int) -> tuple[np.ndarray, bool]:
         raise OptionError(
             "weights add up to more than float64 holds; scale them down (only their ratios matter)"
         )
-    return w, bool(np.all(w == np.round(w)) and w.max() < 2**53)
+    return w, _integer_weights(w)
+
+
+def _integer_weights(w: np.ndarray) -> list[int] | None:
+    """Integers in the ratios of the weights, when every weight is a fraction of denominator
+    at most 2**20 that rounds to it exactly (``0.3`` is 3/10, as typed; overlap fractions are
+    such weights), so that ``[0.3, 0.1]`` decides ties exactly as ``[3, 1]``; else None."""
+    fracs = []
+    for x in w.tolist():
+        f = Fraction(x).limit_denominator(2**20)
+        if float(f) != x:
+            return None
+        fracs.append(f)
+    den = math.lcm(*(f.denominator for f in fracs))
+    ints = [int(f * den) for f in fracs]
+    g = math.gcd(*ints)  # positive: some weight is
+    ints = [i // g for i in ints]
+    return ints if max(ints) < 2**53 else None
 
 
 def _pairs(pairs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -255,15 +276,14 @@ def _check_values(values: Any, m: int) -> np.ndarray | None:
 
 
 def _scaled(
-    cs: np.ndarray, cr: np.ndarray, w: np.ndarray, exact: bool
+    cs: np.ndarray, cr: np.ndarray, w: np.ndarray, wi: list[int] | None
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """The cumulative counts scaled so that ``|A[j, a] - B[j, t]|`` is pair j's weighted CDF
-    gap: integers over the common denominator with the bound of ``d`` when ``exact`` (None when
-    it would not fit), else float64 fractions."""
+    gap: with integer weights ``wi`` (in the ratios of ``w``) integers over the common
+    denominator with the bound of ``d`` (None when it would not fit), else float64 fractions."""
     n_src = [int(x) for x in cs[:, -1]]
     n_ref = [int(x) for x in cr[:, -1]]
-    if exact:
-        wi = [int(x) for x in w]
+    if wi is not None:
         dens = [ns * nr // math.gcd(ns, nr) for ns, nr in zip(n_src, n_ref, strict=True)]
         common = math.lcm(*dens)
         bound = common * sum(wi)
@@ -369,7 +389,7 @@ def optimal_indices(
     src, ref = _pairs(pairs)
     k, n = src.shape
     m = ref.shape[1]
-    w, integral = _check_weights(weights, k)
+    w, integers = _check_weights(weights, k)
     values = _check_values(reference_values, m)
 
     present = np.flatnonzero(src.any(axis=0))
@@ -389,7 +409,7 @@ def optimal_indices(
     cs = np.zeros((k, npres + 1), dtype=np.int64)
     np.cumsum(src[:, present], axis=1, out=cs[:, 1:])
     cr = np.cumsum(ref, axis=1, dtype=np.int64)[:, candidates]
-    a_cum, b_cum, bound = _scaled(cs, cr, w, integral)
+    a_cum, b_cum, bound = _scaled(cs, cr, w, integers)
     # 2. every row's largest minimising cut: the optimal map of both objectives
     cut, low = _row_minima(a_cum, b_cum, bound if bound is not None else np.inf)
     # 3. candidates sharing a value (zero gaps) are the only place where the objectives differ

@@ -478,3 +478,14 @@ def test_several_pairs_ks_is_the_largest_summed_gap_not_the_sum_of_per_pair_ks()
     reachable = [0, 1, 3, 3]  # summed per-pair KS 1/2
     assert sum(distance([p], np.array(reachable), "ks") for p in pairs) == Fraction(1, 2)
     assert out.tolist() == optimal_indices(pairs, objective="w1").tolist()
+
+
+def test_decimal_weights_decide_ties_as_their_integer_ratio():
+    """[0.3, 0.1] is 3/10 and 1/10: the same exact integer arithmetic, and the same tie rule,
+    as [3, 1] (in float64 the two maps of equal W1 7/8 were told apart by rounding)."""
+    pairs = [([3, 0, 3, 0], [4, 1, 3, 0]), ([2, 2, 1, 0], [3, 3, 2, 2])]
+    exact = optimal_indices(pairs, weights=[3, 1])
+    assert optimal_indices(pairs, weights=[0.3, 0.1]).tolist() == exact.tolist()
+    assert optimal_indices(pairs, weights=[1.5, 0.5]).tolist() == exact.tolist()
+    _, lex_smallest = brute_force(pairs, "w1", [3, 1])
+    assert exact.tolist() == lex_smallest.tolist()
