@@ -492,11 +492,10 @@ def lut_record(lut: LUT, *, max_counts: int = PROVENANCE_MAX_COUNTS) -> dict[str
     >>> lut_record(fit_lut(levels, levels), max_counts=100)["lut_omitted"][:42]
     'the LUT has 128 nonzero histogram counts, '
     """
-    counts = sum(
-        int(np.count_nonzero(np.asarray(h.counts)))
-        for h in (lut.source_hist, lut.reference_hist)
-        if h is not None
-    )
+    hists = [lut.source_hist, lut.reference_hist]
+    for source, reference, _ in getattr(lut, "pairs", None) or ():  # fit_multi's pairs
+        hists += [source, reference]
+    counts = sum(int(np.count_nonzero(np.asarray(h.counts))) for h in hists if h is not None)
     if counts <= max_counts:
         return {"lut": lut.to_dict()}
     return {
