@@ -612,6 +612,28 @@ def _check_reference_rows(rows: Any, src: Histogram, ref: Histogram) -> np.ndarr
     return at.astype(np.int64)
 
 
+def lut_nodata(
+    source_hist: Histogram,
+    reference_hist: Histogram,
+    out_dtype: np.dtype,
+    *,
+    nodata: float | int | None,
+    out_nodata: float | int | None,
+) -> tuple[float | int | None, float | int | None]:
+    """A LUT's ``(nodata, out_nodata)``: the source histogram's nodata unless given, and the
+    reference's (else ``nodata``) as output nodata unless given; one ``out_dtype`` cannot hold
+    is left to :meth:`LUT.apply` to choose."""
+    if nodata is None:
+        nodata = source_hist.nodata
+    if out_nodata is None:
+        out_nodata = reference_hist.nodata if reference_hist.nodata is not None else nodata
+        if out_nodata is not None and not nodata_fits(out_nodata, out_dtype):
+            out_nodata = None  # apply chooses one
+    else:
+        out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+    return nodata, out_nodata
+
+
 # Columns of an interval LUT's table: the source bin's observed range and its output interval.
 SMIN, SMAX, OLO, OHI = 0, 1, 2, 3
 
@@ -916,14 +938,9 @@ class LUT:
                 if total == 0:
                     raise no_valid_pixels(hist.rows.describe(i), name)
         out_dtype = reference_hist.binning.dtype if dtype is None else dtype
-        if nodata is None:
-            nodata = source_hist.nodata
-        if out_nodata is None:
-            out_nodata = reference_hist.nodata if reference_hist.nodata is not None else nodata
-            if out_nodata is not None and not nodata_fits(out_nodata, out_dtype):
-                out_nodata = None  # apply chooses one
-        else:
-            out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+        nodata, out_nodata = lut_nodata(
+            source_hist, reference_hist, out_dtype, nodata=nodata, out_nodata=out_nodata
+        )
         table = _tables(
             source_hist,
             reference_hist,

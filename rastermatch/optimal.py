@@ -98,7 +98,7 @@ import numba
 import numpy as np
 
 from ._data import as_band_array, no_valid_pixels
-from ._values import cast_values, check_nodata, nodata_fits
+from ._values import cast_values
 from .errors import (
     BandMismatchError,
     BinningMismatchError,
@@ -623,7 +623,7 @@ def _multi_lut(
     in the bin, across the references). It records the pairs and ``weights`` (float64, what
     optimal_indices takes), from which a LUT document's reader calls :func:`fit_multi` again:
     the same table."""
-    from .lut import LUT, OLO, _check_outputs_fit
+    from .lut import LUT, OLO, _check_outputs_fit, lut_nodata
 
     _check_histograms(hists)
     src = functools.reduce(operator.add, (s for s, _ in hists))
@@ -662,14 +662,7 @@ def _multi_lut(
     )
     if not interval:
         table = cast_values(table, out_dtype)
-    if nodata is None:
-        nodata = src.nodata
-    if out_nodata is None:
-        out_nodata = ref.nodata if ref.nodata is not None else nodata
-        if out_nodata is not None and not nodata_fits(out_nodata, out_dtype):
-            out_nodata = None  # apply chooses one
-    else:
-        out_nodata = check_nodata(out_nodata, out_dtype, "the output", what="out_nodata")
+    nodata, out_nodata = lut_nodata(src, ref, out_dtype, nodata=nodata, out_nodata=out_nodata)
     # no source_hist/reference_hist: one pair would not give this table back
     return LUT(
         table,
