@@ -542,7 +542,7 @@ class _Staged:
     def __init__(self) -> None:
         self._files: list[tuple[Path, Path, bool]] = []
 
-    def path_for(self, final: Path, *, overwrite: bool = True) -> Path:
+    def path_for(self, final: Path, *, overwrite: bool) -> Path:
         final = Path(final).expanduser().absolute()
         remove_stale_temporaries(final)
         # the suffix last: matplotlib and write_raster pick the format by it
@@ -704,7 +704,7 @@ def fit_files(
     saved = None
     if lut_path is not None:
         with _staging() as staged:
-            _save_lut(fitted.lut, staged.path_for(Path(lut_path)), lut_path)
+            _save_lut(fitted.lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
             # checked again: another process may have created it meanwhile
             check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
             staged.commit()
@@ -781,12 +781,13 @@ def match_files(
                         reference_mask=reference_mask)  # fmt: skip
     with _staging() as staged:
         if lut_path is not None:
-            _save_lut(lut, staged.path_for(Path(lut_path)), lut_path)
+            _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
         if report is not None:
             from .plot import save_report
 
             try:
-                save_report(staged.path_for(Path(report)), fitted.src, fitted.ref, matched, lut,
+                tmp_report = staged.path_for(Path(report), overwrite=overwrite)
+                save_report(tmp_report, fitted.src, fitted.ref, matched, lut,
                             metrics=fitted.quality)  # fmt: skip
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
@@ -1435,12 +1436,12 @@ def normalize_files(
             for lut, lut_file in zip(luts, lut_files or [None] * len(luts), strict=True):
                 if lut_file is None:
                     continue
-                _save_lut(lut, staged.path_for(lut_file), lut_file)
+                _save_lut(lut, staged.path_for(lut_file, overwrite=overwrite), lut_file)
             if report is not None:
                 from .plot import save_series_report
 
                 try:
-                    save_series_report(staged.path_for(Path(report)), luts,
+                    save_series_report(staged.path_for(Path(report), overwrite=overwrite), luts,
                                        [s.name for s in srcs], metrics=quality)  # fmt: skip
                 except OSError as exc:
                     raise RasterWriteError(

@@ -250,3 +250,94 @@ def test_destripe_file_refuses_overlapping_outputs_and_leaves_nothing(tmp_path, 
         pipe.destripe_file(STRIPED, tmp_path / "a.tif", detectors=16, bands=[2],
                            lut_path=tmp_path / "a.json", report=tmp_path / "a.svg")  # fmt: skip
     assert list(tmp_path.iterdir()) == []  # the staged LUT file and report went too
+
+
+# -- every job checks its LUT file and report like its raster, before any work ----------------
+
+SRC, REF = DATA / "arrnorm_target.tif", DATA / "arrnorm_ref_adjusted2target.tif"
+
+
+def _jobs(tmp_path):
+    """Each job that writes a LUT file or a report, as a call taking (lut_path, report,
+    overwrite); every one writes its raster (if any) to tmp_path / "out.tif"."""
+    from rastermatch import pipeline as pipe
+
+    out = tmp_path / "out.tif"
+    return {
+        "match": lambda lut, rep, ow: pipe.match_files(
+            SRC, REF, out, bands=[1], nodata=0, lut_path=lut, report=rep, overwrite=ow
+        ),
+        "fit": lambda lut, rep, ow: pipe.fit_files(
+            SRC, REF, bands=[1], nodata=0, lut_path=lut, overwrite=ow
+        ),
+        "normalize": lambda lut, rep, ow: pipe.normalize_files(
+            [SRC],
+            REF,
+            tmp_path / "norm/",
+            bands=[1],
+            nodata=0,
+            lut_path=lut,
+            report=rep,
+            overwrite=ow,
+        ),
+        "destripe": lambda lut, rep, ow: pipe.destripe_file(
+            STRIPED, out, detectors=16, bands=[1], lut_path=lut, report=rep, overwrite=ow
+        ),
+    }
+
+
+@pytest.mark.parametrize("job", ["match", "fit", "normalize", "destripe"])
+def test_jobs_refuse_an_existing_lut_file_before_any_work(tmp_path, monkeypatch, job):
+    from rastermatch import OutputExistsError, RasterWriteError
+    from rastermatch import pipeline as pipe
+
+    run = _jobs(tmp_path)[job]
+    lut = tmp_path / "old.lut.json"
+    lut.write_text("keep me")
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("an input was opened before the outputs were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipe, "open_raster", no_reads)
+        with pytest.raises(OutputExistsError, match=r"old\.lut\.json"):
+            run(lut, None, False)
+        # an input is never replaced, overwrite or not
+        with pytest.raises(RasterWriteError, match="input"):
+            run(SRC if job != "destripe" else STRIPED, None, True)
+    assert lut.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.lut.json"]
+    # with overwrite the LUT file is replaced by one that loads
+    run(lut, None, True)
+    assert isinstance(rastermatch.LUT.load(lut), rastermatch.LUT)
+
+
+@pytest.mark.parametrize("job", ["match", "normalize", "destripe"])
+def test_jobs_refuse_an_existing_report_before_any_work(tmp_path, monkeypatch, job):
+    from rastermatch import OutputExistsError
+    from rastermatch import pipeline as pipe
+
+    report = tmp_path / "old.png"
+    report.write_bytes(b"keep me")
+    monkeypatch.setattr(pipe, "open_raster", lambda *a, **k: pytest.fail("opened an input"))
+    with pytest.raises(OutputExistsError, match=r"old\.png"):
+        _jobs(tmp_path)[job](None, report, False)
+    assert report.read_bytes() == b"keep me"
+
+
+def test_match_files_never_replaces_a_lut_file_that_appears_during_the_job(tmp_path, monkeypatch):
+    from rastermatch import OutputExistsError
+    from rastermatch import pipeline as pipe
+
+    lut, fit = tmp_path / "a.lut.json", pipe._fit
+
+    def fit_then_appear(*args, **kwargs):
+        fitted = fit(*args, **kwargs)
+        lut.write_text("another process")
+        return fitted
+
+    monkeypatch.setattr(pipe, "_fit", fit_then_appear)
+    with pytest.raises(OutputExistsError, match="appeared while the job was running"):
+        _jobs(tmp_path)["match"](lut, None, False)
+    assert lut.read_text() == "another process"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lut.json"]  # no raster, no temporary
