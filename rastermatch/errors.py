@@ -12,6 +12,7 @@ __all__ = [
     "BandMismatchError",
     "BinningMismatchError",
     "DimensionError",
+    "GeometryError",
     "GridMismatchError",
     "HistogramFileError",
     "InputTypeError",
@@ -27,6 +28,7 @@ __all__ = [
     "RastermatchError",
     "RastermatchWarning",
     "NodataReplacedWarning",
+    "OverlapWarning",
     "StaleTemporaryWarning",
     "UnsupportedDtypeError",
 ]
@@ -54,6 +56,11 @@ class NotComputedError(RastermatchError, RuntimeError):
 
 class GridMismatchError(RastermatchError, ValueError):
     """Two rasters that must share a grid (an image and its mask) do not (shape, CRS, transform)."""
+
+
+class GeometryError(RastermatchError, ValueError):
+    """Two inputs whose statistics must come from the ground they share do not share any: their
+    footprints do not overlap, no pixel is valid in both, or one has no georeferencing."""
 
 
 class UnsupportedDtypeError(RastermatchError, TypeError):
@@ -110,3 +117,8 @@ class NodataReplacedWarning(RastermatchWarning):
 
 class StaleTemporaryWarning(RastermatchWarning):
     """A temporary of an interrupted write was found that cannot be judged stale (another host)."""
+
+
+class OverlapWarning(RastermatchWarning):
+    """The statistics of an overlap-only match come from a small part of the source's valid
+    pixels, which may not represent the scene."""
