@@ -36,7 +36,6 @@ threaded scheduler runs it, with a progress bar (on stderr) when asked.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
 import glob
 import math
@@ -55,6 +54,7 @@ import numpy as np
 import rasterio
 import xarray as xr
 
+from . import provenance as prov
 from ._data import as_band_array
 from ._detectors import Detectors
 from ._rows import Rows
@@ -75,8 +75,12 @@ from .io import (
     write_raster,
 )
 from .lut import LUT, Levels, Method, Objective
-from .match import MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many
+from .geometry import Overlap, check_overlap, job_report
+from .match import (
+    MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many, fit_overlap,
+)  # fmt: skip
 from .metrics import destripe_pass, format_quality_table, matched_histogram, quality_table
+from .provenance import versions  # noqa: F401 - pipeline.versions() as before
 
 __all__ = [
     "MatchResult",
@@ -107,6 +111,8 @@ class MatchResult:
     quality: list[dict[str, Any]] = field(default_factory=list)
     lut_path: Path | None = None
     report: Path | None = None
+    #: the inputs' CRS, resolution and footprint, and their overlap (:func:`geometry.job_report`)
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def quality_text(self) -> str:
         return format_quality_table(self.quality)
@@ -397,114 +403,7 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
     return out[0] if m.sizes["band"] == 1 else out
 
 
-# -- provenance -------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str]:
-    import dask as _dask
-    import numba
-    import rasterio
-    import xarray as _xr
-    import zarr
-
-    from . import __version__
-
-    return {
-        "rastermatch": __version__,
-        "numpy": np.__version__,
-        "dask": _dask.__version__,
-        "xarray": _xr.__version__,
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
-        "zarr": zarr.__version__,
-        "numba": numba.__version__,
-    }
-
-
-def _created() -> dict[str, str]:
-    """``{"created": ...}`` from ``SOURCE_DATE_EPOCH`` when it is set, else nothing.
-
-    Outputs carry no clock time, so identical inputs and options give identical bytes; the
-    reproducible-builds variable stamps a date on purpose.
-    """
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if not epoch:
-        return {}
-    try:
-        when = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC)
-    except (ValueError, OverflowError, OSError):
-        raise OptionError(
-            f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds; unset it or give one"
-        ) from None
-    return {"created": when.isoformat(timespec="seconds")}
-
-
-def _path_text(value: Any) -> Any:
-    """An input path (or a list of them) as the record stores it."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return str(value)
-
-
-def provenance(lut: LUT, quality: list[dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:
-    """The record stored with every output: inputs, options, quality, versions and the LUT.
-
-    No clock time (identical inputs give identical bytes), unless ``SOURCE_DATE_EPOCH`` is set.
-    """
-    return {
-        **_created(),
-        "operation": "match",
-        "inputs": {k: _path_text(v) for k, v in inputs.items()},
-        "method": lut.method,
-        "levels": lut.levels,
-        "quality": quality,
-        "versions": versions(),
-        **lut_record(lut),
-    }
-
-
-#: The most nonzero histogram counts (source and reference together) a provenance record
-#: embeds with its LUT (a LUT document lists the nonzero counts of every row). A 4-band match
-#: of 16-bit data fits; a LUT per column of a push-broom scene (millions) would make megabytes
-#: of metadata, so the record says where the LUT is instead.
-PROVENANCE_MAX_COUNTS = 2**20
-#: The same bound for a destriped output: a LUT per (band, detector) lists every detector's
-#: levels, and a record of a few megabytes costs seconds to store as Zarr attributes (xarray
-#: copies them level by level); 16 detectors x 4 bands of 12-bit data (half a million) are
-#: kept in the LUT file (``lut_path``) instead.
-DESTRIPE_PROVENANCE_MAX_COUNTS = 2**16
-
-
-def lut_record(lut: LUT, *, max_counts: int = PROVENANCE_MAX_COUNTS) -> dict[str, Any]:
-    """``{"lut": <the LUT document>}``, or, for a LUT with more than ``max_counts`` nonzero
-    histogram counts, ``{"lut": None, "lut_omitted": <why, and how to keep it>}``.
-
-    Examples
-    --------
-    >>> from rastermatch import fit_lut
-    >>> import numpy as np
-    >>> levels = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    >>> record = lut_record(fit_lut(levels, levels))
-    >>> sorted(record), record["lut"]["type"]
-    (['lut'], 'rastermatch.LUT')
-    >>> lut_record(fit_lut(levels, levels), max_counts=100)["lut_omitted"][:42]
-    'the LUT has 128 nonzero histogram counts, '
-    """
-    hists = [lut.source_hist, lut.reference_hist]
-    for source, reference, _ in getattr(lut, "pairs", None) or ():  # fit_multi's pairs
-        hists += [source, reference]
-    counts = sum(int(np.count_nonzero(np.asarray(h.counts))) for h in hists if h is not None)
-    if counts <= max_counts:
-        return {"lut": lut.to_dict()}
-    return {
-        "lut": None,
-        "lut_omitted": (
-            f"the LUT has {counts} nonzero histogram counts, more than {max_counts} for raster "
-            "metadata; save it with lut_path= (--lut) to keep it"
-        ),
-    }
+# -- provenance: the records are built by rastermatch.provenance (one versioned schema) ----
 
 
 #: GDAL block cache (MB) while a job reads and writes. GDAL's default, 5 % of RAM, fills up over
@@ -541,6 +440,9 @@ class _Staged:
 
     def __init__(self) -> None:
         self._files: list[tuple[Path, Path, bool]] = []
+        # a GeoTIFF's LUT sidecar (rastermatch.provenance), written by write_raster next to
+        # the raster's temporary when its record is too large for the header: moved in first
+        self._sidecars: list[tuple[Path, Path, bool]] = []
 
     def path_for(self, final: Path, *, overwrite: bool) -> Path:
         final = Path(final).expanduser().absolute()
@@ -548,23 +450,38 @@ class _Staged:
         # the suffix last: matplotlib and write_raster pick the format by it
         tmp = temporary_sibling(final, keep_suffix=True)
         self._files.append((tmp, final, overwrite))
+        if final.suffix.lower() in (".tif", ".tiff"):
+            prov.remove_stale_sidecars(final)
+            self._sidecars.append((prov.sidecar_path(tmp), prov.sidecar_path(final), overwrite))
         return tmp
 
     def commit(self) -> None:
-        for _, final, overwrite in self._files:
+        sidecars = [entry for entry in self._sidecars if entry[0].exists()]
+        for _, final, overwrite in [*sidecars, *self._files]:
             if not overwrite and (final.exists() or final.is_symlink()):
                 raise OutputExistsError(
                     f"{final} appeared while the job was running; nothing was written, pass "
                     "overwrite=True (--overwrite) to replace it"
                 )
-        for tmp, final, overwrite in self._files:
-            move_into_place(tmp, final, overwrite=overwrite)
+        moved = []
+        try:
+            for tmp, final, overwrite in sidecars:
+                move_into_place(tmp, final, overwrite=overwrite)
+                moved.append(final)
+            for tmp, final, overwrite in self._files:
+                move_into_place(tmp, final, overwrite=overwrite)
+        except BaseException:
+            for final in moved:  # a raster that did not move in takes its sidecar along
+                _remove_output(final)
+            raise
         self._files.clear()
+        self._sidecars.clear()
 
     def discard(self) -> None:
-        for tmp, _, _ in self._files:
+        for tmp, _, _ in [*self._sidecars, *self._files]:
             _remove_output(tmp)
         self._files.clear()
+        self._sidecars.clear()
 
 
 @contextlib.contextmanager
@@ -603,6 +520,7 @@ class _Fitted:
     quality: list[dict[str, Any]]
     src: xr.DataArray
     ref: xr.DataArray
+    geometry: dict[str, Any] = field(default_factory=dict)
 
 
 def _open_pair(
@@ -647,20 +565,23 @@ def _fit(
     show_progress: bool,
     objective: Objective | None = None,
     proportion: float = 1.0,
+    overlap: Overlap = False,
 ) -> _Fitted:
+    check_overlap(overlap)
     src, ref, ref_nodata = _open_pair(
         source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
         reference_bands=reference_bands, chunks=chunks,
     )  # fmt: skip
     src_mask, ref_mask = open_mask(mask, src), open_mask(reference_mask, ref)
+    geometry = job_report([(str(source), src)], [(str(reference), ref)])
     with progress(show_progress):
         lut = fit_lut(
             src, ref, method=method, levels=levels, nodata=nodata, reference_nodata=ref_nodata,
             mask=src_mask, reference_mask=ref_mask, bins=bins, dtype=dtype, objective=objective,
-            proportion=proportion,
+            proportion=proportion, overlap=overlap,
         )  # fmt: skip
     quality = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
-    return _Fitted(lut, quality, src, ref)
+    return _Fitted(lut, quality, src, ref, geometry)
 
 
 @bounded_gdal_cache
@@ -684,13 +605,15 @@ def fit_files(
     lut_path: PathLike | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> MatchResult:
     """Fit the LUT that matches ``source`` to ``reference`` (one read of each); save it if asked.
 
     ``nodata`` applies to the reference too when the reference has no nodata value of its own
     and ``reference_nodata`` is not given. ``lut_path`` is checked before any work: an existing
     file is refused unless ``overwrite``, and the inputs (source, reference, masks) are never
-    replaced, ``overwrite`` or not.
+    replaced, ``overwrite`` or not. ``overlap``: statistics only where both are valid, as
+    :func:`rastermatch.match_histograms` takes it; ``result.geometry`` describes the inputs.
     """
     inputs = [source, reference, mask, reference_mask]
     if lut_path is not None:
@@ -700,6 +623,7 @@ def fit_files(
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
         show_progress=show_progress, objective=objective, proportion=proportion,
+        overlap=overlap,
     )  # fmt: skip
     saved = None
     if lut_path is not None:
@@ -709,7 +633,7 @@ def fit_files(
             check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
             staged.commit()
         saved = Path(lut_path)
-    return MatchResult(None, fitted.lut, fitted.quality, saved)
+    return MatchResult(None, fitted.lut, fitted.quality, saved, geometry=fitted.geometry)
 
 
 @bounded_gdal_cache
@@ -737,6 +661,7 @@ def match_files(
     cog: bool = False,
     compress: Any = None,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> MatchResult:
     """Match ``source`` to ``reference`` and write the result to ``output`` (GeoTIFF or Zarr).
 
@@ -749,6 +674,9 @@ def match_files(
     ``nodata`` applies to the reference too when the reference has no nodata value of its own
     and ``reference_nodata`` is not given. A failed or interrupted job leaves nothing under the
     output names and no temporaries; the inputs are never written over, ``overwrite`` or not.
+    ``overlap``: statistics only where both are valid, a reference on another grid laid onto
+    the source's for them (:func:`rastermatch.match_histograms`); the output stays on the
+    source grid. ``result.geometry`` describes the inputs (:func:`geometry.job_report`).
 
     Examples
     --------
@@ -774,11 +702,12 @@ def match_files(
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
         show_progress=show_progress, objective=objective, proportion=proportion,
+        overlap=overlap,
     )  # fmt: skip
     lut = fitted.lut
     matched = lut.apply(fitted.src, nodata=nodata)  # an explicit nodata wins, as in the fit
-    record = provenance(lut, fitted.quality, source=source, reference=reference, mask=mask,
-                        reference_mask=reference_mask)  # fmt: skip
+    record = prov.match_record(lut, fitted.quality, source=source, reference=reference,
+                               mask=mask, reference_mask=reference_mask)  # fmt: skip
     with _staging() as staged:
         if lut_path is not None:
             _save_lut(lut, staged.path_for(Path(lut_path), overwrite=overwrite), lut_path)
@@ -801,7 +730,7 @@ def match_files(
         written = final
     return MatchResult(
         written, lut, fitted.quality, Path(lut_path) if lut_path is not None else None,
-        Path(report) if report is not None else None,
+        Path(report) if report is not None else None, geometry=fitted.geometry,
     )  # fmt: skip
 
 
@@ -836,8 +765,7 @@ def apply_file(
     _check_nodata(nodata, src, f"source {source}", "nodata")
     _check_lut_rows(lut, src, lut_file, source)
     matched = lut.apply(src, nodata=nodata)
-    record = provenance(lut, [], source=source, lut=lut_file)
-    record["operation"] = "apply"
+    record = prov.match_record(lut, [], operation="apply", source=source, lut=lut_file)
     written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
     return MatchResult(written, lut, [], lut_file)
 
@@ -910,13 +838,7 @@ def equalize_file(
     src_mask = open_mask(mask, src)
     with progress(show_progress):
         out = equalize(src, nodata=nodata, mask=src_mask, range=range, bins=bins)
-    record = {
-        **_created(),
-        "operation": "equalize",
-        "inputs": {"source": str(source), "mask": str(mask) if mask is not None else None},
-        "range": list(range) if range is not None else None,
-        "versions": versions(),
-    }
+    record = prov.equalize_record(range=range, source=source, mask=mask)
     return _write(out, output, record, inputs, overwrite, cog, compress, show_progress)
 
 
@@ -1173,6 +1095,8 @@ class NormalizeResult:
     lut_paths: list[Path] = field(default_factory=list)
     report: Path | None = None
     time: np.ndarray | None = None
+    #: the inputs' CRS, resolution and footprint, and their overlap (:func:`geometry.job_report`)
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def quality_text(self) -> str:
         return format_quality_table(self.quality)
@@ -1303,6 +1227,7 @@ def normalize_files(
     cog: bool = False,
     compress: Any = None,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> NormalizeResult:
     """Normalize every source to one (pooled) reference: a time series or the scenes of a mosaic.
 
@@ -1334,6 +1259,12 @@ def normalize_files(
     before and after. Every output is written under a temporary name and moved into place only
     when all are written: a failed or interrupted job leaves no new output and no temporaries,
     and the outputs of a previous run that ``overwrite`` would replace stay as they were.
+
+    ``overlap`` (True or ``"all"``): every source's statistics only where it and the (pooled)
+    reference are both valid, the references laid onto that source's grid for them
+    (:func:`rastermatch.match_histograms`); each source then takes its own statistics pass,
+    since its common area with the reference is its own. ``result.geometry`` describes every
+    input and the overlap of each (source, reference) pair on different grids.
 
     Examples
     --------
@@ -1418,9 +1349,18 @@ def normalize_files(
             mask=ref_mask_arrays[0] if len(members) == 1 else ref_mask_arrays,
         )
 
-        # 1. one statistics pass over every source and every reference
+        # 1. one statistics pass over every source and every reference (with overlap, one per
+        # source: each has its own common area with the references)
+        geometry = job_report(list(zip(map(str, srcs), opened, strict=True)),
+                              list(zip(map(str, refs), ref_opened, strict=True)))  # fmt: skip
         with progress(show_progress):
-            luts = fit_many(arrays, ref, options, masks=src_masks)
+            if overlap is False:
+                luts = fit_many(arrays, ref, options, masks=src_masks)
+            else:
+                luts = [
+                    fit_overlap(a, ref, options, mask=m, overlap=overlap)
+                    for a, m in zip(arrays, src_masks, strict=True)
+                ]
         quality = []
         for i, (lut, path) in enumerate(zip(luts, srcs, strict=True)):
             rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
@@ -1452,22 +1392,22 @@ def normalize_files(
             if stacked:
                 assert labels is not None
                 stack = _stack(matched, labels)
-                record = _normalize_record(luts, quality, inputs_record, labels)
+                record = prov.stack_record(luts, quality, inputs_record, labels)
                 tmp = staged.path_for(outputs[0], overwrite=overwrite)
                 _write(stack, tmp, record, inputs, *how)
             else:
                 for i, (data, out) in enumerate(zip(matched, outputs, strict=True)):
                     rows = [q for q in quality if q["source"] == srcs[i].name]
-                    record = provenance(luts[i], rows, source=srcs[i], references=refs,
-                                        mask=masks[i])  # fmt: skip
-                    record["operation"] = "normalize"
+                    record = prov.match_record(luts[i], rows, operation="normalize",
+                                               source=srcs[i], references=refs,
+                                               mask=masks[i])  # fmt: skip
                     tmp = staged.path_for(out, overwrite=overwrite)
                     _write(data, tmp, record, inputs, *how)
             staged.commit()
             written = [Path(p).expanduser().absolute() for p in outputs]
     return NormalizeResult(
         srcs, written, list(luts), quality, [Path(p) for p in lut_files],
-        Path(report) if report is not None else None, labels,
+        Path(report) if report is not None else None, labels, geometry,
     )  # fmt: skip
 
 
@@ -1537,35 +1477,6 @@ def _stack(matched: Sequence[xr.DataArray], labels: np.ndarray) -> xr.DataArray:
     return stack
 
 
-def _normalize_record(
-    luts: Sequence[LUT],
-    quality: list[dict[str, Any]],
-    inputs: dict[str, Any],
-    labels: np.ndarray,
-) -> dict[str, Any]:
-    """The stack's record: one LUT per date. The reference histogram they share is stored once
-    (``reference_histogram``; put it back under that key into a LUT to load it with
-    ``LUT.from_dict``): a 16-bit, 4-band histogram is about a megabyte of JSON."""
-    first = luts[0]
-    docs = [lut.to_dict() for lut in luts]
-    shared = {}
-    if all(d.get("reference_histogram") == docs[0].get("reference_histogram") for d in docs):
-        shared = {"reference_histogram": docs[0].get("reference_histogram")}
-        docs = [{k: v for k, v in d.items() if k != "reference_histogram"} for d in docs]
-    return {
-        **_created(),
-        "operation": "normalize",
-        "inputs": inputs,
-        "time": [_label_text(t) for t in labels],
-        "method": first.method,
-        "levels": first.levels,
-        "quality": quality,
-        "versions": versions(),
-        **shared,
-        "luts": docs,
-    }
-
-
 # -- detector balancing (destriping) ----------------------------------------------------------
 
 
@@ -1622,31 +1533,6 @@ def _detector_reference(reference: Any, labels: tuple[Any, ...], source: PathLik
             f"detectors are {top}); give reference= a detector of the layout or 'pooled'"
         )
     return int(reference)
-
-
-def destripe_record(
-    lut: LUT,
-    quality: list[dict[str, Any]],
-    layout: Detectors,
-    reference: Any,
-    /,
-    **inputs: Any,
-) -> dict[str, Any]:
-    """The provenance of a destriped output: the detector layout, the reference, the stripe
-    metrics, versions and the per-detector LUT when it has at most
-    :data:`DESTRIPE_PROVENANCE_MAX_COUNTS` nonzero counts (:func:`lut_record`)."""
-    return {
-        **_created(),
-        "operation": "destripe",
-        "inputs": {k: _path_text(v) for k, v in inputs.items()},
-        "detectors": {**layout.to_dict(), "description": layout.describe()},
-        "reference": reference,
-        "method": lut.method,
-        "levels": lut.levels,
-        "quality": quality,
-        "versions": versions(),
-        **lut_record(lut, max_counts=DESTRIPE_PROVENANCE_MAX_COUNTS),
-    }
 
 
 @bounded_gdal_cache
@@ -1759,7 +1645,9 @@ def destripe_file(
         def record_of(computed: Sequence[Any]) -> dict[str, Any]:
             found["computed"] = computed
             found["quality"] = measured.rows(computed[: len(measured.lazy)])
-            return destripe_record(lut, found["quality"], layout, chosen, source=source, mask=mask)
+            return prov.destripe_record(
+                lut, found["quality"], layout, chosen, source=source, mask=mask
+            )
 
         tmp = staged.path_for(final, overwrite=overwrite)
         _write(balanced, tmp, record_of, inputs, False, cog, compress, show_progress, lazy)
@@ -1854,8 +1742,8 @@ def run_demo(
         )  # fmt: skip
         # the same calibration, written to Zarr as well
         matched = results[name].lut.apply(open_input(data / source), nodata=options.get("nodata"))
-        record = provenance(results[name].lut, results[name].quality, source=data / source,
-                            reference=data / reference)  # fmt: skip
+        record = prov.match_record(results[name].lut, results[name].quality,
+                                   source=data / source, reference=data / reference)  # fmt: skip
         _write(matched, out / f"{name}.zarr", record, [data / source, data / reference],
                overwrite, False, None, show_progress)  # fmt: skip
     results[striped_name] = destripe_file(
@@ -1908,17 +1796,7 @@ def specify_file(
         out, report = specify_exact(
             src, ref, nodata=nodata, mask=open_mask(mask, src), return_report=True
         )
-    record = {
-        **_created(),
-        "operation": "specify",
-        "method": "exact histogram specification (Coltuc, Bolon and Chassery 2006)",
-        "inputs": {"source": str(source), "reference": str(reference), "mask": _path_text(mask)},
-        "rows": [report.rows.describe(i) for i in range(report.rows.size)],
-        "pixels": report.pixels.tolist(),
-        "by_windows": report.by_windows.tolist(),
-        "by_position": report.by_position.tolist(),
-        "versions": versions(),
-    }
+    record = prov.specify_record(report, source=source, reference=reference, mask=mask)
     with _staging() as staged:
         tmp = staged.path_for(final, overwrite=overwrite)
         _write(out, tmp, record, inputs, False, cog, compress, show_progress)

@@ -81,6 +81,10 @@ histograms of a one-pair document may). Loading calls :func:`rastermatch.fit_mul
 pairs, weights, objective, levels, dtype and nodata recorded: the table is rebuilt by the code
 that fitted it, and a document whose pairs do not fit is refused. A one-pair LUT is an ordinary
 document, and earlier readers refuse ``pairs`` by name.
+
+A LUT sidecar of a GeoTIFF output (:mod:`rastermatch.provenance`) may carry, in the optional
+``provenance`` field (an object), the fields of the output's provenance record too large for
+the raster's header; loading the LUT ignores them.
 """
 
 from __future__ import annotations
@@ -1042,7 +1046,7 @@ def _read_recipe(value: Any, methods: Sequence[str], levels: Sequence[str]) -> t
 
 
 def _read_lut(value: Any) -> LUT:
-    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS + ("detectors", "pairs"))
+    obj = _object(value, "", ("type",), _LUT_KEYS_1 + _LUT_KEYS_2 + _ROWS + _LUT_OPTIONAL)
     if obj["type"] != _LUT_TYPE:
         _fail("type", f"is {_show(obj['type'])}: this is not a rastermatch LUT")
     if "format" not in obj:
@@ -1057,9 +1061,11 @@ def _read_lut(value: Any) -> LUT:
         for key in ("source_histogram", "reference_histogram"):
             if key in obj:
                 _fail(key, "is given beside pairs; a document records one pair or several")
-        _object(obj, "", _LUT_KEYS_PAIRS, (*_ROWS, "detectors"))
+        _object(obj, "", _LUT_KEYS_PAIRS, (*_ROWS, "detectors", "provenance"))
     else:
-        _object(obj, "", _LUT_KEYS_2, (*_ROWS, "detectors"))
+        _object(obj, "", _LUT_KEYS_2, (*_ROWS, "detectors", "provenance"))
+    if fmt == 2 and "provenance" in obj and not isinstance(obj["provenance"], Mapping):
+        _fail("provenance", f"is {_show(obj['provenance'])}, expected an object")
     version = obj["rastermatch_version"]
     if not isinstance(version, str) or len(version) > 100:
         _fail("rastermatch_version", f"is {_show(version)}, expected a version string")
@@ -1175,6 +1181,9 @@ _LUT_KEYS_1 = (
     "type", "format", "rastermatch_version", "method", "levels", "kind", "dtype", "nodata",
     "out_nodata", "source_binning", "table", "source_histogram", "reference_histogram",
 )  # fmt: skip
+# optional fields of format 2 (a GeoTIFF's LUT sidecar may carry provenance fields too large
+# for the raster's header: rastermatch.provenance)
+_LUT_OPTIONAL = ("detectors", "pairs", "provenance")
 # a LUT of several pairs: "pairs" instead of the two histograms
 _LUT_KEYS_PAIRS = (*_LUT_KEYS_2[:-2], "pairs")
 

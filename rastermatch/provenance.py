@@ -1,0 +1,723 @@
+"""Provenance: one versioned record for every job, and where each part of it is stored.
+
+Every file job (match, fit and apply, normalize, destripe, equalize, specify) describes its
+output with one record, schema ``rastermatch.provenance/2``::
+
+    {"schema": "rastermatch.provenance/2",
+     "operation": "match" | "apply" | "normalize" | "destripe" | "equalize" | "specify",
+     "created": ISO date (only when SOURCE_DATE_EPOCH is set: outputs carry no clock time),
+     "inputs": {name: text | [text, ...] | null},   paths as given, URLs without credentials
+     "method": str | null, "levels": str | null,
+     ... the operation's own small fields (destripe: "detectors", "reference"; normalize
+         stack: "time"; equalize: "range"; specify: "rows", "pixels", "by_windows",
+         "by_position"),
+     "quality": [row, ...],                          the quality metrics, one row per band/row
+     "versions": {package: version},
+     "lut": LUT document | null   (match, apply, normalize, destripe: the LUT with both
+                                   histograms, :meth:`rastermatch.LUT.to_dict`; null with a
+                                   "lut_omitted" reason when it is too large for any file)
+     "luts": [LUT document without its reference histogram, ...] and "reference_histogram"
+                                  (a normalized stack: one LUT per date, the reference shared)}
+
+Where it is stored. The raster's own header (GeoTIFF metadata domain ``RASTERMATCH``, key
+``provenance``; the root attributes of a Zarr store, key ``rastermatch``) holds a *summary*
+of at most :data:`HEADER_MAX_BYTES` (12 KiB of JSON once XML-escaped, so the whole GDAL
+metadata tag stays under 16 KiB): everything but the LUT documents, and ``"lut"`` saying where
+they are:
+
+- ``{"array": "rastermatch_lut", "sha256": ..., "bytes": n, "fields": [...]}``: Zarr. The
+  whole record as UTF-8 JSON in a one-dimensional ``uint8`` array of the output group
+  (dim ``rastermatch_lut_byte``, zstd, chunks of 4 MiB), written by the same ``to_zarr`` as
+  the raster, so under the same write guarantee. ``fields`` lists the keys left out of the
+  summary. :func:`rastermatch.open_raster` skips it (it is not a 2-D variable).
+- ``{"sidecar": "<raster name>.lut.json", "sha256": ..., "bytes": n, "fields": [...]}``:
+  GeoTIFF whose record is larger than the header allows. The file ``OUTPUT.lut.json`` next
+  to the raster (``matched.tif`` -> ``matched.tif.lut.json``) is the LUT in the LUT file
+  format (:meth:`rastermatch.LUT.load` reads it and :func:`rastermatch.pipeline.apply_file`
+  re-applies it); the rare other fields too large for the header travel in its optional
+  ``provenance`` field. Written under a temporary name and moved into place before the
+  raster, never over an input, never over an existing file without ``overwrite``, removed
+  with the raster when the write fails.
+- otherwise (a GeoTIFF record under the bound, or a record without LUT) the header holds the
+  whole record and ``"lut"`` is the LUT document itself (or absent).
+
+The summary is stored once per output: on the Zarr root group, not on the data variable (its
+attributes would be copied again into the consolidated metadata).
+
+:func:`rastermatch.read_provenance` reads the header, fetches the payload it points to, checks
+its size and SHA-256 and returns the record whole, as it was built. Records are untrusted
+input: parsed strictly (no ``NaN`` constants, no duplicate keys, bounded size), every field
+of the location checked, and a mismatch raises :class:`~rastermatch.RasterReadError`. Records
+without ``schema`` (written by rastermatch 0.1 or given to ``write_raster`` by a caller) are
+stored and read back as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import OptionError, RastermatchError, RasterReadError, RasterWriteError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from ._detectors import Detectors
+    from .lut import LUT
+
+__all__ = [
+    "HEADER_MAX_BYTES",
+    "SCHEMA",
+    "SIDECAR_SUFFIX",
+    "ZARR_ARRAY",
+    "Stored",
+    "destripe_record",
+    "equalize_record",
+    "lut_record",
+    "match_record",
+    "prepare",
+    "sidecar_path",
+    "specify_record",
+    "stack_record",
+    "summary",
+    "versions",
+]
+
+#: The schema the records of this version carry.
+SCHEMA = "rastermatch.provenance/2"
+#: The most bytes of JSON (counted as GDAL's XML escaping stores them) a header summary holds:
+#: with the XML around it and the raster's other GDAL metadata (band descriptions, tags), the
+#: GeoTIFF metadata tag stays under 16 KiB, so a COG's first tile starts near the file's head.
+HEADER_MAX_BYTES = 12 * 1024
+#: The most bytes a payload (sidecar or Zarr array) may hold: what a LUT file may hold.
+PAYLOAD_MAX_BYTES = 512 * 2**20
+#: The Zarr array holding the whole record, and its one dim.
+ZARR_ARRAY = "rastermatch_lut"
+ZARR_DIM = "rastermatch_lut_byte"
+ZARR_CHUNK_BYTES = 4 * 2**20
+#: A GeoTIFF's sidecar: the raster's file name plus this suffix.
+SIDECAR_SUFFIX = ".lut.json"
+#: The most nonzero histogram counts (source and reference together) a record keeps of its
+#: LUT; beyond it the LUT would be hundreds of megabytes of JSON, and the record says how to
+#: keep it instead (``lut_path=``, ``--lut``). 16 detectors x 4 bands of 16-bit data fit.
+LUT_MAX_COUNTS = 2**23
+
+# the keys holding LUT documents: they leave the header first
+_BULK = ("lut", "luts", "reference_histogram")
+# never moved out of the header
+_CORE = ("schema", "operation", "created", "versions", "method", "levels", "inputs")
+_LOCATION_KEYS = {"array", "sidecar", "sha256", "bytes", "fields"}
+_SHA = re.compile(r"[0-9a-f]{64}")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_HEADER_READ_MAX = 64 * 2**20  # a 0.1 record with a large LUT was ~2 MB; anything beyond: hostile
+
+
+# -- what a record is made of ------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """The versions of rastermatch and of the libraries that computed and wrote the output."""
+    import dask
+    import numba
+    import rasterio
+    import xarray
+    import zarr
+
+    from . import __version__
+
+    return {
+        "rastermatch": __version__,
+        "numpy": np.__version__,
+        "dask": dask.__version__,
+        "xarray": xarray.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "zarr": zarr.__version__,
+        "numba": numba.__version__,
+    }
+
+
+def created() -> dict[str, str]:
+    """``{"created": ...}`` from ``SOURCE_DATE_EPOCH`` when it is set, else nothing.
+
+    Outputs carry no clock time, so identical inputs and options give identical bytes; the
+    reproducible-builds variable stamps a date on purpose.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return {}
+    try:
+        when = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise OptionError(
+            f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds; unset it or give one"
+        ) from None
+    return {"created": when.isoformat(timespec="seconds")}
+
+
+def input_text(value: Any) -> Any:
+    """An input (or a list of them) as the record stores it: a path as given, a URL without
+    user, password, query or fragment (where credentials and signatures travel).
+
+    Examples
+    --------
+    >>> input_text("s3://bucket/a.tif"), input_text(None)
+    ('s3://bucket/a.tif', None)
+    >>> input_text(["https://user:secret@host/b.tif?X-Amz-Signature=abc"])
+    ['https://host/b.tif']
+    """
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [input_text(v) for v in value]
+    text = getattr(value, "text", None)  # an io Location: already without credentials
+    if isinstance(text, str):
+        return text
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if "://" in text:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        text = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return text
+
+
+def _count_nonzero(lut: LUT) -> int:
+    hists = [lut.source_hist, lut.reference_hist]
+    for source, reference, _ in getattr(lut, "pairs", None) or ():  # fit_multi's pairs
+        hists += [source, reference]
+    return sum(int(np.count_nonzero(np.asarray(h.counts))) for h in hists if h is not None)
+
+
+def lut_record(lut: LUT, *, max_counts: int = LUT_MAX_COUNTS) -> dict[str, Any]:
+    """``{"lut": <the LUT document>}``, or, for a LUT with more than ``max_counts`` nonzero
+    histogram counts or more cells than a LUT file may hold, ``{"lut": None, "lut_omitted":
+    <why, and how to keep it>}``.
+
+    Examples
+    --------
+    >>> from rastermatch import fit_lut
+    >>> levels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    >>> record = lut_record(fit_lut(levels, levels))
+    >>> sorted(record), record["lut"]["type"]
+    (['lut'], 'rastermatch.LUT')
+    >>> lut_record(fit_lut(levels, levels), max_counts=100)["lut_omitted"][:42]
+    'the LUT has 128 nonzero histogram counts, '
+    """
+    from .schema import MAX_CELLS
+
+    counts = _count_nonzero(lut)
+    if counts > max_counts:
+        why = f"the LUT has {counts} nonzero histogram counts, more than {max_counts}"
+    else:
+        cells = [h.nbands * h.binning.nbins for h in (lut.source_hist, lut.reference_hist) if h]
+        if max(cells, default=0) <= MAX_CELLS:
+            return {"lut": lut.to_dict()}
+        why = f"the LUT's histograms have {max(cells)} cells, more than a LUT file holds"
+    return {
+        "lut": None,
+        "lut_omitted": f"{why} for raster metadata; save it with lut_path= (--lut) to keep it",
+    }
+
+
+def _inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: input_text(v) for k, v in inputs.items()}
+
+
+def match_record(
+    lut: LUT,
+    quality: list[dict[str, Any]],
+    /,
+    *,
+    operation: Literal["match", "apply", "normalize"] = "match",
+    **inputs: Any,
+) -> dict[str, Any]:
+    """The record of an output mapped through one LUT: a match, a saved LUT applied, or one
+    source of a normalized series (``operation``). ``inputs``: name -> path(s) or None."""
+    return {
+        "schema": SCHEMA,
+        **created(),
+        "operation": operation,
+        "inputs": _inputs(inputs),
+        "method": lut.method,
+        "levels": lut.levels,
+        "quality": quality,
+        "versions": versions(),
+        **lut_record(lut),
+    }
+
+
+def _label_text(label: Any) -> str:
+    if isinstance(label, np.datetime64):
+        return str(np.datetime_as_string(label, unit="D"))
+    return str(label)
+
+
+def stack_record(
+    luts: Sequence[LUT],
+    quality: list[dict[str, Any]],
+    inputs: Mapping[str, Any],
+    labels: np.ndarray,
+) -> dict[str, Any]:
+    """A normalized ``(time, band, y, x)`` stack: one LUT per date. The reference histogram
+    they share is stored once (``reference_histogram``; put it back under that key into a
+    document of ``luts`` to load it with :meth:`rastermatch.LUT.from_dict`)."""
+    first = luts[0]
+    docs = [lut.to_dict() for lut in luts]
+    shared = {}
+    if all(d.get("reference_histogram") == docs[0].get("reference_histogram") for d in docs):
+        shared = {"reference_histogram": docs[0].get("reference_histogram")}
+        docs = [{k: v for k, v in d.items() if k != "reference_histogram"} for d in docs]
+    return {
+        "schema": SCHEMA,
+        **created(),
+        "operation": "normalize",
+        "inputs": _inputs(inputs),
+        "time": [_label_text(t) for t in labels],
+        "method": first.method,
+        "levels": first.levels,
+        "quality": quality,
+        "versions": versions(),
+        **shared,
+        "luts": docs,
+    }
+
+
+def destripe_record(
+    lut: LUT,
+    quality: list[dict[str, Any]],
+    layout: Detectors,
+    reference: Any,
+    /,
+    **inputs: Any,
+) -> dict[str, Any]:
+    """A destriped output: the detector layout, the reference detector (or ``"pooled"``), the
+    stripe metrics, versions and the per-detector LUT (:func:`lut_record`)."""
+    return {
+        "schema": SCHEMA,
+        **created(),
+        "operation": "destripe",
+        "inputs": _inputs(inputs),
+        "detectors": {**layout.to_dict(), "description": layout.describe()},
+        "reference": reference,
+        "method": lut.method,
+        "levels": lut.levels,
+        "quality": quality,
+        "versions": versions(),
+        **lut_record(lut),
+    }
+
+
+def equalize_record(*, range: Any = None, **inputs: Any) -> dict[str, Any]:
+    """A histogram-equalized output: its inputs and the value range asked for (no LUT file:
+    the equalization is rebuilt from the source)."""
+    return {
+        "schema": SCHEMA,
+        **created(),
+        "operation": "equalize",
+        "inputs": _inputs(inputs),
+        "method": "equalize",
+        "levels": None,
+        "range": list(range) if range is not None else None,
+        "versions": versions(),
+    }
+
+
+def specify_record(report: Any, /, **inputs: Any) -> dict[str, Any]:
+    """An exact histogram specification: per row, the pixels and the shares whose level the
+    window sums and the raster position decided (:class:`rastermatch.specify.SpecifyReport`)."""
+    rows = report.rows
+    return {
+        "schema": SCHEMA,
+        **created(),
+        "operation": "specify",
+        "method": "exact histogram specification (Coltuc, Bolon and Chassery 2006)",
+        "inputs": _inputs(inputs),
+        "rows": [rows.describe(i) for i in range(rows.size)],
+        "pixels": report.pixels.tolist(),
+        "by_windows": report.by_windows.tolist(),
+        "by_position": report.by_position.tolist(),
+        "versions": versions(),
+    }
+
+
+# -- where the parts go ----------------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, check_circular=False)
+
+
+def record_json(record: Mapping[str, Any]) -> str:
+    """``record`` as JSON text; RasterWriteError when it is not JSON data."""
+    try:
+        return json.dumps(record, allow_nan=False, sort_keys=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RasterWriteError(
+            f"provenance must be JSON-serialisable (dicts, lists, str, finite numbers, bools, "
+            f"None): {exc}"
+        ) from exc
+
+
+def header_bytes(text: str) -> int:
+    """Bytes ``text`` takes in a GeoTIFF's GDAL metadata tag (XML-escaped, UTF-8)."""
+    size = len(text.encode())
+    return (
+        size + 5 * text.count('"') + 4 * text.count("&") + 3 * (text.count("<") + text.count(">"))
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A record laid out for one output format.
+
+    ``header``: the JSON text for the raster's own metadata (at most :data:`HEADER_MAX_BYTES`
+    for records of this schema); ``payload``: the bytes of the sidecar (GeoTIFF) or of the
+    array (Zarr), or None when the header holds everything.
+    """
+
+    header: str
+    payload: bytes | None = None
+    where: Literal["header", "sidecar", "array"] = "header"
+
+    @property
+    def header_dict(self) -> dict[str, Any]:
+        return json.loads(self.header)
+
+
+def summary(record: Mapping[str, Any], location: Mapping[str, Any]) -> dict[str, Any]:
+    """What the header keeps of ``record``: every field but those ``location["fields"]`` lists,
+    and ``"lut": location``."""
+    moved = set(location.get("fields", ()))
+    kept = {k: v for k, v in record.items() if k not in moved and k != "lut"}
+    return {**kept, "lut": dict(location)}
+
+
+def _split(record: Mapping[str, Any], *, always_bulk: bool) -> list[str]:
+    """The keys to move out of the header: the LUT documents (always, or only when the whole
+    record is too large), then the largest other fields until the rest fits."""
+    if not always_bulk and header_bytes(_json(record)) <= HEADER_MAX_BYTES:
+        return []
+    moved = [k for k in _BULK if k in record and (k != "lut" or record[k] is not None)]
+    rest = {k: v for k, v in record.items() if k not in moved}
+    # room for the location (hash, size, field names)
+    budget = HEADER_MAX_BYTES - 512
+    sizes = sorted(
+        ((header_bytes(_json(v)), k) for k, v in rest.items() if k not in _CORE), reverse=True
+    )
+    total = header_bytes(_json(rest))
+    for size, key in sizes:
+        if total <= budget:
+            break
+        moved.append(key)
+        total -= size
+    return moved
+
+
+def prepare(record: Mapping[str, Any] | None, fmt: Literal["gtiff", "zarr"]) -> Stored | None:
+    """Lay ``record`` out for a GeoTIFF or Zarr output (see the module documentation).
+
+    Records without ``schema`` (a caller's own dict) are stored whole in the header.
+    """
+    if record is None:
+        return None
+    text = record_json(record)
+    if record.get("schema") != SCHEMA:
+        return Stored(text)
+    moved = _split(record, always_bulk=fmt == "zarr")
+    if not moved:
+        return Stored(text)
+    if fmt == "zarr":
+        payload = text.encode()
+        where = {"array": ZARR_ARRAY}
+        kind: Literal["sidecar", "array"] = "array"
+    else:
+        doc = record.get("lut") if "lut" in moved else None
+        others = {k: record[k] for k in moved if k != "lut"}
+        if doc is None:  # no LUT to carry them (no job of this version makes such a record)
+            body = {"schema": SCHEMA, "provenance": others}
+        else:
+            body = {**doc, "provenance": others} if others else doc
+        payload = _json(body).encode()
+        where = {"sidecar": f"<raster name>{SIDECAR_SUFFIX}"}
+        kind = "sidecar"
+    location = {
+        **where,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "fields": moved,
+    }
+    header = _json(summary(record, location))
+    return Stored(header, payload, kind)
+
+
+# -- GeoTIFF sidecar -------------------------------------------------------------------------
+
+
+def sidecar_path(raster: str | os.PathLike[str]) -> Path:
+    """The sidecar of a GeoTIFF: ``matched.tif`` -> ``matched.tif.lut.json``."""
+    raster = Path(raster)
+    return raster.with_name(raster.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(
+    raster: Path,
+    payload: bytes,
+    *,
+    overwrite: bool,
+    inputs: Iterable[Any] = (),
+) -> Path:
+    """Write the sidecar of the GeoTIFF ``raster`` (its final name): a temporary sibling, then
+    moved into place. Refused when it would replace an input (whatever ``overwrite`` says) or
+    an existing file without ``overwrite``; RasterWriteError names the sidecar on failure."""
+    from .io import check_output_path, move_into_place, remove_stale_temporaries, temporary_sibling
+
+    final = sidecar_path(raster)
+    check_output_path(final, inputs=list(inputs), overwrite=overwrite, kind="file")
+    remove_stale_temporaries(final)
+    tmp = temporary_sibling(final)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        move_into_place(tmp, final, overwrite=overwrite)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):
+            raise RasterWriteError(
+                f"writing the LUT sidecar {final} of {raster.name} failed: "
+                f"{exc.strerror or exc}; check the disk space and the folder's permissions"
+            ) from exc
+        raise
+    return final
+
+
+def remove_stale_sidecars(final: Path) -> list[Path]:
+    """Remove the sidecars a killed job left next to the temporaries of the raster ``final``
+    (``.NAME.rastermatch-PID-HOST-TOKEN.tmp.tif.lut.json``): made on this host by a process
+    that is gone, their raster temporary already removed."""
+    from .io.atomic import _TEMP_RE, _host_hash, _pid_alive, _temp_prefix
+
+    final = Path(final)
+    prefix, host, removed = _temp_prefix(final), _host_hash(), []
+    try:
+        names = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for path in names:
+        if not path.name.endswith(SIDECAR_SUFFIX):
+            continue
+        raster = path.with_name(path.name[: -len(SIDECAR_SUFFIX)])
+        match = _TEMP_RE.fullmatch(raster.name[len(prefix) :])
+        if match is None or match[2] != host or raster.exists():
+            continue
+        if int(match[1]) == os.getpid() or _pid_alive(int(match[1])):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def remove_sidecar(raster: Path) -> None:
+    """Remove the sidecar written for ``raster`` (its write failed after the sidecar moved in)."""
+    with contextlib.suppress(OSError):
+        sidecar_path(raster).unlink()
+
+
+# -- Zarr array --------------------------------------------------------------------------------
+
+
+def zarr_variable(payload: bytes) -> tuple[xr.Variable, dict[str, Any]]:
+    """The payload as a one-dimensional ``uint8`` variable and its Zarr encoding (zstd, 4 MiB
+    chunks, crc32c), to add to the dataset the output is written from."""
+    import xarray as xr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    values = np.frombuffer(payload, dtype=np.uint8)
+    variable = xr.Variable((ZARR_DIM,), values, {"content": f"JSON, schema {SCHEMA}"})
+    encoding = {
+        "chunks": (max(1, min(len(values), ZARR_CHUNK_BYTES)),),
+        "compressors": (ZstdCodec(level=3), Crc32cCodec()),
+        "_FillValue": None,
+    }
+    return variable, encoding
+
+
+def read_zarr_payload(group: Any, source: str, size: int) -> bytes:
+    """The bytes of the record array of an opened Zarr group, checked before any is read."""
+    try:
+        array = group[ZARR_ARRAY]
+    except KeyError:
+        raise RasterReadError(
+            f"{source} says its provenance is in the array {ZARR_ARRAY!r}, which it lacks; the "
+            "store is incomplete or was edited: write it again"
+        ) from None
+    except Exception as exc:
+        raise RasterReadError(f"cannot open the provenance array of {source}: {exc}") from exc
+    shape, dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+    if shape != (size,) or dtype != np.uint8:
+        raise RasterReadError(
+            f"the provenance array of {source} is {dtype} of shape {shape}, not the uint8 of "
+            f"{size} bytes its header records; the store was edited: write it again"
+        )
+    try:
+        return bytes(np.asarray(array[...], dtype=np.uint8).tobytes())
+    except Exception as exc:
+        raise RasterReadError(f"cannot read the provenance array of {source}: {exc}") from exc
+
+
+# -- reading back ------------------------------------------------------------------------------
+
+
+def _bad(source: str, problem: str) -> RasterReadError:
+    return RasterReadError(
+        f"the provenance of {source} {problem}; it was damaged or edited: write the output again"
+    )
+
+
+def parse(raw: str | bytes, source: str, *, limit: int = _HEADER_READ_MAX) -> Any:
+    """JSON text parsed strictly (no NaN constants, no duplicate keys, at most ``limit``
+    bytes); RasterReadError naming ``source`` otherwise."""
+    from .schema import _Invalid, parse_json
+
+    if len(raw) > limit:
+        raise _bad(source, f"is {len(raw):,} bytes long, more than the {limit:,} read")
+    try:
+        return parse_json(raw)
+    except _Invalid as e:
+        raise _bad(source, e.problem) from None
+
+
+def location_of(header: Any, source: str) -> dict[str, Any] | None:
+    """The payload location a header records, every field checked; None when the header holds
+    the whole record."""
+    if not isinstance(header, Mapping):
+        raise _bad(source, f"is a JSON {type(header).__name__}, not an object")
+    if header.get("schema") != SCHEMA:
+        schema = header.get("schema")
+        if schema is not None and (not isinstance(schema, str) or schema.startswith("rastermatch")):
+            raise RasterReadError(
+                f"the provenance of {source} has schema {str(schema)[:80]!r}, which this "
+                f"version does not read ({SCHEMA}); upgrade rastermatch"
+            )
+        return None
+    where = header.get("lut")
+    if not isinstance(where, Mapping) or not ("array" in where or "sidecar" in where):
+        return None  # the whole record (a LUT document, null, or no LUT)
+    unknown = set(where) - _LOCATION_KEYS
+    if unknown or ("array" in where) == ("sidecar" in where):
+        raise _bad(source, f"has a LUT location with the fields {sorted(map(str, where))}")
+    if "array" in where and where["array"] != ZARR_ARRAY:
+        raise _bad(source, f"names the array {str(where['array'])[:80]!r}, not {ZARR_ARRAY!r}")
+    if "sidecar" in where and not isinstance(where["sidecar"], str):
+        raise _bad(source, "has a sidecar name that is not text")
+    sha, size, fields = where.get("sha256"), where.get("bytes"), where.get("fields")
+    if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+        raise _bad(source, "has no valid sha256 of its LUT")
+    if type(size) is not int or not 0 < size <= PAYLOAD_MAX_BYTES:
+        raise _bad(source, f"records a LUT of {str(size)[:40]} bytes (1 to {PAYLOAD_MAX_BYTES:,})")
+    if (
+        not isinstance(fields, list)
+        or len(fields) > 64
+        or not all(isinstance(f, str) and _KEY.fullmatch(f) for f in fields)
+        or len(set(fields)) != len(fields)
+    ):
+        raise _bad(source, "has an invalid list of the fields stored with its LUT")
+    return dict(where)
+
+
+def assemble(
+    header: Mapping[str, Any], location: Mapping[str, Any], payload: bytes | None, source: str
+) -> dict[str, Any]:
+    """The whole record from a header and the payload its ``location`` points to."""
+    what = "array" if "array" in location else f"sidecar {source}{SIDECAR_SUFFIX}"
+    if payload is None:
+        raise RasterReadError(
+            f"the LUT {what} of {source} is missing; keep it next to the raster (its provenance "
+            "says the LUT is there), or write the output again"
+        )
+    if (
+        len(payload) != location["bytes"]
+        or hashlib.sha256(payload).hexdigest() != location["sha256"]
+    ):
+        raise RasterReadError(
+            f"the LUT {what} does not belong to {source} (its size or SHA-256 differs from the "
+            "one the raster records); it was replaced or edited: write the output again"
+        )
+    body = parse(payload, f"{source} ({what})", limit=PAYLOAD_MAX_BYTES)
+    if not isinstance(body, dict):
+        raise _bad(source, f"has a LUT {what} that is not a JSON object")
+    fields = list(location["fields"])
+    if "array" in location:
+        if body.get("schema") != SCHEMA or any(k not in body for k in fields):
+            raise _bad(source, "has a record array that does not match its header")
+        return body
+    lut = body.get("type") == "rastermatch.LUT"
+    if not lut and body.get("schema") != SCHEMA:
+        raise _bad(source, f"has a sidecar that is not a LUT document ({what})")
+    extra = body.pop("provenance", {})
+    if (
+        not isinstance(extra, dict)
+        or set(extra) != set(fields) - {"lut"}
+        or lut != ("lut" in fields)
+    ):
+        raise _bad(source, "has a sidecar whose fields do not match its header")
+    kept = {k: v for k, v in header.items() if k != "lut"}
+    return {**kept, **extra, **({"lut": body} if lut else {})}
+
+
+def read_bounded(path: Path, limit: int = PAYLOAD_MAX_BYTES) -> bytes | None:
+    """The bytes of a local file of at most ``limit`` bytes; None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise RasterReadError(f"{path} is a directory, not a LUT sidecar") from None
+    except OSError as exc:
+        raise RasterReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise RasterReadError(f"{path} is larger than the {limit:,} bytes a LUT sidecar may be")
+    return data
+
+
+def from_header(
+    raw: str | bytes | Mapping[str, Any] | None,
+    source: str,
+    payload: Callable[[Mapping[str, Any]], bytes | None],
+) -> dict[str, Any] | None:
+    """The whole record of an output from its header (text, or the parsed Zarr attribute) and
+    ``payload(location)``, which fetches the sidecar or array bytes a location points to."""
+    if raw is None:
+        return None
+    header = parse(raw, source) if isinstance(raw, str | bytes) else _plain(raw, source)
+    location = location_of(header, source)
+    if location is None:
+        return dict(header)
+    return assemble(header, location, payload(location), source)
+
+
+def _plain(value: Mapping[str, Any], source: str) -> Any:
+    """A Zarr attribute already parsed by zarr: checked the same way by a strict round trip."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _bad(source, f"is not plain JSON ({exc})") from None
+    return parse(text, source)
