@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from . import direct
 from ._data import BandArray, as_band_array, as_band_mask, as_dask
 from ._rows import Rows, label_value, show_label
 from ._values import nodata_fits
@@ -292,23 +294,32 @@ def _scheduler(*inputs: Any) -> str | None:
 
 @dataclass(frozen=True, eq=False)
 class _Item:
-    """One input of the statistics pass: dask-backed, its mask normalized, and for reference
-    rows the key of the group whose rows share one bin range (None: each row its own)."""
+    """One input of the statistics pass: as given (``raw``, ``raw_mask``: numpy inputs take the
+    in-memory path, :mod:`rastermatch.direct`), dask-backed (``src``, ``mask``, made when first
+    asked for), its mask normalized, and for reference rows the key of the group whose rows
+    share one bin range (None: each row its own)."""
 
-    src: BandArray
-    mask: Any
+    raw: BandArray
+    raw_mask: Any
     share: np.ndarray | None = None
+
+    @cached_property
+    def src(self) -> BandArray:
+        return replace(self.raw, array=as_dask(self.raw))
+
+    @cached_property
+    def mask(self) -> Any:
+        m = self.raw_mask
+        if m is not None and isinstance(m, np.ndarray):  # chunk a numpy mask like the data
+            chunks = self.src.array.chunks
+            m = da.from_array(
+                m, chunks=(-1 if m.shape[0] == 1 else chunks[0], *chunks[1:]), name=False
+            )
+        return m
 
 
 def _item(src: BandArray, mask: Any, what: str, share: np.ndarray | None = None) -> _Item:
     m = None if mask is None else as_band_mask(mask, src, name=what)
-    src = replace(src, array=as_dask(src))
-    if m is not None and isinstance(m, np.ndarray):  # chunk a numpy mask like the data
-        m = da.from_array(
-            m,
-            chunks=(-1 if m.shape[0] == 1 else src.array.chunks[0], *src.array.chunks[1:]),
-            name=False,
-        )
     return _Item(src, m, share)
 
 
@@ -321,6 +332,8 @@ def _statistics(
     binned: all ranges are computed together first, then all counts in a second pass. Rows that
     share a key get one range, the union of theirs, so that their counts can be pooled.
     """
+    if not lazy and direct.covers([a for it in items for a in (it.raw.array, it.raw_mask)]):
+        return direct.statistics([(it.raw, it.raw_mask, it.share) for it in items], bins), []
     binnings: list[Binning | None] = [
         default_binning(it.src.dtype, it.src.array.shape[0], bins=bins, range=None) for it in items
     ]
@@ -529,6 +542,10 @@ def apply_arrays(src: BandArray, lut: LUT) -> Any:
     The LUT's rows meet the source's by label, so a band LUT maps every date of a stack."""
     index = row_index(lut, src.rows, src.name, labelled=src.template is not None)
     nodata = src.nodata if src.nodata is not None else lut.nodata
+    if direct.covers([src.array]) and getattr(lut, "detectors", None) is None:
+        result = direct.apply_lut(src.array, lut, nodata=nodata, out_nodata=lut.out_nodata,
+                                  index=index)  # fmt: skip
+        return src.wrap(result, nodata=lut.out_nodata)
     result = apply_lut_array(src.array, lut, nodata=nodata, out_nodata=lut.out_nodata, index=index)
     return src.wrap(result, nodata=lut.out_nodata)
 

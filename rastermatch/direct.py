@@ -1,0 +1,418 @@
+"""The in-memory path: numpy inputs counted and mapped without dask.
+
+A numpy (or numpy-backed xarray) input needs no task graph: every pixel is already in memory.
+The statistics pass of :mod:`rastermatch.match` and the application of the LUT take this path
+when every input is numpy-backed, and give the bytes the dask path gives (the same kernels, or
+kernels that count the same pixels into the same bins; tests compare both on random inputs).
+
+How a call runs:
+
+1. Small inputs (fewer than :data:`SMALL_PIXELS` pixels in all) run on the calling thread: no
+   graph, no thread pool. Integers of at most 16 bits are counted straight into the rows of one
+   int64 array that holds every histogram of the call (one allocation; uint8 rows have 256
+   levels, 16-bit rows the dtype's 65,536, as the dask path's histograms do, so that the LUT
+   tables are the same).
+2. Large inputs are cut into ``(row, lines)`` pieces (:func:`~rastermatch._data.thread_pieces`)
+   of source and reference together, counted by a small pool of threads (the kernels release
+   the GIL), each piece into its own int32 counts, which are then summed: source and reference
+   counting is one parallel pass. Floats and wider integers take their valid range first (one
+   min/max pass over the pieces), then per-bin statistics per piece, merged exactly as the dask
+   tree merges blocks (:func:`~rastermatch.histogram.combine_stats`).
+3. The LUT is applied by the same kernel as the dask path's blocks: in one call for small
+   inputs, piece by piece into one output array on the pool for large ones.
+
+Inputs the path does not cover (dask arrays, a dask mask, a lazy histogram reference) keep the
+dask path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask
+import numba
+import numpy as np
+
+from ._data import BandArray, thread_pieces
+from ._values import kernel_nodata
+from .apply import _check_levels_dtype, _level, apply_block, block_arguments
+from .errors import BandMismatchError
+from .histogram import (
+    DEFAULT_BINS,
+    Binning,
+    Histogram,
+    _histogram_from_stats,
+    _reduce_stats,
+    _rows_of,
+    block_range,
+    block_stats,
+    check_range,
+    default_binning,
+    union_ranges,
+)
+
+__all__ = ["SMALL_PIXELS", "apply_lut", "covers", "statistics"]
+
+#: Inputs with fewer pixels than this in all (source and reference) run on the calling thread.
+#: 2**21 pixels count in about 1 ms, less than starting the threads would cost.
+SMALL_PIXELS = 2**21
+
+#: Pieces counted into int32 hold fewer pixels than this.
+_INT32_PIECE = 2**31 - 1
+
+
+# -- compiled kernels ---------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_levels(block, offset, mask, has_mask, out):  # pragma: no cover
+    """Add the levels of ``block`` ``(row, y, x)`` to ``out`` ``(row, nbins)``, bin ``k`` holding
+    level ``offset + k``; masked pixels and levels outside the bins are skipped. Nodata is
+    counted like any level: the caller clears its bin."""
+    nb, ny, nx = block.shape
+    n = np.uint64(out.shape[1])
+    for b in range(nb):
+        o = out[b]
+        mb = b if mask.shape[0] > 1 else 0
+        for i in range(ny):
+            if has_mask:
+                for j in range(nx):
+                    if mask[mb, i, j]:
+                        continue
+                    k = np.uint64(np.int64(block[b, i, j]) - offset)  # below the bins: huge
+                    if k < n:
+                        o[k] += 1
+            else:
+                for j in range(nx):
+                    k = np.uint64(np.int64(block[b, i, j]) - offset)
+                    if k < n:
+                        o[k] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_pixels(flat, offset, out):  # pragma: no cover
+    """:func:`_count_levels` of an image stored pixel by pixel, ``flat`` ``(pixel, row)`` (a
+    ``(y, x, band)`` array), read in memory order."""
+    npix, nb = flat.shape
+    n = np.uint64(out.shape[1])
+    for p in range(npix):
+        for b in range(nb):
+            k = np.uint64(np.int64(flat[p, b]) - offset)
+            if k < n:
+                out[b, k] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_pixels(
+    flat, table, rows, offset, clamp, nodata, has_nodata, fill, out
+):  # pragma: no cover
+    """:func:`~rastermatch.apply._apply_levels` (one detector) of an image stored pixel by
+    pixel, ``flat`` ``(pixel, row)`` into ``out`` of the same layout, in memory order: the
+    same per-value rule (:func:`~rastermatch.apply._level`)."""
+    npix, nb = flat.shape
+    last = table.shape[1] - 1
+    for p in range(npix):
+        for b in range(nb):
+            t = table[rows[b]]
+            out[p, b] = _level(flat[p, b], t, offset, last, clamp, nodata, has_nodata, fill)
+
+
+def _pixel_major(array: np.ndarray) -> np.ndarray | None:
+    """``(pixel, row)`` view of a ``(row, y, x)`` array that is a ``(y, x, row)`` array seen
+    through its channel axis (numpy input with ``channel_axis=-1``), else None."""
+    if array.ndim != 3 or array.shape[0] < 2:
+        return None
+    yxc = np.moveaxis(array, 0, -1)
+    if not yxc.flags.c_contiguous:
+        return None
+    return yxc.reshape(-1, array.shape[0])
+
+
+# -- which inputs take the path -----------------------------------------------------------------
+
+
+def covers(arrays: Sequence[Any]) -> bool:
+    """Whether every array (data or mask, None for no mask) is in memory (numpy)."""
+    return all(a is None or isinstance(a, np.ndarray) for a in arrays)
+
+
+def _pixels(items: Sequence[tuple[BandArray, Any, Any]]) -> int:
+    return sum(int(src.array.size) for src, _, _ in items)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _threads() -> int:
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool for the process, started by the first large input (never by small ones)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=max(os.cpu_count() or 1, 1), thread_name_prefix="rastermatch-direct"
+            )
+            atexit.register(_POOL.shutdown, wait=False)
+        return _POOL
+
+
+def _run(tasks: Sequence[Callable[[], Any]], parallel: bool) -> list[Any]:
+    """The results of ``tasks``, in order: on the pool when ``parallel`` and there is more than
+    one task and thread, else here."""
+    if not parallel or len(tasks) < 2 or _threads() < 2:
+        return [t() for t in tasks]
+    pool = _pool()
+    threads = min(_threads(), len(tasks))
+    # at most `threads` tasks in flight: dask's num_workers is honoured even if the pool is wider
+    out: list[Any] = [None] * len(tasks)
+    lock = threading.Lock()
+    state = {"next": 0}
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= len(tasks):
+                return
+            out[i] = tasks[i]()
+
+    futures = [pool.submit(worker) for _ in range(threads)]
+    for f in futures:
+        f.result()
+    return out
+
+
+def _pieces(array: np.ndarray, parallel: bool) -> list[tuple[int, slice]]:
+    if not parallel:
+        return [(b, slice(0, array.shape[1])) for b in range(array.shape[0])]
+    return thread_pieces(array.shape)
+
+
+def _mask_piece(mask: np.ndarray | None, b: int, lines: slice) -> np.ndarray | None:
+    if mask is None:
+        return None
+    layer = b if mask.shape[0] > 1 else 0
+    return mask[layer : layer + 1, lines]
+
+
+# -- the statistics pass ------------------------------------------------------------------------
+
+
+def statistics(
+    items: Sequence[tuple[BandArray, Any, np.ndarray | None]], bins: int | None
+) -> list[Histogram]:
+    """The histograms of in-memory ``(source, mask, share)`` items, as
+    :func:`rastermatch.match._statistics` computes them with dask: the same binnings (rows that
+    share a key binned over the union of their valid ranges), the same counts and bin
+    statistics."""
+    parallel = _pixels(items) >= SMALL_PIXELS
+    binnings: list[Binning | None] = [
+        default_binning(src.dtype, src.array.shape[0], bins=bins, range=None) for src, _, _ in items
+    ]
+    need = [i for i, b in enumerate(binnings) if b is None]
+    if need:
+        ranges = dict(zip(need, _ranges([items[i] for i in need], parallel), strict=True))
+        shared = [i for i in ranges if items[i][2] is not None]
+        if shared:  # rows pooled together get the union of their ranges
+            widened = union_ranges(
+                np.concatenate([ranges[i] for i in shared]),
+                np.concatenate([items[i][2] for i in shared]),
+            )
+            at = np.cumsum([0] + [len(ranges[i]) for i in shared])
+            for k, i in enumerate(shared):
+                ranges[i] = widened[at[k] : at[k + 1]]
+        nbins = DEFAULT_BINS if bins is None else bins
+        for i, lohi in ranges.items():
+            src, _, share = items[i]
+            if share is not None:  # a group without valid pixels: refused where it is used
+                lohi = np.where((lohi[:, :1] <= lohi[:, 1:]), lohi, 0.0)
+            where = tuple(src.rows.describe(r) for r in range(src.rows.size))
+            lohi = check_range(lohi, where, src.name)
+            binnings[i] = Binning("uniform", src.dtype, nbins, lohi[:, 0], lohi[:, 1])
+    levels = [i for i, b in enumerate(binnings) if b is not None and b.kind == "levels"]
+    counts = _level_counts([items[i] for i in levels], [binnings[i] for i in levels], parallel)
+    hists: list[Histogram | None] = [None] * len(items)
+    for i, c in zip(levels, counts, strict=True):
+        hists[i] = Histogram(c, binnings[i], **_recorded(items[i]))
+    for i, b in enumerate(binnings):
+        if hists[i] is None:
+            assert b is not None
+            hists[i] = _histogram_from_stats(_stats(items[i], b, parallel), b, _recorded(items[i]))
+    return hists  # type: ignore[return-value]
+
+
+def _recorded(item: tuple[BandArray, Any, Any]) -> dict[str, Any]:
+    src, mask, _ = item
+    return {
+        "nodata": src.nodata,
+        "masked": mask is not None,
+        "name": src.name,
+        "rows": _rows_of(src),
+    }
+
+
+def _ranges(items: Sequence[tuple[BandArray, Any, Any]], parallel: bool) -> list[np.ndarray]:
+    """The valid ``(row, 2)`` min/max of every item, all items' pieces in one parallel pass."""
+    tasks, where = [], []
+    for n, (src, mask, _) in enumerate(items):
+        for b, lines in _pieces(src.array, parallel):
+            piece = src.array[b : b + 1, lines]
+            m = _mask_piece(mask, b, lines)
+            tasks.append(lambda p=piece, m=m, nd=src.nodata: block_range(p, m, nodata=nd))
+            where.append((n, b))
+    parts = _run(tasks, parallel)
+    out = [np.array([[np.inf, -np.inf]] * src.array.shape[0]) for src, _, _ in items]
+    for (n, b), part in zip(where, parts, strict=True):
+        lo, hi = part[0, 0, 0]
+        out[n][b, 0] = min(out[n][b, 0], lo)
+        out[n][b, 1] = max(out[n][b, 1], hi)
+    return out
+
+
+def _level_counts(
+    items: Sequence[tuple[BandArray, Any, Any]], binnings: Sequence[Binning], parallel: bool
+) -> list[np.ndarray]:
+    """Counts ``(row, nbins)`` int64 of every levels-binned item: views of one array.
+
+    Small: each item counted here, straight into its rows. Large: every piece of every item
+    counted on the pool into its own int32 row (a piece holds fewer than 2**31 pixels), then
+    the pieces of each row summed into it."""
+    if not items:
+        return []
+    nrows = [src.array.shape[0] for src, _, _ in items]
+    width = max(b.nbins for b in binnings)
+    whole = np.zeros((sum(nrows), width), dtype=np.int64)
+    at = np.cumsum([0, *nrows])
+    outs = [whole[at[n] : at[n + 1], : b.nbins] for n, b in enumerate(binnings)]
+    if not parallel:
+        for (src, mask, _), b, out in zip(items, binnings, outs, strict=True):
+            flat = _pixel_major(src.array) if mask is None else None
+            if flat is not None:
+                _count_pixels(flat, b.offset, out)
+                continue
+            m, has_m = _kernel_mask(mask)
+            _count_levels(src.array, b.offset, m, has_m, out)
+    else:
+        tasks, where = [], []
+        for n, ((src, mask, _), b) in enumerate(zip(items, binnings, strict=True)):
+            for r, lines in _pieces(src.array, True):
+                piece = src.array[r : r + 1, lines]
+                m, has_m = _kernel_mask(_mask_piece(mask, r, lines))
+                tasks.append(
+                    lambda p=piece, m=m, hm=has_m, off=b.offset, nb=b.nbins: _piece_counts(
+                        p, off, m, hm, nb
+                    )
+                )
+                where.append((n, r))
+        for (n, r), part in zip(where, _run(tasks, True), strict=True):
+            outs[n][r] += part
+    for (src, _, _), b, out in zip(items, binnings, outs, strict=True):
+        k = b.level_bin(src.nodata)
+        if k is not None:
+            out[:, k] = 0
+    return outs
+
+
+def _piece_counts(
+    piece: np.ndarray, offset: int, mask: np.ndarray, has_mask: bool, nbins: int
+) -> np.ndarray:
+    dtype = np.int32 if piece.size <= _INT32_PIECE else np.int64
+    out = np.zeros((1, nbins), dtype=dtype)
+    _count_levels(piece, offset, mask, has_mask, out)
+    return out[0]
+
+
+_NO_MASK = np.zeros((1, 1, 1), dtype=bool)
+
+
+def _kernel_mask(mask: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    return (_NO_MASK, False) if mask is None else (mask, True)
+
+
+def _stats(item: tuple[BandArray, Any, Any], binning: Binning, parallel: bool) -> np.ndarray:
+    """``(row, nbins, 4)`` per-bin statistics of a uniform binning; large inputs piece by piece
+    on the pool, merged exactly (:func:`~rastermatch.histogram.combine_stats`)."""
+    src, mask, _ = item
+    lohi = np.stack([binning.lo, binning.hi], axis=1)
+    if not parallel:
+        return block_stats(src.array, mask, lohi, nbins=binning.nbins, nodata=src.nodata)[:, 0, 0]
+    pieces = _pieces(src.array, True)
+    tasks = [
+        lambda b=b, s=s: block_stats(
+            src.array[b : b + 1, s], _mask_piece(mask, b, s), lohi[b : b + 1],
+            nbins=binning.nbins, nodata=src.nodata,
+        )[0, 0, 0]
+        for b, s in pieces
+    ]  # fmt: skip
+    parts = _run(tasks, True)
+    rows = []
+    for b in range(src.array.shape[0]):
+        mine = np.stack([p for (r, _), p in zip(pieces, parts, strict=True) if r == b])
+        rows.append(_reduce_stats(mine, 0))
+    return np.stack(rows)
+
+
+# -- application --------------------------------------------------------------------------------
+
+
+def apply_lut(
+    array: np.ndarray,
+    lut: Any,
+    *,
+    nodata: Any,
+    out_nodata: Any,
+    index: np.ndarray | None = None,
+) -> np.ndarray:
+    """``array`` ``(row, y, x)`` mapped through ``lut`` (a LUT without detectors), as
+    :func:`~rastermatch.apply.apply_lut_array` maps numpy input: in one call for small arrays,
+    piece by piece on the pool into one output for large ones."""
+    _check_levels_dtype(array, lut)
+    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
+    rows = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    if array.shape[0] != rows.size:
+        raise BandMismatchError(
+            f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
+            "bands the LUT was fitted on"
+        )
+    dtype = np.dtype(kwargs["out_dtype"])
+    if array.size < SMALL_PIXELS:
+        flat = _pixel_major(array) if kwargs["kind"] == "table" else None
+        if flat is None:
+            return apply_block(array, table, lohi, None, rows, **kwargs)
+        # the output laid out as the input, so the (y, x, band) result comes back contiguous
+        out = np.empty(flat.shape, dtype=dtype)
+        nd, has_nd = kernel_nodata(array, nodata)
+        fill = dtype.type(np.nan if dtype.kind == "f" else 0) if out_nodata is None else None
+        fill = dtype.type(out_nodata) if fill is None else fill
+        info = np.iinfo(array.dtype)
+        offset = kwargs["offset"]
+        clamp = offset != int(info.min) or table.shape[1] != int(info.max) - int(info.min) + 1
+        _check_rows(rows, table.shape[0])
+        _apply_pixels(flat, table, rows, offset, clamp, nd, has_nd, fill, out)
+        return np.moveaxis(out.reshape(*array.shape[1:], array.shape[0]), -1, 0)
+    out = np.empty(array.shape, dtype=dtype)
+    tasks = [
+        lambda b=b, s=s: apply_block(
+            array[b : b + 1, s], table, lohi, None, rows[b : b + 1], out=out[b : b + 1, s],
+            **kwargs,
+        )
+        for b, s in thread_pieces(array.shape)
+    ]  # fmt: skip
+    _run(tasks, True)
+    return out
+
+
+def _check_rows(rows: np.ndarray, size: int) -> None:
+    """The kernels index without bounds checks (as :func:`~rastermatch.apply.apply_block`)."""
+    if rows.size and (rows.min() < 0 or rows.max() >= size):
+        raise BandMismatchError(f"a row index outside 0..{size - 1} for a table of {size} rows")
