@@ -364,7 +364,11 @@ def _crs_name(crs: CRS) -> str | None:
     import pyproj
 
     try:
-        return str(pyproj.CRS.from_wkt(crs.to_wkt()).name)
+        c = pyproj.CRS.from_wkt(crs.to_wkt())
+        name = str(c.name)
+        if name.lower() in ("", "unnamed", "unknown") and c.coordinate_operation is not None:
+            name = f"unnamed {c.coordinate_operation.method_name}"  # "unnamed Mercator ..."
+        return name
     except Exception:  # pragma: no cover - a WKT rasterio writes and PROJ cannot read
         return None
 
@@ -756,3 +760,51 @@ def _lonlat(grid: Grid) -> str:
         return f"{grid.name}: no lon/lat"
     w, s, e, n = d["lonlat_bounds"]
     return f"lon {w:.3f} to {e:.3f}, lat {s:.3f} to {n:.3f}"
+
+
+# -- the job log ----------------------------------------------------------------------------------
+
+
+def job_report(
+    sources: Sequence[tuple[str, Any]], references: Sequence[tuple[str, Any]]
+) -> dict[str, Any]:
+    """The geometry a job logs: every input described (:func:`describe`), and for every
+    (source, reference) pair on different grids the share of the source's footprint the
+    reference covers (:func:`overlap_fraction`; None when it cannot be placed).
+
+    ``sources`` and ``references`` are ``(name, data)`` pairs; reads headers only.
+    """
+    inputs = [
+        {"role": role, "name": str(name), **describe(data)}
+        for role, items in (("source", sources), ("reference", references))
+        for name, data in items
+    ]
+    pairs = []
+    for s_name, s_data in sources:
+        for r_name, r_data in references:
+            if same_grid(s_data, r_data):
+                continue
+            try:
+                fraction: float | None = overlap_fraction(s_data, r_data)
+            except GeometryError:
+                fraction = None
+            pairs.append({"source": str(s_name), "reference": str(r_name), "fraction": fraction})
+    return {"inputs": inputs, "overlap": pairs}
+
+
+def job_report_lines(report: dict[str, Any]) -> list[str]:
+    """:func:`job_report` as lines for the command line's log."""
+    if not report or not report.get("inputs"):
+        return []
+    width = max(len(i["role"]) for i in report["inputs"])
+    lines = ["Geometry:"]
+    for i in report["inputs"]:
+        lines.append(f"  {i['role'].ljust(width)}  {i['name']}: {describe_text(i)}")
+    for p in report.get("overlap", []):
+        f = p["fraction"]
+        share = "cannot be placed (no georeferencing)" if f is None else f"{100 * f:.1f}%"
+        lines.append(
+            f"  overlap: {p['reference']} covers {share} of the footprint of {p['source']} "
+            "(different grids)"
+        )
+    return lines

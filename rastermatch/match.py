@@ -40,7 +40,8 @@ from ._data import BandArray, as_band_array, as_band_mask, as_dask
 from ._rows import Rows, label_value, show_label
 from ._values import nodata_fits
 from .apply import apply_lut_array, resolve_out_nodata, row_index
-from .errors import BandMismatchError, InputTypeError, OptionError
+from .errors import BandMismatchError, InputTypeError, NoValidPixelsError, OptionError
+from .geometry import Overlap, check_overlap, prepare_overlap
 from .histogram import (
     DEFAULT_BINS,
     Binning,
@@ -65,6 +66,7 @@ __all__ = [
     "fit_arrays",
     "fit_lut",
     "fit_many",
+    "fit_overlap",
     "match_histograms",
     "uniform_histogram",
 ]
@@ -479,6 +481,8 @@ def fit_many(
     options: MatchOptions,
     *,
     masks: Sequence[Any] | None = None,
+    also: Sequence[Any] = (),
+    computed: list[Any] | None = None,
 ) -> list[LUT]:
     """The LUTs matching every source to one reference, from ONE statistics pass.
 
@@ -486,7 +490,9 @@ def fit_many(
     for floats: ranges, then counts), so each is read once whatever the number of sources.
     LUT ``i`` has the rows of ``sources[i]``; its ``source_hist`` is that source's histogram
     and its ``reference_hist`` the (pooled) reference aligned to the source's rows. The
-    sources may lie on different grids and have different rows.
+    sources may lie on different grids and have different rows. ``also``: more lazy collections
+    computed in the same pass (the overlap's pixel counts), their values appended to
+    ``computed``.
     """
     sources = list(sources)
     if not sources:
@@ -510,9 +516,11 @@ def fit_many(
         for k, (m, mask) in enumerate(zip(members, reference.masks, strict=True)):
             items.append(_item(m, mask, "reference mask", share[k * per : (k + 1) * per]))
         scheduler = _scheduler(*sources, *members)
-    hists, computed = _statistics(items, options.bins, scheduler, lazy)
+    hists, done = _statistics(items, options.bins, scheduler, [*lazy, *also])
+    if computed is not None:
+        computed.extend(done[len(lazy) :])
     if reference.histogram is not None:
-        full = computed[0] if lazy else reference.histogram
+        full = done[0] if lazy else reference.histogram
     elif reference.stacked:
         full = _stack(hists[len(sources) :], reference.rows, reference.name)
     else:
@@ -534,6 +542,37 @@ def fit_arrays(
 ) -> LUT:
     """The LUT matching one normalized source to ``reference`` (see :func:`fit_many`)."""
     return fit_many([src], reference, options, masks=[mask])[0]
+
+
+def fit_overlap(
+    src: BandArray,
+    reference: Reference,
+    options: MatchOptions,
+    *,
+    mask: Any = None,
+    overlap: Overlap = True,
+) -> LUT:
+    """The LUT of :func:`fit_arrays` from the pixels valid in both ``src`` and ``reference``
+    (:func:`rastermatch.geometry.prepare_overlap`: a reference on another grid is laid onto
+    the source's for the statistics), in one pass that also counts the common pixels: none is
+    a :class:`~rastermatch.errors.GeometryError`, few an
+    :class:`~rastermatch.errors.OverlapWarning`."""
+    if reference.histogram is not None:
+        raise OptionError(
+            f"overlap needs the reference's pixels, and {reference.name} is a histogram; pass "
+            "the reference raster, or match without overlap"
+        )
+    members = [reference_with_source_nodata(src, m) for m in reference.members]
+    prepared = prepare_overlap(src, mask, members, reference.masks, overlap, reference.name)
+    ref = replace(reference, members=prepared.members, masks=prepared.masks)
+    counts: list[Any] = []
+    try:
+        lut = fit_many([prepared.source], ref, options, masks=[prepared.mask],
+                       also=prepared.counts, computed=counts)[0]  # fmt: skip
+    except NoValidPixelsError as exc:
+        raise prepared.no_common_pixels(exc) from exc
+    prepared.check(counts)
+    return lut
 
 
 def apply_arrays(src: BandArray, lut: LUT) -> Any:
@@ -570,13 +609,15 @@ def fit_lut(
     pool: Pool = "counts",
     bands: Mapping[Hashable, Hashable] | None = None,
     channel_axis: int | None = None,
+    overlap: Overlap = False,
 ) -> LUT:
     """The LUT that matches ``source`` to ``reference``, computing both histograms in one pass.
 
     Takes the arguments of :func:`match_histograms` (an explicit ``nodata`` also applies to a
-    reference without nodata of its own); the returned :class:`~rastermatch.LUT` has the
-    source's rows and records the histograms, the nodata values and the output nodata, ready
-    to :meth:`~rastermatch.LUT.apply` or :meth:`~rastermatch.LUT.save`.
+    reference without nodata of its own; ``overlap`` too); the returned
+    :class:`~rastermatch.LUT` has the source's rows and records the histograms, the nodata
+    values and the output nodata, ready to :meth:`~rastermatch.LUT.apply` or
+    :meth:`~rastermatch.LUT.save`.
 
     Examples
     --------
@@ -596,6 +637,8 @@ def fit_lut(
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
     )
+    if check_overlap(overlap) is not False:
+        return fit_overlap(src, ref, options, mask=mask, overlap=overlap)
     return fit_arrays(src, ref, options, mask=mask)
 
 
@@ -616,6 +659,7 @@ def match_histograms(
     pool: Pool = "counts",
     bands: Mapping[Hashable, Hashable] | None = None,
     channel_axis: int | None = None,
+    overlap: Overlap = False,
 ) -> Any:
     """Match the histogram of every row (band, date and band, ...) of ``source`` to ``reference``.
 
@@ -684,6 +728,17 @@ def match_histograms(
         numpy/dask input only: the axis of the bands, as scikit-image's keyword (``-1`` for
         ``(y, x, c)``); applies to source and reference. A 3-D array that looks channel-last
         without it is refused.
+    overlap
+        ``False`` (default): each input's statistics from all its valid pixels. ``True``: only
+        from the pixels valid in both (in every band, not nodata, not masked): co-registered
+        scenes with different clouds or footprints. A reference on another grid (CRS,
+        transform, size) is laid onto the source's grid by nearest neighbour for the statistics
+        only (lazily; no new values; the output stays on the source grid, its values from the
+        LUT). A stack counts each date's own common area; ``"all"``: only the pixels valid in
+        every date. numpy inputs have no georeferencing: they must have the same size. Footprints
+        or valid areas that do not meet raise :class:`~rastermatch.errors.GeometryError`; a
+        common area under 10% of the source's valid pixels warns
+        (:class:`~rastermatch.errors.OverlapWarning`). See :mod:`rastermatch.geometry`.
 
     Returns
     -------
@@ -748,7 +803,11 @@ def match_histograms(
     ref = as_reference(
         reference, nodata=reference_nodata, mask=reference_mask, channel_axis=channel_axis
     )
-    return apply_arrays(src, fit_arrays(src, ref, options, mask=mask))
+    if check_overlap(overlap) is not False:
+        lut = fit_overlap(src, ref, options, mask=mask, overlap=overlap)
+    else:
+        lut = fit_arrays(src, ref, options, mask=mask)
+    return apply_arrays(src, lut)
 
 
 def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = None) -> Histogram:

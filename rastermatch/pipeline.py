@@ -66,6 +66,7 @@ from .errors import (
     RasterReadError,
     RasterWriteError,
 )
+from .geometry import Overlap, check_overlap, job_report
 from .io import (
     check_output_path,
     move_into_place,
@@ -75,7 +76,15 @@ from .io import (
     write_raster,
 )
 from .lut import LUT, Levels, Method, Objective
-from .match import MatchOptions, apply_arrays, as_reference, equalize, fit_lut, fit_many
+from .match import (
+    MatchOptions,
+    apply_arrays,
+    as_reference,
+    equalize,
+    fit_lut,
+    fit_many,
+    fit_overlap,
+)
 from .metrics import destripe_pass, format_quality_table, matched_histogram, quality_table
 from .provenance import versions  # noqa: F401 - pipeline.versions() as before
 
@@ -108,6 +117,8 @@ class MatchResult:
     quality: list[dict[str, Any]] = field(default_factory=list)
     lut_path: Path | None = None
     report: Path | None = None
+    #: the inputs' CRS, resolution and footprint, and their overlap (:func:`geometry.job_report`)
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def quality_text(self) -> str:
         return format_quality_table(self.quality)
@@ -515,6 +526,7 @@ class _Fitted:
     quality: list[dict[str, Any]]
     src: xr.DataArray
     ref: xr.DataArray
+    geometry: dict[str, Any] = field(default_factory=dict)
 
 
 def _open_pair(
@@ -559,20 +571,23 @@ def _fit(
     show_progress: bool,
     objective: Objective | None = None,
     proportion: float = 1.0,
+    overlap: Overlap = False,
 ) -> _Fitted:
+    check_overlap(overlap)
     src, ref, ref_nodata = _open_pair(
         source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
         reference_bands=reference_bands, chunks=chunks,
     )  # fmt: skip
     src_mask, ref_mask = open_mask(mask, src), open_mask(reference_mask, ref)
+    geometry = job_report([(str(source), src)], [(str(reference), ref)])
     with progress(show_progress):
         lut = fit_lut(
             src, ref, method=method, levels=levels, nodata=nodata, reference_nodata=ref_nodata,
             mask=src_mask, reference_mask=ref_mask, bins=bins, dtype=dtype, objective=objective,
-            proportion=proportion,
+            proportion=proportion, overlap=overlap,
         )  # fmt: skip
     quality = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
-    return _Fitted(lut, quality, src, ref)
+    return _Fitted(lut, quality, src, ref, geometry)
 
 
 @bounded_gdal_cache
@@ -596,13 +611,15 @@ def fit_files(
     lut_path: PathLike | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> MatchResult:
     """Fit the LUT that matches ``source`` to ``reference`` (one read of each); save it if asked.
 
     ``nodata`` applies to the reference too when the reference has no nodata value of its own
     and ``reference_nodata`` is not given. ``lut_path`` is checked before any work: an existing
     file is refused unless ``overwrite``, and the inputs (source, reference, masks) are never
-    replaced, ``overwrite`` or not.
+    replaced, ``overwrite`` or not. ``overlap``: statistics only where both are valid, as
+    :func:`rastermatch.match_histograms` takes it; ``result.geometry`` describes the inputs.
     """
     inputs = [source, reference, mask, reference_mask]
     if lut_path is not None:
@@ -612,6 +629,7 @@ def fit_files(
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
         show_progress=show_progress, objective=objective, proportion=proportion,
+        overlap=overlap,
     )  # fmt: skip
     saved = None
     if lut_path is not None:
@@ -621,7 +639,7 @@ def fit_files(
             check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
             staged.commit()
         saved = Path(lut_path)
-    return MatchResult(None, fitted.lut, fitted.quality, saved)
+    return MatchResult(None, fitted.lut, fitted.quality, saved, geometry=fitted.geometry)
 
 
 @bounded_gdal_cache
@@ -649,6 +667,7 @@ def match_files(
     cog: bool = False,
     compress: Any = None,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> MatchResult:
     """Match ``source`` to ``reference`` and write the result to ``output`` (GeoTIFF or Zarr).
 
@@ -661,6 +680,9 @@ def match_files(
     ``nodata`` applies to the reference too when the reference has no nodata value of its own
     and ``reference_nodata`` is not given. A failed or interrupted job leaves nothing under the
     output names and no temporaries; the inputs are never written over, ``overwrite`` or not.
+    ``overlap``: statistics only where both are valid, a reference on another grid laid onto
+    the source's for them (:func:`rastermatch.match_histograms`); the output stays on the
+    source grid. ``result.geometry`` describes the inputs (:func:`geometry.job_report`).
 
     Examples
     --------
@@ -686,6 +708,7 @@ def match_files(
         reference_nodata=reference_nodata, mask=mask, reference_mask=reference_mask,
         bands=bands, reference_bands=reference_bands, bins=bins, dtype=dtype, chunks=chunks,
         show_progress=show_progress, objective=objective, proportion=proportion,
+        overlap=overlap,
     )  # fmt: skip
     lut = fitted.lut
     matched = lut.apply(fitted.src, nodata=nodata)  # an explicit nodata wins, as in the fit
@@ -713,7 +736,7 @@ def match_files(
         written = final
     return MatchResult(
         written, lut, fitted.quality, Path(lut_path) if lut_path is not None else None,
-        Path(report) if report is not None else None,
+        Path(report) if report is not None else None, geometry=fitted.geometry,
     )  # fmt: skip
 
 
@@ -1078,6 +1101,8 @@ class NormalizeResult:
     lut_paths: list[Path] = field(default_factory=list)
     report: Path | None = None
     time: np.ndarray | None = None
+    #: the inputs' CRS, resolution and footprint, and their overlap (:func:`geometry.job_report`)
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def quality_text(self) -> str:
         return format_quality_table(self.quality)
@@ -1208,6 +1233,7 @@ def normalize_files(
     cog: bool = False,
     compress: Any = None,
     show_progress: bool = False,
+    overlap: Overlap = False,
 ) -> NormalizeResult:
     """Normalize every source to one (pooled) reference: a time series or the scenes of a mosaic.
 
@@ -1240,6 +1266,12 @@ def normalize_files(
     when all are written: a failed or interrupted job leaves no new output and no temporaries,
     and the outputs of a previous run that ``overwrite`` would replace stay as they were.
 
+    ``overlap`` (True or ``"all"``): every source's statistics only where it and the (pooled)
+    reference are both valid, the references laid onto that source's grid for them
+    (:func:`rastermatch.match_histograms`); each source then takes its own statistics pass,
+    since its common area with the reference is its own. ``result.geometry`` describes every
+    input and the overlap of each (source, reference) pair on different grids.
+
     Examples
     --------
     >>> import tempfile
@@ -1255,6 +1287,7 @@ def normalize_files(
         method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
         dtype=dtype, pool=pool,
     )  # fmt: skip
+    check_overlap(overlap)
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
     refs = expand_sources(reference, what="reference")
@@ -1323,9 +1356,18 @@ def normalize_files(
             mask=ref_mask_arrays[0] if len(members) == 1 else ref_mask_arrays,
         )
 
-        # 1. one statistics pass over every source and every reference
+        # 1. one statistics pass over every source and every reference (with overlap, one per
+        # source: each has its own common area with the references)
+        geometry = job_report(list(zip(map(str, srcs), opened, strict=True)),
+                              list(zip(map(str, refs), ref_opened, strict=True)))  # fmt: skip
         with progress(show_progress):
-            luts = fit_many(arrays, ref, options, masks=src_masks)
+            if overlap is False:
+                luts = fit_many(arrays, ref, options, masks=src_masks)
+            else:
+                luts = [
+                    fit_overlap(a, ref, options, mask=m, overlap=overlap)
+                    for a, m in zip(arrays, src_masks, strict=True)
+                ]
         quality = []
         for i, (lut, path) in enumerate(zip(luts, srcs, strict=True)):
             rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
@@ -1372,7 +1414,7 @@ def normalize_files(
             written = [Path(p).expanduser().absolute() for p in outputs]
     return NormalizeResult(
         srcs, written, list(luts), quality, [Path(p) for p in lut_files],
-        Path(report) if report is not None else None, labels,
+        Path(report) if report is not None else None, labels, geometry,
     )  # fmt: skip
 
 
