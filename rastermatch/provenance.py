@@ -463,6 +463,20 @@ def prepare(record: Mapping[str, Any] | None, fmt: Literal["gtiff", "zarr"]) -> 
     return Stored(header, payload, kind)
 
 
+def prepare_text(
+    text: str | None, fmt: Literal["gtiff", "zarr"]
+) -> tuple[str | None, bytes | None]:
+    """:func:`prepare` for the JSON text io's writers carry: ``(header text, payload)``."""
+    if text is None:
+        return None, None
+    record = json.loads(text)
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        return text, None
+    stored = prepare(record, fmt)
+    assert stored is not None
+    return stored.header, stored.payload
+
+
 # -- GeoTIFF sidecar -------------------------------------------------------------------------
 
 
@@ -721,3 +735,120 @@ def _plain(value: Mapping[str, Any], source: str) -> Any:
     except (TypeError, ValueError, RecursionError) as exc:
         raise _bad(source, f"is not plain JSON ({exc})") from None
     return parse(text, source)
+
+
+# -- read_provenance -------------------------------------------------------------------------
+
+
+def read_provenance(path: Any) -> dict[str, Any] | None:
+    """The whole provenance record of an output (see the module documentation), or None.
+
+    ``path``: a local GeoTIFF or Zarr store, or (through :func:`rastermatch.io.location`) a
+    URL, a GDAL ``/vsi...`` path or a zarr store object. RasterReadError when it cannot be
+    read, or its record is damaged, hostile (too large, not strict JSON) or does not match
+    the payload it points to.
+    """
+    loc = _location(path)
+    if loc is None or getattr(loc, "kind", "local") == "local":
+        local = Path(loc.path) if loc is not None else Path(os.fspath(path)).expanduser()
+        return _read_local(local, str(local) if loc is None else loc.text)
+    text = loc.text
+    if loc.is_zarr():
+        try:
+            store = loc.zarr_store(read_only=True)
+        except RastermatchError:
+            raise
+        except Exception as exc:
+            raise RasterReadError(f"cannot open the Zarr store {text}: {exc}") from exc
+        return _read_zarr(store, text)
+    return _read_geotiff(loc.gdal_path, text, lambda: _read_remote_sidecar(loc, text))
+
+
+def _location(path: Any) -> Any:
+    try:
+        from .io.location import location
+    except ImportError:  # io without remote locations
+        return None
+    return location(path)
+
+
+def _read_local(source: Path, text: str) -> dict[str, Any] | None:
+    from .io import _is_zarr_path
+
+    if not source.exists():
+        raise RasterReadError(f"{text} does not exist; check the path")
+    if _is_zarr_path(source):
+        for name in ("zarr.json", ".zattrs", ".zmetadata"):
+            with contextlib.suppress(OSError):
+                if (source / name).stat().st_size > _HEADER_READ_MAX:
+                    raise _bad(text, f"document {name} is larger than {_HEADER_READ_MAX:,} bytes")
+        import zarr.storage
+
+        return _read_zarr(zarr.storage.LocalStore(source, read_only=True), text)
+    return _read_geotiff(str(source), text, lambda: read_bounded(sidecar_path(source)))
+
+
+def _read_geotiff(
+    gdal_path: str, text: str, sidecar: Callable[[], bytes | None]
+) -> dict[str, Any] | None:
+    import rasterio
+    import rasterio.errors
+
+    from .io._common import PROVENANCE_DOMAIN, PROVENANCE_KEY
+
+    try:
+        with rasterio.open(gdal_path) as src:
+            raw = src.tags(ns=PROVENANCE_DOMAIN).get(PROVENANCE_KEY)
+    except rasterio.errors.RasterioError as exc:
+        raise RasterReadError(f"cannot read {text}: {exc}") from exc
+    return from_header(raw, text, lambda _: sidecar())
+
+
+def _read_zarr(store: Any, text: str) -> dict[str, Any] | None:
+    import zarr
+
+    from .io._common import PROVENANCE_ATTR
+
+    try:
+        group = zarr.open_group(store=store, mode="r")
+        raw = group.attrs.get(PROVENANCE_ATTR)
+        if raw is None:  # rastermatch 0.1 stored it on the data variable
+            for _, member in group.members():
+                if isinstance(member, zarr.Array) and PROVENANCE_ATTR in member.attrs:
+                    raw = member.attrs[PROVENANCE_ATTR]
+                    break
+    except RastermatchError:
+        raise
+    except Exception as exc:
+        raise RasterReadError(f"cannot read the Zarr store {text}: {exc}") from exc
+    if raw is not None and not isinstance(raw, Mapping):
+        raise _bad(text, f"is a JSON {type(raw).__name__}, not an object")
+    return from_header(raw, text, lambda where: read_zarr_payload(group, text, where["bytes"]))
+
+
+def _read_remote_sidecar(loc: Any, text: str) -> bytes | None:
+    """The sidecar of a remote GeoTIFF (fsspec), at most :data:`PAYLOAD_MAX_BYTES`."""
+    side = loc.sibling(loc.name + SIDECAR_SUFFIX)
+    if getattr(side, "kind", None) == "local":
+        return read_bounded(Path(side.path))
+    url = getattr(side, "url", None)
+    if not url:
+        raise RasterReadError(
+            f"the LUT sidecar of {text} cannot be read from a GDAL path; give its URL instead"
+        )
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as f:
+            data = f.read(PAYLOAD_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except ImportError as exc:
+        raise RasterReadError(
+            f"reading the LUT sidecar of {text} needs fsspec: pip install 'rastermatch[remote]'"
+        ) from exc
+    except Exception as exc:
+        raise RasterReadError(f"cannot read the LUT sidecar {side.text}: {exc}") from exc
+    if len(data) > PAYLOAD_MAX_BYTES:
+        raise RasterReadError(f"the LUT sidecar {side.text} is larger than {PAYLOAD_MAX_BYTES:,}")
+    return data

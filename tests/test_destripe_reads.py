@@ -46,7 +46,9 @@ def test_destripe_file_reads_the_source_twice(tmp_path, monkeypatch, report):
     expected = destripe_quality(open_input(STRIPED, chunks=chunks), balanced, 16)
     assert result.quality == expected
     assert read_provenance(out)["quality"] == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "r.png"][: 1 + report]
+    # the per-detector LUT travels in the output's sidecar (rastermatch.provenance)
+    names = ["out.tif", "out.tif.lut.json", "r.png"][: 2 + report]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

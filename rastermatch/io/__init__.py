@@ -96,7 +96,6 @@ a damaged frame can crash the decompressor itself.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -131,15 +130,16 @@ from rastermatch.io._common import (
     COLORINTERP_ATTR,  # noqa: F401 - re-exported
     COMPLETE_CHUNKS_ATTR,  # noqa: F401 - re-exported
     MAX_BLOCKS,  # noqa: F401 - re-exported
-    PROVENANCE_ATTR,
-    PROVENANCE_DOMAIN,
-    PROVENANCE_KEY,
+    PROVENANCE_ATTR,  # noqa: F401 - re-exported
+    PROVENANCE_DOMAIN,  # noqa: F401 - re-exported
+    PROVENANCE_KEY,  # noqa: F401 - re-exported
     TARGET_CHUNK_EDGE,  # noqa: F401 - re-exported
     PathLike,
     _provenance_json,
     _relabel_bands,
     _settle_provenance,
     _WriteJob,
+    lay_out,
 )
 from rastermatch.io.atomic import (
     CANCEL_WAIT_SECONDS,  # noqa: F401 - re-exported
@@ -162,7 +162,9 @@ from rastermatch.io.geotiff import (
     _open_gdal,
     _write_geotiff,
 )
-from rastermatch.io.zarr import _open_zarr, _open_zarr_dataset, _write_zarr, _zarr_compressors
+from rastermatch.io.zarr import _open_zarr, _write_zarr, _zarr_compressors
+from rastermatch.provenance import read_provenance as _read_provenance
+from rastermatch.provenance import remove_sidecar, write_sidecar
 
 __all__ = [
     "check_output_path",
@@ -266,7 +268,11 @@ def open_raster(
 
 
 def read_provenance(path: PathLike) -> dict[str, Any] | None:
-    """Read the provenance record :func:`write_raster` stored in an output.
+    """Read the provenance record :func:`write_raster` stored in an output, whole.
+
+    The header summary and the payload it points to (a GeoTIFF's ``OUTPUT.lut.json`` sidecar,
+    a Zarr store's ``rastermatch_lut`` array), checked and put together as the record was
+    built: :func:`rastermatch.provenance.read_provenance`.
 
     Parameters
     ----------
@@ -281,32 +287,10 @@ def read_provenance(path: PathLike) -> dict[str, Any] | None:
     Raises
     ------
     RasterReadError
-        The path does not exist or is not readable, or the stored record is not valid JSON.
+        The path does not exist or is not readable, or the stored record is not valid JSON,
+        too large, or does not match its payload.
     """
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise RasterReadError(f"{source} does not exist; check the path")
-    if _is_zarr_path(source):
-        dataset = _open_zarr_dataset(source)
-        for name in dataset.data_vars:
-            record = dataset[name].attrs.get(PROVENANCE_ATTR)
-            if record is not None:
-                return dict(record)
-        return None
-    try:
-        with rasterio.open(source) as src:
-            raw = src.tags(ns=PROVENANCE_DOMAIN).get(PROVENANCE_KEY)
-    except rasterio.errors.RasterioError as exc:
-        raise RasterReadError(f"cannot read {source}: {exc}") from exc
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise RasterReadError(
-            f"the {PROVENANCE_DOMAIN}/{PROVENANCE_KEY} metadata of {source} is not valid "
-            f"JSON: {exc}"
-        ) from exc
+    return _read_provenance(path)
 
 
 def _is_zarr_path(path: Path) -> bool:
@@ -481,6 +465,8 @@ def write_raster(
         lock=lock,
         tile_size=tile_size,
     )
+    if not callable(provenance):
+        lay_out(job)  # header summary and payload (rastermatch.provenance)
     if not compute:
         # One task runs the whole write, so the temporary-then-move rule (and the cleanup on
         # failure) holds however the result is computed. The array travels inside the job
@@ -621,6 +607,11 @@ def check_output_path(
             "permissions or write elsewhere"
         )
     _refuse_inputs(final, [source for source in inputs if source is not None])
+    if kind == "raster" and final.suffix.lower() in _GTIFF_SUFFIXES:
+        # the LUT sidecar a GeoTIFF gets when its provenance is large (rastermatch.provenance)
+        from rastermatch.provenance import sidecar_path
+
+        _refuse_inputs(sidecar_path(final), [s for s in inputs if s is not None])
     _refuse_existing(final, overwrite=overwrite, kind=kind)
     return final
 
@@ -688,7 +679,16 @@ def _execute(job: _WriteJob) -> Path:
                 _write_zarr(job, tmp, client)
             else:
                 _write_geotiff(job, tmp, client)
-        move_into_place(tmp, job.final, overwrite=job.overwrite)
+        # a GeoTIFF's LUT sidecar moves in before the raster, and goes if the raster does not
+        sidecar = job.fmt == "gtiff" and job.payload is not None
+        if sidecar:
+            write_sidecar(job.final, job.payload, overwrite=job.overwrite)
+        try:
+            move_into_place(tmp, job.final, overwrite=job.overwrite)
+        except BaseException:
+            if sidecar:
+                remove_sidecar(job.final)
+            raise
     except BaseException as exc:
         _remove_despite_interrupts(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):

@@ -367,13 +367,23 @@ class _WriteJob:
         "fmt",
         "lock",
         "overwrite",
+        "payload",
         "provenance",
         "tile_size",
     )
 
     def __init__(self, **fields: Any) -> None:
+        self.payload = None  # the provenance's sidecar or array bytes (provenance.lay_out)
         for key, value in fields.items():
             setattr(self, key, value)
+
+
+def lay_out(job: _WriteJob) -> None:
+    """The record's header text in ``job.provenance`` and its payload (a GeoTIFF's LUT sidecar,
+    a Zarr store's record array) in ``job.payload``: :func:`rastermatch.provenance.prepare`."""
+    from rastermatch.provenance import prepare_text
+
+    job.provenance, job.payload = prepare_text(job.provenance, job.fmt)
 
 
 def _provenance_json(provenance: Mapping[str, Any] | None) -> str | None:
@@ -392,6 +402,7 @@ def _settle_provenance(job: _WriteJob, computed: Sequence[Any]) -> None:
     """The record of a callable ``provenance`` from the values of ``compute_with``."""
     if callable(job.provenance):
         job.provenance = _provenance_json(job.provenance(computed))
+        lay_out(job)
 
 
 # Shared helpers ----------------------------------------------------------------------------

@@ -246,6 +246,15 @@ def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
     dataset = variable.to_dataset()
     for var in dataset.variables.values():
         var.encoding = {}  # inherited encodings (source chunks, codecs, dtype) do not apply
+    lut_encoding = {}
+    if job.provenance is not None:
+        # once, on the root group: a variable's attributes would be copied again into the
+        # consolidated metadata; the full record in its own array (rastermatch.provenance)
+        dataset.attrs[PROVENANCE_ATTR] = json.loads(job.provenance)
+    if job.payload is not None:
+        from rastermatch.provenance import ZARR_ARRAY, zarr_variable
+
+        dataset[ZARR_ARRAY], lut_encoding = zarr_variable(job.payload)
     encoding: dict[Hashable, dict[str, Any]] = {
         name: {
             # The CF link that xr.open_zarr(decode_coords="all") and rioxarray follow to the
@@ -261,6 +270,8 @@ def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
         },
         "spatial_ref": {},
     }
+    if lut_encoding:
+        encoding[ZARR_ARRAY] = lut_encoding
     for key, coord in dataset.coords.items():
         if coord.dtype.kind == "f":  # labels are values: no CF masking of NaN ones
             encoding[key] = {"_FillValue": None}
@@ -354,8 +365,6 @@ def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
     nodata = _nodata(data, job.final)
     if nodata is not None:
         attrs[NODATA_ATTR] = nodata
-    if job.provenance is not None:
-        attrs[PROVENANCE_ATTR] = json.loads(job.provenance)
     attrs[COMPLETE_CHUNKS_ATTR] = True  # write_empty_chunks=True: every chunk is written
     return attrs
 
