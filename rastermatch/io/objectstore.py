@@ -229,19 +229,51 @@ class MetadataLastStore(WrapperStore[Store]):
         return sorted(self._metadata, key=lambda key: (-key.count("/"), key))
 
     def commit(self) -> None:
-        """Store the held metadata documents in the wrapped store, the root ``zarr.json``
-        last (the one PUT that makes the output open)."""
+        """Store the held metadata documents in the wrapped store: the arrays' together, then
+        the root ``zarr.json`` (the one PUT that makes the output open)."""
+        import asyncio
+
         from zarr.core.buffer import default_buffer_prototype
 
         buffer = default_buffer_prototype().buffer
-        for key in self.metadata_keys():
-            sync(self._store.set(key, buffer.from_bytes(self._metadata[key])))
+        root = "zarr.json" if "zarr.json" in self._metadata else ""
+        inner = [key for key in self.metadata_keys() if key != root]
+
+        async def store_all() -> None:
+            await asyncio.gather(
+                *(self._store.set(key, buffer.from_bytes(self._metadata[key])) for key in inner)
+            )
+            if root:
+                await self._store.set(root, buffer.from_bytes(self._metadata[root]))
+
+        sync(store_all())
 
 
 # Entry points for io's write_raster and check_output_path ------------------------------------
 #
 # ``loc`` is an io.location.Location of kind "url" (a scheme fsspec knows) or "store" (a zarr
 # store object); its ``text`` (the URL without credentials or query) names it in messages.
+
+
+def output_location(path: Any) -> Any:
+    """Where ``write_raster``/``check_output_path`` write: a :class:`pathlib.Path` for a local
+    output (a ``file://`` URL included), else the output's Location (an object-store URL or a
+    zarr store object). Local paths never import anything here."""
+    if isinstance(path, os.PathLike) or (
+        isinstance(path, str) and "://" not in path and not path.startswith("/vsi")
+    ):
+        return Path(path).expanduser().absolute()
+    from rastermatch.io.location import location
+
+    loc = location(path)
+    if loc.kind == "local":
+        return loc.path
+    if loc.kind == "vsi":
+        raise RasterWriteError(
+            f"cannot write to the GDAL path {loc.text}; give the output as a URL "
+            "(s3://bucket/out.tif, gs://..., az://...) or a local path"
+        )
+    return loc
 
 
 def output_format(loc: Any) -> str:
@@ -317,7 +349,8 @@ def check_output(
     try:
         if fmt == "zarr":
             _refuse_missing_bucket(loc)
-            _refuse_existing_store(writable_store(loc), loc.text, overwrite=overwrite)
+            _, left, _ = _survey(writable_store(loc), loc.text, warn=False)
+            _refuse_existing(left, loc.text, overwrite=overwrite)
         elif loc.kind == "store":
             raise RasterWriteError(
                 f"a zarr store object holds Zarr only; {loc.text} cannot hold a file"
@@ -350,11 +383,15 @@ def _refuse_missing_bucket(loc: Any) -> None:
 
     fs, _ = url_to_fs(loc.url)
     bucket = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    if bucket and not fs.exists(bucket):
+    if not bucket:
+        return
+    try:
+        fs.info(bucket)  # raises what keeps the store away: no network, no credentials
+    except FileNotFoundError:
         raise RasterWriteError(
             f"cannot write {loc.text}: the bucket {bucket} does not exist (or these "
             "credentials cannot see it); create it or check the URL"
-        )
+        ) from None
 
 
 _VSI_SCHEMES = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://", "/vsiadls/": "abfs://"}
@@ -463,6 +500,17 @@ def _judge_markers(names: Iterable[str], text: str, *, warn: bool) -> tuple[list
     return stale, foreign
 
 
+def _survey(store: Store, text: str, *, warn: bool) -> tuple[list[str], list[str], bool]:
+    """One listing of the prefix: the markers of dead writes to remove, whether the prefix
+    is then to be cleared whole (a dead write that never finished), and what else is there.
+    """
+    names = _names(store)
+    stale, foreign = _judge_markers(names, text, warn=warn)
+    clear = bool(stale) and not foreign and not _has_root_document(names)
+    left = [] if clear else [name for name in names if not _is_marker(name)]
+    return stale, left, clear
+
+
 def remove_stale_staging(store: Store, text: str) -> list[str]:
     """Remove what killed writes left under a Zarr output; return the markers judged stale.
 
@@ -472,36 +520,27 @@ def remove_stale_staging(store: Store, text: str) -> list[str]:
     Markers from another host are reported with a StaleTemporaryWarning and left, with what
     they guard. A marker of a live process on this host raises RasterWriteError.
     """
-    names = _names(store)
-    stale, foreign = _judge_markers(names, text, warn=True)
-    if not stale:
-        return stale
-    if not _has_root_document(names) and not foreign:
+    stale, _, clear = _survey(store, text, warn=True)
+    _remove_stale(store, stale, clear)
+    return stale
+
+
+def _remove_stale(store: Store, stale: list[str], clear: bool) -> None:
+    if clear:
         _clear(store)
     else:
         for name in stale:
             sync(store.delete(name))
-    return stale
 
 
-def _left_after_cleanup(store: Store, text: str) -> list[str]:
-    """What remains under the prefix once :func:`remove_stale_staging` has run (nothing is
-    removed here), markers left out."""
-    names = _names(store)
-    stale, foreign = _judge_markers(names, text, warn=False)
-    if stale and not foreign and not _has_root_document(names):
-        return []
-    return [name for name in names if not _is_marker(name)]
-
-
-def _refuse_existing_store(store: Store, text: str, *, overwrite: bool) -> bool:
-    """Whether the prefix holds an output to replace; refuse one without ``overwrite``."""
-    names = _left_after_cleanup(store, text)
-    if not names:
+def _refuse_existing(left: list[str], text: str, *, overwrite: bool) -> bool:
+    """Whether the prefix holds an output to replace; refuse one without ``overwrite``, and
+    a prefix holding something that is not a Zarr store."""
+    if not left:
         return False
     if not overwrite:
         raise _exists_error(text)
-    if not _has_root_document(names):
+    if not _has_root_document(left):
         raise RasterWriteError(
             f"{text} holds objects but no Zarr store (no root zarr.json); refusing to replace "
             "it, delete them yourself if they should go"
@@ -571,8 +610,9 @@ def write_remote_zarr(job: Any, store: Store, text: str, client: Any) -> None:
 
     from rastermatch.io.zarr import _write_zarr
 
-    remove_stale_staging(store, text)
-    replacing = _refuse_existing_store(store, text, overwrite=job.overwrite)
+    stale, left, clear = _survey(store, text, warn=True)
+    replacing = _refuse_existing(left, text, overwrite=job.overwrite)
+    _remove_stale(store, stale, clear)
     marker = _marker_name()
     buffer = default_buffer_prototype().buffer
     sync(store.set(marker, buffer.from_bytes(_marker_document())))
@@ -582,10 +622,6 @@ def write_remote_zarr(job: Any, store: Store, text: str, client: Any) -> None:
             _retire(store, marker)
         staged = MetadataLastStore(store)
         _write_zarr(job, staged, client)
-        if not job.overwrite and any(
-            name in _ROOT_DOCUMENTS for name in _names(store)
-        ):  # another writer committed meanwhile
-            raise _exists_error(text, "appeared while it was being written")
         staged.commit()
         finished = True
     except BaseException:
