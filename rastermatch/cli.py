@@ -45,6 +45,7 @@ import numpy as np
 
 from . import __version__, pipeline
 from .errors import OutputExistsError, RastermatchError
+from .geometry import job_report_lines
 
 __all__ = [
     "BandList",
@@ -419,6 +420,14 @@ def _echo(text: str = "") -> None:
         click.echo(text)
 
 
+def _log_geometry(report: dict[str, Any]) -> None:
+    """The inputs' CRS, resolution and footprint, and their overlap when their grids differ:
+    a log on stderr (stdout keeps the command's result), unless ``--quiet``."""
+    if not _settings().quiet:
+        for line in job_report_lines(report):
+            click.echo(line, err=True)
+
+
 @contextlib.contextmanager
 def _cluster(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     """:func:`rastermatch.pipeline.dask_cluster`, with its dashboard link on stderr."""
@@ -536,9 +545,38 @@ _rule = (
     ),
 )
 
+def _overlap_flag(ctx: click.Context, param: click.Parameter, value: bool) -> Any:
+    return ctx.params.get("overlap") or value  # --overlap-all, seen first, wins
+
+
+def _overlap_all_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.params["overlap"] = "all"
+
+
+# overlap-only statistics (match, fit, normalize): overlap=True, or "all" with --overlap-all
+_overlap = (
+    click.option(
+        "--overlap",
+        is_flag=True,
+        callback=_overlap_flag,
+        help="Statistics only from pixels valid in both source and reference (nodata, masks, "
+        "footprints); a reference on another grid is resampled (nearest) onto the source grid "
+        "for the statistics only. The output stays on the source grid.",
+    ),
+    click.option(
+        "--overlap-all",
+        is_flag=True,
+        expose_value=False,
+        callback=_overlap_all_flag,
+        help="As --overlap, and for a stack only pixels valid in every date.",
+    ),
+)
+
 statistics_options = _options(
     *_method_levels,
     *_rule,
+    *_overlap,
     _nodata,
     _reference_nodata,
     _mask,
@@ -656,6 +694,7 @@ def match(
             show_progress=_settings().show_progress,
             **options,
         )
+    _log_geometry(result.geometry)
     _print_quality(result)
     _print_written(output=result.output, LUT=result.lut_path, report=result.report)
 
@@ -701,6 +740,7 @@ def fit(
             show_progress=_settings().show_progress,
             **options,
         )
+    _log_geometry(result.geometry)
     _print_quality(result)
     _print_written(LUT=result.lut_path)
 
@@ -741,6 +781,7 @@ def fit(
 @_options(
     *_method_levels, *_rule, _nodata, _reference_nodata, _bands, _reference_bands, _bins, _dtype
 )
+@_options(*_overlap)
 @_chunks
 @click.option(
     "--mask",
@@ -808,6 +849,7 @@ def normalize(
             show_progress=_settings().show_progress,
             **options,
         )
+    _log_geometry(result.geometry)
     _echo("Distance to the reference (KS: Kolmogorov-Smirnov, W1: Wasserstein-1):")
     _echo(result.quality_text())
     for path in result.outputs:
@@ -1157,6 +1199,18 @@ def _number(value: Any) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
+def _crs_line(described: dict[str, Any]) -> str:
+    """``EPSG:32618 (WGS 84 / UTM zone 18N)``; a CRS without EPSG code by its name, not its
+    WKT (which ``--json`` gives whole)."""
+    geometry = described.get("geometry") or {}
+    if not described.get("crs"):
+        return "-"
+    name = geometry.get("crs_name")
+    if geometry.get("epsg"):
+        return f"EPSG:{geometry['epsg']}" + (f" ({name})" if name else "")
+    return f"{name} (no EPSG code)" if name else str(described["crs"])
+
+
 def format_info(described: dict[str, Any]) -> str:
     """:func:`rastermatch.pipeline.raster_info` as readable text."""
     shape = described["shape"]
@@ -1175,9 +1229,15 @@ def format_info(described: dict[str, Any]) -> str:
         f"  dtype      {described['dtype']}",
         f"  nodata     {_number(described['nodata'])}",
         f"  size       {width} x {height} pixels (columns x rows)",
-        f"  CRS        {described['crs'] or '-'}",
+        f"  CRS        {_crs_line(described)}",
         f"  transform  {', '.join(_number(v) for v in (a, b, c, d, e, f))}",
     ]
+    footprint = (described.get("geometry") or {}).get("lonlat_bounds")
+    if footprint:
+        west, south, east, north = footprint
+        lines.append(
+            f"  footprint  lon {west:.5f} to {east:.5f}, lat {south:.5f} to {north:.5f}  (WGS 84)"
+        )
     if b == 0 and d == 0:
         xs, ys = sorted((c, c + a * width)), sorted((f, f + e * height))
         lines.append(f"  pixel      {_number(abs(a))} x {_number(abs(e))}")

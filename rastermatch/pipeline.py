@@ -66,7 +66,7 @@ from .errors import (
     RasterReadError,
     RasterWriteError,
 )
-from .geometry import Overlap, check_overlap, job_report
+from .geometry import Overlap, check_overlap, describe, job_report
 from .io import (
     check_output_path,
     move_into_place,
@@ -899,6 +899,7 @@ def raster_info(path: PathLike, *, statistics: bool = True) -> dict[str, Any]:
         "crs": data.rio.crs.to_string() if data.rio.crs else None,
         "transform": list(data.rio.transform())[:6],
         "chunks": [list(c) for c in data.chunks] if data.chunks else None,
+        "geometry": describe(data),
     }
     for dim in data.dims[:-3]:  # the labels of a stack's other row dims (dates, ...)
         if dim in data.coords:

@@ -1,0 +1,173 @@
+"""rastermatch.geometry: the geometry report and the nearest-neighbour layout onto a grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio.transform
+import rasterio.warp
+
+import rastermatch
+from rastermatch.errors import GeometryError, OptionError
+from rastermatch.geometry import (
+    check_overlap,
+    describe,
+    describe_text,
+    grid_of,
+    inside_grid,
+    job_report,
+    job_report_lines,
+    onto_grid,
+    overlap_fraction,
+    same_grid,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+NAIP = DATA / "riohist_source1_naip.tif"
+LANDSAT = DATA / "riohist_reference1_landsat.tif"
+TARGET = DATA / "arrnorm_target.tif"
+ADJUSTED = DATA / "arrnorm_ref_adjusted2target.tif"
+
+
+@pytest.fixture(scope="module")
+def naip():
+    return rastermatch.open_raster(NAIP).compute()
+
+
+@pytest.fixture(scope="module")
+def landsat():
+    return rastermatch.open_raster(LANDSAT).compute()
+
+
+def moved(data, dx: float, dy: float = 0.0):
+    t = data.rio.transform()
+    out = data.assign_coords(x=data.x + dx, y=data.y + dy)
+    return out.rio.write_transform(rasterio.transform.Affine.translation(dx, dy) * t)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def test_describe_a_utm_scene(naip):
+    d = describe(naip)
+    assert d["crs"] == "EPSG:26912" and d["epsg"] == 26912
+    assert d["crs_name"] == "NAD83 / UTM zone 12N" and d["units"] == "m"
+    assert d["resolution"] == [10.0, 10.0] and d["shape"] == [726, 546]
+    assert d["bounds"] == [484410.0, 4691270.0, 489870.0, 4698530.0]
+    ring = d["footprint"]
+    assert ring[0] == ring[-1] and len(ring) == 4 * 16 + 1
+    w, s, e, n = d["lonlat_bounds"]
+    assert -111.2 < w < e < -111.1 and 42.3 < s < n < 42.5
+    # the corners, as GDAL carries them to lon/lat
+    lon, lat = rasterio.warp.transform(naip.rio.crs, "EPSG:4326", [484410.0], [4698530.0])
+    assert ring[0] == pytest.approx([lon[0], lat[0]], abs=1e-7)
+    assert "EPSG:26912, 10 x 10 m, 546 x 726 pixels" in describe_text(d)
+
+
+def test_describe_a_crs_without_epsg_code(landsat):
+    d = describe(landsat)
+    assert d["epsg"] is None and d["crs"].startswith("PROJCS")
+    assert d["crs_name"].startswith("unnamed Mercator")
+    assert d["resolution"] == pytest.approx([29.95184, 30.0029], abs=1e-4)
+
+
+def test_describe_an_array_without_georeferencing():
+    d = describe(np.zeros((2, 5, 7), np.uint8))
+    assert d["shape"] == [5, 7] and d["crs"] is None and d["footprint"] is None
+    assert describe_text(d) == "no CRS, 7 x 5 pixels"
+
+
+def test_same_grid(naip, landsat):
+    target, adjusted = rastermatch.open_raster(TARGET), rastermatch.open_raster(ADJUSTED)
+    assert same_grid(target, adjusted)
+    assert not same_grid(naip, landsat)
+    assert not same_grid(naip, moved(naip, 10.0))
+    assert same_grid(np.zeros((3, 4)), np.zeros((2, 3, 4)))
+    assert not same_grid(np.zeros((3, 4)), np.zeros((4, 3)))
+
+
+def test_overlap_fraction(naip, landsat):
+    assert overlap_fraction(naip, landsat) == pytest.approx(0.9976, abs=1e-3)
+    assert overlap_fraction(naip, naip) == 1.0
+    width = 546 * 10.0
+    assert overlap_fraction(naip, moved(naip, width / 2)) == pytest.approx(0.5, abs=1e-9)
+    assert overlap_fraction(naip, moved(naip, width / 4, 726 * 10.0 / 2)) == pytest.approx(0.375)
+    assert overlap_fraction(naip, moved(naip, 2 * width)) == 0.0
+    assert overlap_fraction(naip, moved(landsat, 1e7)) == 0.0  # far away, another CRS
+    assert overlap_fraction(np.zeros((3, 4)), np.zeros((1, 3, 4))) == 1.0
+    with pytest.raises(GeometryError, match="no georeferencing"):
+        overlap_fraction(np.zeros((3, 4)), np.zeros((4, 3)))
+
+
+def test_job_report_names_the_inputs_and_their_overlap(naip, landsat):
+    report = job_report([("a.tif", naip)], [("b.tif", landsat)])
+    assert [i["role"] for i in report["inputs"]] == ["source", "reference"]
+    assert report["overlap"][0]["fraction"] == pytest.approx(0.9976, abs=1e-3)
+    lines = job_report_lines(report)
+    assert lines[0] == "Geometry:" and "a.tif: EPSG:26912" in lines[1]
+    assert "covers 99.8% of the footprint of a.tif" in lines[-1]
+    assert job_report([("a", naip)], [("b", naip)])["overlap"] == []  # one grid: no line
+
+
+def test_check_overlap():
+    assert check_overlap(True) is True and check_overlap("all") == "all"
+    assert check_overlap(False) is False and check_overlap(np.bool_(True)) is True
+    for bad in ("yes", 1, None, "every"):
+        with pytest.raises(OptionError, match="overlap must be"):
+            check_overlap(bad)
+
+
+# -- the layout onto the source grid -------------------------------------------------------------
+
+
+def test_onto_grid_takes_the_reference_pixel_each_source_centre_falls_in(naip, landsat):
+    src, ref = grid_of(naip), grid_of(landsat)
+    out = onto_grid(landsat.values, ref, src, ((726,), (546,)), fill=0).compute()
+    assert out.shape == (3, 726, 546) and out.dtype == landsat.dtype
+    # the oracle: GDAL's PROJ carries the centres, rasterio's rowcol finds the pixel
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 726, 300), rng.integers(0, 546, 300)
+    xs, ys = rasterio.transform.xy(naip.rio.transform(), rows, cols)
+    xr_, yr = rasterio.warp.transform(naip.rio.crs, landsat.rio.crs, xs, ys)
+    rr, cc = rasterio.transform.rowcol(landsat.rio.transform(), xr_, yr)
+    rr, cc = np.asarray(rr), np.asarray(cc)
+    inside = (rr >= 0) & (rr < 329) & (cc >= 0) & (cc < 246)
+    expected = np.where(inside, landsat.values[:, rr.clip(0, 328), cc.clip(0, 245)], 0)
+    np.testing.assert_array_equal(out[:, rows, cols], expected)
+    mask = inside_grid(ref, src, ((726,), (546,))).compute()[0]
+    np.testing.assert_array_equal(mask[rows, cols], inside)
+    # no new values: every value is one of the reference's (or the fill)
+    assert np.isin(np.unique(out), np.append(np.unique(landsat.values), 0)).all()
+
+
+def test_onto_grid_depends_on_no_chunking(naip, landsat):
+    src, ref = grid_of(naip), grid_of(landsat)
+    whole = onto_grid(landsat.values, ref, src, ((726,), (546,)), fill=0).compute()
+    cases = [
+        ((3, 50, 60), ((300, 426), (546,))),
+        ((1, 329, 246), ((200, 200, 200, 126), (273, 273))),
+    ]
+    for ref_chunks, src_chunks in cases:
+        lazy = da.from_array(landsat.values, chunks=ref_chunks)
+        out = onto_grid(lazy, ref, src, src_chunks, fill=0)
+        assert out.chunks[1:] == src_chunks
+        np.testing.assert_array_equal(out.compute(), whole)
+        inside = inside_grid(ref, src, src_chunks).compute()
+        np.testing.assert_array_equal(inside, inside_grid(ref, src, ((726,), (546,))).compute())
+
+
+def test_onto_grid_reads_only_the_windows_it_needs(naip):
+    """A source block outside the reference reads nothing of it; a shifted copy is a slice."""
+    src = grid_of(naip)
+    ref = grid_of(moved(naip, 100 * 10.0, -50 * 10.0))  # 100 columns east, 50 rows south
+    values = np.arange(3 * 726 * 546, dtype=np.int32).reshape(3, 726, 546)
+    out = onto_grid(values, ref, src, ((363, 363), (273, 273)), fill=-1).compute()
+    np.testing.assert_array_equal(out[:, 50:, 100:], values[:, :-50, :-100])
+    assert (out[:, :50] == -1).all() and (out[:, :, :100] == -1).all()
+    far = grid_of(moved(naip, 1e6))
+    lazy = onto_grid(values, far, src, ((363, 363), (273, 273)), fill=-1)
+    assert not any("gather" in str(k) for k in lazy.dask)  # no block reads the reference
+    assert (lazy.compute() == -1).all()
