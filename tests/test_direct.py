@@ -1,0 +1,226 @@
+"""The in-memory path (rastermatch.direct) gives the bytes of the dask path, and numpy input
+builds no dask graph."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from unittest import mock
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rastermatch
+from rastermatch import direct
+from rastermatch.errors import RastermatchError
+
+DTYPES = ("uint8", "uint16", "int16", "float32")
+
+
+@st.composite
+def scenes(draw):
+    """A source and a reference of one dtype, few distinct values (ties), maybe a nodata value
+    that occurs, maybe a mask; shapes too small to need the threads unless told."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    rows = draw(st.integers(1, 3))
+    shapes = [(rows, draw(st.integers(1, 7)), draw(st.integers(1, 7))) for _ in range(2)]
+    if dtype.kind == "f":
+        pool = st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.0 + 2**-20, 3.0, 100.0, np.nan])
+    else:
+        info = np.iinfo(dtype)
+        lo = draw(st.sampled_from([int(info.min), 0, 40]))
+        pool = st.integers(lo, min(lo + draw(st.sampled_from([3, 60, 5000])), int(info.max)))
+    src, ref = (
+        np.array(draw(st.lists(pool, min_size=int(np.prod(s)), max_size=int(np.prod(s)))))
+        .astype(dtype)
+        .reshape(s)
+        for s in shapes
+    )
+    nodata = None
+    if draw(st.booleans()):
+        nodata = src.flat[0].item()
+        if isinstance(nodata, float) and np.isnan(nodata):
+            nodata = None
+    mask = draw(st.sampled_from([None, "one", "per-row"]))
+    if mask is not None:
+        layers = 1 if mask == "one" else rows
+        flags = draw(st.lists(st.booleans(), min_size=layers * shapes[0][1] * shapes[0][2],
+                              max_size=layers * shapes[0][1] * shapes[0][2]))  # fmt: skip
+        mask = np.array(flags, bool).reshape(layers, *shapes[0][1:])
+    return src, ref, nodata, mask
+
+
+OPTIONS = st.sampled_from(
+    [
+        {},
+        {"method": "ceil"},
+        {"method": "interp"},
+        {"method": "optimal", "objective": "ks"},
+        {"levels": "all"},
+        {"proportion": 0.5},
+        {"bins": 7},
+    ]
+)
+
+
+def _chunked(a: np.ndarray) -> da.Array:
+    return da.from_array(a, chunks=(1, max(1, a.shape[1] // 2), max(1, a.shape[2] // 2)))
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _both(fn, *args, **kwargs):
+    """``fn`` on numpy inputs and on dask ones (computed): the results, or the error types."""
+    out = []
+    for kind in ("numpy", "dask"):
+        conv = (lambda a: a) if kind == "numpy" else (lambda a: a if a is None else _chunked(a))
+        try:
+            r = fn(*(conv(a) for a in args), **kwargs)
+        except RastermatchError as e:
+            out.append(type(e))
+            continue
+        out.append(r.compute() if hasattr(r, "compute") and kind == "dask" else r)
+    return out
+
+
+def _mask_kw(mask, dask_too: bool):
+    return mask if mask is None or not dask_too else _chunked(mask)
+
+
+PATHS = pytest.mark.parametrize("path", ["small", "threads"])
+
+
+def _path(path: str):
+    """Both in-memory paths: one call on this thread, and pieces on the pool."""
+    if path == "threads":
+        return mock.patch.object(direct, "SMALL_PIXELS", 8)
+    return contextlib.nullcontext()
+
+
+@PATHS
+@settings(max_examples=20, deadline=None)
+@given(scene=scenes(), options=OPTIONS)
+def test_match_and_lut_equal_the_dask_path(scene, options, path):
+    src, ref, nodata, mask = scene
+    results = []
+    for lazy in (False, True):
+        s, r = (_chunked(src), _chunked(ref)) if lazy else (src, ref)
+        m = _mask_kw(mask, lazy)
+        try:
+            with _path(path), warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                lut = rastermatch.fit_lut(s, r, nodata=nodata, mask=m, **options)
+                out = rastermatch.match_histograms(s, r, nodata=nodata, mask=m, **options)
+        except RastermatchError as e:
+            results.append(type(e))
+            continue
+        results.append((lut, np.asarray(out), [(w.category, str(w.message)) for w in seen]))
+    a, b = results
+    if isinstance(a, type) or isinstance(b, type):
+        assert a == b
+        return
+    (lut_a, out_a, warned_a), (lut_b, out_b, warned_b) = a, b
+    assert warned_a == warned_b
+    assert _same(lut_a.table, lut_b.table)
+    assert lut_a.source_binning.same_as(lut_b.source_binning)
+    assert _same(lut_a.source_hist.counts, lut_b.source_hist.counts)
+    assert _same(lut_a.reference_hist.counts, lut_b.reference_hist.counts)
+    assert repr(lut_a.nodata) == repr(lut_b.nodata)
+    assert repr(lut_a.out_nodata) == repr(lut_b.out_nodata)
+    assert _same(out_a, out_b)
+
+
+@PATHS
+@settings(max_examples=10, deadline=None)
+@given(scene=scenes())
+def test_equalize_and_band_histograms_equal_the_dask_path(scene, path):
+    src, _, nodata, mask = scene
+    with _path(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = _both(rastermatch.equalize, src, nodata=nodata)
+        assert (a == b) if isinstance(a, type) else _same(a, b)
+        m = None if mask is None else mask[0]
+        h = rastermatch.band_histograms(src, mask=m, nodata=nodata)
+    lazy = rastermatch.band_histograms(
+        _chunked(src), mask=None if m is None else _chunked(m[None])[0], nodata=nodata
+    )
+    assert _same(h.counts, lazy.compute().counts)
+
+
+@PATHS
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_stack_onto_pooled_references_equals_the_dask_path(dtype, path):
+    rng = np.random.default_rng(3)
+
+    def scene(shape, scale):
+        v = rng.gamma(2.0, scale, shape)
+        return (v * 100).astype(dtype) if dtype == "uint16" else v.astype(dtype)
+
+    time = np.array(["2020-01-01", "2020-02-01"], dtype="datetime64[ns]")
+    stack = xr.DataArray(
+        scene((2, 2, 9, 8), 1.0), dims=("time", "band", "y", "x"), coords={"time": time}
+    )
+    refs = [xr.DataArray(scene((2, 6, 5), s), dims=("band", "y", "x")) for s in (1.5, 3.0)]
+    for pool in ("counts", "cdf"):
+        with _path(path):
+            a = rastermatch.match_histograms(stack, refs, pool=pool)
+        b = rastermatch.match_histograms(
+            stack.chunk({"y": 4}), [r.chunk({"x": 2}) for r in refs], pool=pool
+        ).compute()
+        assert _same(a.values, b.values)
+        assert a.dims == b.dims
+
+
+def test_channel_last_uint8_equals_the_dask_path_and_comes_back_contiguous():
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    ref = rng.integers(10, 90, (20, 21, 3), dtype=np.uint8)
+    a = rastermatch.match_histograms(src, ref, channel_axis=-1, nodata=0)
+    b = rastermatch.match_histograms(
+        da.from_array(src, chunks=(8, 8, 3)), da.from_array(ref, chunks=(8, 8, 3)),
+        channel_axis=-1, nodata=0,
+    ).compute()  # fmt: skip
+    assert _same(a, b)
+    assert a.flags.c_contiguous
+
+
+def test_numpy_input_builds_no_dask_graph(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the in-memory path asked dask to compute")
+
+    monkeypatch.setattr(dask, "compute", refuse)
+    monkeypatch.setattr("dask.threaded.get", refuse)
+    monkeypatch.setattr("rastermatch.match.as_dask", refuse)
+    rng = np.random.default_rng(2)
+    src = rng.integers(0, 4096, (3, 40, 30), dtype=np.uint16)
+    ref = rng.integers(0, 4096, (3, 25, 25), dtype=np.uint16)
+    out = rastermatch.match_histograms(src, ref, nodata=0)
+    assert out.dtype == np.uint16 and out.shape == src.shape
+    lut = rastermatch.fit_lut(src.astype(np.float32), ref.astype(np.float32))
+    assert lut.table.shape[0] == 3
+    assert rastermatch.equalize(src, range=(0, 4095)).shape == src.shape
+    xsrc = xr.DataArray(src, dims=("band", "y", "x"))
+    assert rastermatch.match_histograms(xsrc, ref).dims == ("band", "y", "x")
+
+
+def test_large_numpy_input_runs_on_the_pool_without_dask(monkeypatch):
+    """Above SMALL_PIXELS the pieces of source and reference are counted on the pool, still
+    without a dask graph."""
+    monkeypatch.setattr(direct, "SMALL_PIXELS", 100)
+    monkeypatch.setattr("rastermatch.match.as_dask", None)
+    rng = np.random.default_rng(4)
+    src = rng.integers(0, 300, (2, 64, 50), dtype=np.uint16)
+    ref = rng.integers(100, 900, (2, 50, 40), dtype=np.uint16)
+    with dask.config.set(num_workers=2):
+        a = rastermatch.match_histograms(src, ref)
+    monkeypatch.undo()
+    b = rastermatch.match_histograms(_chunked(src), _chunked(ref)).compute()
+    assert _same(a, b)
