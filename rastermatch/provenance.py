@@ -116,7 +116,7 @@ LUT_MAX_COUNTS = 2**23
 # the keys holding LUT documents: they leave the header first
 _BULK = ("lut", "luts", "reference_histogram")
 # never moved out of the header
-_CORE = ("schema", "operation", "created", "versions", "method", "levels", "inputs")
+_CORE = ("schema", "operation", "created", "versions", "method", "levels")
 _LOCATION_KEYS = {"array", "sidecar", "sha256", "bytes", "fields"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -519,6 +519,38 @@ def write_sidecar(
             ) from exc
         raise
     return final
+
+
+def upload_sidecar(fs: Any, key: str, payload: bytes, *, overwrite: bool, text: str) -> str:
+    """Store the sidecar of the GeoTIFF at ``key`` of the fsspec filesystem ``fs`` (an object
+    store: one PUT is atomic), before the raster is uploaded; return the sidecar's key.
+
+    An existing sidecar is refused without ``overwrite`` (OutputExistsError naming
+    ``text``, the raster's URL without credentials). Call :func:`remove_uploaded_sidecar`
+    when the raster's upload then fails.
+    """
+    from .io.atomic import _exists_error
+
+    side = key + SIDECAR_SUFFIX
+    shown = text + SIDECAR_SUFFIX
+    if not overwrite:
+        try:
+            exists = fs.exists(side)
+        except Exception:  # the upload below reports an unreachable store
+            exists = False
+        if exists:
+            raise _exists_error(shown)  # type: ignore[arg-type]
+    try:
+        fs.pipe_file(side, payload)
+    except Exception as exc:
+        raise RasterWriteError(f"uploading the LUT sidecar {shown} failed: {exc}") from exc
+    return side
+
+
+def remove_uploaded_sidecar(fs: Any, key: str) -> None:
+    """Remove the sidecar :func:`upload_sidecar` stored for ``key`` (the raster did not follow)."""
+    with contextlib.suppress(Exception):
+        fs.rm_file(key + SIDECAR_SUFFIX)
 
 
 def remove_stale_sidecars(final: Path) -> list[Path]:
