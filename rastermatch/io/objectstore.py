@@ -273,6 +273,11 @@ def output_location(path: Any) -> Any:
             f"cannot write to the GDAL path {loc.text}; give the output as a URL "
             "(s3://bucket/out.tif, gs://..., az://...) or a local path"
         )
+    if loc.scheme in ("http", "https"):
+        raise RasterWriteError(
+            f"cannot write to {loc.text}: http(s) URLs are read-only; write to an object "
+            "store (s3://, gs://, az://, memory://) or a local path"
+        )
     return loc
 
 
@@ -297,7 +302,27 @@ def writable_store(loc: Any) -> Store:
         return loc.store
     from zarr.storage import FsspecStore
 
-    return FsspecStore.from_url(loc.url, read_only=False)
+    try:
+        return FsspecStore.from_url(loc.url, read_only=False)
+    except ValueError as exc:  # fsspec: "Protocol not known"
+        raise _unknown_scheme(loc, exc) from exc
+
+
+def _filesystem(loc: Any) -> tuple[Any, str]:
+    """fsspec's file system for ``loc``'s URL, and the path in it."""
+    from fsspec.core import url_to_fs
+
+    try:
+        return url_to_fs(loc.url)
+    except ValueError as exc:
+        raise _unknown_scheme(loc, exc) from exc
+
+
+def _unknown_scheme(loc: Any, exc: Exception) -> RasterWriteError:
+    return RasterWriteError(
+        f"cannot write {loc.text}: {scrub(str(exc))}; use a scheme fsspec knows (s3://, "
+        "gs://, az://, memory://) with its library installed, or a local path"
+    )
 
 
 def execute(job: Any) -> Any:
@@ -356,10 +381,8 @@ def check_output(
                 f"a zarr store object holds Zarr only; {loc.text} cannot hold a file"
             )
         else:
-            from fsspec.core import url_to_fs
-
             _refuse_missing_bucket(loc)
-            fs, key = url_to_fs(loc.url)
+            fs, key = _filesystem(loc)
             _refuse_existing_key(fs, key, loc.text, overwrite=overwrite)
     except Exception as exc:
         if _is_store_failure(exc):
@@ -379,9 +402,7 @@ def _refuse_missing_bucket(loc: Any) -> None:
     scheme, _, rest = loc.url.partition("://")
     if scheme.lower() not in _BUCKET_PROTOCOLS:
         return
-    from fsspec.core import url_to_fs
-
-    fs, _ = url_to_fs(loc.url)
+    fs, _ = _filesystem(loc)
     bucket = rest.split("/", 1)[0].rsplit("@", 1)[-1]
     if not bucket:
         return
