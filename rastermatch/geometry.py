@@ -685,7 +685,7 @@ def prepare_overlap(
         if same_grid(src_grid, ref_grid):
             inside = None
         else:
-            fraction = overlap_fraction(src_grid, ref_grid)
+            fraction = _placed(src_grid, ref_grid)
             if fraction <= 0.0:
                 raise GeometryError(
                     f"{src_grid.text()} and {ref_grid.text()} do not overlap: no part of the "
@@ -748,6 +748,24 @@ def prepare_overlap(
     )
 
 
+def _placed(src: Grid, ref: Grid) -> float:
+    """:func:`overlap_fraction` of two grids, after checking that every source pixel can be
+    carried into the reference grid (a CRS PROJ cannot use, a transform that cannot be
+    inverted): :class:`~rastermatch.errors.GeometryError` naming both, before any work."""
+    try:
+        fraction = overlap_fraction(src, ref)
+        _Warp.between(src, ref).positions(np.zeros(1), np.zeros(1))
+    except GeometryError:
+        raise
+    except Exception as exc:  # pyproj's and affine's own errors, from the files' headers
+        raise GeometryError(
+            f"{src.text()} and {ref.text()} cannot be laid onto each other "
+            f"({type(exc).__name__}: {exc}); check their CRS and transform, or match "
+            "without overlap"
+        ) from exc
+    return fraction
+
+
 def _fill_is_invalid(member: BandArray, fill: Any) -> bool:
     if isinstance(fill, float) and math.isnan(fill):
         return True
@@ -786,7 +804,7 @@ def job_report(
                 continue
             try:
                 fraction: float | None = overlap_fraction(s_data, r_data)
-            except GeometryError:
+            except Exception:  # a log line: a CRS PROJ cannot carry says "cannot be placed"
                 fraction = None
             pairs.append({"source": str(s_name), "reference": str(r_name), "fraction": fraction})
     return {"inputs": inputs, "overlap": pairs}

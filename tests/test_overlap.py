@@ -16,7 +16,7 @@ import rastermatch
 from rastermatch import GeometryError, OptionError, OverlapWarning, fit_lut, match_histograms
 from rastermatch.cli import main
 from rastermatch.geometry import grid_of, inside_grid, onto_grid
-from rastermatch.pipeline import match_files
+from rastermatch.pipeline import match_files, normalize_files
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NAIP = DATA / "riohist_source1_naip.tif"
@@ -230,3 +230,16 @@ def test_cli_info_shows_the_footprint():
     assert result.exit_code == 0, result.output
     assert "unnamed Mercator (variant A) (no EPSG code)" in result.stdout
     assert "footprint  lon -111.18936 to -111.12317, lat 42.37355 to 42.43903" in result.stdout
+
+
+def test_normalize_files_and_the_accessor_take_overlap(tmp_path, holed):
+    src, ref, both = holed
+    src.rio.to_raster(tmp_path / "src.tif")
+    ref.rio.to_raster(tmp_path / "ref.tif")
+    result = normalize_files(
+        [tmp_path / "src.tif"], tmp_path / "ref.tif", tmp_path / "out/", nodata=0, overlap=True
+    )
+    expected = src.rm.fit(ref, nodata=0, overlap=True)  # the accessor forwards overlap=
+    same_lut(result.luts[0], expected)
+    assert (expected.source_hist.counts.sum(axis=1) == both.sum()).all()
+    assert result.geometry["overlap"] == []  # one grid: nothing to report but the inputs
