@@ -511,14 +511,39 @@ def _judge_markers(names: Iterable[str], text: str, *, warn: bool) -> tuple[list
                     stacklevel=4,
                 )
             foreign = True
-        elif pid != os.getpid() and not _pid_alive(pid):
+        elif not _running(name, pid):
             stale.append(name)
         else:
-            raise RasterWriteError(
-                f"cannot write {text}: another write of it is running (process {pid} on this "
-                "host); wait for it to finish or write elsewhere"
-            )
+            raise _running_error(text, pid)
     return stale, foreign
+
+
+#: The markers of the writes running in this process (a marker with this process's pid and
+#: not in here is left from an earlier write of this process that could not clean up).
+_ACTIVE: set[str] = set()
+
+
+def _running(name: str, pid: int) -> bool:
+    return name in _ACTIVE if pid == os.getpid() else _pid_alive(pid)
+
+
+def _running_error(text: str, pid: int) -> RasterWriteError:
+    return RasterWriteError(
+        f"cannot write {text}: another write of it is running (process {pid} on this host); "
+        "wait for it to finish or write elsewhere"
+    )
+
+
+def _refuse_concurrent(store: Store, text: str, marker: str) -> None:
+    """After this write's marker is stored: refuse if another write of this host put its own
+    marker meanwhile (both may refuse when they start together; never both go on)."""
+    host = _host_hash()
+    for name in _names(store):
+        match = _MARKER_RE.fullmatch(name)
+        if match is None or name == marker or match[2] != host:
+            continue
+        if _running(name, int(match[1])):
+            raise _running_error(text, int(match[1]))
 
 
 def _survey(store: Store, text: str, *, warn: bool) -> tuple[list[str], list[str], bool]:
@@ -636,9 +661,13 @@ def write_remote_zarr(job: Any, store: Store, text: str, client: Any) -> None:
     _remove_stale(store, stale, clear)
     marker = _marker_name()
     buffer = default_buffer_prototype().buffer
+    _ACTIVE.add(marker)
     sync(store.set(marker, buffer.from_bytes(_marker_document())))
-    finished = False
+    # finished: nothing of this write is left under the prefix but its marker, which goes
+    finished = True
     try:
+        _refuse_concurrent(store, text, marker)
+        finished = False  # from here on the prefix is this write's
         if replacing:
             _retire(store, marker)
         staged = MetadataLastStore(store)
@@ -646,10 +675,12 @@ def write_remote_zarr(job: Any, store: Store, text: str, client: Any) -> None:
         staged.commit()
         finished = True
     except BaseException:
-        # the commit's last PUT is the root zarr.json: an error before it leaves no output
-        finished = _clear_despite_interrupts(store, keep=marker)
+        if not finished:
+            # the commit's last PUT is the root zarr.json: an error before it leaves no output
+            finished = _clear_despite_interrupts(store, keep=marker)
         raise
     finally:
+        _ACTIVE.discard(marker)
         if finished:  # else the marker stays, so the next write knows what it finds
             with contextlib.suppress(Exception):
                 sync(store.delete(marker))
