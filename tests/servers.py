@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 # S3 (moto's server mode) ---------------------------------------------------------------------
 
@@ -38,6 +39,7 @@ class S3Server:
 
     port: int
     process: subprocess.Popen[bytes]
+    _client: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -63,16 +65,18 @@ class S3Server:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def client(self):  # boto3 client, imported lazily
-        import boto3
+    def client(self):  # one boto3 client (imported lazily): making one takes a while
+        if self._client is None:
+            import boto3
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=S3_KEY,
-            aws_secret_access_key=S3_KEY,
-            region_name=S3_REGION,
-        )
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                aws_access_key_id=S3_KEY,
+                aws_secret_access_key=S3_KEY,
+                region_name=S3_REGION,
+            )
+        return self._client
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -157,3 +161,179 @@ def _forget_s3_filesystems() -> None:
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+# HTTP with range requests ---------------------------------------------------------------------
+#
+# ``python -m http.server`` ignores Range headers, so a COG would be sent whole for every read.
+# This one answers ``Range: bytes=a-b`` (and ``a-``, ``-n``) with 206 and counts what it sends:
+# ``GET /__stats`` returns {"requests": n, "ranges": n, "bytes": n, "log": [[method, path,
+# range], ...]} and ``GET /__reset`` zeroes it (neither is counted).
+
+
+@dataclasses.dataclass
+class HTTPServer:
+    """A static file server with range requests on ``127.0.0.1:port``, in a subprocess."""
+
+    port: int
+    directory: str
+    process: subprocess.Popen[bytes]
+
+    def url(self, name: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def _get(self, what: str) -> dict:
+        import json
+
+        with urllib.request.urlopen(self.url(what), timeout=10) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict:
+        """Requests, range requests and body bytes served since the last :meth:`reset`."""
+        return self._get("__stats")
+
+    def reset(self) -> None:
+        self._get("__reset")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_http_server(directory: str | os.PathLike[str], timeout: float = 30.0) -> HTTPServer:
+    """Serve ``directory`` over HTTP with range requests from a subprocess; wait until it
+    answers. The subprocess prints its port (bound to port 0 by the OS, so no race)."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "http", os.fspath(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()  # ends when the server is listening
+    if not line.isdigit():
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the HTTP test server did not start (said {line!r})")
+    server = HTTPServer(port=int(line), directory=os.fspath(directory), process=process)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            server.stats()
+            return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"the HTTP test server did not answer on {line}") from None
+            time.sleep(0.05)
+
+
+def refused_url(name: str = "a.tif") -> str:
+    """A loopback URL where nothing listens (a port just freed): connections are refused."""
+    return f"http://127.0.0.1:{_free_port()}/{name}"
+
+
+def _serve_http(directory: str) -> None:
+    import http.server
+    import json
+    import re
+    import shutil
+    import threading
+
+    lock = threading.Lock()
+    stats: dict = {"requests": 0, "ranges": 0, "bytes": 0, "log": []}
+    root = os.path.abspath(directory)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: GDAL reuses its connection
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            if self.path in ("/__stats", "/__reset"):
+                with lock:
+                    if self.path == "/__reset":
+                        stats.update(requests=0, ranges=0, bytes=0, log=[])
+                    self._send(200, json.dumps(stats).encode(), "application/json")
+                return
+            self._serve(body=True)
+
+        def _send(self, code: int, body: bytes, kind: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _serve(self, *, body: bool) -> None:
+            path = self.path.split("?", 1)[0].split("#", 1)[0]
+            local = os.path.abspath(os.path.join(root, path.lstrip("/")))
+            header = self.headers.get("Range")
+            with lock:
+                stats["requests"] += 1
+                stats["ranges"] += header is not None
+                stats["log"].append([self.command, path, header])
+            if not local.startswith(root + os.sep) or not os.path.isfile(local):
+                self._send(404, b"not found")
+                return
+            size = os.path.getsize(local)
+            start, end, code = 0, size - 1, 200
+            match = re.fullmatch(r"bytes=(\d*)-(\d*)", header or "")
+            if match and (match[1] or match[2]):  # one range; several are answered whole
+                if match[1]:
+                    start = int(match[1])
+                    end = min(int(match[2]), size - 1) if match[2] else size - 1
+                else:
+                    start = max(0, size - int(match[2]))
+                if start >= size or end < start:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                code = 206
+            length = end - start + 1
+            self.send_response(code)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(length))
+            if code == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if not body:
+                return
+            with open(local, "rb") as f:
+                f.seek(start)
+                shutil.copyfileobj(_Limited(f, length), self.wfile)
+            with lock:
+                stats["bytes"] += length
+
+    class _Limited:
+        def __init__(self, f, length: int) -> None:
+            self.f, self.left = f, length
+
+        def read(self, n: int = -1) -> bytes:
+            n = self.left if n < 0 else min(n, self.left)
+            data = self.f.read(n)
+            self.left -= len(data)
+            return data
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "http":
+        _serve_http(sys.argv[2])
+    else:
+        sys.exit("usage: python servers.py http DIRECTORY")

@@ -78,6 +78,22 @@ What a write leaves
   for long names). The next write of the same output removes it when that process is gone
   (:func:`remove_stale_temporaries`) and warns about those written from another host.
 
+The above holds on a local disk (``file://`` URLs included), where a finished temporary is
+renamed into place. Object stores cannot rename; there (:mod:`rastermatch.io.objectstore`):
+
+* Zarr at an fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``) or in a zarr store
+  object: every task writes its chunks straight under the final prefix while the metadata
+  documents wait in the writing process; they are stored only after the last chunk, the root
+  ``zarr.json`` (with the consolidated metadata) last. A store without its root
+  ``zarr.json`` does not open, so the prefix never opens as an incomplete output. A failed or
+  interrupted write removes what it stored; a killed one leaves chunks and a marker
+  ``.rastermatch-{pid}-{host}-{token}.staging`` that the next write of the output removes
+  (same rules as local temporaries). ``overwrite=True`` first deletes the old root
+  ``zarr.json``, then the rest of the old store: old and new are never readable together,
+  but the old output is gone from the start of the write.
+* GeoTIFF/COG at a URL: written to a local temporary (``TMPDIR``) and uploaded in one PUT or
+  multipart upload, which the store shows only when complete; the temporary is removed.
+
 Damaged inputs
 --------------
 A block that cannot be read (a truncated or corrupt file, a damaged Zarr chunk) raises
@@ -162,6 +178,10 @@ from rastermatch.io.geotiff import (
     _open_gdal,
     _write_geotiff,
 )
+from rastermatch.io.location import Location, RasterLocation, location
+from rastermatch.io.objectstore import check_output as check_remote_output
+from rastermatch.io.objectstore import execute as execute_remote
+from rastermatch.io.objectstore import output_format, output_location
 from rastermatch.io.zarr import _open_zarr, _write_zarr, _zarr_compressors
 from rastermatch.provenance import read_provenance as _read_provenance
 from rastermatch.provenance import remove_sidecar, write_sidecar
@@ -183,7 +203,7 @@ __all__ = [
 
 
 def open_raster(
-    path: PathLike,
+    path: RasterLocation,
     *,
     chunks: Any = "auto",
     band_names: Sequence[str] | None = None,
@@ -193,9 +213,14 @@ def open_raster(
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or zarr store
         A raster file GDAL can read, or a Zarr store (v2 or v3): a path ending in ``.zarr``
-        or a directory holding ``zarr.json``, ``.zgroup`` or ``.zarray``.
+        or a directory holding ``zarr.json``, ``.zgroup`` or ``.zarray``. Or a remote one
+        (see :mod:`rastermatch.io.location`): a GeoTIFF/COG at an ``http(s)://``, ``s3://``,
+        ``gs://`` or ``az://`` URL or a GDAL ``/vsi...`` path, read lazily with range
+        requests (only the tiles of the blocks computed are fetched); a Zarr store at an
+        fsspec URL (``s3://bucket/a.zarr``, ``memory://a.zarr``, ...) or a zarr store object;
+        ``file://`` URLs are local paths.
     chunks : "auto", int, tuple, dict or None, default "auto"
         Dask chunks. ``"auto"`` gives chunks that are whole multiples of the stored blocks,
         about 2048 x 2048 pixels (the whole band when smaller), and one stored chunk along
@@ -217,12 +242,14 @@ def open_raster(
         ``(time, band, y, x)``, with their coordinates. The stored dtype (integers are not
         cast to float), CRS and transform through ``.rio``, nodata as metadata in
         ``attrs["_FillValue"]`` (``.rio.nodata``, ``.odc.nodata``), and
-        ``encoding["source"]`` set to the resolved path.
+        ``encoding["source"]`` set to the resolved path (a remote location: the URL without
+        credentials or query string).
 
     Raises
     ------
     RasterReadError
-        The path does not exist, is not a raster, cannot be read, ``variable`` is missing
+        The path or URL does not exist, the server cannot be reached or refuses access, it
+        is not a raster, cannot be read, ``variable`` is missing
         or needed, or a Zarr variable has chunks that were never written (unless its fill
         value is its nodata and the store was not written by :func:`write_raster`, which
         writes every chunk). Later, when blocks are computed: a block that cannot be read
@@ -248,22 +275,30 @@ def open_raster(
     >>> scene.band.values.tolist()
     [1, 2, 3]
     """
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise RasterReadError(f"{source} does not exist; check the path")
-    source = source.resolve()
-    if _is_zarr_path(source):
-        result = _open_zarr(source, chunks=chunks, variable=variable)
+    loc = location(path)
+    if loc.kind == "local":
+        assert loc.path is not None
+        if not (loc.path.exists() or loc.path.is_symlink()):
+            shown = loc.text if "://" in loc.text else Path(loc.text).expanduser()
+            raise RasterReadError(f"{shown} does not exist; check the path")
+        if not loc.path.exists():
+            raise RasterReadError(
+                f"{loc.text} is a broken link (to {os.readlink(loc.path)}); check the path"
+            )
+        resolved = loc.path.resolve()
+        loc = Location("local", str(resolved), path=resolved)  # messages name the file itself
+    if loc.is_zarr():
+        result = _open_zarr(loc, chunks=chunks, variable=variable)
     else:
         if variable is not None:
             raise RasterReadError(
-                f"variable={variable!r} selects a data variable of a Zarr store, but {source} "
+                f"variable={variable!r} selects a data variable of a Zarr store, but {loc.text} "
                 "is read by GDAL; drop variable="
             )
-        result = _open_gdal(source, chunks=chunks)
+        result = _open_gdal(loc, chunks=chunks)
     if band_names is not None:
-        result = _relabel_bands(result, band_names, source)
-    result.encoding["source"] = str(source)
+        result = _relabel_bands(result, band_names, loc.text)
+    result.encoding["source"] = loc.text
     return result
 
 
@@ -426,7 +461,7 @@ def write_raster(
     ...     back.dims, str(back.time.values[1])[:10], back.chunksizes["time"]
     (('time', 'band', 'y', 'x'), '2020-02-01', (1, 1))
     """
-    final = Path(path).expanduser().absolute()
+    final = output_location(path)  # a Path, or an object store's Location (io.objectstore)
     fmt = _output_format(final)
     if isinstance(data, xr.Dataset):
         raise InputTypeError(
@@ -479,6 +514,8 @@ def write_raster(
 
 
 def _output_format(path: Path) -> Literal["gtiff", "zarr"]:
+    if not isinstance(path, Path):  # an object store's Location
+        return output_format(path)  # type: ignore[return-value]
     suffix = path.suffix.lower()
     if suffix == ".zarr":
         return "zarr"
@@ -585,9 +622,11 @@ def check_output_path(
     ...
     rastermatch.errors.RasterWriteError: refusing to write .../rasterio_RGB.byte.tif: ...
     """
-    final = Path(path).expanduser().absolute()
+    final = output_location(path)
     if kind not in ("raster", "file"):
         raise OptionError(f"kind must be 'raster' or 'file', got {kind!r} (checking {final})")
+    if not isinstance(final, Path):  # an object store: no directory; a listing or a HEAD
+        return check_remote_output(final, inputs=inputs, overwrite=overwrite, kind=kind)
     if kind == "raster":
         _output_format(final)
     size = len(os.fsencode(final.name))
@@ -666,6 +705,8 @@ def _is_zarr_path_on_disk(path: Path) -> bool:
 
 
 def _execute(job: _WriteJob) -> Path:
+    if not isinstance(job.final, Path):  # an object store: io.objectstore's own protocol
+        return execute_remote(job)
     _refuse_existing(job.final, overwrite=job.overwrite)  # again: a delayed write runs later
     remove_stale_temporaries(job.final)
     # Named when the write runs, by the process that writes: a write retried after its

@@ -9,6 +9,7 @@ chunk alignment of :func:`rastermatch.io.open_raster`, and the small helpers bot
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -32,6 +33,7 @@ from rastermatch.errors import (
     RasterReadError,
     RasterWriteError,
 )
+from rastermatch.io.location import gdal_env, redact_text
 
 PathLike = str | os.PathLike[str]
 
@@ -101,29 +103,38 @@ class _GuardedBlocks:
         where: str,
         stored: tuple[int, ...] | None,
         labels: Mapping[Hashable, np.ndarray] | None = None,
+        gdal_options: Mapping[str, str] | None = None,
     ) -> None:
         self._variable = variable
         self._where = where
         self._stored = stored
         self._labels = dict(labels or {})
+        # GDAL settings of a remote read (io.location), applied in the thread reading the block
+        self._gdal_options = dict(gdal_options or {})
         self.shape = variable.shape
         self.dtype = variable.dtype
         self.ndim = variable.ndim
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        try:
-            return np.asarray(self._variable[key].values)
-        except RastermatchError:
-            raise
-        except Exception as exc:
-            # Zarr: only now, after a failure, read the window stored chunk by stored chunk
-            # to name the damaged one (a block spans many chunks; the first read says not
-            # which failed).
-            key, error = self._failed_chunk(key) or (key, exc)
-            raise RasterReadError(
-                f"reading {self._where} {self._window(key)} failed: {_cause(error)}; the file "
-                "is damaged or incomplete, copy or download it again"
-            ) from error
+        with gdal_env(self._gdal_options):
+            try:
+                return np.asarray(self._variable[key].values)
+            except RastermatchError:
+                raise
+            except Exception as exc:
+                # Zarr: only now, after a failure, read the window stored chunk by stored chunk
+                # to name the damaged one (a block spans many chunks; the first read says not
+                # which failed).
+                key, error = self._failed_chunk(key) or (key, exc)
+                fix = (
+                    "the file is damaged, or could not be fetched: check the URL and the "
+                    "network, then try again"
+                    if self._gdal_options
+                    else "the file is damaged or incomplete, copy or download it again"
+                )
+                raise RasterReadError(
+                    f"reading {self._where} {self._window(key)} failed: {_cause(error)}; {fix}"
+                ) from error
 
     def _failed_chunk(self, key: Any) -> tuple[tuple[slice, ...], Exception] | None:
         """The window of the first stored chunk in ``key`` that fails to read, and its error."""
@@ -205,7 +216,7 @@ def _cause(exc: BaseException) -> str:
         current = current.__cause__ or current.__context__
     if not parts:
         return type(exc).__name__
-    return "; ".join(parts)
+    return redact_text("; ".join(parts))  # GDAL and fsspec quote URLs whole
 
 
 def _guarded_chunks(
@@ -213,26 +224,30 @@ def _guarded_chunks(
     chunks: Any,
     *,
     where: str,
-    source: Path,
+    source: Path | str,
     stored: tuple[int, ...] | None,
+    gdal_options: Mapping[str, str] | None = None,
+    identity: Any = None,
 ) -> xr.DataArray:
     """``data`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedBlocks`.
 
     Row dims other than ``band`` with a coordinate (a stack's dates) are named by their labels
-    in read errors.
+    in read errors. ``source`` is a local path (its modification time enters the dask name) or
+    a remote location's text; ``identity`` tells apart what the text does not (the id of a
+    store object). ``gdal_options`` are applied around every block read (remote GDAL reads).
     """
     normalized = _normalize_chunks(chunks, data, source)
-    try:
-        mtime = source.stat().st_mtime_ns
-    except OSError:
-        mtime = None
-    token = dask.base.tokenize(str(source), mtime, where, normalized)
+    mtime = None
+    if isinstance(source, Path):
+        with contextlib.suppress(OSError):
+            mtime = source.stat().st_mtime_ns
+    token = dask.base.tokenize(str(source), mtime, identity, where, normalized)
     labels = {
         dim: np.asarray(data[dim].values)
         for dim in data.dims
         if dim not in ("band", *_Y_NAMES, *_X_NAMES) and dim in data.coords and data[dim].ndim == 1
     }
-    blocks = _GuardedBlocks(data.variable, where, stored, labels)
+    blocks = _GuardedBlocks(data.variable, where, stored, labels, gdal_options)
     arr = da.from_array(
         blocks,
         chunks=normalized,
@@ -250,7 +265,9 @@ def _guarded_chunks(
 MAX_BLOCKS = 100_000
 
 
-def _normalize_chunks(chunks: Any, data: xr.DataArray, source: Path) -> tuple[tuple[int, ...], ...]:
+def _normalize_chunks(
+    chunks: Any, data: xr.DataArray, source: Path | str
+) -> tuple[tuple[int, ...], ...]:
     spec = chunks
     if isinstance(chunks, Mapping):
         spec = tuple(chunks.get(dim, -1) for dim in data.dims)

@@ -54,6 +54,7 @@ from rastermatch.io.atomic import (
     _remove_despite_interrupts,
     _sibling,
 )
+from rastermatch.io.location import Location, redact_text
 
 #: GDAL block cache (MB) while a GeoTIFF is written. GDAL's default (5 % of RAM) lets dirty
 #: tiles pile up until the file is closed; a bounded cache makes GDAL flush as it goes.
@@ -62,11 +63,16 @@ _GTIFF_COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "LZMA", "PACKBITS", "NONE")
 _PREDICTOR_COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "LZMA")
 
 
-def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
+def _open_gdal(loc: Location, *, chunks: Any) -> xr.DataArray:
+    """Open a raster GDAL reads: a local file (``loc.text`` its resolved path) or a remote one
+    (an http(s)/s3/gs/az URL or /vsi path), read lazily through GDAL's range requests with
+    :meth:`Location.gdal_options` applied around the open and every block read."""
+    path = loc.gdal_path
+    options = loc.gdal_options()
     # Probe the file once with rasterio: a clear error for non-rasters, and the block layout
     # and band descriptions rioxarray does not expose.
     try:
-        with rasterio.open(path) as src:
+        with loc.gdal_env(options), rasterio.open(path) as src:
             count = src.count
             block_shape = src.block_shapes[0] if count else (1, 1)
             pixel_interleaved = src.interleaving == Interleaving.pixel
@@ -75,11 +81,12 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
             subdatasets = src.subdatasets
             colorinterp = [ci.name for ci in src.colorinterp]
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
-        raise RasterReadError(f"cannot read {path} as a raster: {_cause(exc)}") from exc
+        raise _open_error(loc, exc) from exc
     if count == 0:
         hint = f" (subdatasets: {', '.join(subdatasets[:3])}, ...)" if subdatasets else ""
         raise RasterReadError(
-            f"{path} has no raster bands{hint}; open one of its subdatasets by name instead"
+            f"{loc.text} has no raster bands{redact_text(hint)}; open one of its subdatasets "
+            "by name instead"
         )
 
     shape = (count, height, width)
@@ -89,13 +96,20 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
     try:
         # chunks=None: a lazily indexed array with one rasterio handle per thread (lock=False),
         # chunked below through the guard that names file, band and window on a failed read
-        result = rioxarray.open_rasterio(path, chunks=None, cache=False, masked=False, lock=False)
+        with loc.gdal_env(options):
+            result = rioxarray.open_rasterio(
+                path, chunks=None, cache=False, masked=False, lock=False
+            )
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
-        raise RasterReadError(f"cannot read {path} as a raster: {_cause(exc)}") from exc
+        raise _open_error(loc, exc) from exc
     if not isinstance(result, xr.DataArray):  # pragma: no cover - count > 0 was checked
-        raise RasterReadError(f"{path} holds several rasters; open one of them by name")
+        raise RasterReadError(f"{loc.text} holds several rasters; open one of them by name")
     if chunks is not None:
-        result = _guarded_chunks(result, chunks, where=str(path), source=path, stored=None)
+        source = loc.path if loc.kind == "local" else loc.text
+        assert source is not None
+        result = _guarded_chunks(
+            result, chunks, where=loc.text, source=source, stored=None, gdal_options=options
+        )
     if any(name not in ("gray", "undefined", "palette") for name in colorinterp):
         result.attrs[COLORINTERP_ATTR] = dict(
             zip((str(b) for b in result.band.values), colorinterp, strict=True)
@@ -104,6 +118,34 @@ def _open_gdal(path: Path, *, chunks: Any) -> xr.DataArray:
     if labels is not None:
         result = _relabel(result, labels)
     return _one_nodata(result)  # a "nodata" metadata tag of the file must not contradict it
+
+
+#: What GDAL says (lower case) when a remote file is not there, access is refused, or the
+#: server cannot be reached.
+_MISSING = ("http response code: 404", "does not exist", "no such file", "nosuchkey")
+_DENIED = ("http response code: 401", "http response code: 403", "accessdenied", "forbidden")
+_UNREACHABLE = ("could not connect", "couldn't connect", "resolve host", "timed out", "timeout")
+
+
+def _open_error(loc: Location, exc: BaseException) -> RasterReadError:
+    """The RasterReadError for a raster GDAL cannot open, naming ``loc`` as the user gave it."""
+    cause = _cause(exc)
+    if loc.kind == "local":
+        return RasterReadError(f"cannot read {loc.text} as a raster: {cause}")
+    lowered = cause.lower()
+    if any(text in lowered for text in _MISSING):
+        return RasterReadError(f"{loc.text} does not exist ({cause}); check the URL")
+    if any(text in lowered for text in _DENIED):
+        return RasterReadError(
+            f"access to {loc.text} was refused ({cause}); check the credentials in the "
+            "environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_*) or the URL's signature"
+        )
+    if any(text in lowered for text in _UNREACHABLE):
+        return RasterReadError(
+            f"cannot reach {loc.text} ({cause}); check the URL, the network and any proxy "
+            "settings, then try again"
+        )
+    return RasterReadError(f"cannot read {loc.text} as a raster: {cause}")
 
 
 def _labels_from_descriptions(descriptions: Sequence[str | None]) -> np.ndarray | None:

@@ -18,6 +18,27 @@ credential). Credentials otherwise come from the environment, as the libraries u
 read them (``AWS_*`` for GDAL's ``/vsis3/`` and s3fs, ``GOOGLE_*``/``GS_*`` for ``/vsigs/``
 and gcsfs, ``AZURE_*`` for ``/vsiaz/`` and adlfs); rastermatch never logs them.
 
+GDAL settings for remote reads
+------------------------------
+GeoTIFFs and COGs at a URL or ``/vsi`` path are read lazily: GDAL fetches the header, then
+only the byte ranges of the tiles a dask block needs (HTTP range requests). Around every
+remote open and block read, :meth:`Location.gdal_env` applies these GDAL configuration
+options; a value the user set (an environment variable or an enclosing ``rasterio.Env``,
+seen when the raster is opened) wins:
+
+* ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: no listing of the folder to look for sidecar
+  files (a request, or thousands of keys on a bucket);
+* ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` = the URL's suffix (``.tif``): no probing for
+  ``.aux.xml``, ``.ovr`` or ``.msk`` sidecars, one request each;
+* ``GDAL_HTTP_MULTIRANGE=YES``, ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES=YES``: the tiles of one
+  block fetched in parallel, adjacent ones in one request;
+* ``VSI_CACHE=TRUE``: a range is fetched once per open file;
+* ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=1``: HTTP 429/502/503/504 retried;
+* ``GDAL_HTTP_CONNECTTIMEOUT=10``, ``GDAL_HTTP_LOW_SPEED_TIME=30`` with
+  ``GDAL_HTTP_LOW_SPEED_LIMIT=1``, ``GDAL_HTTP_TIMEOUT=300``: an unreachable host fails after
+  10 s, a stalled transfer after 30 s, and no request runs longer than 5 minutes, so a read
+  never hangs (each becomes a :class:`~rastermatch.errors.RasterReadError` naming the URL).
+
 Examples
 --------
 >>> from rastermatch.io.location import location
@@ -56,8 +77,10 @@ __all__ = [
     "PathLike",
     "RasterLocation",
     "is_remote",
+    "gdal_env",
     "location",
     "redact",
+    "redact_text",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -76,6 +99,19 @@ GDAL_SCHEMES = frozenset({*_VSI, *_VSI_AZURE})
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 #: Seconds a cheap existence check waits for a server.
 EXISTS_TIMEOUT = 10
+#: GDAL configuration for remote reads (see the module documentation); user values win.
+REMOTE_GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "VSI_CACHE": "TRUE",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_LOW_SPEED_TIME": "30",
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+    "GDAL_HTTP_TIMEOUT": "300",
+}
 
 
 def redact(url: str) -> str:
@@ -206,6 +242,43 @@ class Location:
             f"{self.text} can be read as Zarr only (GDAL cannot open {where}); give a .zarr "
             "store there, or a GeoTIFF as a local path or an http(s)://, s3://, gs:// or az:// URL"
         )
+
+    def gdal_options(self) -> dict[str, str]:
+        """The GDAL configuration for reading this location: :data:`REMOTE_GDAL_OPTIONS` (and
+        ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` set to the suffix) with every value the user has
+        set (environment, enclosing ``rasterio.Env``) taking precedence; ``{}`` for a local path.
+
+        Taken once, where the raster is opened, and applied around every block read by
+        :meth:`gdal_env`: GDAL's options set through ``rasterio.Env`` hold for one thread only,
+        and dask reads blocks on others.
+        """
+        if self.kind not in ("url", "vsi"):
+            return {}
+        from rasterio.env import get_gdal_config
+
+        options = dict(REMOTE_GDAL_OPTIONS)
+        if self.kind == "url" and self.suffix:
+            # a /vsi path may name a file inside an archive (/vsizip/...): its suffix is not
+            # the one of the file fetched, so it is not restricted
+            options["CPL_VSIL_CURL_ALLOWED_EXTENSIONS"] = self.suffix
+        for key in options:
+            value = get_gdal_config(key, normalize=False)
+            if value is not None:
+                options[key] = str(value)
+        return options
+
+    def gdal_env(self, options: dict[str, str] | None = None) -> Any:
+        """A ``rasterio.Env`` with :meth:`gdal_options` (or ``options``) for remote locations, a
+        context that does nothing for local ones.
+
+        Credentials are left to GDAL, which reads ``AWS_*``, ``GOOGLE_*``/``GS_*`` and
+        ``AZURE_*`` from the environment (and their configuration files) itself; no boto3
+        session is made per read.
+        """
+        options = self.gdal_options() if options is None else options
+        if not options:
+            return contextlib.nullcontext()
+        return gdal_env(options)
 
     # -- questions ---------------------------------------------------------------------------
 
@@ -358,6 +431,32 @@ def is_remote(value: Any) -> bool:
         return location(value).kind != "local"
     except (InputTypeError, RasterReadError):
         return False
+
+
+def gdal_env(options: dict[str, str]) -> Any:
+    """``rasterio.Env(**options)`` without a boto3 session (GDAL reads the credentials from the
+    environment itself), or a context that does nothing when ``options`` is empty."""
+    if not options:
+        return contextlib.nullcontext()
+    import rasterio
+    from rasterio.session import DummySession
+
+    return rasterio.Env(session=DummySession(), **options)
+
+
+#: URLs in free text (another library's message): the scheme up to a space or quote.
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it :func:`redact`-ed (GDAL and fsspec quote URLs whole).
+
+    Examples
+    --------
+    >>> redact_text("'/vsicurl/https://u:p@h/a.tif?sig=1' not recognized")
+    "'/vsicurl/https://h/a.tif' not recognized"
+    """
+    return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
 
 
 # Helpers -------------------------------------------------------------------------------------

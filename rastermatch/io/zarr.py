@@ -37,6 +37,7 @@ from rastermatch.io._common import (
     _WriteJob,
 )
 from rastermatch.io.atomic import _compute_on_cluster, _compute_on_own_pool
+from rastermatch.io.location import Location, redact_text
 
 
 def _consolidated(path: Path) -> bool:
@@ -52,24 +53,59 @@ def _consolidated(path: Path) -> bool:
     return False
 
 
-def _open_zarr_dataset(path: Path) -> xr.Dataset:
-    if not path.is_dir():
-        raise RasterReadError(f"{path} is not a Zarr store (not a directory)")
-    if _zarr_root_is_array(path):
+def _open_zarr_dataset(loc: Location) -> xr.Dataset:
+    """The Zarr group at ``loc`` (a local directory, an fsspec URL or a store object) as a
+    lazy Dataset; RasterReadError naming ``loc.text`` when there is none."""
+    target: Any
+    if loc.kind == "local":
+        path = loc.path
+        assert path is not None
+        if not path.is_dir():
+            raise RasterReadError(f"{loc.text} is not a Zarr store (not a directory)")
+        root_is_array, consolidated, target = _zarr_root_is_array(path), _consolidated(path), path
+    else:
+        target = loc.zarr_store(read_only=True)
+        root_is_array, consolidated = _store_layout(target, loc)
+    if root_is_array:
         raise RasterReadError(
-            f"{path} is a bare Zarr array; open_raster reads Zarr groups with named variables "
-            "(as written by xarray or write_raster)"
+            f"{loc.text} is a bare Zarr array; open_raster reads Zarr groups with named "
+            "variables (as written by xarray or write_raster)"
         )
     try:
         return xr.open_zarr(
-            path,
+            target,
             chunks=None,  # chunked later, aligned to the stored chunks
             decode_coords="all",
             mask_and_scale=False,
-            consolidated=_consolidated(path),
+            consolidated=consolidated,
         )
     except Exception as exc:
-        raise RasterReadError(f"cannot read the Zarr store {path}: {exc}") from exc
+        raise RasterReadError(
+            f"cannot read the Zarr store {loc.text}: {redact_text(str(exc))}"
+        ) from exc
+
+
+def _store_layout(store: Any, loc: Location) -> tuple[bool, bool]:
+    """Whether the root of a (remote) store is an array, and whether it has consolidated
+    metadata: one read of the root metadata document."""
+    import zarr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr's notice about consolidated metadata
+            node = zarr.open(store=store, mode="r")
+    except FileNotFoundError as exc:  # zarr's NodeNotFoundError too
+        raise RasterReadError(
+            f"{loc.text} does not exist (no Zarr metadata there); check the URL"
+        ) from exc
+    except Exception as exc:
+        raise RasterReadError(
+            f"cannot read the Zarr store {loc.text}: {_cause(exc)}; check the URL, the "
+            "credentials in the environment and the network"
+        ) from exc
+    if isinstance(node, zarr.Array):
+        return True, False
+    return False, node.metadata.consolidated_metadata is not None
 
 
 def _zarr_root_is_array(path: Path) -> bool:
@@ -84,13 +120,16 @@ def _zarr_root_is_array(path: Path) -> bool:
     return False
 
 
-def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray:
-    dataset = _open_zarr_dataset(path)
-    name = _select_variable(dataset, variable, path)
+def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataArray:
+    text = loc.text
+    dataset = _open_zarr_dataset(loc)
+    name = _select_variable(dataset, variable, text)
     result = dataset[name]
-    ydim, xdim = spatial_dims(result, f"variable {name!r} of {path}")
+    ydim, xdim = spatial_dims(result, f"variable {name!r} of {text}")
     rows = [dim for dim in result.dims if dim not in (ydim, xdim)]
-    _refuse_missing_chunks(path, name, result)
+    target = loc.path if loc.kind == "local" else loc.zarr_store(read_only=True)
+    if loc.scheme not in ("http", "https"):  # HTTP cannot list which chunks exist
+        _refuse_missing_chunks(target, text, name, result)
     stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
     stored = dict(zip(result.dims, stored_chunks, strict=True))
     if isinstance(chunks, str) and chunks == "auto":
@@ -104,8 +143,13 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
     if chunks is not None:
         # Chunk before adding the band dim: expanding a lazily indexed (not yet dask) array
         # would load it.
-        where = f"the Zarr store {path}, variable {name!r},"
-        result = _guarded_chunks(result, chunks, where=where, source=path, stored=stored_chunks)
+        where = f"the Zarr store {text}, variable {name!r},"
+        source = loc.path if loc.kind == "local" else text
+        assert source is not None
+        identity = id(loc.store) if loc.kind == "store" else None
+        result = _guarded_chunks(
+            result, chunks, where=where, source=source, stored=stored_chunks, identity=identity
+        )
     if not rows:  # a single image reads as band 1, as a GeoTIFF would
         result = result.expand_dims(band=np.array([1]))
         rows = ["band"]
@@ -117,7 +161,7 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
             values = coord.values
         except Exception as exc:  # a damaged chunk of the coordinate
             raise RasterReadError(
-                f"reading the coordinate {key!r} of the Zarr store {path} failed: {_cause(exc)}; "
+                f"reading the coordinate {key!r} of the Zarr store {text} failed: {_cause(exc)}; "
                 "the store is damaged or incomplete, copy or write it again"
             ) from exc
         if all(isinstance(v, str) for v in values.flat):
@@ -128,7 +172,7 @@ def _open_zarr(path: Path, *, chunks: Any, variable: str | None) -> xr.DataArray
     return _one_nodata(result)
 
 
-def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -> None:
+def _refuse_missing_chunks(target: Any, path: str, name: Hashable, variable: xr.DataArray) -> None:
     """Refuse a Zarr variable with chunks never written, unless they read as its nodata.
 
     Zarr reads a missing chunk as the array's fill value. When that value is the
@@ -140,7 +184,7 @@ def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -
     import zarr
 
     try:
-        array = zarr.open_group(path, mode="r")[str(name)]
+        array = zarr.open_group(target, mode="r")[str(name)]
         total = int(array.nchunks)
         present = int(array.nchunks_initialized)
         fill = array.fill_value
@@ -168,7 +212,7 @@ def _refuse_missing_chunks(path: Path, name: Hashable, variable: xr.DataArray) -
     )
 
 
-def _select_variable(dataset: xr.Dataset, variable: str | None, path: Path) -> Hashable:
+def _select_variable(dataset: xr.Dataset, variable: str | None, path: str) -> Hashable:
     candidates = [name for name in dataset.data_vars if dataset[name].ndim >= 2]
     if variable is not None:
         if variable not in dataset.data_vars:
