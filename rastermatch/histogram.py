@@ -6,10 +6,11 @@ small :class:`Histogram` this module produces, never on the pixels again.
 How a dask-backed band is counted:
 
 1. Each block is counted by a compiled, GIL-free loop (:func:`block_counts`), so dask's threads
-   count blocks in parallel. A block yields one row of counts per band; they are int32 when the
-   block holds fewer than 2**31 pixels, to halve the bookkeeping that 65,536-level counts cost.
-2. ``da.blockwise`` lays the block counts out as ``(band, block_y, block_x, bin)`` and dask sums
-   them as a tree into exact int64 counts, whatever the chunking (the pattern of xhistogram).
+   count blocks in parallel. Integer levels are handed on compactly: int32 counts over the bins
+   the block occupies, with the bin they start at (:func:`compact_block_counts`), not a table
+   of every level per block.
+2. The block counts are merged as a tree into exact int64 counts, whatever the chunking (the
+   pattern of xhistogram; :func:`compact_counts` for levels, bin statistics for uniform bins).
 3. Integers of at most 16 bits get one bin per level. Wider integers and floats get ``bins``
    equal-width bins over each band's valid range, found first by a min/max reduction unless
    ``range`` is given.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,6 +61,7 @@ __all__ = [
     "band_ranges",
     "block_counts",
     "block_stats",
+    "compact_block_counts",
     "detector_histograms",
     "occupied_range",
     "uniform_bin",
@@ -692,6 +695,180 @@ def block_range(
     m, has_m = _kernel_mask(mask, block.ndim)
     _valid_range(block, nd, has_nd, m, has_m, out)
     return out[:, None, None, :]
+
+
+# -- compact per-block counts ------------------------------------------------------------------
+#
+# A block of 12-bit data stored as uint16 occupies 4,096 of the 65,536 levels, and one 1024²
+# block of it only a few hundred. The dask path (:func:`compact_counts`) therefore:
+#
+# 1. counts each block with the kernel of :func:`block_counts` into a scratch table of every
+#    bin that its thread keeps and reuses (a fresh 65,536-bin table per block costs more than
+#    counting a 1024² block: its first touch, the zeroing, the int64 conversion and the sums);
+# 2. hands on only the bins between the first and the last occupied one of the block (all of
+#    its bands together), int32, with the bin they start at; the scratch is zeroed over that
+#    span again, nothing else of it was touched;
+# 3. merges these offset tables as a tree, ``split_every`` at a time, into int64 over the union
+#    of their spans, and widens the last one to every bin of the binning once, per row chunk.
+#
+# The counts equal the dense path's exactly: the same kernel counts every pixel into the same
+# bin; only the zeros outside the occupied span are never added up.
+
+
+_SCRATCH = threading.local()
+
+
+_SCAN = 32  # bins OR-ed together per step of the scan: a fixed-length loop that vectorizes
+
+
+@numba.njit(nogil=True, cache=True)
+def _occupied_bins(table):  # pragma: no cover
+    """First and last bin of ``table`` ``(band, nbins)`` that is nonzero in any band; (nbins,
+    -1) when all are zero. Scans in from both ends, ``_SCAN`` bins a step, so only the empty
+    bins (and one step past them) are read: 61,440 of them for 12-bit data in uint16."""
+    nb, nbins = table.shape
+    first = nbins
+    last = -1
+    for b in range(nb):
+        row = table[b]
+        k = 0
+        while k + _SCAN <= first:
+            acc = row[k] | row[k + 1]
+            for t in range(2, _SCAN):
+                acc |= row[k + t]
+            if acc != 0:
+                break
+            k += _SCAN
+        while k < first and row[k] == 0:
+            k += 1
+        first = min(first, k)
+        k = nbins - 1
+        while k - _SCAN >= last:
+            acc = row[k] | row[k - 1]
+            for t in range(2, _SCAN):
+                acc |= row[k - t]
+            if acc != 0:
+                break
+            k -= _SCAN
+        while k > last and row[k] == 0:
+            k -= 1
+        last = max(last, k)
+    return first, last
+
+
+def compact_block_counts(
+    block: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    nbins: int,
+    offset: int = 0,
+    nodata: Any = None,
+) -> tuple[int, np.ndarray]:
+    """The counts of one ``(band, y, x)`` block over the bins it occupies: ``(start, counts)``,
+    ``counts`` ``(band, n)`` holding bins ``start .. start + n - 1`` of a levels binning of
+    ``nbins`` bins from level ``offset`` (``n`` is 0 for a block without a counted pixel).
+
+    The same counts as :func:`block_counts` (int32 for blocks of fewer than 2**31 pixels), cut
+    to the occupied span; counted in a scratch table that the calling thread reuses.
+
+    Examples
+    --------
+    >>> start, counts = compact_block_counts(
+    ...     np.array([[[7, 9, 9, 0]]], np.uint16), nbins=65536, nodata=0
+    ... )
+    >>> start, counts.tolist()
+    (7, [[1, 0, 2]])
+    """
+    nb = block.shape[0]
+    dtype = np.dtype(np.int32 if block[0].size <= _INT32_BLOCK_LIMIT else np.int64)
+    size = nb * nbins
+    # take the thread's scratch table (none while in use: a failure leaves none behind dirty)
+    scratch = getattr(_SCRATCH, "table", None)
+    _SCRATCH.table = None
+    if scratch is None or scratch.dtype != dtype or scratch.size < size:
+        scratch = np.zeros(size, dtype=dtype)
+    table = scratch[:size].reshape(nb, 1, 1, nbins)
+    one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
+    _levels_into(block, mask, one, one, offset, table, nodata)
+    flat = table.reshape(nb, nbins)
+    first, last = _occupied_bins(flat)
+    if last < first:
+        counts = np.zeros((nb, 0), dtype=dtype)
+        first = 0
+    else:
+        counts = flat[:, first : last + 1].copy()
+        flat[:, first : last + 1] = 0
+    _SCRATCH.table = scratch
+    return int(first), counts
+
+
+def _merge_compact(parts: Sequence[tuple[int, np.ndarray]], nbins: int | None = None) -> Any:
+    """Offset tables ``(start, counts)`` summed into int64 over the union of their spans; with
+    ``nbins``, into the full ``(band, nbins)`` table instead (the last merge of a row chunk)."""
+    nb = parts[0][1].shape[0]
+    spans = [(s, s + c.shape[1]) for s, c in parts if c.shape[1]]
+    if nbins is not None:
+        lo, hi = 0, nbins
+    elif spans:
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    else:
+        return 0, np.zeros((nb, 0), dtype=np.int64)
+    out = np.zeros((nb, hi - lo), dtype=np.int64)
+    for s, c in parts:
+        if c.shape[1]:
+            out[:, s - lo : s - lo + c.shape[1]] += c
+    return out if nbins is not None else (lo, out)
+
+
+def compact_counts(
+    arr: da.Array,
+    mask: Any,
+    binning: Binning,
+    nodata: Any,
+    token: str,
+    *,
+    split_every: int = 16,
+) -> da.Array:
+    """Exact int64 counts ``(band, nbins)`` of a dask ``(band, y, x)`` array over a levels
+    binning, one chunk per band chunk, from compact per-block counts merged as a tree (see the
+    comment above :func:`compact_block_counts`)."""
+    nbins, offset = binning.nbins, binning.offset
+    per_block = da.blockwise(
+        compact_block_counts,
+        "byx",
+        arr,
+        "byx",
+        *_mask_args(mask),
+        adjust_chunks={"y": 1, "x": 1},
+        concatenate=True,
+        dtype=np.int32,  # the tasks give (start, counts) tuples, read only by the merges below
+        meta=np.empty((0, 0, 0), np.int32),
+        nbins=nbins,
+        offset=offset,
+        nodata=nodata,
+        name=f"rastermatch-counts-{token}",
+    )
+    name = f"rastermatch-counts-merge-{token}"
+    dsk: dict[Any, Any] = {}
+    for r in range(per_block.numblocks[0]):
+        keys: list[Any] = [
+            (per_block.name, r, i, j)
+            for i in range(per_block.numblocks[1])
+            for j in range(per_block.numblocks[2])
+        ]
+        level = 0
+        while len(keys) > split_every:
+            groups = [keys[a : a + split_every] for a in range(0, len(keys), split_every)]
+            keys = []
+            for g, group in enumerate(groups):
+                key = (f"{name}-{level}", r, g)
+                dsk[key] = (_merge_compact, list(group))
+                keys.append(key)
+            level += 1
+        dsk[(name, r, 0)] = (_merge_compact, keys, nbins)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[per_block])
+    return da.Array(graph, name, (arr.chunks[0], (nbins,)), dtype=np.int64,
+                    meta=np.empty((0, 0), np.int64))  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True)
@@ -1706,24 +1883,7 @@ def binned_histogram(
     lohi = lohi.rechunk((arr.chunks[0], 2))
     token = tokenize(arr, m, lohi, binning.kind, binning.nbins, src.nodata)
     if binning.kind == "levels":
-        per_block = da.blockwise(
-            block_counts,
-            "byxn",
-            arr,
-            "byx",
-            *_mask_args(m),
-            new_axes={"n": binning.nbins},
-            adjust_chunks={"y": 1, "x": 1},
-            concatenate=True,
-            dtype=np.int32,
-            meta=np.empty((0, 0, 0, 0), np.int32),
-            kind="levels",
-            nbins=binning.nbins,
-            offset=binning.offset,
-            nodata=src.nodata,
-            name=f"rastermatch-counts-{token}",
-        )
-        counts = per_block.sum(axis=(1, 2), dtype=np.int64)
+        counts = compact_counts(arr, m, binning, src.nodata, token)
         return Histogram(counts, binning, **recorded)
     per_block = da.blockwise(
         block_stats,

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import dask
+import dask.array as da
 import numpy as np
 import pytest
+from conftest import raise_if_dask_computes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import chunkings
 
+from rastermatch import band_histograms
+from rastermatch._data import as_band_array, as_band_mask
 from rastermatch.errors import InputTypeError, OptionError
-from rastermatch.histogram import occupied_range
+from rastermatch.histogram import (
+    Binning,
+    _merge_compact,
+    binned_histogram,
+    block_counts,
+    compact_block_counts,
+    compact_counts,
+    occupied_range,
+)
 
 INT_DTYPES = [np.int8, np.uint8, np.int16, np.uint16]
 
@@ -46,3 +60,133 @@ def test_occupied_range_refuses_what_is_not_integer_data():
     with pytest.raises(OptionError, match="mask has shape"):
         occupied_range(np.zeros((2, 3), np.uint8), np.zeros((3, 2), bool))
     assert occupied_range(np.zeros((0, 3), np.uint8)) is None
+
+
+# -- compact per-block counts equal the dense counts -------------------------------------------
+
+
+def dense_counts(x: np.ndarray, mask=None, *, nbins=None, offset=None, nodata=None) -> np.ndarray:
+    """The existing one-table-per-block kernel over the whole array (the oracle)."""
+    info = np.iinfo(x.dtype)
+    offset = int(info.min) if offset is None else offset
+    nbins = int(info.max) - int(info.min) + 1 if nbins is None else nbins
+    block = x.reshape(-1, *x.shape[-2:])
+    m = None if mask is None else np.asarray(mask).reshape(-1, *x.shape[-2:])
+    out = block_counts(block, m, kind="levels", nbins=nbins, offset=offset, nodata=nodata)
+    return out[:, 0, 0, :].astype(np.int64)
+
+
+@st.composite
+def scenes(draw):
+    """A small integer scene ``(rows..., y, x)`` rich in ties, narrow level ranges per block
+    (neighbouring blocks often disjoint), all-nodata and fully masked blocks, with a random
+    chunking, nodata and mask."""
+    dtype = np.dtype(draw(st.sampled_from(INT_DTYPES)))
+    info = np.iinfo(dtype)
+    lead = draw(st.sampled_from([(), (1,), (3,), (2, 2)]))
+    ny, nx = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = draw(st.integers(int(info.min), int(info.max)))
+    spread = draw(st.sampled_from([1, 3, 40, 300]))
+    x = rng.integers(0, spread, size=(*lead, ny, nx)) + base
+    # bands of rows at other levels: blocks with disjoint occupied ranges
+    x[..., : ny // 2, :] += draw(st.sampled_from([0, 500, -700]))
+    x = np.clip(x, info.min, info.max).astype(dtype)
+    nodata = draw(st.one_of(st.none(), st.just(int(x.flat[0])), st.just(int(info.max))))
+    if nodata is not None and draw(st.booleans()):
+        x[..., : max(ny // 3, 1), :] = nodata  # whole blocks without a counted pixel
+    mask = None
+    if draw(st.booleans()):
+        mask = rng.random((ny, nx) if draw(st.booleans()) else x.shape) < 0.4
+        mask[..., -1:, :] = True
+    # up to 3 chunks along each axis (of any sizes): few tasks, so that 30 examples stay quick
+    chunks = tuple(
+        draw(st.sampled_from([(n,), *[c for c in [draw(chunkings((n,)))[0]] if len(c) <= 3]]))
+        for n in x.shape
+    )
+    return x, nodata, mask, chunks
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=scenes())
+def test_compact_counts_equal_the_dense_counts(case):
+    x, nodata, mask, chunks = case
+    arr = da.from_array(x, chunks=chunks)
+    m = None if mask is None else da.from_array(mask, chunks=chunks[-mask.ndim :])
+    lazy = band_histograms(arr, nodata=nodata, mask=m)
+    assert lazy.is_lazy
+    h = lazy.compute(scheduler="sync")
+    assert h.counts.dtype == np.int64
+    np.testing.assert_array_equal(h.counts, dense_counts(x, mask, nodata=nodata))
+    numpy_path = band_histograms(x, nodata=nodata, mask=mask)
+    assert h.dims == numpy_path.dims and h.bands == numpy_path.bands
+    assert h.binning.same_as(numpy_path.binning)
+    assert h.counts.tobytes() == numpy_path.counts.tobytes()
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=scenes(), data=st.data())
+def test_compact_counts_over_ranged_levels(case, data):
+    x, nodata, mask, chunks = case
+    info = np.iinfo(x.dtype)
+    lo = data.draw(st.integers(int(info.min), int(info.max)))
+    hi = data.draw(st.integers(lo, min(lo + 600, int(info.max))))
+    if data.draw(st.booleans()):  # the occupied range, as the LUT builders ask for it
+        rng = occupied_range(x, mask, nodata=nodata)
+        lo, hi = rng if rng is not None else (lo, hi)
+    src = as_band_array(da.from_array(x, chunks=chunks), nodata=nodata)
+    m = None if mask is None else as_band_mask(da.from_array(mask), src)
+    binning = Binning.levels(x.dtype, src.array.shape[0], lo, hi)
+    h = binned_histogram(src, m, binning).compute(scheduler="sync")
+    expected = dense_counts(x, mask, nbins=hi - lo + 1, offset=lo, nodata=nodata)
+    np.testing.assert_array_equal(h.counts, expected)
+    assert h.binning.same_as(binning)
+
+
+def test_the_reduction_merges_disjoint_and_empty_blocks():
+    # blocks of one band at levels far apart, and blocks with nothing counted
+    x = np.zeros((2, 8, 12), np.uint16)
+    x[0, :4, :4], x[0, :4, 4:8], x[0, 4:, :4] = 7, 60_000, 31_000
+    x[1, 4:, 8:] = [65535, 1, 2, 3]
+    x[1, :4, 8:] = 1
+    arr = da.from_array(x, chunks=(1, 4, 4))
+    for split_every in (2, 3, 16):
+        with dask.config.set(scheduler="sync"):
+            counts = compact_counts(
+                arr, None, Binning.levels(x.dtype, 2), 0, f"t{split_every}",
+                split_every=split_every,
+            ).compute()  # fmt: skip
+        np.testing.assert_array_equal(counts, dense_counts(x, nodata=0))
+    # merging offset tables directly: spans apart, overlapping, empty
+    parts = [(5, np.array([[1, 2]], np.int32)), (0, np.zeros((1, 0), np.int32)),
+             (9, np.array([[4]], np.int32)), (6, np.array([[1, 1, 1]], np.int32))]  # fmt: skip
+    start, merged = _merge_compact(parts)
+    assert start == 5 and merged.dtype == np.int64
+    assert merged.tolist() == [[1, 3, 1, 1, 4]]
+    assert _merge_compact([(0, np.zeros((3, 0), np.int32))])[1].shape == (3, 0)
+    assert _merge_compact(parts, 12).tolist() == [[0, 0, 0, 0, 0, 1, 3, 1, 1, 4, 0, 0]]
+
+
+def test_a_block_hands_on_only_its_occupied_bins_and_leaves_the_scratch_clean():
+    block = np.array([[[300, 302, 0], [302, 0, 0]]], np.uint16)
+    start, counts = compact_block_counts(block, nbins=65536, nodata=0)
+    assert (start, counts.tolist(), counts.dtype) == (300, [[1, 0, 2]], np.int32)
+    start, counts = compact_block_counts(block, nbins=65536)  # nodata counted: from level 0
+    assert (start, counts.shape) == (0, (1, 303)) and counts[0, [0, 300, 302]].tolist() == [3, 1, 2]
+    # the next block on this thread starts from a clean table
+    start, counts = compact_block_counts(np.full((1, 2, 2), 5, np.uint16), nbins=65536)
+    assert (start, counts.tolist()) == (5, [[4]])
+    assert compact_block_counts(block, nbins=65536, nodata=0, offset=0)[1].sum() == 3
+    empty = compact_block_counts(np.zeros((2, 3, 3), np.uint8), nbins=256, nodata=0)
+    assert empty[1].shape == (2, 0)
+    # a ranged binning: bins count from its offset, levels outside are skipped
+    start, counts = compact_block_counts(block, nbins=3, offset=301, nodata=0)
+    assert (start, counts.tolist()) == (1, [[2]])
+
+
+def test_building_the_compact_graph_computes_nothing():
+    x = da.from_array(np.arange(64, dtype=np.uint16).reshape(1, 8, 8), chunks=(1, 2, 2))
+    with raise_if_dask_computes():
+        h = band_histograms(x)
+    assert h.is_lazy
+    assert h.compute().counts[0, :64].tolist() == [1] * 64
