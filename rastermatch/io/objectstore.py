@@ -737,16 +737,13 @@ def _upload_with_sidecar(
 ) -> None:
     """Upload a GeoTIFF whose provenance has a LUT sidecar: the sidecar first (one PUT), then
     the raster; the sidecar is deleted again if the raster's upload fails."""
-    from rastermatch.provenance import SIDECAR_SUFFIX
+    from rastermatch.provenance import remove_uploaded_sidecar, upload_sidecar
 
-    side_key, side_text = key + SIDECAR_SUFFIX, text + SIDECAR_SUFFIX
-    _refuse_existing_key(fs, side_key, side_text, overwrite=overwrite)
-    fs.pipe_file(side_key, payload)
+    upload_sidecar(fs, key, payload, overwrite=overwrite, text=text)
     try:
         fs.put_file(str(tmp), key)
     except BaseException:
-        with contextlib.suppress(Exception):
-            fs.rm_file(side_key)
+        remove_uploaded_sidecar(fs, key)
         raise
 
 
