@@ -173,8 +173,8 @@ def terminate(signum, frame):  # what the documentation asks callers to do with 
 
 signal.signal(signal.SIGTERM, terminate)
 
-def slow(block):
-    time.sleep(0.05)
+def slow(block):  # long enough that a loaded machine still signals it mid-write
+    time.sleep(0.25)
     return block
 
 data = da.ones((1, 1024, 1024), dtype="uint16", chunks=(1, 128, 128)).map_blocks(slow)
@@ -184,7 +184,7 @@ print("finished")
 
 
 def start_slow_write(output: Path) -> subprocess.Popen:
-    """Start a write of about 64 x 50 ms and return once its temporary exists."""
+    """Start a write of about 64 x 250 ms and return once its temporary exists."""
     process = run_python(SLOW_WRITE, str(output))
     deadline = time.monotonic() + 60
     while not any(TEMP_MARK in name for name in entries(output.parent)):
