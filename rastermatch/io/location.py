@@ -374,7 +374,8 @@ class Location:
                 "its URL instead"
             )
         base = re.split(r"[?#]", str(self.url), maxsplit=1)[0].rstrip("/")
-        head = base.rsplit("/", 1)[0] if "/" in _url_path(base) else base
+        # s3://bucket/a.tif has the folder s3://bucket; s3://bucket (no key) is the folder
+        head = base.rsplit("/", 1)[0] if _url_path(base) else base
         url = f"{head}/{name}"
         return Location(self.kind, redact(url), url=url)
 
