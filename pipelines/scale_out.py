@@ -287,7 +287,7 @@ class Phase:
     compute_wall_s: float  # workers' wall time inside tasks (includes waiting for a core)
     worker_cpu_s: float  # workers' whole processes, less their idle rate
     reduction_bytes: int  # outputs of every task but the final ones: what the tree moves
-    block_result_bytes: int  # the most common task output size (one block's counts)
+    block_result_bytes: int  # the median task output size (one block's counts)
     transfer_bytes: int  # bytes that actually crossed between the workers
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before / after
     executed: int = 0  # tasks the workers ran (the task stream)
@@ -403,7 +403,7 @@ class ClusterMeter:
                     after["process_cpu"] - before["process_cpu"] - self.idle_workers * wall, 0.0
                 ),
                 reduction_bytes=reduction if phase == "histograms" else 0,
-                block_result_bytes=statistics.mode(moved) if moved else 0,
+                block_result_bytes=statistics.median_low(moved) if moved else 0,
                 transfer_bytes=int(after["out_bytes"] - before["out_bytes"]),
                 load=(load0, os.getloadavg()[0]),
             )
