@@ -34,6 +34,14 @@ Stages (``--stages``, all by default):
    push-broom case. Measured once at 8192² on 2 shared cores: 16 detectors along y 40.2 s vs
    22.9 s for the match (35.0 vs 24.7 s in child processes, peak 493 vs 481 MiB); one
    detector per column 603 s vs 45 s, over 4 GB.
+9. optimal LUTs; 10. exact specification (see their functions);
+11. small in-memory images (issue #12): ``match_histograms(channel_axis=-1)`` on uint8
+    256x256x3, 400x400x3, 512x512x3 and float32 101x100x13 pairs vs scikit-image's, 31 calls
+    each interleaved, and the first call in a fresh process (kernels compiled or cached);
+    ``--stages 11`` runs it alone in a minute, without inputs;
+12. the in-memory path on large numpy scenes: ``--bands`` x ``--size``² uint16 with
+    ``--threads`` threads and with one vs scikit-image per band (a plain 12-bit scene, and the
+    stage-1 scene with its nodata border when stage 3 does not run in between);
 
 Every ratio compares two things measured in the same run, repeats interleaved (A B, B A, ...) so
 that drift hits both alike; times are medians after an untimed warm-up. These are
@@ -1517,6 +1525,199 @@ def stage_specify(ctx: dict, res: Results) -> None:
             peak_rss=children["files"]["peak_rss_bytes"])  # fmt: skip
 
 
+# -- stages 11-12: the in-memory path ---------------------------------------------------------
+
+SMALL_CASES = (
+    ("uint8 256x256x3", (256, 256, 3), "uint8"),
+    ("uint8 400x400x3", (400, 400, 3), "uint8"),
+    ("uint8 512x512x3", (512, 512, 3), "uint8"),
+    ("float32 101x100x13", (101, 100, 13), "float32"),
+)
+
+
+def small_pair(shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """A channel-last source and reference as notebooks hold them: a smooth field plus noise,
+    the reference gamma-skewed (uint8: 0-255; float32: reflectance-like 0-0.6)."""
+    rng = np.random.default_rng(SEED)
+    y, x = np.mgrid[: shape[0], : shape[1]] / max(shape[:2])
+    c = np.arange(shape[2])[None, None, :]
+    base = 0.5 + 0.3 * np.sin(6 * x[..., None] + c) * np.cos(4 * y[..., None] - c)
+    src = np.clip(base + rng.normal(0, 0.08, shape), 0, 1)
+    ref = np.clip(base, 0, 1) ** 2.2 + rng.normal(0, 0.03, shape)
+    ref = np.clip(ref, 0, 1)
+    if dtype == "uint8":
+        return (src * 255).astype(np.uint8), (ref * 255).astype(np.uint8)
+    return (src * 0.6).astype(np.float32), (ref * 0.6).astype(np.float32)
+
+
+_FIRST_CALL = """
+import time, sys
+t0 = time.perf_counter()
+import numpy as np
+import rastermatch
+t1 = time.perf_counter()
+rng = np.random.default_rng(0)
+for shape, dtype in ((64, 64, 3), np.uint8), ((32, 32, 4), np.float32):
+    a = (rng.random(shape) * 200).astype(dtype)
+    rastermatch.match_histograms(a, a[::-1], channel_axis=-1)
+t2 = time.perf_counter()
+print("RESULT", t1 - t0, t2 - t1)
+"""
+
+
+def first_call(cache_dir: Path | None) -> tuple[float, float]:
+    """``import rastermatch`` and the first uint8 and float32 matches in a fresh process:
+    with the kernels compiled afresh (an empty ``NUMBA_CACHE_DIR``) or loaded from the cache."""
+    env = dict(_START_ENVIRON)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+    imported, called = (float(v) for v in line.split()[1:])
+    return imported, called
+
+
+def stage_small(ctx: dict, res: Results) -> None:
+    """Stage 11: small in-memory images, the calls notebooks and training pipelines make:
+    ``rastermatch.match_histograms(src, ref, channel_axis=-1)`` vs scikit-image's
+    ``match_histograms(src, ref, channel_axis=-1)``, 31 calls each, interleaved, medians.
+    Targets: <= scikit-image on the uint8 pairs, <= 2x on the float32 one. Then the cost of the
+    first call in a fresh process (import, then the first uint8 and float32 matches) with the
+    compiled kernels cached and compiled afresh. ``--stages 11`` runs it alone (no inputs)."""
+    from skimage.exposure import match_histograms as sk_match
+
+    log, reps = ctx["log"], max(ctx["repeats"], 31)
+    for label, shape, dtype in SMALL_CASES:
+        src, ref = small_pair(shape, dtype)
+        ours = Case(label + " rastermatch", lambda s=src, r=ref: rastermatch.match_histograms(
+            s, r, channel_axis=-1))  # fmt: skip
+        peer = Case(label + " skimage", lambda s=src, r=ref: sk_match(s, r, channel_axis=-1))
+        _quiet_measure([ours, peer], reps, log)
+        ratio = ours.median / peer.median
+        limit = 1.0 if dtype == "uint8" else 2.0
+        res.add(
+            "11 small",
+            f"match_histograms {label}",
+            ours.median,
+            src.size,
+            peer="skimage channel_axis=-1",
+            peer_time_s=peer.median,
+            ratio=ratio,
+            ratio_label="x skimage",
+            target=f"≤ {limit:g}x skimage",
+            met=ratio <= limit,
+            cases={"rastermatch": ours.as_dict(), "skimage": peer.as_dict()},
+        )
+    cold_dir = ctx["tmp"] / "numba-cold-cache"
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    cold = first_call(cold_dir)
+    warm = first_call(None)
+    warm = first_call(None)  # the user's cache, filled by the call before if it was empty
+    log(f"    first call, kernels compiled: import {cold[0]:.2f} s, first matches {cold[1]:.2f} s")
+    log(f"    first call, kernels cached:   import {warm[0]:.2f} s, first matches {warm[1]:.2f} s")
+    for what, (imported, called) in (("compiled afresh", cold), ("cached", warm)):
+        res.add("11 small", f"fresh process, kernels {what}: import", imported, None)
+        res.add("11 small", f"fresh process, kernels {what}: first 2 matches", called, None)
+    shutil.rmtree(cold_dir, ignore_errors=True)
+
+
+def _quiet_measure(cases: Sequence[Case], repeats: int, log: Callable) -> None:
+    """:func:`measure` without the peak-RSS sampler, whose thread start costs more than these
+    calls take (the times of one call, interleaved, medians)."""
+    for case in cases:
+        case.fn()
+    for r in range(repeats):
+        for case in cases if r % 2 == 0 else list(reversed(cases)):
+            t0 = time.perf_counter()
+            case.fn()
+            case.times.append(time.perf_counter() - t0)
+            case.peaks.append(0)
+    for case in cases:
+        log(f"    {case.name}: median {case.median * 1e3:.2f} ms")
+
+
+def plain_pair(size: int, bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 12-bit scene without nodata and its reference, built in place (no big temporaries)."""
+    rng = np.random.default_rng(SEED)
+    src = np.empty((bands, size, size), np.uint16)
+    ref = np.empty_like(src)
+    ramp = np.linspace(0, 1, size)
+    for b in range(bands):
+        for y0 in range(0, size, 1024):
+            y1 = min(y0 + 1024, size)
+            field = np.outer(np.sin(3 * ramp[y0:y1] + b) ** 2, np.cos(2 * ramp + b) ** 2)
+            noise = rng.normal(0, 0.05, field.shape)
+            src[b, y0:y1] = np.clip((field + noise) * 4095, 0, 4095).astype(np.uint16)
+            ref[b, y0:y1] = np.clip((field**2.2 + noise) * 4095, 0, 4095).astype(np.uint16)
+    return src, ref
+
+
+def stage_direct(ctx: dict, res: Results) -> None:
+    """Stage 12: the in-memory path on large numpy scenes, ``--bands`` x ``--size``² uint16
+    (12-bit): the stage-1 scene (nodata border, ``nodata=0``) and a plain one without nodata.
+    ``rastermatch.match_histograms`` with ``--threads`` threads and with one vs scikit-image
+    band by band (as stage 1), 5 calls each at least, interleaved, medians. Target: >= 10x
+    scikit-image."""
+    from skimage.exposure import match_histograms as sk_match
+
+    log, reps = ctx["log"], max(ctx["repeats"], 5)
+    scenes = {"plain 12-bit": plain_pair(ctx["size"], ctx["bands"])}
+    if "src_np" in ctx:
+        scenes["stage-1 scene, nodata=0"] = (ctx["src_np"], ctx["ref_np"])
+    for label, (src, ref) in scenes.items():
+        kw = {"nodata": 0, "reference_nodata": 0} if "nodata" in label else {}
+
+        def ours(threads: int, src=src, ref=ref, kw=kw) -> None:
+            ctx.pop("_out", None)
+            with dask.config.set(num_workers=threads):
+                ctx["_out"] = rastermatch.match_histograms(src, ref, **kw)
+
+        def skimage(src=src, ref=ref) -> None:
+            ctx.pop("_out_sk", None)
+            out = np.empty_like(src)
+            for b in range(src.shape[0]):
+                out[b] = sk_match(src[b], ref[b], channel_axis=None)
+            ctx["_out_sk"] = out
+
+        many = Case(f"{label}: rastermatch, {ctx['threads']} threads",
+                    lambda: ours(ctx["threads"]))  # fmt: skip
+        one = Case(f"{label}: rastermatch, 1 thread", lambda: ours(1))
+        peer = Case(f"{label}: skimage per band", skimage)
+        measure([many, one, peer], reps, log)
+        ctx.pop("_out", None), ctx.pop("_out_sk", None)
+        for case, what in ((many, f"{ctx['threads']} threads"), (one, "1 thread")):
+            speedup = peer.median / case.median
+            res.add(
+                "12 in-memory",
+                f"match_histograms {label}, {what}",
+                case.median,
+                src.size,
+                peer="skimage per band",
+                peer_time_s=peer.median,
+                ratio=speedup,
+                ratio_label="x faster",
+                peak_rss=case.peak,
+                target="≥ 10x faster than skimage",
+                met=speedup >= 10,
+                cases={"rastermatch": case.as_dict(), "skimage": peer.as_dict()},
+            )
+        res.add(
+            "12 in-memory",
+            f"{ctx['threads']} threads vs 1",
+            many.median,
+            src.size,
+            peer="1 thread",
+            peer_time_s=one.median,
+            ratio=one.median / many.median,
+            ratio_label="x",
+        )
+
+
+# -- stages 13-14: compact counts and Zarr throughput -------------------------------------------
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -1558,7 +1759,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9,10")
+    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9,10,11,12")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
     ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
     ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
@@ -1605,6 +1806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tmp": tmp,
         "memory_sizes": args.memory_sizes,
         "npx": args.bands * args.size**2,
+        "size": args.size,
         "stack_size": args.stack_size,
         "dates": args.dates,
         "memory_dates": args.memory_dates,
@@ -1616,13 +1818,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.threads} threads, stages {args.stages}, workdir {args.workdir}"
     )
 
-    if set(args.stages) & {1, 2, 3, 4, 6, 8, 10}:
+    if set(args.stages) & {1, 2, 3, 4, 6, 8, 10, 12}:
         t = time.perf_counter()
         log("inputs")
         ctx["paths"] = ensure_scene(args.workdir, args.size, args.bands, args.chunk, log)
         res.extra["inputs"] = ctx["paths"]["manifest_data"]
         stage_seconds["inputs"] = time.perf_counter() - t
-    if set(args.stages) & {1, 2}:
+    if set(args.stages) & {1, 2, 12}:
         ctx["src_np"] = load_numpy(ctx["paths"]["src.zarr"])
         ctx["ref_np"] = load_numpy(ctx["paths"]["ref.zarr"])
     stages = {
@@ -1636,6 +1838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         8: ("detector balancing", stage_destripe),
         9: ("optimal LUTs", stage_optimal),
         10: ("exact specification", stage_specify),
+        11: ("small images", stage_small),
+        12: ("in-memory path", stage_direct),
     }
     # the memory stage runs last: its large scene (several GB of files) evicts the other
     # inputs from the page cache

@@ -28,6 +28,7 @@ dask path.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -39,8 +40,8 @@ import numba
 import numpy as np
 
 from ._data import BandArray, thread_pieces
-from ._values import kernel_nodata
-from .apply import _check_levels_dtype, _level, apply_block, block_arguments
+from ._values import EXACT_MAX_ITEMSIZE
+from .apply import _check_levels_dtype, apply_block, block_arguments
 from .errors import BandMismatchError
 from .histogram import (
     DEFAULT_BINS,
@@ -92,45 +93,6 @@ def _count_levels(block, offset, mask, has_mask, out):  # pragma: no cover
                     k = np.uint64(np.int64(block[b, i, j]) - offset)
                     if k < n:
                         o[k] += 1
-
-
-@numba.njit(nogil=True, cache=True)
-def _count_pixels(flat, offset, out):  # pragma: no cover
-    """:func:`_count_levels` of an image stored pixel by pixel, ``flat`` ``(pixel, row)`` (a
-    ``(y, x, band)`` array), read in memory order."""
-    npix, nb = flat.shape
-    n = np.uint64(out.shape[1])
-    for p in range(npix):
-        for b in range(nb):
-            k = np.uint64(np.int64(flat[p, b]) - offset)
-            if k < n:
-                out[b, k] += 1
-
-
-@numba.njit(nogil=True, cache=True)
-def _apply_pixels(
-    flat, table, rows, offset, clamp, nodata, has_nodata, fill, out
-):  # pragma: no cover
-    """:func:`~rastermatch.apply._apply_levels` (one detector) of an image stored pixel by
-    pixel, ``flat`` ``(pixel, row)`` into ``out`` of the same layout, in memory order: the
-    same per-value rule (:func:`~rastermatch.apply._level`)."""
-    npix, nb = flat.shape
-    last = table.shape[1] - 1
-    for p in range(npix):
-        for b in range(nb):
-            t = table[rows[b]]
-            out[p, b] = _level(flat[p, b], t, offset, last, clamp, nodata, has_nodata, fill)
-
-
-def _pixel_major(array: np.ndarray) -> np.ndarray | None:
-    """``(pixel, row)`` view of a ``(row, y, x)`` array that is a ``(y, x, row)`` array seen
-    through its channel axis (numpy input with ``channel_axis=-1``), else None."""
-    if array.ndim != 3 or array.shape[0] < 2:
-        return None
-    yxc = np.moveaxis(array, 0, -1)
-    if not yxc.flags.c_contiguous:
-        return None
-    return yxc.reshape(-1, array.shape[0])
 
 
 # -- which inputs take the path -----------------------------------------------------------------
@@ -217,7 +179,10 @@ def statistics(
     statistics."""
     parallel = _pixels(items) >= SMALL_PIXELS
     binnings: list[Binning | None] = [
-        default_binning(src.dtype, src.array.shape[0], bins=bins, range=None) for src, _, _ in items
+        _levels(src.dtype, src.array.shape[0])
+        if bins is None and src.dtype.kind in "iu" and src.dtype.itemsize <= EXACT_MAX_ITEMSIZE
+        else default_binning(src.dtype, src.array.shape[0], bins=bins, range=None)
+        for src, _, _ in items
     ]
     need = [i for i, b in enumerate(binnings) if b is None]
     if need:
@@ -249,6 +214,15 @@ def statistics(
             assert b is not None
             hists[i] = _histogram_from_stats(_stats(items[i], b, parallel), b, _recorded(items[i]))
     return hists  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(dtype: np.dtype, nrows: int) -> Binning:
+    """``Binning.levels(dtype, nrows)``, made once: a frozen value whose bounds are read-only."""
+    b = Binning.levels(dtype, nrows)
+    b.lo.flags.writeable = False
+    b.hi.flags.writeable = False
+    return b
 
 
 def _recorded(item: tuple[BandArray, Any, Any]) -> dict[str, Any]:
@@ -296,10 +270,6 @@ def _level_counts(
     outs = [whole[at[n] : at[n + 1], : b.nbins] for n, b in enumerate(binnings)]
     if not parallel:
         for (src, mask, _), b, out in zip(items, binnings, outs, strict=True):
-            flat = _pixel_major(src.array) if mask is None else None
-            if flat is not None:
-                _count_pixels(flat, b.offset, out)
-                continue
             m, has_m = _kernel_mask(mask)
             _count_levels(src.array, b.offset, m, has_m, out)
     else:
@@ -384,23 +354,10 @@ def apply_lut(
             f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
             "bands the LUT was fitted on"
         )
-    dtype = np.dtype(kwargs["out_dtype"])
+    # the output laid out as the input: a (y, x, band) image comes back contiguous
+    out = np.empty_like(array, dtype=kwargs["out_dtype"])
     if array.size < SMALL_PIXELS:
-        flat = _pixel_major(array) if kwargs["kind"] == "table" else None
-        if flat is None:
-            return apply_block(array, table, lohi, None, rows, **kwargs)
-        # the output laid out as the input, so the (y, x, band) result comes back contiguous
-        out = np.empty(flat.shape, dtype=dtype)
-        nd, has_nd = kernel_nodata(array, nodata)
-        fill = dtype.type(np.nan if dtype.kind == "f" else 0) if out_nodata is None else None
-        fill = dtype.type(out_nodata) if fill is None else fill
-        info = np.iinfo(array.dtype)
-        offset = kwargs["offset"]
-        clamp = offset != int(info.min) or table.shape[1] != int(info.max) - int(info.min) + 1
-        _check_rows(rows, table.shape[0])
-        _apply_pixels(flat, table, rows, offset, clamp, nd, has_nd, fill, out)
-        return np.moveaxis(out.reshape(*array.shape[1:], array.shape[0]), -1, 0)
-    out = np.empty(array.shape, dtype=dtype)
+        return apply_block(array, table, lohi, None, rows, out=out, **kwargs)
     tasks = [
         lambda b=b, s=s: apply_block(
             array[b : b + 1, s], table, lohi, None, rows[b : b + 1], out=out[b : b + 1, s],
@@ -410,9 +367,3 @@ def apply_lut(
     ]  # fmt: skip
     _run(tasks, True)
     return out
-
-
-def _check_rows(rows: np.ndarray, size: int) -> None:
-    """The kernels index without bounds checks (as :func:`~rastermatch.apply.apply_block`)."""
-    if rows.size and (rows.min() < 0 or rows.max() >= size):
-        raise BandMismatchError(f"a row index outside 0..{size - 1} for a table of {size} rows")
