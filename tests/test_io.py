@@ -547,3 +547,67 @@ def test_a_temporary_keeping_its_suffix_is_found_when_stale(tmp_path):
     dead = tmp.with_name(tmp.name.replace(f"-{os.getpid()}-", "-999999999-", 1))
     dead.write_bytes(b"")
     assert remove_stale_temporaries(final) == [dead] and not dead.exists()
+
+
+# -- what a GeoTIFF write keeps: colour interpretation, descriptions, band tags --------------
+
+
+def tagged_rgb(path: Path, descriptions: tuple[str, ...] = ("r", "g", "b")) -> Path:
+    """A uint16 RGB GeoTIFF with band descriptions, per-band tags, GDAL statistics and the
+    TIFF tags of the software that wrote it."""
+    values, profile, _ = read_tif(RGB)
+    profile.update(dtype="uint16", photometric="RGB", tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values.astype("uint16") * 16)
+        dst.update_tags(TIFFTAG_SOFTWARE="Other 1.0", TIFFTAG_DATETIME="2020:01:01 00:00:00")
+        dst.update_tags(MISSION="test")
+        wavelengths = (650, 550, 450)
+        for index, (description, nm) in enumerate(zip(descriptions, wavelengths, strict=True), 1):
+            dst.set_band_description(index, description)
+            dst.update_tags(index, WAVELENGTH=str(nm), STATISTICS_MEAN="1.5")
+    return path
+
+
+@pytest.mark.parametrize("via", ["tif", "zarr"])
+def test_geotiff_write_keeps_colours_descriptions_and_band_tags(tmp_path, via):
+    scene = open_raster(tagged_rgb(tmp_path / "in.tif"))
+    assert scene.band.values.tolist() == ["r", "g", "b"]
+    assert "WAVELENGTH" not in scene.attrs  # band 1's tags are not the file's
+    assert scene.attrs["band_tags"]["g"]["WAVELENGTH"] == "550"
+    if via == "zarr":  # through a Zarr store and back: the attributes carry it all
+        scene = open_raster(write_raster(scene, tmp_path / "mid.zarr"))
+    out = write_raster(scene, tmp_path / "out.tif")
+    with rasterio.open(out) as src:
+        assert [ci.name for ci in src.colorinterp] == ["red", "green", "blue"]
+        assert src.descriptions == ("r", "g", "b")
+        band_tags = [src.tags(i) for i in (1, 2, 3)]
+        tags = src.tags()
+    assert band_tags == [{"WAVELENGTH": nm} for nm in ("650", "550", "450")]
+    assert tags.get("MISSION") == "test"
+    assert not {"TIFFTAG_SOFTWARE", "TIFFTAG_DATETIME", "WAVELENGTH"} & set(tags)
+
+
+def test_duplicate_descriptions_are_written_back(tmp_path):
+    scene = open_raster(tagged_rgb(tmp_path / "in.tif", descriptions=("x", "x", "y")))
+    assert scene.band.values.tolist() == [1, 2, 3]  # duplicates cannot label bands
+    out = write_raster(scene, tmp_path / "out.tif")
+    assert read_tif(out)[2] == ("x", "x", "y")
+
+
+@pytest.mark.parametrize(
+    "dims", [("latitude", "longitude"), ("lat", "lon"), ("northing", "easting")]
+)
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_spatial_dims_rioxarray_recognises_are_written(tmp_path, dims, suffix):
+    ydim, xdim = dims
+    data = xr.DataArray(
+        np.arange(2 * 10 * 12, dtype="uint16").reshape(2, 10, 12),
+        dims=("band", ydim, xdim),
+        coords={"band": [1, 2], ydim: np.linspace(50, 49, 10), xdim: np.linspace(10, 11, 12)},
+    )
+    data = data.rio.set_spatial_dims(x_dim=xdim, y_dim=ydim).rio.write_crs("EPSG:4326")
+    back = open_raster(write_raster(data, tmp_path / f"out{suffix}"))
+    assert back.rio.crs == data.rio.crs
+    assert back.rio.transform().almost_equals(data.rio.transform())
+    np.testing.assert_array_equal(back.values, data.values)
+    assert data[ydim].attrs == {}  # the caller's coordinates are not changed

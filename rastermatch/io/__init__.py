@@ -551,9 +551,27 @@ def _as_rows_yx(data: xr.DataArray, fmt: str, final: Path) -> xr.DataArray:
             )
         data = data.rename({ydim: "y", xdim: "x"}) if (ydim, xdim) != ("y", "x") else data
         ydim, xdim = "y", "x"
+    elif (ydim, xdim) not in _NAMED_SPATIAL_DIMS:
+        # dims rioxarray does not find by name (lat/lon, or declared with
+        # .rio.set_spatial_dims): Zarr keeps their names, and CF axis attributes on their
+        # coordinates let every reader (rioxarray, odc-geo, open_raster) find them again
+        if ydim in data.coords and xdim in data.coords:
+            data = data.assign_coords(
+                {
+                    dim: xr.Variable(dim, data[dim].values, {**data[dim].attrs, "axis": axis})
+                    for dim, axis in ((ydim, "Y"), (xdim, "X"))
+                }
+            )
+        else:
+            data = data.rename({ydim: "y", xdim: "x"})
+            ydim, xdim = "y", "x"
     if not rows:
         return data.transpose(ydim, xdim).expand_dims(band=np.array([1]))
     return data.transpose(*rows, ydim, xdim)
+
+
+#: Spatial dims every reader (rioxarray, odc-geo, open_raster) finds by name.
+_NAMED_SPATIAL_DIMS = (("y", "x"), ("latitude", "longitude"))
 
 
 def _check_dtype(dtype: np.dtype, fmt: str, path: Path) -> None:
@@ -598,8 +616,11 @@ def check_output_path(
 
     Returns
     -------
-    pathlib.Path
-        The absolute output path.
+    pathlib.Path or Location
+        The absolute output path; for an object store (a URL other than ``file://``, or a
+        zarr store object) its :class:`~rastermatch.io.location.Location`, checked by
+        :func:`rastermatch.io.objectstore.check_output` (the bucket exists; any object under
+        a Zarr prefix, or the GeoTIFF's key, is an existing output; no directory to check).
 
     Raises
     ------
@@ -609,7 +630,8 @@ def check_output_path(
     RasterWriteError
         The suffix names no raster format, the name is longer than file systems allow
         (255 bytes), the directory does not exist or is not writable, or the output is an
-        input.
+        input; for an object store: the bucket does not exist, the store cannot be reached
+        or refuses the credentials, or the URL is read-only (``http(s)://``).
 
     Examples
     --------

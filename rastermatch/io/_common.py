@@ -53,6 +53,14 @@ COMPLETE_CHUNKS_ATTR = "rastermatch_complete_chunks"
 #: "alpha", ...) keyed by band label; set by open_raster for GDAL rasters that have one, kept
 #: by matching, and written back to GeoTIFF outputs (and as an attribute to Zarr).
 COLORINTERP_ATTR = "colorinterp"
+#: Attribute holding each band's own GDAL metadata (``{label: {key: value}}``): set by
+#: open_raster for GDAL rasters whose bands have tags, written back per band to GeoTIFFs.
+BAND_TAGS_ATTR = "band_tags"
+#: Keys a GeoTIFF write never copies from the data's attributes: they describe the file or
+#: the pixels they came from, not the output (the software and time that wrote the source,
+#: GDAL's band statistics of the source pixels).
+STALE_TAGS = frozenset({"TIFFTAG_SOFTWARE", "TIFFTAG_DATETIME", "TIFFTAG_HOSTCOMPUTER"})
+STALE_TAG_PREFIXES = ("STATISTICS_",)
 
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 _GTIFF_SUFFIXES = (".tif", ".tiff")
@@ -361,15 +369,37 @@ def _relabel_bands(data: xr.DataArray, band_names: Sequence[str], path: Path) ->
 
 
 def _relabel(data: xr.DataArray, labels: np.ndarray) -> xr.DataArray:
-    """New band labels; the colour interpretation, keyed by label, follows them."""
+    """New band labels; the colour interpretation and band tags, keyed by label, follow them."""
     result = data.assign_coords(band=labels)
-    interp = data.attrs.get(COLORINTERP_ATTR)
-    if isinstance(interp, Mapping):
-        old = [str(b) for b in data.band.values]
-        result.attrs[COLORINTERP_ATTR] = {
-            str(new): interp[o] for o, new in zip(old, labels, strict=True) if o in interp
-        }
+    old = [str(b) for b in data.band.values]
+    for attr in (COLORINTERP_ATTR, BAND_TAGS_ATTR):
+        per_band = data.attrs.get(attr)
+        if isinstance(per_band, Mapping):
+            result.attrs[attr] = {
+                str(new): per_band[o] for o, new in zip(old, labels, strict=True) if o in per_band
+            }
     return result
+
+
+def _stale_tag(key: str) -> bool:
+    return key in STALE_TAGS or key.startswith(STALE_TAG_PREFIXES)
+
+
+def _without_stale_tags(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` without the tags that describe the source file or its pixels, at the top level
+    and in every band's tags."""
+    kept = {key: value for key, value in attrs.items() if not _stale_tag(key)}
+    band_tags = kept.get(BAND_TAGS_ATTR)
+    if isinstance(band_tags, Mapping):
+        cleaned = {
+            str(label): {k: v for k, v in tags.items() if not _stale_tag(str(k))}
+            for label, tags in band_tags.items()
+            if isinstance(tags, Mapping)
+        }
+        kept[BAND_TAGS_ATTR] = {label: tags for label, tags in cleaned.items() if tags}
+        if not kept[BAND_TAGS_ATTR]:
+            del kept[BAND_TAGS_ATTR]
+    return kept
 
 
 class _WriteJob:

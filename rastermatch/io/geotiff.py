@@ -35,6 +35,7 @@ from rastermatch.errors import (
 )
 from rastermatch.io._common import (
     _MANAGED_ATTRS,
+    BAND_TAGS_ATTR,
     COLORINTERP_ATTR,
     PROVENANCE_DOMAIN,
     PROVENANCE_KEY,
@@ -47,6 +48,7 @@ from rastermatch.io._common import (
     _relabel,
     _scale_offset,
     _settle_provenance,
+    _stale_tag,
     _WriteJob,
 )
 from rastermatch.io.atomic import (
@@ -80,6 +82,8 @@ def _open_gdal(loc: Location, *, chunks: Any) -> xr.DataArray:
             height, width = src.height, src.width
             subdatasets = src.subdatasets
             colorinterp = [ci.name for ci in src.colorinterp]
+            file_tags = src.tags()
+            band_tags = [src.tags(index) for index in range(1, count + 1)]
     except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError) as exc:
         raise _open_error(loc, exc) from exc
     if count == 0:
@@ -114,6 +118,17 @@ def _open_gdal(loc: Location, *, chunks: Any) -> xr.DataArray:
         result.attrs[COLORINTERP_ATTR] = dict(
             zip((str(b) for b in result.band.values), colorinterp, strict=True)
         )
+    if any(band_tags):
+        # rioxarray copies band 1's tags into the attributes as if they were the file's: they
+        # go back to their bands, every band's own under its label
+        for key in band_tags[0]:
+            if key not in file_tags:
+                result.attrs.pop(key, None)
+        result.attrs[BAND_TAGS_ATTR] = {
+            str(label): dict(tags)
+            for label, tags in zip(result.band.values, band_tags, strict=True)
+            if tags
+        }
     labels = _labels_from_descriptions(descriptions)
     if labels is not None:
         result = _relabel(result, labels)
@@ -454,16 +469,35 @@ def _write_gtiff_metadata(
     dst: rasterio.io.DatasetWriter, data: xr.DataArray, provenance: str | None
 ) -> None:
     labels = data.band.values
+    descriptions = data.attrs.get("long_name")  # rioxarray's, when labels could not hold them
     if labels.dtype.kind in "UOST":
         for index, label in enumerate(labels, start=1):
             dst.set_band_description(index, str(label))
+    elif isinstance(descriptions, list | tuple) and len(descriptions) == len(labels):
+        for index, description in enumerate(descriptions, start=1):
+            if isinstance(description, str) and description:
+                dst.set_band_description(index, description)
     tags = {
         str(key): str(value)
         for key, value in data.attrs.items()
-        if key not in _MANAGED_ATTRS and isinstance(value, str | int | float | np.number)
+        if key not in _MANAGED_ATTRS
+        and isinstance(value, str | int | float | np.number)
+        and not _stale_tag(str(key))
     }
     if tags:
         dst.update_tags(**tags)
+    band_tags = data.attrs.get(BAND_TAGS_ATTR)
+    if isinstance(band_tags, Mapping):
+        for index, label in enumerate(labels, start=1):
+            own = band_tags.get(str(label))
+            if isinstance(own, Mapping):
+                kept = {
+                    str(key): str(value)
+                    for key, value in own.items()
+                    if isinstance(value, str | int | float | np.number) and not _stale_tag(str(key))
+                }
+                if kept:
+                    dst.update_tags(index, **kept)
     interp = data.attrs.get(COLORINTERP_ATTR)
     if isinstance(interp, Mapping):
         names = [interp.get(str(label)) for label in labels]

@@ -34,6 +34,7 @@ from rastermatch.io._common import (
     _nodata,
     _one_nodata,
     _scale_offset,
+    _without_stale_tags,
     _WriteJob,
 )
 from rastermatch.io.atomic import _compute_on_cluster, _compute_on_own_pool
@@ -402,7 +403,7 @@ def _variable_name(data: xr.DataArray) -> str:
 
 
 def _zarr_attrs(data: xr.DataArray, job: _WriteJob) -> dict[str, Any]:
-    attrs = _zarr_json_attrs(data.attrs)
+    attrs = _without_stale_tags(_zarr_json_attrs(data.attrs))
     scale, offset = _scale_offset(data)
     if scale is not None:
         attrs.update(scale_factor=scale, add_offset=offset)
