@@ -97,6 +97,21 @@ def _is_marker(name: str) -> bool:
     return _MARKER_RE.fullmatch(name) is not None
 
 
+def _byte_range(value: bytes, byte_range: Any) -> bytes:
+    """The part of ``value`` a zarr ByteRequest asks for (all of it for None)."""
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+    if byte_range is None:
+        return value
+    if isinstance(byte_range, RangeByteRequest):
+        return value[byte_range.start : byte_range.end]
+    if isinstance(byte_range, OffsetByteRequest):
+        return value[byte_range.offset :]
+    if isinstance(byte_range, SuffixByteRequest):
+        return value[-byte_range.suffix :] if byte_range.suffix else b""
+    raise TypeError(f"unexpected byte range {byte_range!r}")
+
+
 class MetadataLastStore(WrapperStore[Store]):
     """A zarr store that passes chunks through and holds metadata documents back until
     :meth:`commit`.
@@ -135,9 +150,7 @@ class MetadataLastStore(WrapperStore[Store]):
         value = self._metadata.get(key)
         if value is None:
             return None
-        if byte_range is not None:
-            return await super().get(key, prototype, byte_range)  # never asked of metadata
-        return prototype.buffer.from_bytes(value)
+        return prototype.buffer.from_bytes(_byte_range(value, byte_range))
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, Any]]
