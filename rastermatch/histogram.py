@@ -1199,8 +1199,14 @@ class Histogram:
         """
         if self._atoms is not None:
             return self._atoms[band]
-        vmin, vmax, nmin = (a[band] for a in self.bin_stats())
+        self._require_concrete()
         counts = self.counts[band]
+        if not self.has_stats:
+            # a bin is one value (a level, or a centre): the occupied bins, this row only (the
+            # quality table asks for every row of three histograms between the two passes)
+            at = np.flatnonzero(counts)
+            return self.binning.values()[band][at], counts[at].astype(np.int64)
+        vmin, vmax, nmin = self.vmin[band], self.vmax[band], self.nmin[band]
         seen = counts > 0
         two = seen & (vmax > vmin)
         values = np.stack([vmin, vmax], axis=1)[seen].ravel()
