@@ -7,6 +7,7 @@ its own bucket.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,46 +197,53 @@ _KILLED_WRITER = textwrap.dedent(
     arr = da.ones((2, 512, 512), dtype="uint8", chunks=(1, 64, 64)).map_blocks(slow)
     data = xr.DataArray(arr, dims=("band", "y", "x"))
     with dask.config.set(num_workers=2):
-        write_raster(data, sys.argv[1])
+        write_raster(data, sys.argv[1], overwrite=True)
     print("finished", flush=True)
     """
 )
+_CHUNK = re.compile(r"killed\.zarr/data/c/\d+/(\d+)/(\d+)")
 
 
-def test_killed_zarr_write_leaves_nothing_that_opens_and_the_next_write_cleans_it(
+def _new_grid_chunks(keys: list[str]) -> list[str]:
+    """Chunks of the killed writer's 8 x 8 grid that the old 2 x 2 output does not have."""
+    return [key for key in keys if (m := _CHUNK.fullmatch(key)) and max(map(int, m.groups())) > 1]
+
+
+def test_killed_overwrite_leaves_nothing_that_opens_and_the_next_write_cleans_it(
     s3, bucket, tmp_path
 ):
     out = f"s3://{bucket}/killed.zarr"
+    write_raster(_raster(seed=5), out)  # the output the killed write replaces
     script = tmp_path / "writer.py"
     script.write_text(_KILLED_WRITER)
     writer = subprocess.Popen(
         [sys.executable, str(script), out], stdout=subprocess.PIPE, env=dict(os.environ)
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any("/c/" in key for key in s3.keys(bucket, "killed.zarr/data/")):
+    try:  # killed while it writes chunks
+        deadline = time.monotonic() + 90
+        while not _new_grid_chunks(s3.keys(bucket, "killed.zarr/data/")):
             assert writer.poll() is None, "the writer ended before writing a chunk"
-            assert time.monotonic() < deadline, "no chunk written within 60 s"
+            assert time.monotonic() < deadline, "no chunk written within 90 s"
             time.sleep(0.05)
         writer.send_signal(signal.SIGKILL)
     finally:
         writer.kill()
         writer.wait()
     keys = s3.keys(bucket, "killed.zarr/")
-    assert any("/c/" in key for key in keys)  # chunks landed ...
-    assert not any(key.endswith("zarr.json") for key in keys)  # ... but no metadata
+    assert _new_grid_chunks(keys)  # new chunks landed ...
+    assert "killed.zarr/zarr.json" not in keys  # ... the old root went first, no new one
     assert any(".rastermatch-" in key for key in keys)  # and the marker of the dead writer
-    with pytest.raises(RastermatchError):
+    with pytest.raises(RastermatchError):  # neither old nor new, nor a mix, opens
         open_raster(out)
     with pytest.raises(FileNotFoundError):
         xr.open_zarr(out)
-    # the next write finds the dead writer's marker and removes what it left
+    # the next write (overwrite=False: what a dead write left is no output) removes it all
     data = _raster()
     write_raster(data, out)
     assert np.array_equal(_stored(out), _pixels(data))
     keys = s3.keys(bucket, "killed.zarr/")
     assert not any(".rastermatch-" in key for key in keys)
-    assert not any(key.startswith("killed.zarr/data/c/0/7/") for key in keys)  # old grid gone
+    assert not _new_grid_chunks(keys)
 
 
 # GeoTIFF on S3 -----------------------------------------------------------------------------
