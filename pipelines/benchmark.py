@@ -42,6 +42,12 @@ Stages (``--stages``, all by default):
 12. the in-memory path on large numpy scenes: ``--bands`` x ``--size``² uint16 with
     ``--threads`` threads and with one vs scikit-image per band (a plain 12-bit scene, and the
     stage-1 scene with its nodata border when stage 3 does not run in between);
+13. compact counts: ``band_histograms`` of the stage-1 scene as dask chunks of 1024², 2048² and
+    4096² (``--threads`` threads) vs the dense per-block counts it replaced, ns/px per core
+    (wall x threads) and the 1024²/4096² time ratio, with dask's Profiler split of task time
+    and serial gaps;
+14. throughput: Zarr -> Zarr ``match_files`` vs the two-pass floor, MPx/s per core and the
+    ratio, with the same split (where the time that is neither I/O nor kernels goes).
 
 Every ratio compares two things measured in the same run, repeats interleaved (A B, B A, ...) so
 that drift hits both alike; times are medians after an untimed warm-up. These are
@@ -1718,6 +1724,199 @@ def stage_direct(ctx: dict, res: Results) -> None:
 # -- stages 13-14: compact counts and Zarr throughput -------------------------------------------
 
 
+def _dense_counts(arr: da.Array) -> da.Array:
+    """The dask histogram path before compact counts, as the peer of stage 13: a fresh table of
+    every level per block (``block_counts``), summed by dask's own tree into int64."""
+    from rastermatch.histogram import block_counts
+
+    per_block = da.blockwise(
+        block_counts, "byxn", arr, "byx", new_axes={"n": 65_536},
+        adjust_chunks={"y": 1, "x": 1}, dtype=np.int32, meta=np.empty((0,) * 4, np.int32),
+        kind="levels", nbins=65_536, offset=0, nodata=0,
+    )  # fmt: skip
+    return per_block.sum(axis=(1, 2), dtype=np.int64)
+
+
+def _cpu_timed(fn: Callable[[], Any], sink: list[float]) -> Callable[[], None]:
+    """``fn`` that also records the CPU seconds of this process (all its threads) per call: on
+    a shared machine they drift less than the wall time, which other work stretches."""
+
+    def run() -> None:
+        t = time.process_time()
+        fn()
+        sink.append(time.process_time() - t)
+
+    return run
+
+
+def _task_share(fn: Callable[[], Any], threads: int) -> dict[str, float]:
+    """One run of ``fn`` under dask's Profiler: wall time, the seconds its tasks ran (summed
+    over threads), and the serial gaps (no task running: graph building, client-side work)."""
+    from dask.diagnostics import Profiler
+
+    with Profiler() as prof:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+    spans = sorted((r.start_time, r.end_time) for r in prof.results)
+    idle, reach = 0.0, t0
+    for a, b in spans:
+        idle += max(0.0, a - reach)
+        reach = max(reach, b)
+    idle += max(0.0, t1 - reach)
+    busy = sum(b - a for a, b in spans)
+    return {
+        "wall_s": t1 - t0,
+        "task_s": busy,
+        "no_task_s": idle,
+        "slot_idle_share": 1 - busy / (threads * (t1 - t0)),
+        "tasks": len(spans),
+    }
+
+
+def stage_compact(ctx: dict, res: Results) -> None:
+    """Compact per-block counts: ``band_histograms`` of the numpy scene as dask chunks of
+    1024², 2048² and 4096² on the threaded scheduler, against the dense per-block path it
+    replaced, interleaved. Targets (#12): <= 0.5 ns/px per core (wall x threads) at 2048², and
+    1024² no more than 1.3x the time of 4096²."""
+    if "src_np" not in ctx:  # stage 3 dropped it
+        ctx["src_np"] = load_numpy(ctx["paths"]["src.zarr"])
+    src, n, log = ctx["src_np"], ctx["threads"], ctx["log"]
+    reps = max(ctx["repeats"], 5)
+    cases: dict[tuple[str, int], Case] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    for c in (1024, 2048, 4096):
+        arr = da.from_array(src, chunks=(1, c, c))
+        for kind, what, fn in (
+            ("compact", f"band_histograms {c}² chunks (compact)",
+             lambda arr=arr: rastermatch.band_histograms(arr, nodata=0).compute()),
+            ("dense", f"dense per-block counts {c}² chunks",
+             lambda arr=arr: _dense_counts(arr).compute()),
+        ):  # fmt: skip
+            cpu[kind, c] = []
+            cases[kind, c] = Case(what, _cpu_timed(fn, cpu[kind, c]))
+    with dask.config.set(scheduler="threads", num_workers=n):
+        measure(list(cases.values()), reps, log)
+        same = np.array_equal(
+            rastermatch.band_histograms(da.from_array(src, chunks=(1, 1024, 1024)), nodata=0)
+            .compute().counts,
+            _dense_counts(da.from_array(src, chunks=(1, 4096, 4096))).compute(),
+        )  # fmt: skip
+        shares = {
+            c: _task_share(cases["compact", c].fn, n) for c in (1024, 2048, 4096)
+        }  # fmt: skip
+    for c in (1024, 2048, 4096):
+        comp, dense = cases["compact", c], cases["dense", c]
+        per_core = comp.median / src.size * 1e9 * n
+        cpu_ns = {
+            k: statistics.median(cpu[k, c][1:]) / src.size * 1e9 for k in ("compact", "dense")
+        }
+        res.add(
+            "13 compact",
+            f"band_histograms dask {c}², {n} threads",
+            comp.median,
+            src.size,
+            peer="dense per-block counts",
+            peer_time_s=dense.median,
+            ratio=dense.median / comp.median,
+            ratio_label="x faster",
+            target="≤ 0.5 ns/px per core" if c == 2048 else "",
+            met=per_core <= 0.5 if c == 2048 else None,
+            ns_per_px_per_core=per_core,
+            equal_to_dense=same,
+            cpu_ns_per_px=cpu_ns,
+            profile=shares[c],
+            cases={"compact": comp.as_dict(), "dense": dense.as_dict()},
+        )
+        log(
+            f"    {c}²: {per_core:.2f} ns/px per core (wall x {n}), CPU {cpu_ns['compact']:.2f} "
+            f"ns/px (dense {cpu_ns['dense']:.2f}); tasks {shares[c]['tasks']}, "
+            f"{shares[c]['task_s']:.2f} task-s in {shares[c]['wall_s']:.2f} s wall, "
+            f"{shares[c]['no_task_s']:.2f} s with no task running"
+        )
+    for kind in ("compact", "dense"):
+        ratio = cases[kind, 1024].median / cases[kind, 4096].median
+        cpu_ratio = statistics.median(cpu[kind, 1024][1:]) / statistics.median(cpu[kind, 4096][1:])
+        log(f"    {kind}: 1024²/4096² wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x")
+        res.add(
+            "13 compact",
+            f"{kind}: 1024² time / 4096² time",
+            None,
+            None,
+            ratio=ratio,
+            ratio_label="x",
+            target="≤ 1.3x" if kind == "compact" else "",
+            met=ratio <= 1.3 if kind == "compact" else None,
+            cpu_ratio=cpu_ratio,
+        )
+
+
+def stage_throughput(ctx: dict, res: Results) -> None:
+    """Zarr (blosc-lz4) end to end: ``match_files`` of the stage-3 pair against the two-pass
+    floor (read both, copy the source with ``write_raster``), interleaved; MPx/s per core and
+    the ratio to the floor. One more run of each under dask's Profiler splits the wall time
+    into task time and serial gaps (no task running: opening, graph building, LUT and quality
+    between the passes, metadata). Targets (#12): >= 80 MPx/s per core, <= 1.15x the floor."""
+    p, tmp, n, npx = ctx["paths"], ctx["tmp"], ctx["threads"], ctx["npx"]
+    out, copy = tmp / "throughput-matched.zarr", tmp / "throughput-copy.zarr"
+    cpu_m: list[float] = []
+    cpu_f: list[float] = []
+    m = Case(
+        "match_files zarr",
+        _cpu_timed(lambda: match_files(p["src.zarr"], p["ref.zarr"], out, nodata=0), cpu_m),
+        setup=remove(out),
+    )
+    f = Case(
+        "two-pass floor",
+        _cpu_timed(_floor(p["src.zarr"], p["ref.zarr"], copy), cpu_f),
+        setup=remove(copy),
+    )
+    with dask.config.set(scheduler="threads", num_workers=n):
+        measure([m, f], max(ctx["repeats"], 3), ctx["log"])
+        remove(out)()
+        prof_m = _task_share(m.fn, n)
+        remove(copy)()
+        prof_f = _task_share(f.fn, n)
+    remove(out, copy)()
+    rate = npx / m.median / n / 1e6
+    ratio = m.median / f.median
+    cm, cf = statistics.median(cpu_m[1:]), statistics.median(cpu_f[1:])
+    res.add(
+        "14 throughput",
+        f"match_files zarr, {n} threads",
+        m.median,
+        npx,
+        peer="two-pass floor",
+        peer_time_s=f.median,
+        ratio=ratio,
+        ratio_label="x floor",
+        peak_rss=m.peak,
+        target="≤ 1.15x floor",
+        met=ratio <= 1.15,
+        profile={"match": prof_m, "floor": prof_f},
+        cpu_s={"match_files": cm, "floor": cf},
+        cases={"match_files": m.as_dict(), "floor": f.as_dict()},
+    )
+    res.add(
+        "14 throughput",
+        "match_files MPx/s per core",
+        None,
+        None,
+        ratio=rate,
+        ratio_label="MPx/s/core",
+        target="≥ 80 MPx/s per core",
+        met=rate >= 80,
+        floor_mpx_s_per_core=npx / f.median / n / 1e6,
+    )
+    ctx["log"](f"    CPU: match_files {cm:.2f} s, floor {cf:.2f} s ({cm / cf:.2f}x)")
+    for what, pr in (("match_files", prof_m), ("floor", prof_f)):
+        ctx["log"](
+            f"    {what}: {pr['wall_s']:.2f} s wall, {pr['task_s']:.2f} task-s over {n} "
+            f"threads, {pr['no_task_s']:.2f} s with no task running, "
+            f"{pr['slot_idle_share']:.0%} of thread time idle"
+        )
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -1759,7 +1958,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9,10,11,12")
+    ap.add_argument("--stages", default="1,2,3,4,5,6,7,8,9,10,11,12,13,14")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rastermatch-benchmark"))
     ap.add_argument("--json", type=Path, default=REPO / "benchmark-results" / "benchmark.json")
     ap.add_argument("--child-job", default=None, help=argparse.SUPPRESS)
@@ -1818,7 +2017,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.threads} threads, stages {args.stages}, workdir {args.workdir}"
     )
 
-    if set(args.stages) & {1, 2, 3, 4, 6, 8, 10, 12}:
+    if set(args.stages) & {1, 2, 3, 4, 6, 8, 10, 12, 13, 14}:
         t = time.perf_counter()
         log("inputs")
         ctx["paths"] = ensure_scene(args.workdir, args.size, args.bands, args.chunk, log)
@@ -1840,6 +2039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         10: ("exact specification", stage_specify),
         11: ("small images", stage_small),
         12: ("in-memory path", stage_direct),
+        13: ("compact counts", stage_compact),
+        14: ("zarr throughput", stage_throughput),
     }
     # the memory stage runs last: its large scene (several GB of files) evicts the other
     # inputs from the page cache
