@@ -735,7 +735,8 @@ def prepare_overlap(
         m_mask = None if m_mask is None else _dask_mask(
             as_band_mask(m_mask, member, name="reference mask"), m_arr
         )  # fmt: skip
-        if same_grid(src_grid, ref_grid):
+        same = same_grid(src_grid, ref_grid)
+        if same:
             inside = None
         else:
             fraction = _placed(src_grid, ref_grid)
@@ -762,7 +763,9 @@ def prepare_overlap(
         if inside is not None:
             area = area & inside
         areas.append(area)
-        on_grid.append(replace(member, array=m_arr, template=None, layout=None))
+        # on one grid the member is counted as given (numpy stays numpy: local threads)
+        kept = member.array if inside is None and same else m_arr
+        on_grid.append(replace(member, array=kept, template=None, layout=None))
     union = areas[0]
     for area in areas[1:]:
         union = union | area
