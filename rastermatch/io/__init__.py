@@ -145,6 +145,7 @@ from rastermatch.io._common import (
     _ZARR_MARKERS,
     COLORINTERP_ATTR,  # noqa: F401 - re-exported
     COMPLETE_CHUNKS_ATTR,  # noqa: F401 - re-exported
+    GDAL_CACHE_MB,  # noqa: F401 - re-exported (pipeline's bound too)
     MAX_BLOCKS,  # noqa: F401 - re-exported
     PROVENANCE_ATTR,  # noqa: F401 - re-exported
     PROVENANCE_DOMAIN,  # noqa: F401 - re-exported
@@ -172,7 +173,6 @@ from rastermatch.io.atomic import (
     temporary_sibling,
 )
 from rastermatch.io.geotiff import (
-    GDAL_WRITE_CACHE_MB,  # noqa: F401 - re-exported
     ORDERED_WRITE_BUFFER,  # noqa: F401 - re-exported
     _gtiff_compression,
     _open_gdal,

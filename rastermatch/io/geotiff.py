@@ -37,6 +37,7 @@ from rastermatch.io._common import (
     _MANAGED_ATTRS,
     BAND_TAGS_ATTR,
     COLORINTERP_ATTR,
+    GDAL_CACHE_MB,
     PROVENANCE_DOMAIN,
     PROVENANCE_KEY,
     _aligned_chunks,
@@ -58,9 +59,6 @@ from rastermatch.io.atomic import (
 )
 from rastermatch.io.location import Location, redact_text
 
-#: GDAL block cache (MB) while a GeoTIFF is written. GDAL's default (5 % of RAM) lets dirty
-#: tiles pile up until the file is closed; a bounded cache makes GDAL flush as it goes.
-GDAL_WRITE_CACHE_MB = 256
 _GTIFF_COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "LZMA", "PACKBITS", "NONE")
 _PREDICTOR_COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "LZMA")
 
@@ -240,7 +238,9 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
             # no PAM: metadata GeoTIFF cannot hold would go to a .aux.xml sidecar file,
             # which the move into place would leave behind
             rasterio.Env(
-                GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB,
+                # GDAL's default (5 % of RAM) lets dirty tiles pile up until the file is
+                # closed; a bounded cache makes GDAL flush as it goes
+                GDAL_CACHEMAX=GDAL_CACHE_MB,
                 GDAL_NUM_THREADS="ALL_CPUS",
                 GDAL_PAM_ENABLED="NO",
             ),

@@ -284,7 +284,8 @@ class Location:
 
     def is_zarr(self) -> bool:
         """Whether this names a Zarr store: a ``.zarr`` suffix, a store object, a location GDAL
-        cannot read (``memory://``), or a local directory with Zarr metadata."""
+        cannot read (``memory://``), a local directory with Zarr metadata, or an object store URL
+        without a suffix (``s3://bucket/prefix/``) holding Zarr metadata (a request or two)."""
         if self.kind == "store" or self.suffix == ".zarr":
             return True
         if self.kind == "local":
@@ -292,7 +293,13 @@ class Location:
             return self.path.is_dir() and any(
                 (self.path / marker).exists() for marker in _ZARR_MARKERS
             )
-        return self.kind == "url" and self.scheme not in GDAL_SCHEMES
+        if self.kind != "url":
+            return False
+        if self.scheme not in GDAL_SCHEMES:
+            return True
+        # not over plain HTTP: fsspec's HTTP client has no timeout to rely on
+        http = self.scheme in ("http", "https")
+        return not self.suffix and not http and _holds_zarr_metadata(str(self.url))
 
     def zarr_store(self, *, read_only: bool) -> Any:
         """The zarr store of this location.
@@ -510,6 +517,20 @@ def _store_has_root(store: Any) -> bool:
     except Exception:  # nothing (readable) there
         return False
     return True
+
+
+def _holds_zarr_metadata(url: str) -> bool:
+    """Whether the prefix ``url`` (no query string) holds a Zarr root document; False when it
+    cannot be asked (no file system for the scheme, no network, no credentials)."""
+    if re.search(r"[?#]", url):
+        return False  # a signed or generated URL names one object, not a prefix
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, key = url_to_fs(url)
+        return any(fs.exists(f"{key.rstrip('/')}/{marker}") for marker in _ZARR_MARKERS)
+    except Exception:
+        return False
 
 
 def _http_exists(url: str) -> bool:
