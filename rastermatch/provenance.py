@@ -60,6 +60,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -729,18 +730,25 @@ def assemble(
 
 
 def read_bounded(path: Path, limit: int = PAYLOAD_MAX_BYTES) -> bytes | None:
-    """The bytes of a local file of at most ``limit`` bytes; None when it does not exist."""
+    """The bytes of a local file of at most ``limit`` bytes; None when it does not exist.
+    Only a regular file is opened (a FIFO or device put in a sidecar's place would block or
+    never end)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise RasterReadError(f"{path} is not a regular file, so not a LUT sidecar")
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise RasterReadError(f"{path} is a directory, not a LUT sidecar") from None
     except OSError as exc:
+        if isinstance(exc, RastermatchError):
+            raise
         raise RasterReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise RasterReadError(f"{path} is larger than the {limit:,} bytes a LUT sidecar may be")
+        raise RasterReadError(
+            f"the LUT sidecar {path} is larger than the {limit:,} bytes its raster records; it "
+            "does not belong to it (replaced or edited): write the output again"
+        )
     return data
 
 
@@ -793,7 +801,7 @@ def read_provenance(path: Any) -> dict[str, Any] | None:
         except Exception as exc:
             raise RasterReadError(f"cannot open the Zarr store {text}: {exc}") from exc
         return _read_zarr(store, text)
-    return _read_geotiff(loc.gdal_path, text, lambda: _read_remote_sidecar(loc, text))
+    return _read_geotiff(loc.gdal_path, text, lambda size: _read_remote_sidecar(loc, text, size))
 
 
 def _location(path: Any) -> Any:
@@ -817,11 +825,11 @@ def _read_local(source: Path, text: str) -> dict[str, Any] | None:
         import zarr.storage
 
         return _read_zarr(zarr.storage.LocalStore(source, read_only=True), text)
-    return _read_geotiff(str(source), text, lambda: read_bounded(sidecar_path(source)))
+    return _read_geotiff(str(source), text, lambda size: read_bounded(sidecar_path(source), size))
 
 
 def _read_geotiff(
-    gdal_path: str, text: str, sidecar: Callable[[], bytes | None]
+    gdal_path: str, text: str, sidecar: Callable[[int], bytes | None]
 ) -> dict[str, Any] | None:
     import rasterio
     import rasterio.errors
@@ -833,7 +841,7 @@ def _read_geotiff(
             raw = src.tags(ns=PROVENANCE_DOMAIN).get(PROVENANCE_KEY)
     except rasterio.errors.RasterioError as exc:
         raise RasterReadError(f"cannot read {text}: {exc}") from exc
-    return from_header(raw, text, lambda _: sidecar())
+    return from_header(raw, text, lambda where: sidecar(where["bytes"]))
 
 
 def _read_zarr(store: Any, text: str) -> dict[str, Any] | None:
@@ -858,11 +866,11 @@ def _read_zarr(store: Any, text: str) -> dict[str, Any] | None:
     return from_header(raw, text, lambda where: read_zarr_payload(group, text, where["bytes"]))
 
 
-def _read_remote_sidecar(loc: Any, text: str) -> bytes | None:
+def _read_remote_sidecar(loc: Any, text: str, limit: int) -> bytes | None:
     """The sidecar of a remote GeoTIFF (fsspec), at most :data:`PAYLOAD_MAX_BYTES`."""
     side = loc.sibling(loc.name + SIDECAR_SUFFIX)
     if getattr(side, "kind", None) == "local":
-        return read_bounded(Path(side.path))
+        return read_bounded(Path(side.path), limit)
     url = getattr(side, "url", None)
     if not url:
         raise RasterReadError(
@@ -872,7 +880,7 @@ def _read_remote_sidecar(loc: Any, text: str) -> bytes | None:
         import fsspec
 
         with fsspec.open(url, "rb") as f:
-            data = f.read(PAYLOAD_MAX_BYTES + 1)
+            data = f.read(limit + 1)
     except FileNotFoundError:
         return None
     except ImportError as exc:
@@ -881,6 +889,9 @@ def _read_remote_sidecar(loc: Any, text: str) -> bytes | None:
         ) from exc
     except Exception as exc:
         raise RasterReadError(f"cannot read the LUT sidecar {side.text}: {exc}") from exc
-    if len(data) > PAYLOAD_MAX_BYTES:
-        raise RasterReadError(f"the LUT sidecar {side.text} is larger than {PAYLOAD_MAX_BYTES:,}")
+    if len(data) > limit:
+        raise RasterReadError(
+            f"the LUT sidecar {side.text} is larger than the {limit:,} bytes {text} records; it "
+            "was replaced or edited: write the output again"
+        )
     return data

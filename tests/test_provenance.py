@@ -4,6 +4,7 @@ Zarr array or a GeoTIFF sidecar, read back whole; damaged or hostile records ref
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -159,6 +160,11 @@ def test_damaged_or_hostile_records_are_refused(matched, tmp_path):
     side.write_bytes(good + b" ")
     with pytest.raises(RasterReadError, match="does not belong"):
         read_provenance(tif)
+    side.unlink()
+    os.mkfifo(side)  # a FIFO in its place would block a reader: refused unopened
+    with pytest.raises(RasterReadError, match="not a regular file"):
+        read_provenance(tif)
+    side.unlink()
     side.write_bytes(good)
     assert read_provenance(tif) == matched["record"]
 
@@ -243,3 +249,29 @@ def test_stale_sidecar_of_a_killed_job_is_removed(tmp_path):
     (tmp_path / dead).write_text("{}")
     assert [p.name for p in prov.remove_stale_sidecars(final)] == [dead]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remote_outputs_read_back_whole(matched, tmp_path):
+    """A GeoTIFF and its sidecar over HTTP (a loopback server in its own process), and a Zarr
+    store written to memory://, read back whole."""
+    import shutil
+
+    import fsspec
+    from servers import start_http_server
+
+    for name in ("m.tif", "m.tif.lut.json"):
+        shutil.copy(matched["folder"] / name, tmp_path / name)
+    server = start_http_server(tmp_path)
+    try:
+        assert read_provenance(server.url("m.tif")) == matched["record"]
+        (tmp_path / "m.tif.lut.json").unlink()
+        with pytest.raises(RasterReadError, match="missing"):
+            read_provenance(server.url("m.tif"))
+    finally:
+        server.stop()
+    url = "memory://rastermatch-prov/z.zarr"
+    try:
+        write_raster(open_raster(matched["zarr"]), url, provenance=matched["record"])
+        assert read_provenance(url) == matched["record"]
+    finally:
+        fsspec.filesystem("memory").rm("/rastermatch-prov", recursive=True)
