@@ -262,6 +262,8 @@ def test_geotiff_and_cog_out_to_s3(s3, bucket):
         write_raster(data, out)
     write_raster(data + 1, out, overwrite=True, cog=False)
     assert np.array_equal(_stored(out), _pixels(data) + 1)
+    # read through GDAL's /vsis3/ in this process: the replaced object's cached bytes are gone
+    assert np.array_equal(_pixels(open_raster(out)), _pixels(data) + 1)
 
 
 def test_failed_geotiff_write_uploads_nothing(s3, bucket):

@@ -741,8 +741,56 @@ def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
             fs.put_file(str(tmp), key)
         else:
             _upload_with_sidecar(fs, key, text, tmp, payload, overwrite=job.overwrite)
+        _forget_gdal_cache(url)
     finally:
         _remove_file_despite_interrupts(tmp)
+
+
+def _forget_gdal_cache(url: str) -> None:
+    """Drop what GDAL's network file systems cached of the object at ``url`` (its size, its
+    bytes), so that this process reads a replaced GeoTIFF anew, not the old one's bytes.
+
+    rasterio has no binding for GDAL's ``VSICurlPartialClearCache``; it is called in the
+    GDAL library rasterio loaded (found through ``/proc/self/maps``). Where that cannot be
+    done (no ``/proc``), nothing happens: a later open in this process may then see the
+    previous object until GDAL's cache lets it go.
+    """
+    from rastermatch.io.location import location
+
+    with contextlib.suppress(Exception):
+        gdal_path = location(url).gdal_path
+        library = _gdal_library()
+        if library is not None:
+            library.VSICurlPartialClearCache(os.fsencode(gdal_path))
+
+
+_GDAL: list[Any] = []
+
+
+def _gdal_library() -> Any:
+    """The GDAL shared library this process runs (the one rasterio loaded), or None."""
+    if not _GDAL:
+        import ctypes
+
+        import rasterio  # noqa: F401 - loads GDAL
+
+        found = None
+        with contextlib.suppress(OSError):
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "libgdal" in line}
+            for path in sorted(paths):
+                if path.startswith("/"):
+                    found = ctypes.CDLL(path)
+                    break
+        # (never another libgdal on the system: that one's cache is not rasterio's)
+        if found is not None:
+            if hasattr(found, "VSICurlPartialClearCache"):
+                found.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+                found.VSICurlPartialClearCache.restype = None
+            else:
+                found = None
+        _GDAL.append(found)
+    return _GDAL[0]
 
 
 def _upload_with_sidecar(
