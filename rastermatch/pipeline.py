@@ -260,8 +260,17 @@ def dask_cluster(
 # -- checks before any work -------------------------------------------------------------------
 
 
+def _sidecar_of(output: Any) -> str | None:
+    """The LUT sidecar a GeoTIFF output may get (:mod:`rastermatch.provenance`), as text."""
+    if not isinstance(output, str | os.PathLike):
+        return None
+    text = os.fspath(output)
+    return text + prov.SIDECAR_SUFFIX if text.lower().endswith((".tif", ".tiff")) else None
+
+
 def _check_distinct(**paths: PathLike | None) -> None:
     """Two outputs of one job must not share a path (the second would replace the first)."""
+    paths = {**paths, "output's LUT sidecar": _sidecar_of(paths.get("output"))}
     seen: dict[Path, str] = {}
     for what, path in paths.items():
         if path is None:
