@@ -200,3 +200,19 @@ def test_zarr_store_objects(served):
     np.testing.assert_array_equal(three.values, one.values)
     # two store objects of the same name, two arrays: the dask names differ
     assert one.data.name != two.data.name
+
+
+def test_urls_with_control_characters_and_locations_never_show_credentials():
+    with pytest.raises(RasterReadError, match="control character"):
+        open_raster("https://127.0.0.1:1/a.tif\nInjected: header")
+    shown = repr(location("https://me:pw@example.com/a.tif?sig=s3cr3t"))
+    assert "pw" not in shown and "s3cr3t" not in shown and "example.com/a.tif" in shown
+
+
+def test_missing_credentials_are_named(monkeypatch, tmp_path):
+    for name in ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path))  # no Azure CLI configuration either
+    with pytest.raises(RasterReadError, match=r"az://container/a\.tif: no credentials"):
+        open_raster("az://container/a.tif")

@@ -137,6 +137,7 @@ def _open_gdal(loc: Location, *, chunks: Any) -> xr.DataArray:
 #: server cannot be reached.
 _MISSING = ("http response code: 404", "does not exist", "no such file", "nosuchkey")
 _DENIED = ("http response code: 401", "http response code: 403", "accessdenied", "forbidden")
+_NO_CREDENTIALS = ("configuration options not defined", "missing azure_storage_account")
 _UNREACHABLE = ("could not connect", "couldn't connect", "resolve host", "timed out", "timeout")
 
 
@@ -152,6 +153,11 @@ def _open_error(loc: Location, exc: BaseException) -> RasterReadError:
         return RasterReadError(
             f"access to {loc.text} was refused ({cause}); check the credentials in the "
             "environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_*) or the URL's signature"
+        )
+    if any(text in lowered for text in _NO_CREDENTIALS):
+        return RasterReadError(
+            f"cannot read {loc.text}: no credentials for it ({cause}); set them in the "
+            "environment, or the variable that allows unsigned reads of public data"
         )
     if any(text in lowered for text in _UNREACHABLE):
         return RasterReadError(

@@ -63,7 +63,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -166,8 +166,8 @@ class Location:
     kind: Kind
     text: str
     path: Path | None = None
-    url: str | None = None
-    store: Any = None
+    url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
+    store: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "url", "vsi", "store"):
@@ -414,6 +414,12 @@ def location(value: RasterLocation | Location) -> Location:
             raise RasterReadError("an empty path names no raster; give a file, store or URL")
         if "\x00" in text:
             raise RasterReadError(f"{redact(text)!r} holds a NUL character; check the path")
+        control = re.search(r"[\x00-\x1f\x7f]", text)
+        if control and (_URL.match(text) or text.startswith("/vsi")):
+            raise RasterReadError(
+                f"{redact(text)!r} holds a control character ({control.group()!r}); a URL "
+                "cannot, check how it was built"
+            )
         if text.startswith("/vsi"):
             return Location("vsi", redact(text), url=text)
         match = _URL.match(text) if isinstance(value, str) else None
