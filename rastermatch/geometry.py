@@ -310,8 +310,9 @@ def _unplaceable(ga: Grid, gb: Grid) -> GeometryError:
     return GeometryError(
         f"{ga.text()} and {gb.text()} are on different grids and {missing} "
         f"{'have' if ' and ' in missing else 'has'} no georeferencing (CRS and transform), so "
-        "nothing says how they lie on each other; pass DataArrays with a CRS "
-        "(rastermatch.open_raster), or inputs of the same size on one grid, or leave overlap off"
+        "nothing says how they lie on each other; give inputs with a CRS (files, or DataArrays "
+        "from rastermatch.open_raster), or inputs of the same size on one grid, or leave "
+        "overlap off"
     )
 
 
@@ -876,9 +877,14 @@ def job_report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {i['role'].ljust(width)}  {i['name']}: {describe_text(i)}")
     for p in report.get("overlap", []):
         f = p["fraction"]
-        share = "cannot be placed (no georeferencing)" if f is None else f"{100 * f:.1f}%"
+        if f is None:
+            lines.append(
+                f"  overlap: {p['reference']} cannot be placed on {p['source']} (different "
+                "grids, no georeferencing or a CRS PROJ cannot carry)"
+            )
+            continue
         lines.append(
-            f"  overlap: {p['reference']} covers {share} of the footprint of {p['source']} "
-            "(different grids)"
+            f"  overlap: {p['reference']} covers {100 * f:.1f}% of the footprint of "
+            f"{p['source']} (different grids)"
         )
     return lines
