@@ -38,9 +38,21 @@ GeoTIFF / COG (``s3://bucket/out.tif``, ...)
     parts until the bucket's lifecycle rule aborts it).
 
 ``overwrite=False`` refuses an output that exists (any object under a Zarr prefix, the key
-of a GeoTIFF), checked before any work and again just before the metadata or upload. Errors of
-the store (no bucket, no credentials, connection refused, access denied) raise
-:class:`~rastermatch.errors.RasterWriteError` naming the URL without credentials or query.
+of a GeoTIFF): checked by ``check_output_path`` before any work, again when the write starts,
+and for a GeoTIFF once more just before the upload. A missing bucket is found before any work.
+Errors of the store (no bucket, no credentials, connection refused, access denied, a scheme
+with no fsspec library installed) raise :class:`~rastermatch.errors.RasterWriteError` naming
+the URL without credentials or query string. ``http(s)://`` and GDAL ``/vsi...`` paths are
+not written to.
+
+Examples
+--------
+>>> from rastermatch.io import open_raster, write_raster
+>>> scene = open_raster("data/rasterio_RGB.byte.tif")
+>>> write_raster(scene, "memory://rastermatch-example/scene.zarr", overwrite=True)
+'memory://rastermatch-example/scene.zarr'
+>>> open_raster("memory://rastermatch-example/scene.zarr").shape
+(3, 718, 791)
 """
 
 from __future__ import annotations
@@ -75,6 +87,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MetadataLastStore",
+    "check_output",
+    "execute",
+    "output_format",
+    "output_location",
     "remove_stale_staging",
     "write_remote_geotiff",
     "write_remote_zarr",
