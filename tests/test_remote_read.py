@@ -216,3 +216,13 @@ def test_missing_credentials_are_named(monkeypatch, tmp_path):
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path))  # no Azure CLI configuration either
     with pytest.raises(RasterReadError, match=r"az://container/a\.tif: no credentials"):
         open_raster("az://container/a.tif")
+
+
+def test_an_object_replaced_on_the_server_is_read_anew(served):
+    server, folder = served
+    (folder / "replaced.tif").write_bytes((folder / "rgb.tif").read_bytes())
+    assert open_raster(server.url("replaced.tif")).shape == (3, 718, 791)
+    write_raster(open_raster(RGB)[:1, :64, :96], folder / "replaced.tif", overwrite=True)
+    again = open_raster(server.url("replaced.tif"))  # not GDAL's cached bytes of the old one
+    assert again.shape == (1, 64, 96)
+    np.testing.assert_array_equal(again.values, open_raster(RGB)[:1, :64, :96].values)

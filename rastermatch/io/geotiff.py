@@ -69,6 +69,12 @@ def _open_gdal(loc: Location, *, chunks: Any) -> xr.DataArray:
     :meth:`Location.gdal_options` applied around the open and every block read."""
     path = loc.gdal_path
     options = loc.gdal_options()
+    if loc.kind != "local":
+        # GDAL keeps what it fetched of a URL (size, header, tiles) for the whole process: an
+        # object replaced since an earlier open would be read as a mix of old and new bytes
+        from rastermatch.io.objectstore import _forget_gdal_cache
+
+        _forget_gdal_cache(path)
     # Probe the file once with rasterio: a clear error for non-rasters, and the block layout
     # and band descriptions rioxarray does not expose.
     try:
