@@ -58,14 +58,11 @@ def holed():
 
 def test_same_grid_statistics_equal_matching_with_the_union_of_masks(holed):
     src, ref, both = holed
-    lut = fit_lut(src, ref, nodata=0, overlap=True)
     oracle = fit_lut(src, ref, nodata=0, mask=~both, reference_mask=~both)
-    same_lut(lut, oracle)
-    assert (lut.source_hist.counts.sum(axis=1) == both.sum()).all()
-    plain = fit_lut(src, ref, nodata=0)
-    assert (plain.source_hist.counts.sum(axis=1) > both.sum()).all()
+    assert (oracle.source_hist.counts.sum(axis=1) == both.sum()).all()
     out = match_histograms(src, ref, nodata=0, overlap=True)
     np.testing.assert_array_equal(out.values, oracle.apply(src).values)
+    same_lut(fit_lut(src, ref, nodata=0, overlap=True), oracle)
     assert out.rio.transform() == src.rio.transform() and out.dims == src.dims
 
 
@@ -142,9 +139,14 @@ def pair():
     return rastermatch.open_raster(NAIP), rastermatch.open_raster(LANDSAT)
 
 
-def test_different_grids_use_the_reference_laid_onto_the_source_grid(pair):
+@pytest.fixture(scope="module")
+def pair_lut(pair):
+    return fit_lut(*pair, overlap=True)
+
+
+def test_different_grids_use_the_reference_laid_onto_the_source_grid(pair, pair_lut):
     src, ref = pair
-    lut = fit_lut(src, ref, overlap=True)
+    lut = pair_lut
     # the oracle: the reference on the source grid, outside its footprint left out
     g_src, g_ref = grid_of(src), grid_of(ref)
     on = onto_grid(ref.values, g_ref, g_src, ((726,), (546,)), fill=0).compute()
@@ -156,23 +158,22 @@ def test_different_grids_use_the_reference_laid_onto_the_source_grid(pair):
     assert 0.99 < common.mean() < 1.0
 
 
-def test_the_output_stays_on_the_source_grid_with_lut_values_only(pair):
+def test_the_output_stays_on_the_source_grid_with_lut_values_only(pair, pair_lut):
     src, ref = pair
     out = match_histograms(src, ref, overlap=True)
     assert out.rio.crs == src.rio.crs and out.rio.transform() == src.rio.transform()
     assert out.shape == src.shape and isinstance(out.data, da.Array)
-    lut = fit_lut(src, ref, overlap=True)
+    lut = pair_lut
     values = out.values
     for k in range(3):
         assert np.isin(np.unique(values[k]), lut.table[k]).all()
     np.testing.assert_array_equal(values, lut.apply(src).values)
 
 
-def test_different_grids_numpy_dask_and_chunkings_agree(pair):
+def test_different_grids_numpy_dask_and_chunkings_agree(pair, pair_lut):
     src, ref = pair
-    expected = fit_lut(src.compute(), ref.compute(), overlap=True)
-    for s_chunks, r_chunks in [({"y": 200, "x": 300}, {"y": 100}), ({"band": 1}, {"x": 64})]:
-        same_lut(fit_lut(src.chunk(s_chunks), ref.chunk(r_chunks), overlap=True), expected)
+    same_lut(fit_lut(src.compute(), ref.compute(), overlap=True), pair_lut)
+    same_lut(fit_lut(src.chunk({"y": 200, "x": 300}), ref.chunk({"x": 64}), overlap=True), pair_lut)
 
 
 def test_disjoint_footprints_are_a_geometry_error(pair):
