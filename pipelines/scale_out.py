@@ -42,10 +42,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -291,6 +292,7 @@ class Phase:
     transfer_bytes: int  # bytes that actually crossed between the workers
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before / after
     executed: int = 0  # tasks the workers ran (the task stream)
+    task_bytes: int = 0  # one task as the scheduler sends it to a worker (median, pickled)
 
     @property
     def ns_per_px(self) -> float:
@@ -327,8 +329,20 @@ def _worker_counters(dask_worker: Any = None) -> dict[str, float]:
 
 def count_tasks(*collections: Any) -> int:
     """Tasks in the optimized graph of ``collections``, as ``dask.compute`` would run it."""
-    expr = collections_to_expr(list(collections), optimize_graph=True).optimize()
-    return len(expr.__dask_graph__())
+    return len(_graph(collections))
+
+
+def _graph(collections: Any) -> Mapping[Any, Any]:
+    return collections_to_expr(list(collections), optimize_graph=True).optimize().__dask_graph__()
+
+
+def task_bytes(graph: Mapping[Any, Any], sample: int = 64) -> int:
+    """The median pickled size of one task of ``graph`` (of up to ``sample`` of them): what the
+    scheduler serializes for each task it sends to a worker. A whole graph pickles shared
+    arguments once; a task sent on its own carries its literal arguments every time."""
+    tasks = list(graph.values())
+    step = max(len(tasks) // sample, 1)
+    return int(statistics.median(len(pickle.dumps(t, protocol=5)) for t in tasks[::step]))
 
 
 class ClusterMeter:
@@ -365,7 +379,9 @@ class ClusterMeter:
     def __call__(self, *collections: Any, phase: str) -> tuple[Any, ...]:
         from distributed import get_task_stream
 
-        graph_tasks = count_tasks(*collections)
+        graph = _graph(collections)
+        graph_tasks, one_task = len(graph), task_bytes(graph)
+        del graph
 
         load0 = os.getloadavg()[0]
         before = self._counters()
@@ -394,6 +410,7 @@ class ClusterMeter:
                 wall_s=wall,
                 tasks=graph_tasks,
                 executed=len(records),
+                task_bytes=one_task,
                 graph_bytes=sum(self._sent),
                 client_cpu_s=client_cpu,
                 scheduler_cpu_s=max(sched - self.idle_scheduler * wall, 0.0),
@@ -457,9 +474,12 @@ class Model:
     W_p pixels, c_p compute CPU seconds per pixel (generation included: a real job reads and
     decodes instead), N_p tasks (P / chunk**2 blocks plus the reduction tree), o worker
     overhead CPU per task, s scheduler CPU per task (one scheduler: this term does not shrink
-    with C), R bytes the histogram tree moves (R_0 + N_hist b: b one block's counts, R_0 the
-    last merges of each row, which do not grow with P), B the bandwidth those transfers share,
-    F the LUT fit (constant). Start-up and the read/write of real data are not in it.
+    with C), plus sum_p N_p t_p / B_s for the tasks the scheduler serializes to the workers
+    (t_p one task's pickled size: a literal argument such as a LUT row is sent with every
+    task; B_s the scheduler's link), R bytes the histogram tree moves (R_0 + N_hist b: b one
+    block's counts, R_0 the last merges of each row, which do not grow with P), B the
+    bandwidth those transfers share, F the LUT fit (constant). Start-up and the read/write of
+    real data are not in it.
     """
 
     pixels: int
@@ -473,6 +493,7 @@ class Model:
     block_result_bytes: int = 0
     fixed_s: float = 0.0
     graph_bytes_per_task: float = 0.0
+    task_bytes: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_phases(cls, pixels: int, phases: list[Phase], fit_s: float, cores: int) -> Model:
@@ -492,6 +513,7 @@ class Model:
             block_result_bytes=max(p.block_result_bytes for p in phases),
             fixed_s=fit_s,
             graph_bytes_per_task=sum(p.graph_bytes for p in phases) / tasks,
+            task_bytes={p.name: p.task_bytes for p in phases},
         )
 
     def reduction_bytes(self, pixels: float) -> float:
@@ -500,12 +522,17 @@ class Model:
         tasks = pixels * self.tasks_per_px["histograms"]
         return self.reduction_fixed_bytes + tasks * self.reduction_bytes_per_task
 
-    def terms(self, pixels: float, cores: int, bandwidth: float) -> dict[str, float]:
+    def terms(
+        self, pixels: float, cores: int, bandwidth: float, scheduler_bandwidth: float = 1.25e9
+    ) -> dict[str, float]:
         """The model's terms in seconds for ``pixels`` (source) on ``cores`` dedicated cores,
-        the histogram tree's transfers sharing ``bandwidth`` bytes/s."""
+        the histogram tree's transfers sharing ``bandwidth`` bytes/s and the scheduler sending
+        tasks through ``scheduler_bandwidth`` bytes/s (one 10 Gbit/s link)."""
         work = pixels * (2 * self.c["histograms"] + self.c["match"])
         tasks = pixels * sum(self.tasks_per_px.values())
+        sent = sum(pixels * n * self.task_bytes.get(p, 0) for p, n in self.tasks_per_px.items())
         return {
+            "scheduler sends": sent / scheduler_bandwidth,
             "compute": work / cores,
             "worker overhead": tasks * self.overhead_s / cores,
             "scheduler": tasks * self.scheduler_s,
@@ -532,6 +559,7 @@ def phase_table(phases: list[Phase]) -> str:
         ("tasks (graph / run)", lambda p: f"{p.tasks:,} / {p.executed:,}"),
         ("graph sent", lambda p: f"{_fmt_bytes(p.graph_bytes)}"),
         ("graph / task", lambda p: f"{p.graph_bytes / p.tasks:.0f} B"),
+        ("one task sent alone", lambda p: _fmt_bytes(p.task_bytes)),
         ("scheduler CPU / task", lambda p: f"{p.scheduler_cpu_s / p.tasks * 1e6:.0f} us"),
         ("client CPU / task", lambda p: f"{p.client_cpu_s / p.tasks * 1e6:.0f} us"),
         ("worker overhead / task", lambda p: f"{p.overhead_per_task_s * 1e6:.0f} us"),
