@@ -716,6 +716,9 @@ def block_range(
 
 
 _SCRATCH = threading.local()
+#: A thread keeps its scratch table between blocks up to this many bins (16 MiB of int32: 64
+#: bands of 65,536 levels); blocks of more bands count into a table of their own.
+_SCRATCH_KEEP = 2**22
 
 
 _SCAN = 32  # bins OR-ed together per step of the scan: a fixed-length loop that vectorizes
@@ -798,7 +801,8 @@ def compact_block_counts(
     else:
         counts = flat[:, first : last + 1].copy()
         flat[:, first : last + 1] = 0
-    _SCRATCH.table = scratch
+    if size <= _SCRATCH_KEEP:
+        _SCRATCH.table = scratch
     return int(first), counts
 
 
@@ -934,7 +938,12 @@ def occupied_range(
         block = block.reshape(-1, *block.shape[-2:])
     m = None
     if mask is not None:
-        m = np.asarray(mask, dtype=bool)
+        try:
+            m = np.asarray(mask, dtype=bool)
+        except (TypeError, ValueError):
+            raise OptionError(
+                f"the mask must be boolean (True: left out), not {type(mask).__name__}"
+            ) from None
         if m.shape not in (data.shape, data.shape[-2:]):
             raise OptionError(
                 f"the mask has shape {m.shape}; it needs the data's {data.shape} or its last "

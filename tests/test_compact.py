@@ -179,6 +179,10 @@ def test_a_block_hands_on_only_its_occupied_bins_and_leaves_the_scratch_clean():
     assert compact_block_counts(block, nbins=65536, nodata=0, offset=0)[1].sum() == 3
     empty = compact_block_counts(np.zeros((2, 3, 3), np.uint8), nbins=256, nodata=0)
     assert empty[1].shape == (2, 0)
+    # a block of many bands counts into a table of its own, the thread's stays clean
+    many = compact_block_counts(np.full((70, 2, 2), 9, np.uint16), nbins=65536)
+    assert many[0] == 9 and many[1].shape == (70, 1) and np.all(many[1] == 4)
+    assert compact_block_counts(block, nbins=65536, nodata=0)[1].tolist() == [[1, 0, 2]]
     # a ranged binning: bins count from its offset, levels outside are skipped
     start, counts = compact_block_counts(block, nbins=3, offset=301, nodata=0)
     assert (start, counts.tolist()) == (1, [[2]])
