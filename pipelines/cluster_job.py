@@ -21,6 +21,10 @@ for example::
     python pipelines/cluster_job.py data/arrnorm_target.tif \\
         data/arrnorm_ref_adjusted2target.tif /tmp/matched.zarr --nodata 0
 
+Inputs and output may be URLs (``https://.../scene.tif``, ``s3://bucket/out.zarr``; install
+``rastermatch[remote]`` for object stores): on a real cluster that is storage every worker
+sees. Credentials come from the environment of every process (``AWS_*``, ...).
+
 The dashboard link is printed first: open it to watch the tasks.
 """
 
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rastermatch import RastermatchError
 from rastermatch.io import check_output_path
@@ -37,9 +40,10 @@ from rastermatch.pipeline import dask_cluster, match_files
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path)
-    parser.add_argument("reference", type=Path)
-    parser.add_argument("output", type=Path, help="output, normally a .zarr store")
+    # str, not pathlib.Path: Path("https://host/a.tif") is "https:/host/a.tif"
+    parser.add_argument("source", help="a path or URL")
+    parser.add_argument("reference", help="a path or URL")
+    parser.add_argument("output", help="output, normally a .zarr store (a path or a URL)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="local worker processes (default 2)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="join this cluster instead")

@@ -46,6 +46,7 @@ import numpy as np
 from . import __version__, pipeline
 from .errors import OutputExistsError, RastermatchError
 from .geometry import job_report_lines
+from .io.location import location, redact_text
 
 __all__ = [
     "BandList",
@@ -53,6 +54,7 @@ __all__ = [
     "DetectorCount",
     "DetectorReference",
     "Range",
+    "RasterLocation",
     "RastermatchGroup",
     "for_command_line",
     "main",
@@ -226,6 +228,49 @@ class DetectorReference(click.ParamType):
         return number
 
 
+class RasterLocation(click.Path):
+    """A local path, checked as :class:`click.Path` checks it, or a remote location as text.
+
+    URLs (``https://``, ``s3://``, ``gs://``, ``az://``, ``memory://``, ...) and GDAL virtual
+    paths (``/vsicurl/...``) are passed through unchanged for the library to open or write (a
+    ``pathlib.Path`` would turn ``http://host/a.tif`` into ``http:/host/a.tif``); whether they
+    exist is found out when they are opened. ``file://`` URLs are local paths.
+
+    Examples
+    --------
+    >>> RasterLocation(exists=True).convert("https://example.com/a.tif", None, None)
+    'https://example.com/a.tif'
+    >>> RasterLocation(exists=True).convert("data/rasterio_RGB.byte.tif", None, None)
+    PosixPath('data/rasterio_RGB.byte.tif')
+    """
+
+    def __init__(self, *, path_type: Any = Path, **kwargs: Any) -> None:
+        super().__init__(path_type=path_type, **kwargs)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and _looks_remote(value):
+            try:
+                loc = location(value)
+            except RastermatchError as error:
+                self.fail(for_command_line(one_line(error)), param, ctx)
+            if loc.kind != "local":
+                return value
+            value = str(loc.path)  # file://...
+        return super().convert(value, param, ctx)
+
+
+#: A command's path argument: a local path, or a remote location as given.
+PathOrURL = Path | str
+
+#: What a URL starts with: a scheme and ``://``.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _looks_remote(text: str) -> bool:
+    """A URL or a GDAL virtual path (``file://`` included: :func:`location` decides)."""
+    return bool(_URL.match(text)) or text.startswith("/vsi")
+
+
 BANDS = BandList()
 
 # -- errors, interrupts and warnings, handled once --------------------------------------------
@@ -284,8 +329,8 @@ def _message(error: RastermatchError) -> str:
     """The one line printed for a library error, in the command line's terms."""
     path = getattr(error, "path", None)
     if isinstance(error, OutputExistsError) and path is not None and "exists already" in str(error):
-        return f"{path} exists already; pass --overwrite to replace it"
-    return for_command_line(one_line(error))
+        return redact_text(f"{path} exists already; pass --overwrite to replace it")
+    return redact_text(for_command_line(one_line(error)))
 
 
 class Terminated(KeyboardInterrupt):
@@ -391,8 +436,8 @@ class RastermatchGroup(click.Group):
             if settings.verbose:
                 raise
             raise click.ClickException(
-                f"unexpected {type(error).__name__}: {one_line(error)} (run with --verbose for "
-                "the traceback; please report it)"
+                f"unexpected {type(error).__name__}: {redact_text(one_line(error))} (run "
+                "with --verbose for the traceback; please report it)"
             ) from None
 
 
@@ -403,7 +448,8 @@ def _warning_printer(settings: Settings, default: Callable[..., None]) -> Callab
         if settings.verbose:
             default(message, *args, **kwargs)
         else:
-            click.echo(f"Warning: {for_command_line(one_line(message))}", err=True)
+            text = redact_text(for_command_line(one_line(message)))
+            click.echo(f"Warning: {text}", err=True)
 
     return show
 
@@ -454,14 +500,14 @@ def _options(*decorators: Decorator) -> Decorator:
 
 
 def _input(name: str) -> Decorator:
-    return click.argument(name, type=click.Path(exists=True, path_type=Path))
+    return click.argument(name, type=RasterLocation(exists=True))
 
 
 _output = click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path),
+    type=RasterLocation(),
     help="Output raster: .tif/.tiff (tiled GeoTIFF) or .zarr (Zarr v3).",
 )
 _nodata = click.option(
@@ -472,7 +518,7 @@ _nodata = click.option(
 )
 _mask = click.option(
     "--mask",
-    type=click.Path(exists=True, path_type=Path),
+    type=RasterLocation(exists=True),
     help="Raster on the source grid; nonzero pixels are left out of the statistics (clouds).",
 )
 _bands = click.option(
@@ -545,6 +591,7 @@ _rule = (
     ),
 )
 
+
 def _overlap_flag(ctx: click.Context, param: click.Parameter, value: bool) -> Any:
     return ctx.params.get("overlap") or value  # --overlap-all, seen first, wins
 
@@ -582,7 +629,7 @@ statistics_options = _options(
     _mask,
     click.option(
         "--reference-mask",
-        type=click.Path(exists=True, path_type=Path),
+        type=RasterLocation(exists=True),
         help="Like --mask, on the reference grid.",
     ),
     _bands,
@@ -624,11 +671,20 @@ def _print_quality(result: pipeline.MatchResult) -> None:
     _echo(result.quality_text())
 
 
-def _print_written(**paths: Path | None) -> None:
+def _print_written(**paths: Any) -> None:
     written = {k: v for k, v in paths.items() if v is not None}
     width = max(map(len, written), default=0)
     for what, path in written.items():
-        _echo(f"{what.ljust(width)}  {path.absolute()}")
+        _echo(f"{what.ljust(width)}  {_shown(path)}")
+
+
+def _shown(path: Any) -> str:
+    """A written path as printed: a local one absolute, a remote one without credentials."""
+    text = str(path)
+    if not _looks_remote(text):
+        return str(Path(text).absolute())
+    loc = location(text)
+    return str(loc.path) if loc.kind == "local" else loc.text
 
 
 # -- the commands -----------------------------------------------------------------------------
@@ -655,13 +711,13 @@ def main() -> None:
 @output_options
 @click.option(
     "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="Also draw the report figure (PNG, PDF or SVG).",
 )
 @click.option(
     "--lut",
     "lut_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="Also save the LUT as JSON (for `rastermatch apply`).",
 )
 @cluster_options
@@ -669,11 +725,11 @@ def main() -> None:
 @_verbose
 @_progress
 def match(
-    source: Path,
-    reference: Path,
-    output: Path,
-    report: Path | None,
-    lut_path: Path | None,
+    source: PathOrURL,
+    reference: PathOrURL,
+    output: PathOrURL,
+    report: PathOrURL | None,
+    lut_path: PathOrURL | None,
     workers: int | None,
     scheduler: str | None,
     **options: Any,
@@ -707,7 +763,7 @@ def match(
     "--output",
     "lut_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="The LUT file (JSON).",
 )
 @statistics_options
@@ -717,9 +773,9 @@ def match(
 @_verbose
 @_progress
 def fit(
-    source: Path,
-    reference: Path,
-    lut_path: Path,
+    source: PathOrURL,
+    reference: PathOrURL,
+    lut_path: PathOrURL,
     overwrite: bool,
     workers: int | None,
     scheduler: str | None,
@@ -746,21 +802,21 @@ def fit(
 
 
 @main.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=RasterLocation())
 @click.option(
     "-r",
     "--reference",
     "references",
     multiple=True,
     required=True,
-    type=click.Path(path_type=Path),
+    type=RasterLocation(),
     help="The reference (a file, folder or pattern); repeat it to pool several references.",
 )
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=str),  # str keeps the trailing / of a folder
+    type=RasterLocation(path_type=str),  # str keeps the trailing / of a folder
     help="DIR/ (a folder: one output per source, named after it) or OUT.zarr (one "
     "(time, band, y, x) stack; the sources must share a grid).",
 )
@@ -787,7 +843,7 @@ def fit(
     "--mask",
     "masks",
     multiple=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=RasterLocation(exists=True),
     help="Raster of nonzero pixels left out of the statistics: once for every source (all on "
     "its grid), or once per source in the order of the sources.",
 )
@@ -795,19 +851,19 @@ def fit(
     "--reference-mask",
     "reference_masks",
     multiple=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=RasterLocation(exists=True),
     help="Like --mask, for the references.",
 )
 @output_options
 @click.option(
     "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="Also draw every source's CDF against the reference, before and after (PNG, PDF, SVG).",
 )
 @click.option(
     "--lut",
     "lut_path",
-    type=click.Path(path_type=str),
+    type=RasterLocation(path_type=str),
     help="Also save the LUTs as JSON: a folder (DIR/) gets one per source; a file for one source.",
 )
 @cluster_options
@@ -815,13 +871,13 @@ def fit(
 @_verbose
 @_progress
 def normalize(
-    sources: tuple[Path, ...],
-    references: tuple[Path, ...],
+    sources: tuple[PathOrURL, ...],
+    references: tuple[PathOrURL, ...],
     output: str,
     format_: str | None,
-    masks: tuple[Path, ...],
-    reference_masks: tuple[Path, ...],
-    report: Path | None,
+    masks: tuple[PathOrURL, ...],
+    reference_masks: tuple[PathOrURL, ...],
+    report: PathOrURL | None,
     lut_path: str | None,
     workers: int | None,
     scheduler: str | None,
@@ -900,13 +956,13 @@ def normalize(
 @output_options
 @click.option(
     "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="Also draw the mean profiles along the detector axis and a quicklook, before and after.",
 )
 @click.option(
     "--lut",
     "lut_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=RasterLocation(dir_okay=False),
     help="Also save the per-detector LUT as JSON (for `rastermatch apply` on later scenes).",
 )
 @cluster_options
@@ -914,14 +970,14 @@ def normalize(
 @_verbose
 @_progress
 def destripe(
-    source: Path,
-    output: Path,
+    source: PathOrURL,
+    output: PathOrURL,
     detectors: int | str | None,
     axis: str | None,
     offset: int,
     reference: int | str,
-    report: Path | None,
-    lut_path: Path | None,
+    report: PathOrURL | None,
+    lut_path: PathOrURL | None,
     workers: int | None,
     scheduler: str | None,
     **options: Any,
@@ -968,13 +1024,15 @@ def destripe(
 
 
 @contextlib.contextmanager
-def _file_as_given(path: Path) -> Iterator[None]:
+def _file_as_given(path: Path | str) -> Iterator[None]:
     """Errors name ``path`` as the user gave it (``s.tif``), as every other message of the
     command does: the library names an opened raster after its resolved path
-    (``data /abs/s.tif``)."""
+    (``data /abs/s.tif``). A remote location is named as given already."""
     try:
         yield
     except RastermatchError as error:
+        if not isinstance(path, Path):
+            raise
         resolved = str(Path(path).resolve())
         error.args = tuple(
             re.sub(rf"\b(?:(?:data|source) )?{re.escape(resolved)}(?![\w/])", str(path), a)
@@ -995,7 +1053,7 @@ def _print_destripe_quality(result: pipeline.MatchResult) -> None:
 
 @main.command()
 @_input("source")
-@click.argument("lut", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("lut", type=RasterLocation(exists=True, dir_okay=False))
 @_output
 @_bands
 @click.option(
@@ -1008,9 +1066,9 @@ def _print_destripe_quality(result: pipeline.MatchResult) -> None:
 @_verbose
 @_progress
 def apply(
-    source: Path,
-    lut: Path,
-    output: Path,
+    source: PathOrURL,
+    lut: PathOrURL,
+    output: PathOrURL,
     workers: int | None,
     scheduler: str | None,
     **options: Any,
@@ -1042,9 +1100,9 @@ def apply(
 @_verbose
 @_progress
 def specify(
-    source: Path,
-    reference: Path,
-    output: Path,
+    source: PathOrURL,
+    reference: PathOrURL,
+    output: PathOrURL,
     workers: int | None,
     scheduler: str | None,
     **options: Any,
@@ -1061,7 +1119,7 @@ def specify(
             source, reference, output, show_progress=_settings().show_progress, **options
         )
     _echo(report.to_text())
-    _print_written(output=Path(output))
+    _print_written(output=output)
 
 
 @main.command()
@@ -1084,8 +1142,8 @@ def specify(
 @_verbose
 @_progress
 def equalize(
-    source: Path,
-    output: Path,
+    source: PathOrURL,
+    output: PathOrURL,
     range_: tuple[float, float] | None,
     workers: int | None,
     scheduler: str | None,
@@ -1114,7 +1172,7 @@ def equalize(
 @_quiet
 @_verbose
 @_progress
-def info(path: Path, as_json: bool, stats: bool) -> None:
+def info(path: PathOrURL, as_json: bool, stats: bool) -> None:
     """Describe a raster: bands, dtype, nodata, CRS, grid, statistics.
 
     Prints even with --quiet: the description is the command's result.

@@ -75,6 +75,7 @@ from .io import (
     temporary_sibling,
     write_raster,
 )
+from .io.location import is_remote, location
 from .lut import LUT, Levels, Method, Objective
 from .match import (
     MatchOptions,
@@ -257,6 +258,62 @@ def dask_cluster(
         yield client
 
 
+# -- where inputs and outputs are -------------------------------------------------------------
+
+
+def _where(value: Any) -> Any:
+    """An input or output as a job keeps it: a local path as a :class:`~pathlib.Path`, as given
+    (a ``file://`` URL as its path); a URL or GDAL ``/vsi`` path as the text given (``Path``
+    would turn ``http://host/a.tif`` into ``http:/host/a.tif``); a zarr store object as it is.
+    """
+    if isinstance(value, Path):
+        return value
+    loc = location(value)
+    if loc.kind == "local":
+        return loc.path if isinstance(value, str) and "://" in value else Path(value)
+    return loc.store if loc.kind == "store" else loc.url
+
+
+def _text(value: Any) -> str:
+    """How messages name an input or output: as given, a URL without its user, password and
+    query string (where credentials and signatures travel)."""
+    return str(value) if isinstance(value, Path) else location(value).text
+
+
+def _name(value: Any) -> str:
+    """The last component of an input's path or URL (``a.tif``)."""
+    return value.name if isinstance(value, Path) else location(value).name
+
+
+def _identity(value: Any) -> Any:
+    """What two outputs are compared by: the resolved path, the URL without a trailing slash,
+    the store object."""
+    loc = location(value)
+    if loc.kind == "local":
+        assert loc.path is not None
+        return loc.path.resolve()
+    return id(loc.store) if loc.kind == "store" else str(loc.url).rstrip("/")
+
+
+def _local_files(**paths: Any) -> None:
+    """LUT files and reports are written to local paths: refused elsewhere before any work."""
+    for what, path in paths.items():
+        if path is not None and is_remote(path):
+            raise OptionError(
+                f"the {what} {_text(path)} is not a local path; {what}s are written to local "
+                "files only (rasters can go to object storage): give a local path and copy it "
+                "there afterwards"
+            )
+
+
+def _result(final: Any) -> Any:
+    """What a job returns for a written raster: a local output's absolute path, a remote
+    output's URL as given (or the store object given)."""
+    if isinstance(final, Path):
+        return final
+    return final.store if final.kind == "store" else final.url
+
+
 # -- checks before any work -------------------------------------------------------------------
 
 
@@ -271,17 +328,17 @@ def _sidecar_of(output: Any) -> str | None:
 def _check_distinct(**paths: PathLike | None) -> None:
     """Two outputs of one job must not share a path (the second would replace the first)."""
     paths = {**paths, "output's LUT sidecar": _sidecar_of(paths.get("output"))}
-    seen: dict[Path, str] = {}
+    seen: dict[Any, str] = {}
     for what, path in paths.items():
         if path is None:
             continue
-        resolved = Path(path).expanduser().resolve()
-        if resolved in seen:
+        key = _identity(path)
+        if key in seen:
             raise OptionError(
-                f"the {what} and the {seen[resolved]} would both be written to {path}; give "
+                f"the {what} and the {seen[key]} would both be written to {_text(path)}; give "
                 "them different paths"
             )
-        seen[resolved] = what
+        seen[key] = what
 
 
 def _check_report_path(report: PathLike) -> None:
@@ -294,7 +351,7 @@ def _check_report_path(report: PathLike) -> None:
     suffix = Path(report).suffix.lower().lstrip(".")
     if suffix not in formats:
         raise OptionError(
-            f"cannot tell the format of the report {report} from its suffix "
+            f"cannot tell the format of the report {_text(report)} from its suffix "
             f"{'.' + suffix if suffix else '(none)'}; use .png, .pdf or .svg"
         )
 
@@ -355,14 +412,14 @@ def select_bands(data: xr.DataArray, bands: Sequence[int] | None, path: PathLike
         return data
     n = data.sizes["band"]
     if len(bands) == 0:
-        raise OptionError(f"no bands selected from {path}; give band numbers 1..{n}")
+        raise OptionError(f"no bands selected from {_text(path)}; give band numbers 1..{n}")
     bad = [b for b in bands if isinstance(b, bool) or not isinstance(b, int | np.integer)]
     if bad:
-        raise OptionError(f"band numbers must be integers (1..{n} for {path}), not {bad}")
+        raise OptionError(f"band numbers must be integers (1..{n} for {_text(path)}), not {bad}")
     bad = [b for b in bands if not 1 <= b <= n]
     if bad:
         raise BandMismatchError(
-            f"{path} has {n} bands; band number(s) {bad} do not exist (bands count from 1)"
+            f"{_text(path)} has {n} bands; band number(s) {bad} do not exist (bands count from 1)"
         )
     return data.isel(band=[b - 1 for b in bands])
 
@@ -388,26 +445,26 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
     image = like.encoding.get("source", "the image")
     if m.shape[1:] != like.shape[1:]:
         raise GridMismatchError(
-            f"mask {path} is {m.shape[1]} x {m.shape[2]} pixels but the image it masks "
+            f"mask {_text(path)} is {m.shape[1]} x {m.shape[2]} pixels but the image it masks "
             f"({image}) is {like.shape[1]} x {like.shape[2]}; the mask must be on the same grid"
         )
     m_crs, crs = m.rio.crs, like.rio.crs
     if m_crs is not None and crs is not None and m_crs != crs:
         raise GridMismatchError(
-            f"mask {path} is in {m_crs.to_string()} but the image it masks ({image}) is in "
+            f"mask {_text(path)} is in {m_crs.to_string()} but the image it masks ({image}) is in "
             f"{crs.to_string()}; reproject the mask onto the image's grid"
         )
     if (m_crs is not None or crs is None) and not m.rio.transform().almost_equals(
         like.rio.transform()
     ):
         raise GridMismatchError(
-            f"mask {path} has the transform {tuple(m.rio.transform())[:6]} but the image it "
+            f"mask {_text(path)} has the transform {tuple(m.rio.transform())[:6]} but the image it "
             f"masks ({image}) has {tuple(like.rio.transform())[:6]}; the mask must be on the "
             "same grid (resample it onto the image)"
         )
     if m.sizes["band"] not in (1, like.sizes["band"]):
         raise BandMismatchError(
-            f"mask {path} has {m.sizes['band']} bands; give one band or one per image band"
+            f"mask {_text(path)} has {m.sizes['band']} bands; give one band or one per image band"
         )
     out = m != 0
     if m.dtype.kind == "f":  # NaN marks no decision in a float mask: the pixel is kept
@@ -458,6 +515,16 @@ class _Staged:
         # a GeoTIFF's LUT sidecar (rastermatch.provenance), written by write_raster next to
         # the raster's temporary when its record is too large for the header: moved in first
         self._sidecars: list[tuple[Path, Path, bool]] = []
+
+    def raster_for(self, final: Any, *, overwrite: bool) -> tuple[Any, bool]:
+        """Where a raster of the job is written, and the ``overwrite`` to write it with: a
+        local output under a temporary name that :meth:`commit` moves in; a remote one (an
+        object store cannot rename) straight to its location, under the writer's guarantee
+        that nothing there reads as a complete output before the write ends
+        (:mod:`rastermatch.io.objectstore`)."""
+        if isinstance(final, Path):
+            return self.path_for(final, overwrite=overwrite), False
+        return final, overwrite
 
     def path_for(self, final: Path, *, overwrite: bool) -> Path:
         final = Path(final).expanduser().absolute()
@@ -551,11 +618,12 @@ def _open_pair(
     """Open both inputs and check the options that only need their headers."""
     src = open_input(source, bands=bands, chunks=chunks)
     ref = open_input(reference, bands=reference_bands or bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}", "nodata")
-    _check_nodata(reference_nodata, ref, f"reference {reference}", "reference_nodata")
+    _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
+    _check_nodata(reference_nodata, ref, f"reference {_text(reference)}", "reference_nodata")
     if src.sizes["band"] != ref.sizes["band"]:
         raise BandMismatchError(
-            f"the source {source} has {src.sizes['band']} bands and the reference {reference} "
+            f"the source {_text(source)} has {src.sizes['band']} bands and the reference "
+            f"{_text(reference)} "
             f"has {ref.sizes['band']}; select the same number of bands from each (bands= and "
             "reference_bands=, --bands and --reference-bands on the command line)"
         )
@@ -588,7 +656,7 @@ def _fit(
         reference_bands=reference_bands, chunks=chunks,
     )  # fmt: skip
     src_mask, ref_mask = open_mask(mask, src), open_mask(reference_mask, ref)
-    geometry = job_report([(str(source), src)], [(str(reference), ref)])
+    geometry = job_report([(_text(source), src)], [(_text(reference), ref)])
     with progress(show_progress):
         lut = fit_lut(
             src, ref, method=method, levels=levels, nodata=nodata, reference_nodata=ref_nodata,
@@ -631,6 +699,7 @@ def fit_files(
     :func:`rastermatch.match_histograms` takes it; ``result.geometry`` describes the inputs.
     """
     inputs = [source, reference, mask, reference_mask]
+    _local_files(**{"LUT file": lut_path})
     if lut_path is not None:
         check_output_path(lut_path, inputs=inputs, overwrite=overwrite, kind="file")
     fitted = _fit(
@@ -704,6 +773,7 @@ def match_files(
     ('matched.tif', True)
     """
     inputs = [source, reference, mask, reference_mask]
+    _local_files(**{"LUT file": lut_path, "report": report})
     _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
     _check_write_options(final, cog)
@@ -735,14 +805,14 @@ def match_files(
                             metrics=fitted.quality)  # fmt: skip
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
-                    f"writing the report {report} failed: {exc.strerror or exc}"
+                    f"writing the report {_text(report)} failed: {exc.strerror or exc}"
                 ) from exc
         # the raster too under its temporary name: a failure before the commit leaves the
         # previous output (overwrite) untouched
-        tmp = staged.path_for(final, overwrite=overwrite)
-        _write(matched, tmp, record, inputs, False, cog, compress, show_progress)
+        tmp, replace = staged.raster_for(final, overwrite=overwrite)
+        _write(matched, tmp, record, inputs, replace, cog, compress, show_progress)
         staged.commit()
-        written = final
+        written = _result(final)
     return MatchResult(
         written, lut, fitted.quality, Path(lut_path) if lut_path is not None else None,
         Path(report) if report is not None else None, geometry=fitted.geometry,
@@ -769,6 +839,11 @@ def apply_file(
     rebuilds the table from the histograms it records. Neither the source nor the LUT file is
     ever written over.
     """
+    if not isinstance(lut, LUT) and is_remote(lut):
+        raise OptionError(
+            f"the LUT file {_text(lut)} is not a local path; LUT files are read from local "
+            "files only: download it first"
+        )
     lut_file = None if isinstance(lut, LUT) else Path(lut)
     inputs = [source, lut_file]
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
@@ -777,11 +852,11 @@ def apply_file(
         lut = LUT.load(lut_file)
     assert isinstance(lut, LUT)
     src = open_input(source, bands=bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}", "nodata")
+    _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
     _check_lut_rows(lut, src, lut_file, source)
     matched = lut.apply(src, nodata=nodata)
     record = prov.match_record(lut, [], operation="apply", source=source, lut=lut_file)
-    written = _write(matched, output, record, inputs, overwrite, cog, compress, show_progress)
+    written = _write(matched, final, record, inputs, overwrite, cog, compress, show_progress)
     return MatchResult(written, lut, [], lut_file)
 
 
@@ -795,7 +870,7 @@ def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: 
     work, naming both."""
     from .apply import lut_rows, row_index
 
-    have, rows = lut_rows(lut), as_band_array(src, name=str(source)).rows
+    have, rows = lut_rows(lut), as_band_array(src, name=_text(source)).rows
     what = f"the LUT {lut_file}" if lut_file is not None else "the LUT"
     if getattr(lut, "detectors", None) is not None:
         # a detector LUT: its last row dim is the detector, found on the data by line or
@@ -806,7 +881,8 @@ def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: 
             n, m = len(rows.coord("band")), len(have.coord("band"))
             if n != m:
                 raise BandMismatchError(
-                    f"{what} has {m} bands of {lut.detectors.describe()} but {source} has {n} "
+                    f"{what} has {m} bands of {lut.detectors.describe()} but {_text(source)} has "
+                    f"{n} "
                     "after band selection; select as many bands as the LUT has (bands=, "
                     "--bands on the command line)"
                 )
@@ -814,18 +890,20 @@ def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: 
     for d, c in zip(have.dims, have.coords, strict=True):
         if d not in rows.dims and len(c) > 1:
             raise BandMismatchError(
-                f"{what} has rows ({_sizes(have)}); {source} has ({_sizes(rows)}) and no {d}: "
+                f"{what} has rows ({_sizes(have)}); {_text(source)} has ({_sizes(rows)}) and no "
+                f"{d}: "
                 f"apply it to a stack with those {d} labels, or use a LUT fitted on one {d}"
             )
     if "band" in have.dims and "band" in rows.dims:
         n, m = len(rows.coord("band")), len(have.coord("band"))
         if n != m:
             raise BandMismatchError(
-                f"{what} has rows ({_sizes(have)}) but {source} has ({_sizes(rows)}) after band "
+                f"{what} has rows ({_sizes(have)}) but {_text(source)} has ({_sizes(rows)}) after "
+                "band "
                 "selection; select as many bands as the LUT has (bands=, --bands on the "
                 "command line)"
             )
-    row_index(lut, rows, str(source))
+    row_index(lut, rows, _text(source))
 
 
 @bounded_gdal_cache
@@ -849,16 +927,19 @@ def equalize_file(
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
     _check_write_options(final, cog)
     src = open_input(source, bands=bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}", "nodata")
+    _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
     src_mask = open_mask(mask, src)
     with progress(show_progress):
         out = equalize(src, nodata=nodata, mask=src_mask, range=range, bins=bins)
     record = prov.equalize_record(range=range, source=source, mask=mask)
-    return _write(out, output, record, inputs, overwrite, cog, compress, show_progress)
+    return _write(out, final, record, inputs, overwrite, cog, compress, show_progress)
 
 
-def _check_write_options(final: Path, cog: bool) -> None:
-    if cog and final.suffix.lower() == ".zarr":
+def _check_write_options(final: Any, cog: bool) -> None:
+    """``final``: what :func:`~rastermatch.io.check_output_path` returned (a local path, or a
+    remote output's Location, whose ``str`` has no credentials)."""
+    zarr = final.suffix.lower() == ".zarr" or getattr(final, "kind", None) == "store"
+    if cog and zarr:
         raise OptionError(
             f"cog=True (--cog) makes a Cloud-Optimized GeoTIFF, but {final} is a Zarr path; "
             "drop it or write .tif"
@@ -875,17 +956,17 @@ def _write(
     compress: Any,
     show_progress: bool,
     compute_with: Sequence[Any] = (),
-) -> Path:
+) -> Any:
     """Write in this process, inside the progress context: the bar follows every block stored.
     ``compute_with`` and a callable ``record`` as :func:`~rastermatch.io.write_raster` takes
-    them (collections computed with the blocks; the record made from their values)."""
+    them (collections computed with the blocks; the record made from their values). Returns
+    the local output's path, or a remote output's URL (or store object)."""
     with progress(show_progress):
         path = write_raster(
             data, output, overwrite=overwrite, compute=True, provenance=record,
             inputs=[p for p in inputs if p is not None], cog=cog, compress=compress,
             compute_with=compute_with,
         )  # fmt: skip
-    assert isinstance(path, Path)
     return path
 
 
@@ -897,9 +978,9 @@ def raster_info(path: PathLike, *, statistics: bool = True) -> dict[str, Any]:
     stack, and take one read of the file.
     """
     data = open_raster(path)
-    src = as_band_array(data, name=str(path))
+    src = as_band_array(data, name=_text(path))
     info: dict[str, Any] = {
-        "path": str(path),
+        "path": _text(path),
         "dims": list(data.dims),
         "bands": list(data["band"].values) if "band" in data.coords else list(src.bands),
         "dtype": str(data.dtype),
@@ -963,13 +1044,17 @@ def expand_sources(
     *,
     leave_out: Sequence[PathLike] = (),
     what: str = "source",
-) -> list[Path]:
+) -> list[Any]:
     """The raster files that ``items`` name: files as given, folders and glob patterns expanded.
 
     A folder stands for the GeoTIFFs and Zarr stores directly inside it (hidden names skipped);
     a pattern (``*``, ``?``, ``[``) for the paths it matches, sorted. Paths in ``leave_out``
     (the references) are left out of what a folder or a pattern finds, never out of a file
     named on purpose. A path found twice counts once.
+
+    Local paths come back as :class:`~pathlib.Path`; a URL or ``/vsi`` path names one raster
+    and comes back as the text given (whether it exists is found out when it is opened):
+    patterns and folders are expanded on local paths only.
 
     Examples
     --------
@@ -980,10 +1065,22 @@ def expand_sources(
     """
     if isinstance(items, str | os.PathLike):
         items = [items]
-    skip = {Path(p).expanduser().resolve() for p in leave_out}
-    found: list[Path] = []
+    skip = {_identity(p) for p in leave_out}
+    found: list[Any] = []
     for item in items:
-        path = Path(item).expanduser()
+        where = _where(item)
+        if not isinstance(where, Path):
+            text = _text(item)
+            key = text.partition("://")[2].partition("/")[2] if "://" in text else text
+            if _is_pattern(key) or (text.endswith("/") and location(item).suffix != ".zarr"):
+                raise OptionError(
+                    f"the {what} {text} is a pattern or a folder at a remote location; patterns "
+                    "and folders are expanded on local paths only: name every remote raster "
+                    "(one URL each)"
+                )
+            found.append(where)
+            continue
+        path = where.expanduser()
         if _is_pattern(str(item)) and not path.exists():
             matches = [Path(p) for p in sorted(glob.glob(str(path)))]
             matches = [p for p in matches if p.is_file() or p.suffix.lower() == ".zarr"]
@@ -992,14 +1089,14 @@ def expand_sources(
                     f"the {what} pattern {item} matches no file; check the pattern (quote it "
                     "so the shell leaves it to rastermatch, or let the shell expand it)"
                 )
-            found += [p for p in matches if p.resolve() not in skip]
+            found += [p for p in matches if _identity(p) not in skip]
         elif path.is_dir() and path.suffix.lower() != ".zarr":
             inside = [
                 p
                 for p in sorted(path.iterdir())
                 if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
             ]
-            inside = [p for p in inside if p.resolve() not in skip]
+            inside = [p for p in inside if _identity(p) not in skip]
             if not inside:
                 raise RasterReadError(
                     f"the {what} folder {item} holds no .tif, .tiff or .zarr raster; name the "
@@ -1010,9 +1107,9 @@ def expand_sources(
             found.append(path)
         else:
             raise RasterReadError(f"the {what} {item} does not exist; check the path")
-    unique: dict[Path, Path] = {}
+    unique: dict[Any, Any] = {}
     for p in found:
-        unique.setdefault(p.resolve(), p)
+        unique.setdefault(_identity(p), p)
     return list(unique.values())
 
 
@@ -1020,8 +1117,11 @@ def _is_pattern(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def _stem(path: Path) -> str:
-    return path.name[: -len(path.suffix)] if path.suffix else path.name
+def _stem(path: Any) -> str:
+    """The name without its suffix, of a local path or a URL."""
+    name = _name(path)
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] if suffix else name
 
 
 def time_labels(paths: Sequence[PathLike]) -> np.ndarray:
@@ -1039,7 +1139,7 @@ def time_labels(paths: Sequence[PathLike]) -> np.ndarray:
     >>> time_labels(["north.tif", "south.zarr"]).tolist()
     ['north', 'south']
     """
-    paths = [Path(p) for p in paths]
+    paths = [_where(p) for p in paths]
     dates = []
     for p in paths:
         match = _DATE.search(_stem(p))
@@ -1053,11 +1153,12 @@ def time_labels(paths: Sequence[PathLike]) -> np.ndarray:
     if len(dates) == len(paths) and len(set(dates)) == len(dates):
         return np.array(dates, dtype="datetime64[ns]")
     stems = [_stem(p) for p in paths]
-    seen: dict[str, Path] = {}
+    seen: dict[str, Any] = {}
     for stem, p in zip(stems, paths, strict=True):
         if stem in seen:
             raise OptionError(
-                f"the sources {seen[stem]} and {p} would both be labelled {stem!r} in the "
+                f"the sources {_text(seen[stem])} and {_text(p)} would both be labelled {stem!r} "
+                "in the "
                 "stack (their names hold no distinct dates); rename one, or write one output "
                 "per source into a folder"
             )
@@ -1070,7 +1171,7 @@ def check_same_grid(arrays: Sequence[xr.DataArray], paths: Sequence[PathLike]) -
 
     The first source sets the grid; the error names the first one that differs and how.
     """
-    first, where = arrays[0], paths[0]
+    first, where = arrays[0], _text(paths[0])
     crs, transform = first.rio.crs, first.rio.transform()
     for data, path in zip(arrays[1:], paths[1:], strict=True):
         problem = None
@@ -1089,7 +1190,8 @@ def check_same_grid(arrays: Sequence[xr.DataArray], paths: Sequence[PathLike]) -
         if problem:
             error = BandMismatchError if "bands" in problem else GridMismatchError
             raise error(
-                f"the source {path} {problem}; a stack needs every source on one grid: write one "
+                f"the source {_text(path)} {problem}; a stack needs every source on one grid: "
+                "write one "
                 "output per source into a folder (an output path ending in /), or resample the "
                 "sources onto one grid first"
             )
@@ -1119,6 +1221,15 @@ class NormalizeResult:
 
 
 def _is_folder_output(output: PathLike) -> bool:
+    if is_remote(output):
+        loc = location(output)
+        if loc.suffix == ".zarr" or loc.kind == "store":
+            return False
+        raise OptionError(
+            f"{loc.text} is not a .zarr stack; one output per source goes into a local folder "
+            "only (folder outputs are not made at remote locations): give a local folder, or a "
+            ".zarr stack there (s3://bucket/stack.zarr)"
+        )
     text = os.fspath(output)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".zarr":  # a stack, even written as out.zarr/
@@ -1137,14 +1248,15 @@ def _looks_like_zarr(path: Path) -> bool:
 
 
 def _per_item(
-    value: PathLike | Sequence[PathLike | None] | None, items: Sequence[Path], what: str
-) -> list[Path | None]:
-    """One mask per item: none, one for all, or one per item in their order."""
+    value: PathLike | Sequence[PathLike | None] | None, items: Sequence[Any], what: str
+) -> list[Any]:
+    """One mask per item: none, one for all, or one per item in their order (local paths as
+    :class:`~pathlib.Path`, URLs as given)."""
     if value is None:
         return [None] * len(items)
     if isinstance(value, str | os.PathLike):
-        return [Path(value)] * len(items)
-    values = [Path(v) if v is not None else None for v in value]
+        return [_where(value)] * len(items)
+    values = [_where(v) if v is not None else None for v in value]
     if len(values) == 1:
         return values * len(items)
     if len(values) != len(items):
@@ -1174,13 +1286,14 @@ def _lut_files(lut_path: PathLike | None, names: Sequence[str]) -> tuple[list[Pa
     return [folder / f"{name}.lut.json" for name in names], folder
 
 
-def _folder_outputs(folder: Path, sources: Sequence[Path], suffix: str) -> list[Path]:
+def _folder_outputs(folder: Path, sources: Sequence[Any], suffix: str) -> list[Path]:
     outputs = [folder / f"{_stem(s)}{suffix}" for s in sources]
-    seen: dict[Path, Path] = {}
+    seen: dict[Path, Any] = {}
     for source, out in zip(sources, outputs, strict=True):
         if out in seen:
             raise OptionError(
-                f"the sources {seen[out]} and {source} would both be written to {out}; rename "
+                f"the sources {_text(seen[out])} and {_text(source)} would both be written to "
+                f"{out}; rename "
                 "one, or normalize them in two runs"
             )
         seen[out] = source
@@ -1298,12 +1411,13 @@ def normalize_files(
         dtype=dtype, pool=pool,
     )  # fmt: skip
     check_overlap(overlap)
+    _local_files(**{"LUT file": lut_path, "report": report})
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
     refs = expand_sources(reference, what="reference")
     stacked = not _is_folder_output(output)
     # a folder of sources never takes in the stack this job writes (a previous run's output)
-    own = [Path(os.fspath(output)).expanduser().absolute()] if stacked else []
+    own = [output] if stacked else []
     srcs = expand_sources(sources, leave_out=[*refs, *own])
     masks = _per_item(mask, srcs, "mask")
     ref_masks = _per_item(reference_mask, refs, "reference mask")
@@ -1312,14 +1426,14 @@ def normalize_files(
     # 0. every output, before any work
     if stacked:
         final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-        if final.suffix.lower() != ".zarr" or format == "tif":
+        if (final.suffix.lower() != ".zarr" and not is_remote(final)) or format == "tif":
             raise OptionError(
-                f"{output} would hold every source in one (time, band, y, x) stack, which only "
+                f"{final} would hold every source in one (time, band, y, x) stack, which only "
                 "Zarr stores: give a .zarr path, or a folder (ending in /) for one GeoTIFF per "
                 "source"
             )
         _check_write_options(final, cog)
-        folder = final.parent
+        folder = final.parent if isinstance(final, Path) else None  # none to make remotely
         outputs = [final]
     else:
         folder = Path(os.fspath(output)).expanduser().absolute()
@@ -1329,7 +1443,8 @@ def normalize_files(
             _check_write_options(outputs[0], cog)
     lut_files, lut_folder = _lut_files(lut_path, [_stem(s) for s in srcs])
     with contextlib.ExitStack() as folders:
-        folders.enter_context(_output_folder(folder))
+        if folder is not None:
+            folders.enter_context(_output_folder(folder))
         if lut_folder is not None:
             folders.enter_context(_output_folder(lut_folder))
         if not stacked:
@@ -1339,15 +1454,15 @@ def normalize_files(
             check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
         if report is not None:
             _check_report_path(report)
-        _check_distinct_all([*outputs, *lut_files, *([Path(report)] if report else [])])
+        _check_distinct_all([*outputs, *lut_files, *([report] if report else [])])
 
         # the headers: nodata, bands, masks and grids, all before the statistics
         opened = [open_input(s, bands=bands, chunks=chunks) for s in srcs]
         for data, path in zip(opened, srcs, strict=True):
-            _check_nodata(nodata, data, f"source {path}", "nodata")
+            _check_nodata(nodata, data, f"source {_text(path)}", "nodata")
         ref_opened = [open_input(r, bands=reference_bands or bands, chunks=chunks) for r in refs]
         for data, path in zip(ref_opened, refs, strict=True):
-            _check_nodata(reference_nodata, data, f"reference {path}", "reference_nodata")
+            _check_nodata(reference_nodata, data, f"reference {_text(path)}", "reference_nodata")
         arrays = [as_band_array(d, nodata=nodata, name="source") for d in opened]
         _check_stack_sources(arrays, srcs, stacked=stacked, zarr=format == "zarr")
         src_masks = [open_mask(m, d) for m, d in zip(masks, opened, strict=True)]
@@ -1368,8 +1483,8 @@ def normalize_files(
 
         # 1. one statistics pass over every source and every reference (with overlap, one per
         # source: each has its own common area with the references)
-        geometry = job_report(list(zip(map(str, srcs), opened, strict=True)),
-                              list(zip(map(str, refs), ref_opened, strict=True)))  # fmt: skip
+        geometry = job_report(list(zip(map(_text, srcs), opened, strict=True)),
+                              list(zip(map(_text, refs), ref_opened, strict=True)))  # fmt: skip
         with progress(show_progress):
             if overlap is False:
                 luts = fit_many(arrays, ref, options, masks=src_masks)
@@ -1383,11 +1498,11 @@ def normalize_files(
             rows = quality_table(lut.source_hist, lut.reference_hist, matched_histogram(lut))
             for row in rows:
                 extra = {"time": _label_text(labels[i])} if labels is not None else {}
-                quality.append({"source": path.name, **extra, **row})
+                quality.append({"source": _name(path), **extra, **row})
         matched = [apply_arrays(a, lut) for a, lut in zip(arrays, luts, strict=True)]
 
         # 2. the rasters, then the staged LUT files and report
-        inputs_record = {"sources": [str(s) for s in srcs], "references": [str(r) for r in refs]}
+        inputs_record = {"sources": list(map(_text, srcs)), "references": list(map(_text, refs))}
         how = (False, cog, compress, show_progress)  # each to a fresh temporary
         with _staging() as staged:
             for lut, lut_file in zip(luts, lut_files or [None] * len(luts), strict=True):
@@ -1399,10 +1514,10 @@ def normalize_files(
 
                 try:
                     save_series_report(staged.path_for(Path(report), overwrite=overwrite), luts,
-                                       [s.name for s in srcs], metrics=quality)  # fmt: skip
+                                       [_name(s) for s in srcs], metrics=quality)  # fmt: skip
                 except OSError as exc:
                     raise RasterWriteError(
-                        f"writing the report {report} failed: {exc.strerror or exc}"
+                        f"writing the report {_text(report)} failed: {exc.strerror or exc}"
                     ) from exc
             # every raster under its temporary name, all moved into place only once every one
             # is written: a failed or interrupted job leaves a previous run's outputs as they were
@@ -1410,18 +1525,18 @@ def normalize_files(
                 assert labels is not None
                 stack = _stack(matched, labels)
                 record = prov.stack_record(luts, quality, inputs_record, labels)
-                tmp = staged.path_for(outputs[0], overwrite=overwrite)
-                _write(stack, tmp, record, inputs, *how)
+                tmp, replace = staged.raster_for(outputs[0], overwrite=overwrite)
+                _write(stack, tmp, record, inputs, replace, *how[1:])
             else:
                 for i, (data, out) in enumerate(zip(matched, outputs, strict=True)):
-                    rows = [q for q in quality if q["source"] == srcs[i].name]
+                    rows = [q for q in quality if q["source"] == _name(srcs[i])]
                     record = prov.match_record(luts[i], rows, operation="normalize",
                                                source=srcs[i], references=refs,
                                                mask=masks[i])  # fmt: skip
                     tmp = staged.path_for(out, overwrite=overwrite)
                     _write(data, tmp, record, inputs, *how)
             staged.commit()
-            written = [Path(p).expanduser().absolute() for p in outputs]
+            written = [_result(p) for p in outputs]
     return NormalizeResult(
         srcs, written, list(luts), quality, [Path(p) for p in lut_files],
         Path(report) if report is not None else None, labels, geometry,
@@ -1441,27 +1556,29 @@ def _check_stack_sources(
         sizes = ", ".join(f"{d}: {n}" for d, n in zip(rows.dims, rows.shape, strict=True))
         if stacked:
             raise OptionError(
-                f"the source {path} is already a stack with rows ({sizes}), which one "
+                f"the source {_text(path)} is already a stack with rows ({sizes}), which one "
                 "(time, band, y, x) stack of the sources cannot take in: normalize it into a "
                 "folder of Zarr stores (-o DIR/ --format zarr; format='zarr'), or through the "
                 "API (rastermatch.match_histograms), or leave it out of the sources"
             )
         raise OptionError(
-            f"the source {path} is a stack with rows ({sizes}), which a GeoTIFF cannot hold: "
+            f"the source {_text(path)} is a stack with rows ({sizes}), which a GeoTIFF cannot "
+            "hold: "
             "add --format zarr (format='zarr') to write one Zarr store per source, or leave it "
             "out of the sources"
         )
 
 
-def _check_distinct_all(paths: Sequence[Path]) -> None:
-    seen: set[Path] = set()
+def _check_distinct_all(paths: Sequence[Any]) -> None:
+    seen: set[Any] = set()
     for path in paths:
-        resolved = Path(path).expanduser().resolve()
-        if resolved in seen:
+        key = _identity(path)
+        if key in seen:
             raise OptionError(
-                f"two outputs of the job would both be written to {path}; give them different paths"
+                f"two outputs of the job would both be written to {_text(path)}; give them "
+                "different paths"
             )
-        seen.add(resolved)
+        seen.add(key)
 
 
 def _label_text(label: Any) -> str:
@@ -1546,7 +1663,7 @@ def _detector_reference(reference: Any, labels: tuple[Any, ...], source: PathLik
     if int(reference) not in labels:
         top = f"0..{len(labels) - 1}" if labels == tuple(range(len(labels))) else "its labels"
         raise OptionError(
-            f"reference={int(reference)}: {source} has no detector {int(reference)} (its "
+            f"reference={int(reference)}: {_text(source)} has no detector {int(reference)} (its "
             f"detectors are {top}); give reference= a detector of the layout or 'pooled'"
         )
     return int(reference)
@@ -1620,6 +1737,7 @@ def destripe_file(
 
     layout = detector_layout(detectors, axis=axis, offset=offset)
     inputs = [source, mask]
+    _local_files(**{"LUT file": lut_path, "report": report})
     _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
     _check_write_options(final, cog)
@@ -1629,9 +1747,9 @@ def destripe_file(
     if report is not None:
         _check_report_path(report)
     src = open_input(source, bands=bands, chunks=chunks)
-    _check_nodata(nodata, src, f"source {source}", "nodata")
+    _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
     size = src.sizes[src.dims[-2] if layout.axis == "y" else src.dims[-1]]
-    _, labels = layout.resolve(size, str(source))
+    _, labels = layout.resolve(size, _text(source))
     chosen = _detector_reference(reference, labels, source)
     src_mask = open_mask(mask, src)
 
@@ -1666,8 +1784,8 @@ def destripe_file(
                 lut, found["quality"], layout, chosen, source=source, mask=mask
             )
 
-        tmp = staged.path_for(final, overwrite=overwrite)
-        _write(balanced, tmp, record_of, inputs, False, cog, compress, show_progress, lazy)
+        tmp, replace = staged.raster_for(final, overwrite=overwrite)
+        _write(balanced, tmp, record_of, inputs, replace, cog, compress, show_progress, lazy)
         quality = found["quality"]
         if report is not None:
             from .plot import save_destripe_report
@@ -1679,11 +1797,11 @@ def destripe_file(
                 )
             except OSError as exc:  # a full disk, say: name the report, not its temporary
                 raise RasterWriteError(
-                    f"writing the report {report} failed: {exc.strerror or exc}"
+                    f"writing the report {_text(report)} failed: {exc.strerror or exc}"
                 ) from exc
         staged.commit()
     return MatchResult(
-        final, lut, quality, Path(lut_path) if lut_path is not None else None,
+        _result(final), lut, quality, Path(lut_path) if lut_path is not None else None,
         Path(report) if report is not None else None,
     )  # fmt: skip
 
@@ -1815,7 +1933,7 @@ def specify_file(
         )
     record = prov.specify_record(report, source=source, reference=reference, mask=mask)
     with _staging() as staged:
-        tmp = staged.path_for(final, overwrite=overwrite)
-        _write(out, tmp, record, inputs, False, cog, compress, show_progress)
+        tmp, replace = staged.raster_for(final, overwrite=overwrite)
+        _write(out, tmp, record, inputs, replace, cog, compress, show_progress)
         staged.commit()
     return report
