@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ import numba
 import numpy as np
 
 from ._data import BandArray, thread_pieces
-from ._values import EXACT_MAX_ITEMSIZE
+from ._values import EXACT_MAX_ITEMSIZE, uniform_bin
 from .apply import _check_levels_dtype, apply_block, block_arguments
 from .errors import BandMismatchError
 from .histogram import (
@@ -366,4 +367,260 @@ def apply_lut(
         for b, s in thread_pieces(array.shape)
     ]  # fmt: skip
     _run(tasks, True)
+    return out
+
+
+# -- small float scenes: the occupied bins only --------------------------------------------------
+#
+# A float row of a small scene occupies a few thousand of its 65,536 bins. Matching it needs the
+# table rows of the bins its pixels fall in, and of the empty bins masked pixels fall in: those
+# rows are computed here from the sorted valid values of each row, by the arithmetic of
+# lut._band_table restricted to occupied bins (the same candidates, scaled CDFs and tie rule,
+# the same identity rule), and applied by the arithmetic of apply._interval. The full LUT is
+# never built; cases this does not cover (other rules, blends, "all" levels, a nodata value
+# other than NaN, integer outputs, negative zeros, int64 overflow) return None and take the
+# general path.
+
+
+@numba.njit(inline="always")
+def _interval_value(f, smin, smax, olo, ohi):  # pragma: no cover
+    """apply._interval for a float output, given the bin's row."""
+    if olo == ohi or smin >= smax:
+        return olo
+    if olo == smin and ohi == smax:
+        return min(max(f, smin), smax)
+    if f <= smin:
+        return olo
+    if f >= smax:
+        return ohi
+    r = olo + (f - smin) * (ohi - olo) / (smax - smin)
+    return min(max(r, olo), ohi)
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_occupied(
+    block, lo, hi, nbins, keys, nkeys, tab, before, nodata, has_nodata, fill, out
+):  # pragma: no cover
+    """Map ``block`` ``(row, y, x)`` through the occupied-bin rows ``tab[b, :nkeys[b]]`` =
+    ``(smin, smax, olo, ohi, empty)`` of bins ``keys[b]`` (sorted): a value in an occupied bin
+    by its interval, in an empty bin by the ``empty`` output of the occupied bin below it
+    (``before[b]`` when there is none)."""
+    nb, ny, nx = block.shape
+    slot = np.empty(nbins, np.int64)  # bin -> the last occupied bin at or below it (-1: none)
+    for b in range(nb):
+        lo_b = lo[b]
+        hi_b = hi[b]
+        scale = nbins / (hi_b - lo_b) if hi_b > lo_b else 0.0
+        p = -1
+        for k in range(nbins):
+            if p + 1 < nkeys[b] and keys[b, p + 1] == k:
+                p += 1
+            slot[k] = p
+        for i in range(ny):
+            for j in range(nx):
+                v = block[b, i, j]
+                f = np.float64(v)
+                if (has_nodata and v == nodata) or f - f != 0.0:
+                    out[b, i, j] = fill
+                    continue
+                k = uniform_bin(f, lo_b, scale, nbins)
+                p = slot[k]
+                if p < 0:
+                    out[b, i, j] = before[b]
+                elif keys[b, p] != k:
+                    out[b, i, j] = tab[b, p, 4]
+                else:
+                    out[b, i, j] = _interval_value(
+                        f, tab[b, p, 0], tab[b, p, 1], tab[b, p, 2], tab[b, p, 3]
+                    )
+
+
+def _no_nodata(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_valid(block, mask, has_mask, buf, n):  # pragma: no cover
+    """The finite unmasked values of every row of ``block`` into ``buf[b, :n[b]]`` (float64);
+    False if one is a negative zero."""
+    nb, ny, nx = block.shape
+    for b in range(nb):
+        mb = b if mask.shape[0] > 1 else 0
+        c = 0
+        for i in range(ny):
+            for j in range(nx):
+                f = np.float64(block[b, i, j])
+                if f - f != 0.0 or (has_mask and mask[mb, i, j]):
+                    continue
+                if f == 0.0 and np.signbit(f):
+                    return False
+                buf[b, c] = f
+                c += 1
+        n[b] = c
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _runs(v, lo, hi, nbins, keys, counts, vmin, vmax, nmin):  # pragma: no cover
+    """The occupied bins of the sorted values ``v`` binned over ``[lo, hi]`` and, per bin, its
+    count, smallest and largest value and the pixels equal to the smallest (what
+    histogram._stats_uniform records); returns their number."""
+    scale = nbins / (hi - lo) if hi > lo else 0.0
+    r = -1
+    last = -1
+    for i in range(v.size):
+        f = v[i]
+        k = uniform_bin(f, lo, scale, nbins)
+        if k != last:
+            r += 1
+            last = k
+            keys[r] = k
+            counts[r] = 0
+            vmin[r] = f
+            nmin[r] = 0
+        counts[r] += 1
+        vmax[r] = f
+        if f == vmin[r]:
+            nmin[r] += 1
+    return r + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _occupied_rows(
+    sc, smin, smax, rc, rmin, rmax, m_src, m_ref, ceil, mapped, q, tab
+):  # pragma: no cover
+    """lut._band_table of one source row's occupied bins against one reference row's, levels
+    "present": lut._cdf_rows_kernel's walk for the reference bin of every source bin (the same
+    scaled CDFs and tie rule; every candidate holds pixels, so no two share a CDF value), then
+    the identity rule. ``tab`` rows: smin, smax, olo, ohi, and the output of the empty bins
+    above the bin."""
+    na = rc.shape[0]
+    for j in range(na):
+        mapped[j] = 0
+    k = 0
+    cs = np.int64(0)
+    cr = np.int64(rc[0])  # the reference's cumulative count at candidate k
+    prev = np.int64(0)  # ... at candidate k - 1
+    for p in range(sc.shape[0]):
+        cs += np.int64(sc[p])
+        t = cs * m_ref
+        while k < na and cr * m_src < t:
+            k += 1
+            prev = cr
+            if k < na:
+                cr += np.int64(rc[k])
+        if ceil:
+            j = min(k, na - 1)
+        elif k == 0:
+            j = 0
+        elif k < na and cr * m_src - t < t - prev * m_src:
+            j = k
+        else:
+            j = k - 1
+        q[p] = j
+        mapped[j] += 1
+    for p in range(sc.shape[0]):
+        j = q[p]
+        lo = rmin[j]
+        hi = rmax[j]
+        same = mapped[j] == 1 and lo == smin[p] and hi == smax[p]
+        tab[p, 0] = smin[p]
+        tab[p, 1] = smax[p]
+        tab[p, 2] = lo
+        tab[p, 3] = hi if same else lo
+        tab[p, 4] = hi if same else lo
+
+
+def _occupied(
+    array: np.ndarray, mask: np.ndarray | None, lohi: np.ndarray, nbins: int
+) -> list[tuple[np.ndarray, ...]] | None:
+    """Per row: the occupied bins and their count, smallest value, largest value and pixels
+    equal to the smallest (as histogram._stats_uniform records them), from the sorted valid
+    values; None if a row holds a negative zero (which zero a bin records would depend on the
+    order the pixels come in)."""
+    nb = array.shape[0]
+    buf = np.empty((nb, array.shape[1] * array.shape[2]), np.float64)
+    n = np.zeros(nb, np.int64)
+    m, has_m = _kernel_mask(mask)
+    if not _gather_valid(array, m, has_m, buf, n):
+        return None
+    rows = []
+    for b in range(nb):
+        v = np.sort(buf[b, : n[b]])
+        size = v.size
+        keys, counts, nmin = (np.empty(size, np.int64) for _ in range(3))
+        vmin, vmax = np.empty(size, np.float64), np.empty(size, np.float64)
+        r = _runs(v, float(lohi[b, 0]), float(lohi[b, 1]), nbins, keys, counts, vmin, vmax, nmin)
+        rows.append((keys[:r], counts[:r], vmin[:r], vmax[:r], nmin[:r]))
+    return rows
+
+
+def match_occupied(
+    src: BandArray,
+    mask: np.ndarray | None,
+    ref: BandArray,
+    ref_mask: np.ndarray | None,
+    index: np.ndarray,
+    *,
+    method: str,
+    levels: str,
+    proportion: float,
+    bins: int | None,
+    dtype: Any,
+) -> np.ndarray | None:
+    """``match_histograms`` of a small float source onto one float reference (row ``index[b]``
+    for source row ``b``), from their occupied bins only; None where this path does not apply
+    (see the comment above). Masks as :func:`~rastermatch._data.as_band_mask` gives them."""
+    if (
+        method not in ("nearest", "ceil")
+        or levels != "present"
+        or proportion != 1.0
+        or src.dtype.kind != "f"
+        or ref.dtype.kind != "f"
+        or (dtype is not None and np.dtype(dtype).kind != "f")
+        or not (_no_nodata(src.nodata) and _no_nodata(ref.nodata))
+        or src.array.size + ref.array.size >= SMALL_PIXELS
+        or not covers([src.array, ref.array, mask, ref_mask])
+    ):
+        return None
+    nbins = DEFAULT_BINS if bins is None else bins
+    lohis = []
+    for arr, m in ((src.array, mask), (ref.array, ref_mask)):
+        lohi = block_range(arr, m)[:, 0, 0, :]
+        if not (np.all(lohi[:, 0] <= lohi[:, 1]) and np.all(np.isfinite(lohi[:, 1] - lohi[:, 0]))):
+            return None  # no valid pixels, or a range float64 cannot bin: the general path says so
+        lohis.append(lohi)
+    s_rows = _occupied(src.array, mask, lohis[0], nbins)
+    r_rows = _occupied(ref.array, ref_mask, lohis[1], nbins)
+    if s_rows is None or r_rows is None:
+        return None
+    nb = src.array.shape[0]
+    width = max(len(r[0]) for r in s_rows)
+    keys = np.zeros((nb, width), np.int64)
+    nkeys = np.zeros(nb, np.int64)
+    tab = np.zeros((nb, width, 5), np.float64)
+    before = np.zeros(nb, np.float64)
+    ceil = method == "ceil"
+    for b, (sk, sc, smin, smax, _) in enumerate(s_rows):
+        _, rc, rmin, rmax, _ = r_rows[int(index[b])]
+        # lut._scaled_cdfs: int64 while the products provably fit
+        n_src, n_ref = int(sc.sum()), int(rc.sum())
+        g = math.gcd(n_src, n_ref)
+        if (1 if ceil else 2) * n_src * (n_ref // g) >= 2**63:
+            return None
+        n = sk.size
+        keys[b, :n], nkeys[b] = sk, n
+        q = np.empty(n, np.int64)
+        mapped = np.empty(rc.size, np.int64)
+        _occupied_rows(
+            sc, smin, smax, rc, rmin, rmax, n_src // g, n_ref // g, ceil, mapped, q, tab[b, :n]
+        )
+        before[b] = rmin[0]  # below every occupied bin: the first candidate
+    out_dtype = ref.dtype if dtype is None else np.dtype(dtype)
+    out = np.empty_like(src.array, dtype=out_dtype)
+    lo = np.ascontiguousarray(lohis[0][:, 0])
+    hi = np.ascontiguousarray(lohis[0][:, 1])
+    fill = out_dtype.type(np.nan)
+    nd = src.array.dtype.type(0)
+    _apply_occupied(src.array, lo, hi, nbins, keys, nkeys, tab, before, nd, False, fill, out)
     return out

@@ -806,8 +806,36 @@ def match_histograms(
     if check_overlap(overlap) is not False:
         lut = fit_overlap(src, ref, options, mask=mask, overlap=overlap)
     else:
+        out = _match_occupied(src, ref, options, mask)
+        if out is not None:  # the LUT's output nodata for a float output without nodata
+            return src.wrap(out, nodata=float("nan"))
         lut = fit_arrays(src, ref, options, mask=mask)
     return apply_arrays(src, lut)
+
+
+def _match_occupied(src: BandArray, reference: Reference, options: MatchOptions, mask: Any) -> Any:
+    """A small in-memory float scene matched from its occupied bins only
+    (:func:`rastermatch.direct.match_occupied`: the bytes :func:`fit_arrays` and
+    :func:`apply_arrays` give); None where that path does not apply."""
+    if (
+        reference.histogram is not None
+        or reference.stacked
+        or src.is_dask
+        or src.dtype.kind != "f"
+        or src.array.size >= direct.SMALL_PIXELS
+    ):
+        return None
+    plan = _plan(src, reference, options)
+    if plan.pooled:
+        return None
+    member = reference_with_source_nodata(src, reference.members[0])
+    m = None if mask is None else as_band_mask(mask, src, name="mask")
+    rm = reference.masks[0]
+    rm = None if rm is None else as_band_mask(rm, member, name="reference mask")
+    return direct.match_occupied(
+        src, m, member, rm, plan.index, method=options.method, levels=options.levels,
+        proportion=options.proportion, bins=options.bins, dtype=options.dtype,
+    )  # fmt: skip
 
 
 def uniform_histogram(hist: Histogram, *, range: Any = None, bins: int | None = None) -> Histogram:
