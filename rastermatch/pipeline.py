@@ -548,14 +548,16 @@ class _Staged:
         moved = []
         try:
             for tmp, final, overwrite in sidecars:
-                move_into_place(tmp, final, overwrite=overwrite)
+                prov.place_sidecar(tmp, final, overwrite=overwrite)
                 moved.append(final)
             for tmp, final, overwrite in self._files:
                 move_into_place(tmp, final, overwrite=overwrite)
         except BaseException:
-            for final in moved:  # a raster that did not move in takes its sidecar along
-                _remove_output(final)
+            for final in moved:  # rasters that did not move in: their previous sidecars back
+                prov.undo_sidecar(final)
             raise
+        for final in moved:
+            prov.keep_sidecar(final)
         self._files.clear()
         self._sidecars.clear()
 

@@ -498,7 +498,7 @@ def write_sidecar(
     """Write the sidecar of the GeoTIFF ``raster`` (its final name): a temporary sibling, then
     moved into place. Refused when it would replace an input (whatever ``overwrite`` says) or
     an existing file without ``overwrite``; RasterWriteError names the sidecar on failure."""
-    from .io import check_output_path, move_into_place, remove_stale_temporaries, temporary_sibling
+    from .io import check_output_path, remove_stale_temporaries, temporary_sibling
 
     final = sidecar_path(raster)
     check_output_path(final, inputs=list(inputs), overwrite=overwrite, kind="file")
@@ -510,7 +510,7 @@ def write_sidecar(
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        move_into_place(tmp, final, overwrite=overwrite)
+        place_sidecar(tmp, final, overwrite=overwrite)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -582,10 +582,62 @@ def remove_stale_sidecars(final: Path) -> list[Path]:
     return removed
 
 
-def remove_sidecar(raster: Path) -> None:
-    """Remove the sidecar written for ``raster`` (its write failed after the sidecar moved in)."""
+# the sidecars replaced by this process whose raster has not moved in yet: final -> the previous
+# one, kept (a hard link) so that a raster that fails to move in leaves the previous output whole
+_PREVIOUS: dict[Path, Path] = {}
+
+
+def place_sidecar(tmp: Path, final: Path, *, overwrite: bool) -> None:
+    """Move the finished sidecar ``tmp`` onto ``final``, keeping a sidecar it replaces until
+    :func:`keep_sidecar` (the raster moved in) or :func:`undo_sidecar` (it did not)."""
+    from .io import move_into_place
+    from .io.atomic import _sibling
+
+    previous = None
+    if overwrite and final.is_file() and not final.is_symlink():
+        previous = _sibling(final, "old")  # put back by the stale cleanup if this process dies
+        try:
+            os.link(final, previous)
+        except OSError:
+            previous = None  # no hard links here: the previous sidecar cannot be kept
+    try:
+        move_into_place(tmp, final, overwrite=overwrite)
+    except BaseException:
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                previous.unlink()
+        raise
+    if previous is not None:
+        _PREVIOUS[final] = previous
+
+
+def keep_sidecar(final: Path) -> None:
+    """The raster of the sidecar ``final`` moved in: the sidecar it replaced goes."""
+    previous = _PREVIOUS.pop(final, None)
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            previous.unlink()
+
+
+def undo_sidecar(final: Path) -> None:
+    """The raster of the sidecar ``final`` did not move in: the sidecar it replaced comes back,
+    or, if there was none, the new one goes."""
+    previous = _PREVIOUS.pop(final, None)
     with contextlib.suppress(OSError):
-        sidecar_path(raster).unlink()
+        if previous is not None:
+            os.replace(previous, final)
+        else:
+            final.unlink()
+
+
+def remove_sidecar(raster: Path) -> None:
+    """The write of ``raster`` failed after its sidecar moved in: :func:`undo_sidecar`."""
+    undo_sidecar(sidecar_path(raster))
+
+
+def sidecar_written(raster: Path) -> None:
+    """The raster moved in after its sidecar: :func:`keep_sidecar`."""
+    keep_sidecar(sidecar_path(raster))
 
 
 # -- Zarr array --------------------------------------------------------------------------------

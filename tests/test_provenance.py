@@ -229,10 +229,18 @@ def test_sidecar_goes_with_a_raster_that_fails_to_move_in(matched, tmp_path, mon
             raise OSError(28, "No space left on device")
         return real(tmp, final, overwrite=overwrite)
 
+    data, record = open_raster(matched["tif"]), matched["record"]
+    write_raster(data, tmp_path / "old.tif", provenance=record)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setattr(io, "move_into_place", failing)
     with pytest.raises(RasterWriteError, match="No space"):
-        write_raster(open_raster(matched["tif"]), tmp_path / "f.tif", provenance=matched["record"])
-    assert list(tmp_path.iterdir()) == []
+        write_raster(data, tmp_path / "f.tif", provenance=record)
+    # an overwrite that fails keeps the previous raster and its sidecar as they were
+    other = {**record, "lut": {**record["lut"], "rastermatch_version": "other"}}
+    with pytest.raises(RasterWriteError, match="No space"):
+        write_raster(data, tmp_path / "old.tif", provenance=other, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert read_provenance(tmp_path / "old.tif") == record
 
 
 def test_inputs_are_recorded_without_credentials():

@@ -184,7 +184,7 @@ from rastermatch.io.objectstore import execute as execute_remote
 from rastermatch.io.objectstore import output_format, output_location
 from rastermatch.io.zarr import _open_zarr, _write_zarr, _zarr_compressors
 from rastermatch.provenance import read_provenance as _read_provenance
-from rastermatch.provenance import remove_sidecar, write_sidecar
+from rastermatch.provenance import remove_sidecar, sidecar_written, write_sidecar
 
 __all__ = [
     "check_output_path",
@@ -750,8 +750,10 @@ def _execute(job: _WriteJob) -> Path:
             move_into_place(tmp, job.final, overwrite=job.overwrite)
         except BaseException:
             if sidecar:
-                remove_sidecar(job.final)
+                remove_sidecar(job.final)  # the previous one back, if it replaced one
             raise
+        if sidecar:
+            sidecar_written(job.final)
     except BaseException as exc:
         _remove_despite_interrupts(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):
