@@ -181,7 +181,8 @@ def same_grid(a: Any, b: Any) -> bool:
         return False
     if not (ga.georeferenced and gb.georeferenced):
         return True
-    return bool(ga.crs == gb.crs and ga.transform.almost_equals(gb.transform))  # type: ignore[union-attr]
+    assert ga.transform is not None and gb.transform is not None
+    return bool(ga.crs == gb.crs and ga.transform.almost_equals(gb.transform))
 
 
 # -- the geometry report ----------------------------------------------------------------------
@@ -491,7 +492,9 @@ class _Warp:
             )
         return row, col
 
-    def rect_pixels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, ...]:
+    def rect_pixels(
+        self, y0: int, y1: int, x0: int, x1: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`pixels` of every pixel of the rectangle ``[y0:y1, x0:x1]``."""
         return self._indices(*self.rect_positions(y0, y1, x0, x1))
 
@@ -500,7 +503,9 @@ class _Warp:
         inside the reference grid."""
         return self._indices(*self.positions(yy, xx))
 
-    def _indices(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _indices(
+        self, row: np.ndarray, col: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ny, nx = self.ref_shape
         with np.errstate(invalid="ignore"):
             inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)  # NaN: outside
@@ -632,7 +637,9 @@ def _valid_block(block: np.ndarray, *, nodata: Any) -> np.ndarray:
 
 def _valid(arr: da.Array, nodata: Any, mask: Any) -> da.Array:
     """``(row, y, x)``: the pixels of ``arr`` that count (the histograms' own rule)."""
-    valid = arr.map_blocks(_valid_block, nodata=nodata, dtype=bool, meta=np.empty((0, 0, 0), bool))
+    valid = da.map_blocks(
+        _valid_block, arr, nodata=nodata, dtype=bool, meta=np.empty((0, 0, 0), bool)
+    )
     if mask is not None:
         valid = valid & ~mask
     return valid
