@@ -373,9 +373,11 @@ def write_raster(
         that does the whole write (temporary file and final move included) when computed.
     provenance : dict, optional
         JSON-serialisable record of how the data were made. Zarr: the attribute
-        ``rastermatch`` of the data variable; GeoTIFF: the JSON string under key
-        ``provenance`` of the GDAL metadata domain ``RASTERMATCH``. Read it back with
-        :func:`read_provenance`.
+        ``rastermatch`` of the root group; GeoTIFF: the JSON string under key
+        ``provenance`` of the GDAL metadata domain ``RASTERMATCH``. A record of the
+        rastermatch schema (:mod:`rastermatch.provenance`) keeps only its summary there and
+        its LUT in the store's ``rastermatch_lut`` array or the GeoTIFF's ``OUTPUT.lut.json``
+        sidecar. Read it back whole with :func:`read_provenance`.
     inputs : iterable of path, optional
         Paths the data were computed from, besides ``data.encoding["source"]``; writing over
         any of them is refused.
