@@ -611,3 +611,16 @@ def test_spatial_dims_rioxarray_recognises_are_written(tmp_path, dims, suffix):
     assert back.rio.transform().almost_equals(data.rio.transform())
     np.testing.assert_array_equal(back.values, data.values)
     assert data[ydim].attrs == {}  # the caller's coordinates are not changed
+
+
+def test_inputs_given_as_urls_or_store_objects(tmp_path):
+    import zarr
+
+    from rastermatch.io import check_output_path
+
+    existing = tmp_path / "in.tif"
+    existing.write_bytes(b"not read")
+    with pytest.raises(RasterWriteError, match="overwrite the input"):
+        check_output_path(existing, inputs=[existing.as_uri()], overwrite=True)
+    inputs = [zarr.storage.MemoryStore(), "https://example.com/in.tif", "s3://b/in.zarr"]
+    assert check_output_path(tmp_path / "out.tif", inputs=inputs) == tmp_path / "out.tif"

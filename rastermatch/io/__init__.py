@@ -679,10 +679,16 @@ def check_output_path(
     return final
 
 
-def _refuse_inputs(final: Path, sources: Iterable[PathLike]) -> None:
+def _refuse_inputs(final: Path, sources: Iterable[RasterLocation]) -> None:
     target = final.resolve()
     for source in sources:
-        resolved = Path(source).expanduser().resolve()
+        try:
+            loc = location(source)
+        except RastermatchError:
+            continue  # not a location: nothing on this disk it could be
+        if loc.kind != "local" or loc.path is None:
+            continue  # a URL or store object: not this local output (file:// URLs are local)
+        resolved = loc.path.resolve()
         inside_input_store = target.is_relative_to(resolved) and _is_zarr_path(resolved)
         if resolved == target or resolved.is_relative_to(target) or inside_input_store:
             raise RasterWriteError(
