@@ -631,10 +631,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+#: Refused above these: a block is held whole by its task (the chunk's uint16 bytes), and the
+#: graph of a pass is built on this machine before it runs.
+MAX_CHUNK = 16_384
+MAX_BLOCKS = 1_000_000
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, saying how to fix it; None when nothing is."""
+    try:
+        sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.pixels]
+    except ValueError:
+        return f"--sizes {args.sizes!r}: give two pixel counts, e.g. --sizes 1e9,1e10"
+    if args.sizes and len(sizes) != 2:
+        return f"--sizes {args.sizes!r}: give exactly two pixel counts, e.g. --sizes 1e9,1e10"
+    if not 2 <= args.chunk <= MAX_CHUNK:
+        return f"--chunk {args.chunk}: give a block edge from 2 to {MAX_CHUNK} pixels"
+    if args.split_every is not None and args.split_every < 2:
+        return f"--split-every {args.split_every}: give 2 or more"
+    for pixels in sizes:
+        if not (math.isfinite(pixels) and pixels >= BANDS):
+            return f"pixels {pixels:g}: give at least {BANDS} (one per band)"
+        _, ny, nx = scene_shape(pixels)
+        blocks = BANDS * math.ceil(ny / args.chunk) * math.ceil(nx / args.chunk)
+        if blocks > MAX_BLOCKS:
+            return (
+                f"{pixels:g} px in {args.chunk}-pixel blocks is {blocks:,} blocks a scene, more "
+                f"than {MAX_BLOCKS:,} to build a graph of here; give a larger --chunk"
+            )
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        return f"--json {args.json}: its folder does not exist"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.chunk < 2 or args.pixels < BANDS:
-        print("--chunk must be >= 2 and --pixels >= 4", file=sys.stderr)
+    problem = check_args(args)
+    if problem:
+        print(f"scale_out.py: {problem}", file=sys.stderr)
         return 2
     if args.split_every:
         dask.config.set(split_every=args.split_every)

@@ -93,6 +93,20 @@ def test_model_terms_scale_with_pixels(so):
     assert "scheduler" in so.phase_table(phases)
 
 
-def test_bad_arguments_are_refused(so, capsys):
-    assert so.main(["--chunk", "1"]) == 2
-    assert "--chunk" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--chunk", "1"], "--chunk 1"),
+        (["--chunk", "65536"], "--chunk 65536"),
+        (["--pixels", "nan"], "pixels nan"),
+        (["--pixels", "-5"], "pixels -5"),
+        (["--sizes", "1e9,x"], "--sizes"),
+        (["--sizes", "1e9"], "exactly two"),
+        (["--pixels", "1e15"], "larger --chunk"),
+        (["--split-every", "1"], "--split-every"),
+        (["--json", "/nonexistent/folder/r.json"], "folder"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(so, capsys, argv, says):
+    assert so.main(argv) == 2
+    assert says in capsys.readouterr().err
