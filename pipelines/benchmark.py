@@ -1742,11 +1742,23 @@ def _contiguous_blocks(src: np.ndarray, c: int) -> da.Array:
     Zarr or GeoTIFF chunks are. Chunks of ``da.from_array(src)`` are strided views instead,
     rows a power of two apart: reading them conflicts in the cache, and counting a 1024² view
     of an 8192-wide band took 1.4-1.7x the time of counting the same block contiguous here."""
+    from dask.highlevelgraph import HighLevelGraph
+
     nb, ny, nx = src.shape
-    return da.block(
-        [[[np.ascontiguousarray(src[b : b + 1, i : i + c, j : j + c]) for j in range(0, nx, c)]
-          for i in range(0, ny, c)] for b in range(nb)]
-    )  # fmt: skip
+    name = f"contiguous-{c}-{dask.base.tokenize(src)}"
+    pieces = {
+        (name, b, i // c, j // c): np.ascontiguousarray(src[b : b + 1, i : i + c, j : j + c])
+        for b in range(nb)
+        for i in range(0, ny, c)
+        for j in range(0, nx, c)
+    }  # one layer, as an opened Zarr array has (da.block would make one per block)
+    chunks = (
+        (1,) * nb,
+        da.core.normalize_chunks(c, (ny,))[0],
+        da.core.normalize_chunks(c, (nx,))[0],
+    )
+    graph = HighLevelGraph.from_collections(name, pieces, dependencies=())
+    return da.Array(graph, name, chunks, dtype=src.dtype, meta=np.empty((0, 0, 0), src.dtype))
 
 
 def _cpu_timed(fn: Callable[[], Any], sink: list[float]) -> Callable[[], None]:
