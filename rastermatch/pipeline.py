@@ -75,7 +75,7 @@ from .io import (
     temporary_sibling,
     write_raster,
 )
-from .io.location import is_remote, location
+from .io.location import is_remote, location, redact_text
 from .lut import LUT, Levels, Method, Objective
 from .match import (
     MatchOptions,
@@ -113,10 +113,12 @@ R = TypeVar("R")
 class MatchResult:
     """What a file job produced: the output, the LUT, the quality table and the extra files."""
 
-    output: Path | None
+    #: a local output's absolute path; a remote output's URL as given (or its store object)
+    output: Path | str | Any | None
     lut: LUT
     quality: list[dict[str, Any]] = field(default_factory=list)
-    lut_path: Path | None = None
+    #: a local path; a LUT file read from a URL: the URL as given
+    lut_path: Path | str | None = None
     report: Path | None = None
     #: the inputs' CRS, resolution and footprint, and their overlap (:func:`geometry.job_report`)
     geometry: dict[str, Any] = field(default_factory=dict)
@@ -839,19 +841,15 @@ def apply_file(
 
     The LUT file is untrusted input: :meth:`rastermatch.LUT.load` validates every field and
     rebuilds the table from the histograms it records. Neither the source nor the LUT file is
-    ever written over.
+    ever written over. A LUT file at a URL (``https://``, ``s3://``, ...) is read through fsspec
+    (``rastermatch[remote]``) and checked the same way.
     """
-    if not isinstance(lut, LUT) and is_remote(lut):
-        raise OptionError(
-            f"the LUT file {_text(lut)} is not a local path; LUT files are read from local "
-            "files only: download it first"
-        )
-    lut_file = None if isinstance(lut, LUT) else Path(lut)
+    lut_file = None if isinstance(lut, LUT) else _where(lut)  # a Path, or a URL as given
     inputs = [source, lut_file]
     final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
     _check_write_options(final, cog)
     if lut_file is not None:
-        lut = LUT.load(lut_file)
+        lut = LUT.load(lut_file) if isinstance(lut_file, Path) else _load_remote_lut(lut_file)
     assert isinstance(lut, LUT)
     src = open_input(source, bands=bands, chunks=chunks)
     _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
@@ -862,18 +860,67 @@ def apply_file(
     return MatchResult(written, lut, [], lut_file)
 
 
+def _load_remote_lut(url: str) -> LUT:
+    """A LUT file at a URL: read whole through fsspec (at most the size a LUT file may have),
+    then checked as :meth:`LUT.load` checks a local one; every problem is a LUTFileError
+    naming the URL without credentials."""
+    import tempfile
+
+    from .errors import LUTFileError
+    from .schema import MAX_DOCUMENT_BYTES
+
+    loc = location(url)
+    name = f"the LUT file {loc.text}"
+    if loc.kind != "url":
+        raise OptionError(f"{name} is a GDAL path; give a LUT file as a local path or a URL")
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, key = url_to_fs(str(loc.url))
+        with fs.open(key, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+    except ImportError as exc:
+        raise LUTFileError(
+            f"cannot read {name}: {exc}; install rastermatch[remote] to read LUT files from URLs"
+        ) from None
+    except FileNotFoundError:
+        raise LUTFileError(f"{name} does not exist; check the URL") from None
+    except Exception as exc:  # network, credentials, protocol: fsspec's file systems vary
+        cause = redact_text(" ".join(str(exc).split()) or type(exc).__name__)
+        raise LUTFileError(
+            f"cannot read {name}: {cause}; check the URL, the network and the credentials"
+        ) from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise LUTFileError(
+            f"{name} is more than the {MAX_DOCUMENT_BYTES:,} bytes a LUT file can be; check the URL"
+        )
+    with tempfile.TemporaryDirectory(prefix="rastermatch-lut-") as folder:
+        local = Path(folder) / "lut.json"
+        local.write_bytes(data)
+        try:
+            return LUT.load(local)
+        except LUTFileError as error:  # name the URL, not the temporary copy
+            error.args = tuple(
+                a.replace(f"LUT file {local}", name).replace(str(local), loc.text)
+                if isinstance(a, str)
+                else a
+                for a in error.args
+            )
+            raise
+
+
 def _sizes(rows: Rows) -> str:
     return ", ".join(f"{d}: {n}" for d, n in zip(rows.dims, rows.shape, strict=True))
 
 
-def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Path | None, source: PathLike) -> None:
+def _check_lut_rows(lut: LUT, src: xr.DataArray, lut_file: Any, source: PathLike) -> None:
     """The LUT's rows meet the data's by label, as :meth:`LUT.apply` does (a (time, band) LUT
     maps the stack it came from, a band LUT every date); a mismatch is refused before any
     work, naming both."""
     from .apply import lut_rows, row_index
 
     have, rows = lut_rows(lut), as_band_array(src, name=_text(source)).rows
-    what = f"the LUT {lut_file}" if lut_file is not None else "the LUT"
+    what = f"the LUT {_text(lut_file)}" if lut_file is not None else "the LUT"
     if getattr(lut, "detectors", None) is not None:
         # a detector LUT: its last row dim is the detector, found on the data by line or
         # column (LUT.apply names a line or column whose detector the LUT lacks); the bands

@@ -132,7 +132,6 @@ def test_local_only_outputs_and_patterns_say_so(http, tmp_path):
     )
     assert_refused(run("normalize", http.url("*.tif"), "-r", ref, "-o", tmp_path / "n/"), "local")
     assert_refused(run("normalize", src, "-r", ref, "-o", "s3://b/folder/"), "local folder")
-    assert_refused(run("apply", src, "https://host/x.lut.json", "-o", tmp_path / "a.tif"), "local")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -172,3 +171,26 @@ def test_normalize_urls_into_a_stack_on_s3(http, bucket):
         "scene_20200201.tif",
     }
     np.testing.assert_array_equal(stack.values[0], stack.values[1])
+
+
+def test_apply_a_lut_file_at_a_url(http, local_match, tmp_path):
+    """`rastermatch apply` reads the LUT file over HTTP as it reads a local one: the output
+    equals the match the LUT came from; a missing or broken one is a LUTFileError naming it."""
+    lut = Path(http.directory) / "served.lut.json"
+    assert_ok(run("fit", DATA / NAIP, DATA / LANDSAT, "-o", lut, *BANDS))
+    out = tmp_path / "applied.tif"
+    assert_ok(run("apply", http.url(NAIP), http.url(lut.name), "-o", out, *BANDS))
+    np.testing.assert_array_equal(values(out), values(local_match))
+    assert rastermatch.read_provenance(out)["inputs"]["lut"] == http.url(lut.name)
+    assert_refused(
+        run("apply", http.url(NAIP), http.url("none.lut.json"), "-o", tmp_path / "b.tif"),
+        http.url("none.lut.json"),
+        "does not exist",
+    )
+    (Path(http.directory) / "broken.lut.json").write_text("{not json")
+    line = assert_refused(
+        run("apply", http.url(NAIP), http.url("broken.lut.json"), "-o", tmp_path / "b.tif"),
+        http.url("broken.lut.json"),
+    )
+    assert "rastermatch-lut-" not in line  # the URL, not the temporary copy
+    assert not list(tmp_path.glob("b.*"))
