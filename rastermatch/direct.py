@@ -19,7 +19,15 @@ How a call runs:
    min/max pass over the pieces), then per-bin statistics per piece, merged exactly as the dask
    tree merges blocks (:func:`~rastermatch.histogram.combine_stats`).
 3. The LUT is applied by the same kernel as the dask path's blocks: in one call for small
-   inputs, piece by piece into one output array on the pool for large ones.
+   inputs, piece by piece into one output array on the pool for large ones. The output is laid
+   out as the input, so a ``(y, x, band)`` image comes back contiguous.
+4. ``match_histograms`` of a small float scene onto one float reference never builds the
+   65,536-bin histograms and table: each row's valid values are sorted once, and the table
+   rows of the bins they occupy are computed and applied by the same arithmetic
+   (:func:`match_occupied`; other rules and options take the general path).
+
+The first call in a process loads the compiled kernels from numba's cache (``cache=True``), or
+compiles them (seconds) when the cache is empty or stale.
 
 Inputs the path does not cover (dask arrays, a dask mask, a lazy histogram reference) keep the
 dask path.
@@ -147,11 +155,20 @@ def _run(tasks: Sequence[Callable[[], Any]], parallel: bool) -> list[Any]:
                 state["next"] += 1
             if i >= len(tasks):
                 return
-            out[i] = tasks[i]()
+            try:
+                out[i] = tasks[i]()
+            except BaseException:
+                state["next"] = len(tasks)  # the others stop after their current piece
+                raise
 
     futures = [pool.submit(worker) for _ in range(threads)]
-    for f in futures:
-        f.result()
+    try:
+        for f in futures:
+            f.result()
+    except BaseException:  # an error, or Ctrl-C while waiting: no piece is started after it
+        with lock:
+            state["next"] = len(tasks)
+        raise
     return out
 
 
@@ -587,7 +604,9 @@ def match_occupied(
     lohis = []
     for arr, m in ((src.array, mask), (ref.array, ref_mask)):
         lohi = block_range(arr, m)[:, 0, 0, :]
-        if not (np.all(lohi[:, 0] <= lohi[:, 1]) and np.all(np.isfinite(lohi[:, 1] - lohi[:, 0]))):
+        with np.errstate(over="ignore", invalid="ignore"):
+            width = lohi[:, 1] - lohi[:, 0]
+        if not (np.all(lohi[:, 0] <= lohi[:, 1]) and np.all(np.isfinite(width))):
             return None  # no valid pixels, or a range float64 cannot bin: the general path says so
         lohis.append(lohi)
     s_rows = _occupied(src.array, mask, lohis[0], nbins)
