@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -358,7 +358,7 @@ def _names(names: Iterable[Hashable]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def _relabel_bands(data: xr.DataArray, band_names: Sequence[str], path: Path) -> xr.DataArray:
+def _relabel_bands(data: xr.DataArray, band_names: Sequence[str], path: Path | str) -> xr.DataArray:
     labels = [str(name) for name in band_names]
     if "band" not in data.dims:
         raise DimensionError(
@@ -425,6 +425,17 @@ class _WriteJob:
         "provenance",
         "tile_size",
     )
+    cog: bool
+    compress: Any
+    compute_with: tuple[Any, ...]
+    data: xr.DataArray
+    final: Any  # a Path, or an object store's Location (io.objectstore)
+    fmt: Literal["gtiff", "zarr"]
+    lock: Any
+    overwrite: bool
+    payload: bytes | None
+    provenance: Any  # the record's JSON text, or a callable making the record
+    tile_size: int
 
     def __init__(self, **fields: Any) -> None:
         self.payload = None  # the provenance's sidecar or array bytes (provenance.lay_out)

@@ -330,7 +330,7 @@ def _distributed_client() -> Iterator[Any]:
     try:
         import distributed
     except ImportError:  # pragma: no cover - distributed is a dependency
-        distributed = None
+        distributed = None  # type: ignore[assignment]
     on_worker = False
     if distributed is not None:
         try:

@@ -268,7 +268,12 @@ def _write_geotiff(job: _WriteJob, tmp: Path, client: Any) -> None:
                     )
                 writer = _WindowWriter(dst, arr.chunks)
                 if client is None:
-                    stored = da.store(arr, writer, lock=job.lock or threading.Lock(), compute=False)
+                    stored = da.store(
+                        arr,
+                        writer,  # type: ignore[arg-type]  # any __setitem__ target will do
+                        lock=job.lock or threading.Lock(),
+                        compute=False,
+                    )
                     computed = _compute_on_own_pool(
                         stored, *job.compute_with, thread_prefix=failures.thread_prefix
                     )
@@ -345,7 +350,8 @@ class _GdalFailures:
         self.messages: list[str] = []
 
     def claims(self, record: logging.LogRecord) -> bool:
-        return record.thread == self.thread or record.threadName.startswith(self.thread_prefix)
+        name = record.threadName or ""
+        return record.thread == self.thread or name.startswith(self.thread_prefix)
 
     def raise_if_any(self, final: Path) -> None:
         if not self.messages:
@@ -363,7 +369,8 @@ class _GdalFailureFilter(logging.Filter):
             isinstance(record.msg, str) and record.msg.startswith(_GDAL_FAILURE)
         )
         # GDAL's own threads (compression) are not Python's: their names start with "Dummy"
-        if failure and (getattr(_gdal_io, "writing", 0) or record.threadName.startswith("Dummy")):
+        writing = bool(getattr(_gdal_io, "writing", False))
+        if failure and (writing or (record.threadName or "").startswith("Dummy")):
             if isinstance(record.args, tuple) and len(record.args) == 2:
                 message = str(record.args[1])
             else:
@@ -550,12 +557,12 @@ class _WindowWriter:
         }
         self._next = 0
         self._done: set[int] = set()
-        self._waiting: dict[int, tuple[tuple[slice, slice, slice], np.ndarray]] = {}
+        self._waiting: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
         self._waiting_bytes = 0
         self._lock = threading.Lock()
 
-    def __setitem__(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
-        position = self._order.get(tuple(int(part.start) for part in key))
+    def __setitem__(self, key: tuple[slice, ...], block: np.ndarray) -> None:
+        position = self._order.get(tuple(int(part.start) for part in key))  # type: ignore[arg-type]
         with self._lock:
             if position is None:  # not on the chunk grid (a caller's own store): no order
                 self._write(key, block)
@@ -574,7 +581,7 @@ class _WindowWriter:
                     self._done.discard(self._next)
                     self._next += 1
 
-    def _write(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
+    def _write(self, key: tuple[slice, ...], block: np.ndarray) -> None:
         bands, rows, cols = key
         indexes = list(range(bands.start + 1, bands.stop + 1))
         with _writing():

@@ -136,11 +136,11 @@ def redact(url: str) -> str:
     if match is None:
         return prefix + url
     rest = url[match.end() :]
-    netloc, slash, path = rest.partition("/")
+    netloc, separator, tail = rest.partition("/")
     if match.group(1).lower() not in ("abfs", "abfss"):  # abfs://container@account/...
         netloc = netloc.rsplit("@", 1)[-1]
-    path = re.split(r"[?#]", path, maxsplit=1)[0]
-    return f"{prefix}{match.group(1)}://{netloc}{slash}{path}"
+    tail = re.split(r"[?#]", tail, maxsplit=1)[0]
+    return f"{prefix}{match.group(1)}://{netloc}{separator}{tail}"
 
 
 @dataclass(frozen=True)

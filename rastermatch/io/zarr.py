@@ -186,6 +186,8 @@ def _refuse_missing_chunks(target: Any, path: str, name: Hashable, variable: xr.
 
     try:
         array = zarr.open_group(target, mode="r")[str(name)]
+        if not isinstance(array, zarr.Array):
+            return
         total = int(array.nchunks)
         present = int(array.nchunks_initialized)
         fill = array.fill_value
@@ -264,7 +266,8 @@ def _zarr_compressors(compress: Any) -> tuple[Any, ...]:
     )
 
 
-def _write_zarr(job: _WriteJob, tmp: Path, client: Any) -> None:
+def _write_zarr(job: _WriteJob, tmp: Path | Any, client: Any) -> None:
+    # tmp: the local temporary directory, or a zarr store (io.objectstore's)
     from zarr.errors import ZarrUserWarning
 
     data: xr.DataArray = job.data
