@@ -293,6 +293,7 @@ class Phase:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before / after
     executed: int = 0  # tasks the workers ran (the task stream)
     task_bytes: int = 0  # one task as the scheduler sends it to a worker (median, pickled)
+    scheduler_raw_s: float = 0.0  # the scheduler's process, idle rate included (an upper bound)
 
     @property
     def ns_per_px(self) -> float:
@@ -414,6 +415,7 @@ class ClusterMeter:
                 graph_bytes=sum(self._sent),
                 client_cpu_s=client_cpu,
                 scheduler_cpu_s=max(sched - self.idle_scheduler * wall, 0.0),
+                scheduler_raw_s=sched,
                 compute_cpu_s=after["thread_cpu"] - before["thread_cpu"],
                 compute_wall_s=after["thread_wall"] - before["thread_wall"],
                 worker_cpu_s=max(
@@ -561,6 +563,7 @@ def phase_table(phases: list[Phase]) -> str:
         ("graph / task", lambda p: f"{p.graph_bytes / p.tasks:.0f} B"),
         ("one task sent alone", lambda p: _fmt_bytes(p.task_bytes)),
         ("scheduler CPU / task", lambda p: f"{p.scheduler_cpu_s / p.tasks * 1e6:.0f} us"),
+        ("  idle rate included", lambda p: f"{p.scheduler_raw_s / p.tasks * 1e6:.0f} us"),
         ("client CPU / task", lambda p: f"{p.client_cpu_s / p.tasks * 1e6:.0f} us"),
         ("worker overhead / task", lambda p: f"{p.overhead_per_task_s * 1e6:.0f} us"),
         ("compute CPU / px", lambda p: f"{p.ns_per_px:.3f} ns"),
