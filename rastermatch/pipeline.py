@@ -779,8 +779,7 @@ def match_files(
     inputs = [source, reference, mask, reference_mask]
     _local_files(**{"LUT file": lut_path, "report": report})
     _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
-    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-    _check_write_options(final, cog)
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster", cog=cog)
     for path in (lut_path, report):
         if path is not None:
             check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
@@ -846,8 +845,7 @@ def apply_file(
     """
     lut_file = None if isinstance(lut, LUT) else _where(lut)  # a Path, or a URL as given
     inputs = [source, lut_file]
-    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-    _check_write_options(final, cog)
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster", cog=cog)
     if lut_file is not None:
         lut = LUT.load(lut_file) if isinstance(lut_file, Path) else _load_remote_lut(lut_file)
     assert isinstance(lut, LUT)
@@ -973,8 +971,7 @@ def equalize_file(
 ) -> Path:
     """Histogram-equalize ``source`` into ``output``."""
     inputs = [source, mask]
-    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-    _check_write_options(final, cog)
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster", cog=cog)
     src = open_input(source, bands=bands, chunks=chunks)
     _check_nodata(nodata, src, f"source {_text(source)}", "nodata")
     src_mask = open_mask(mask, src)
@@ -982,17 +979,6 @@ def equalize_file(
         out = equalize(src, nodata=nodata, mask=src_mask, range=range, bins=bins)
     record = prov.equalize_record(range=range, source=source, mask=mask)
     return _write(out, final, record, inputs, overwrite, cog, compress, show_progress)
-
-
-def _check_write_options(final: Any, cog: bool) -> None:
-    """``final``: what :func:`~rastermatch.io.check_output_path` returned (a local path, or a
-    remote output's Location, whose ``str`` has no credentials)."""
-    zarr = final.suffix.lower() == ".zarr" or getattr(final, "kind", None) == "store"
-    if cog and zarr:
-        raise OptionError(
-            f"cog=True (--cog) makes a Cloud-Optimized GeoTIFF, but {final} is a Zarr path; "
-            "drop it or write .tif"
-        )
 
 
 def _write(
@@ -1474,22 +1460,19 @@ def normalize_files(
 
     # 0. every output, before any work
     if stacked:
-        final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
+        final = check_output_path(output, inputs=inputs, overwrite=overwrite, cog=cog)
         if (final.suffix.lower() != ".zarr" and not is_remote(final)) or format == "tif":
             raise OptionError(
                 f"{final} would hold every source in one (time, band, y, x) stack, which only "
                 "Zarr stores: give a .zarr path, or a folder (ending in /) for one GeoTIFF per "
                 "source"
             )
-        _check_write_options(final, cog)
         folder = final.parent if isinstance(final, Path) else None  # none to make remotely
         outputs = [final]
     else:
         folder = Path(os.fspath(output)).expanduser().absolute()
         suffix = ".zarr" if format == "zarr" else ".tif"
         outputs = _folder_outputs(folder, srcs, suffix)
-        if cog and suffix == ".zarr":
-            _check_write_options(outputs[0], cog)
     lut_files, lut_folder = _lut_files(lut_path, [_stem(s) for s in srcs])
     with contextlib.ExitStack() as folders:
         if folder is not None:
@@ -1498,7 +1481,7 @@ def normalize_files(
             folders.enter_context(_output_folder(lut_folder))
         if not stacked:
             for out in outputs:
-                check_output_path(out, inputs=inputs, overwrite=overwrite, kind="raster")
+                check_output_path(out, inputs=inputs, overwrite=overwrite, cog=cog)
         for path in [*lut_files, *([report] if report is not None else [])]:
             check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
         if report is not None:
@@ -1788,8 +1771,7 @@ def destripe_file(
     inputs = [source, mask]
     _local_files(**{"LUT file": lut_path, "report": report})
     _check_distinct(output=output, **{"LUT file": lut_path, "report": report})
-    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-    _check_write_options(final, cog)
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster", cog=cog)
     for path in (lut_path, report):
         if path is not None:
             check_output_path(path, inputs=inputs, overwrite=overwrite, kind="file")
@@ -1968,8 +1950,7 @@ def specify_file(
     from .specify import specify_exact
 
     inputs = [source, reference, mask]
-    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster")
-    _check_write_options(final, cog)
+    final = check_output_path(output, inputs=inputs, overwrite=overwrite, kind="raster", cog=cog)
     src, ref, ref_nodata = _open_pair(
         source, reference, nodata=nodata, reference_nodata=reference_nodata, bands=bands,
         reference_bands=reference_bands, chunks=chunks,

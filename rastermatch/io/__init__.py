@@ -477,8 +477,6 @@ def write_raster(
         )
     data = _as_rows_yx(data, fmt, final)
     _check_dtype(data.dtype, fmt, final)
-    if cog and fmt != "gtiff":
-        raise RasterWriteError(f"cog=True makes a Cloud-Optimized GeoTIFF; {final} is a Zarr path")
     if (
         isinstance(tile_size, bool)
         or not isinstance(tile_size, int)
@@ -488,7 +486,7 @@ def write_raster(
         raise RasterWriteError(f"tile_size must be a positive multiple of 16, got {tile_size!r}")
 
     sources = [data.encoding.get("source"), *inputs]
-    check_output_path(final, inputs=[s for s in sources if s], overwrite=overwrite)
+    check_output_path(final, inputs=[s for s in sources if s], overwrite=overwrite, cog=cog)
 
     job = _WriteJob(
         data=data,
@@ -594,6 +592,7 @@ def check_output_path(
     inputs: Iterable[PathLike | None] = (),
     overwrite: bool = False,
     kind: Literal["raster", "file"] = "raster",
+    cog: bool = False,
 ) -> Path:
     """Check, before any work, that ``path`` can be written; return it as an absolute path.
 
@@ -615,6 +614,9 @@ def check_output_path(
         ``"raster"``: the suffix must name a raster format (``.tif``, ``.tiff``, ``.zarr``) and
         an existing directory is replaced only when it is a Zarr store. ``"file"``: any
         suffix; an existing directory is never replaced.
+    cog : bool, default False
+        The raster is to be a Cloud-Optimized GeoTIFF: a Zarr output is refused
+        (:class:`~rastermatch.OptionError`).
 
     Returns
     -------
@@ -649,6 +651,15 @@ def check_output_path(
     final = output_location(path)
     if kind not in ("raster", "file"):
         raise OptionError(f"kind must be 'raster' or 'file', got {kind!r} (checking {final})")
+    if (
+        cog
+        and kind == "raster"
+        and (final.suffix.lower() == ".zarr" or getattr(final, "kind", None) == "store")
+    ):
+        raise OptionError(
+            f"cog=True (--cog) makes a Cloud-Optimized GeoTIFF, but {final} is a Zarr path; "
+            "drop it or write .tif"
+        )
     if not isinstance(final, Path):  # an object store: no directory; a listing or a HEAD
         return check_remote_output(final, inputs=inputs, overwrite=overwrite, kind=kind)
     if kind == "raster":
