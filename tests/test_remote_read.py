@@ -8,6 +8,7 @@ lock while it waits for an answer, which a server thread of this process could t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
 from pathlib import Path
 
@@ -226,3 +227,14 @@ def test_an_object_replaced_on_the_server_is_read_anew(served):
     again = open_raster(server.url("replaced.tif"))  # not GDAL's cached bytes of the old one
     assert again.shape == (1, 64, 96)
     np.testing.assert_array_equal(again.values, open_raster(RGB)[:1, :64, :96].values)
+
+
+def test_zarr_over_a_silent_http_server_times_out(monkeypatch):
+    module = importlib.import_module("rastermatch.io.location")
+    monkeypatch.setattr(module, "HTTP_TIMEOUTS", {"sock_connect": 1.0, "sock_read": 1.0})
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/slow.zarr"
+        with pytest.raises(RasterReadError, match=r"slow\.zarr"):
+            open_raster(url)

@@ -325,7 +325,9 @@ class Location:
                 "(s3://, gs://, https://, ...), give the store's URL instead"
             )
         try:
-            return FsspecStore.from_url(str(self.url), read_only=read_only)
+            return FsspecStore.from_url(
+                str(self.url), read_only=read_only, storage_options=_fsspec_options(self.scheme)
+            )
         except ImportError as exc:
             raise RasterReadError(
                 f"cannot open {self.text}: {_missing_package(self.scheme, exc)}"
@@ -523,6 +525,21 @@ def _store_has_root(store: Any) -> bool:
     except Exception:  # nothing (readable) there
         return False
     return True
+
+
+#: Seconds fsspec's HTTP client waits to connect, for the next bytes, and for one request in
+#: all (aiohttp waits 5 minutes by default, whatever the server does), for Zarr over HTTP.
+HTTP_TIMEOUTS = {"sock_connect": 10.0, "sock_read": 30.0, "total": 300.0}
+
+
+def _fsspec_options(scheme: str) -> dict[str, Any]:
+    """fsspec storage options for a URL scheme: timeouts for plain HTTP; the other file
+    systems (s3fs, gcsfs, adlfs) have their own and read credentials from the environment."""
+    if scheme not in ("http", "https"):
+        return {}
+    import aiohttp
+
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(**HTTP_TIMEOUTS)}}
 
 
 def _holds_zarr_metadata(url: str) -> bool:
