@@ -508,7 +508,8 @@ _output = click.option(
     "--output",
     required=True,
     type=RasterLocation(),
-    help="Output raster: .tif/.tiff (tiled GeoTIFF) or .zarr (Zarr v3).",
+    help="Output raster: .tif/.tiff (tiled GeoTIFF) or .zarr (Zarr v3); a local path or an "
+    "object-store URL (s3://bucket/out.zarr, gs://..., az://...).",
 )
 _nodata = click.option(
     "--nodata",
@@ -661,7 +662,7 @@ cluster_options = _options(
         "--scheduler",
         metavar="ADDRESS",
         help="Run on the dask cluster at ADDRESS (tcp://host:8786); its workers must see the "
-        "input and output paths.",
+        "input and output paths (URLs, or storage every worker mounts).",
     ),
 )
 
@@ -700,6 +701,10 @@ def main() -> None:
 
     Statistics are exact (nearest-CDF rule on full-resolution histograms); images are processed
     block by block with dask, on threads or on a dask cluster (--workers, --scheduler).
+
+    Inputs are local paths or URLs (https://, s3://, gs://, az://, /vsi... for GeoTIFF/COG,
+    read with range requests; fsspec URLs for Zarr); outputs local paths or object-store URLs.
+    Credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*) and are never printed.
     """
 
 
