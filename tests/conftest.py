@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,16 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+
+# Each pytest-xdist worker compiles into its own numba cache (set before anything imports
+# numba; processes it starts inherit it). numba numbers a function's cache entries per
+# process, so two processes compiling new signatures of one function into the same cache can
+# overwrite each other's entries and later load the wrong machine code.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"rastermatch-numba-{os.getuid()}-{_WORKER}"
+    )
 
 
 @pytest.fixture(scope="session")
