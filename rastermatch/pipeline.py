@@ -29,6 +29,15 @@ What a job leaves:
 - the inputs (source, reference, masks, LUT files) untouched: writing over any of them is refused
   whatever ``overwrite`` says.
 
+Inputs may be local paths or remote locations (``https://``, ``s3://``, ``gs://``, ``az://``,
+``/vsi...``, ``file://``, ``memory://``; :mod:`rastermatch.io.location`): a job keeps a local
+one as a :class:`~pathlib.Path` and a remote one as the text given, and names it in messages
+and records without user, password or query string. A raster output may be an object-store URL
+(``s3://bucket/out.zarr``, ``s3://bucket/out.tif``): there is no rename on an object store, so
+it is written in place under the writer's own guarantee (:mod:`rastermatch.io.objectstore`:
+nothing readable as a complete output until the write ends), after which the staged local files
+are moved in. LUT files, reports, the folder of a normalize job and its patterns stay local.
+
 Under an active ``dask.distributed`` client everything runs on the cluster; otherwise dask's
 threaded scheduler runs it, with a progress bar (on stderr) when asked.
 """
