@@ -314,7 +314,7 @@ def _scheduler_process_cpu(dask_scheduler: Any = None) -> float:
 
 def _worker_counters(dask_worker: Any = None) -> dict[str, float]:
     cpu = wall = 0.0
-    for key, value in dask_worker.digests_total.items():
+    for key, value in getattr(dask_worker, "digests_total", {}).items():
         if isinstance(key, tuple) and key[0] == "execute" and key[-1] == "seconds":
             if key[-2] == "thread-cpu":
                 cpu += value
@@ -324,7 +324,7 @@ def _worker_counters(dask_worker: Any = None) -> dict[str, float]:
         "process_cpu": time.process_time(),
         "thread_cpu": cpu,
         "thread_wall": cpu + wall,
-        "out_bytes": float(dask_worker.transfer_outgoing_bytes_total),
+        "out_bytes": float(getattr(dask_worker, "transfer_outgoing_bytes_total", 0)),
     }
 
 
@@ -354,15 +354,18 @@ class ClusterMeter:
         self.pixels = pixels
         self.phases: list[Phase] = []
         self._sent: list[int] = []
-        send = client._send_to_scheduler
+        # the graph's bytes as the client sends them (a private hook of distributed: without
+        # it, or with another message layout, graph bytes read 0)
+        send = getattr(client, "_send_to_scheduler", None)
 
         def recording_send(msg: dict[str, Any]) -> Any:
-            if msg.get("op") == "update-graph" and "expr_ser" in msg:
-                ser = msg["expr_ser"]
+            ser = msg.get("expr_ser") if msg.get("op") == "update-graph" else None
+            if ser is not None and hasattr(ser, "frames"):
                 self._sent.append(sum(_nbytes(f) for f in [ser.header, *ser.frames]))
             return send(msg)
 
-        client._send_to_scheduler = recording_send
+        if send is not None:
+            client._send_to_scheduler = recording_send
         # what scheduler and workers burn per second with nothing to do (heartbeats, the
         # profiler, monitors): subtracted from a pass's CPU, so that what is left is per task
         c0, s0 = self._counters(), client.run_on_scheduler(_scheduler_process_cpu)
