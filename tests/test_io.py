@@ -160,6 +160,8 @@ def test_open_raster_missing_file(tmp_path):
     missing = tmp_path / "nope.tif"
     with pytest.raises(RasterReadError, match=r"nope\.tif does not exist"):
         open_raster(missing)
+    with pytest.raises(RasterReadError, match=r"~no-such-user-here/a\.tif does not exist"):
+        open_raster("~no-such-user-here/a.tif")  # no home directory to expand: named as given
 
 
 def test_open_raster_not_a_raster(tmp_path):

@@ -178,7 +178,11 @@ from rastermatch.io.geotiff import (
     _open_gdal,
     _write_geotiff,
 )
-from rastermatch.io.location import Location, RasterLocation, location
+
+# ``location`` is imported under another name: as ``rastermatch.io.location`` it would hide
+# the submodule of that name
+from rastermatch.io.location import Location, RasterLocation
+from rastermatch.io.location import location as _location
 from rastermatch.io.objectstore import check_output as check_remote_output
 from rastermatch.io.objectstore import execute as execute_remote
 from rastermatch.io.objectstore import output_format, output_location
@@ -275,12 +279,11 @@ def open_raster(
     >>> scene.band.values.tolist()
     [1, 2, 3]
     """
-    loc = location(path)
+    loc = _location(path)
     if loc.kind == "local":
         assert loc.path is not None
         if not (loc.path.exists() or loc.path.is_symlink()):
-            shown = loc.text if "://" in loc.text else Path(loc.text).expanduser()
-            raise RasterReadError(f"{shown} does not exist; check the path")
+            raise RasterReadError(f"{loc.text} does not exist; check the path")
         if not loc.path.exists():
             raise RasterReadError(
                 f"{loc.text} is a broken link (to {os.readlink(loc.path)}); check the path"
@@ -694,7 +697,7 @@ def _refuse_inputs(final: Path, sources: Iterable[RasterLocation]) -> None:
     target = final.resolve()
     for source in sources:
         try:
-            loc = location(source)
+            loc = _location(source)
         except RastermatchError:
             continue  # not a location: nothing on this disk it could be
         if loc.kind != "local" or loc.path is None:

@@ -429,8 +429,7 @@ def location(value: RasterLocation | Location) -> Location:
             if match.group(1).lower() == "file":
                 return _file_url(text)
             return Location("url", redact(text), url=text)
-        path = Path(text).expanduser()
-        return Location("local", text, path=Path(os.path.abspath(path)))
+        return Location("local", text, path=_absolute(text))
     if _is_store(value):
         root = _store_root(value)
         kind = type(value).__name__
@@ -486,6 +485,14 @@ def _url_path(url: str) -> str:
     return url[match.end() :].partition("/")[2]
 
 
+def _absolute(text: str) -> Path:
+    """``text`` with ``~`` expanded (left as is for an unknown user) and made absolute."""
+    path = Path(text)
+    with contextlib.suppress(RuntimeError):  # "~nobody/a.tif": no such user
+        path = path.expanduser()
+    return Path(os.path.abspath(path))
+
+
 def _file_url(text: str) -> Location:
     parsed = urllib.parse.urlsplit(text)
     if parsed.netloc not in ("", "localhost"):
@@ -496,8 +503,7 @@ def _file_url(text: str) -> Location:
     local = urllib.request.url2pathname(parsed.path)
     if not local:
         raise RasterReadError(f"{redact(text)} names no file; give file:///absolute/path")
-    path = Path(local).expanduser()
-    return Location("local", redact(text), path=Path(os.path.abspath(path)))
+    return Location("local", redact(text), path=_absolute(local))
 
 
 def _is_store(value: Any) -> bool:
