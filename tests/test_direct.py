@@ -111,7 +111,7 @@ def _path(path: str):
 
 
 @PATHS
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(scene=scenes(), options=OPTIONS)
 def test_match_and_lut_equal_the_dask_path(scene, options, path):
     src, ref, nodata, mask = scene
