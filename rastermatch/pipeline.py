@@ -77,6 +77,7 @@ from .errors import (
 )
 from .geometry import Overlap, check_overlap, describe, job_report
 from .io import (
+    GDAL_CACHE_MB,  # the one bound on GDAL's block cache, for jobs and writers alike
     check_output_path,
     move_into_place,
     open_raster,
@@ -489,10 +490,6 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
 # -- provenance: the records are built by rastermatch.provenance (one versioned schema) ----
 
 
-#: GDAL block cache (MB) while a job reads and writes. GDAL's default, 5 % of RAM, fills up over
-#: the statistics pass of a large GeoTIFF (1.5 GB peak RSS measured on a 4 x 16384 x 16384 scene,
-#: 0.46 GB with this bound, and no slower): blocks are read once per pass, a cache cannot help.
-GDAL_CACHE_MB = 256
 
 
 def bounded_gdal_cache(job: Callable[P, R]) -> Callable[P, R]:
