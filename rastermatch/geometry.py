@@ -86,6 +86,9 @@ _STRIP_PIXELS = 1 << 20
 # Between two CRSs, PROJ carries every _LATTICE-th pixel centre along rows and columns and the
 # rest are interpolated (see _Warp.rect_positions).
 _LATTICE = 16
+# A lattice cell whose centre, interpolated from its corners, lies further than this (in
+# reference pixels) from where PROJ carries it is carried pixel by pixel instead.
+_LATTICE_TOLERANCE = 0.01
 # Reference pixels added around a block's window: the window is the bounding box of the block's
 # perimeter carried into the reference grid, and the interior may bulge past it by a fraction of
 # a pixel where the projection curves.
@@ -195,7 +198,8 @@ def describe(data: Any) -> dict[str, Any]:
     ``units``, ``resolution`` ``[x, y]`` (pixel size in CRS units, positive), ``shape``
     ``[rows, columns]``, ``transform`` (six numbers), ``bounds`` ``[left, bottom, right, top]``
     in the CRS, ``footprint`` (the outline in longitude/latitude, a closed ring of ``[lon, lat]``
-    points) and ``lonlat_bounds`` ``[west, south, east, north]``; the CRS-dependent entries are
+    points) and ``lonlat_bounds`` ``[west, south, east, north]`` (west > east across the
+    antimeridian, as GeoJSON has it); the CRS-dependent entries are
     None for an input without georeferencing.
 
     Examples
@@ -239,12 +243,13 @@ def describe(data: Any) -> dict[str, Any]:
         out["footprint"] = [
             [round(float(x), 8), round(float(y), 8)] for x, y in zip(lon, lat, strict=True)
         ]
-        out["lonlat_bounds"] = [
-            float(lon.min()),
-            float(lat.min()),
-            float(lon.max()),
-            float(lat.max()),
-        ]
+        west, east = float(lon.min()), float(lon.max())
+        wrapped = lon % 360.0
+        if float(wrapped.max() - wrapped.min()) < east - west:  # across the antimeridian
+            # as GeoJSON (RFC 7946, 5.2) says it: west > east
+            west = (float(wrapped.min()) + 180.0) % 360.0 - 180.0
+            east = (float(wrapped.max()) + 180.0) % 360.0 - 180.0
+        out["lonlat_bounds"] = [west, float(lat.min()), east, float(lat.max())]
     return out
 
 
@@ -260,7 +265,8 @@ def describe_text(described: dict[str, Any]) -> str:
     text += f", {cols} x {rows} pixels"
     if described.get("lonlat_bounds"):
         w, s, e, n = described["lonlat_bounds"]
-        text += f", lon {w:.3f} to {e:.3f}, lat {s:.3f} to {n:.3f}"
+        across = " (across the antimeridian)" if w > e else ""
+        text += f", lon {w:.3f} to {e:.3f}{across}, lat {s:.3f} to {n:.3f}"
     return text
 
 
@@ -303,7 +309,35 @@ def overlap_fraction(a: Any, b: Any) -> float:
         return 0.0
     polygon = list(zip(px[keep].tolist(), py[keep].tolist(), strict=True))
     clipped = _clip(polygon, float(ga.shape[1]), float(ga.shape[0]))
-    return min(1.0, _area(clipped) / (ga.shape[0] * ga.shape[1]))
+    fraction = min(1.0, _area(clipped) / (ga.shape[0] * ga.shape[1]))
+    # An outline that crosses a seam of a's CRS (a lon/lat grid over the antimeridian seen from
+    # a projection centred elsewhere, a pole) folds and encloses the wrong area: check it
+    # against the share of a lattice of a's pixel centres that fall inside b's grid.
+    try:
+        sampled = _sampled_fraction(ga, gb)
+    except Exception:  # PROJ cannot carry the lattice: the outline is all there is
+        return fraction
+    if abs(sampled - fraction) > _SAMPLE_TOLERANCE:
+        return sampled if sampled > 0.0 else max(fraction, 0.0)
+    return fraction
+
+
+# Source pixel centres per side sampled by _sampled_fraction, and how far the outline's share may
+# differ from theirs before the outline is taken to be folded (a few sample spacings).
+_SAMPLES = 129
+_SAMPLE_TOLERANCE = 0.05
+
+
+def _sampled_fraction(ga: Grid, gb: Grid) -> float:
+    """The share of a lattice of ``ga``'s pixel centres that fall inside grid ``gb``."""
+    rows, cols = ga.shape
+    yy, xx = np.meshgrid(
+        np.unique(np.linspace(0, rows - 1, min(rows, _SAMPLES)).round()),
+        np.unique(np.linspace(0, cols - 1, min(cols, _SAMPLES)).round()),
+        indexing="ij",
+    )
+    inside = _Warp.between(ga, gb).pixels(yy.ravel(), xx.ravel())[2]
+    return float(inside.mean())
 
 
 def _unplaceable(ga: Grid, gb: Grid) -> GeometryError:
@@ -430,6 +464,9 @@ class _Warp:
     ref_shape: tuple[int, int]
     src_crs: str | None = None
     ref_crs: str | None = None
+    # a reference in longitude/latitude: the longitude of its grid's centre; every longitude is
+    # taken within 180 degrees of it (a grid over 0..360 and one over -180..180 alike)
+    ref_lon: float | None = None
 
     @classmethod
     def between(cls, src: Grid, ref: Grid) -> _Warp:
@@ -437,7 +474,10 @@ class _Warp:
         crs = (None, None)
         if src.crs != ref.crs:
             crs = (src.crs.to_wkt(), ref.crs.to_wkt())  # type: ignore[union-attr]
-        return cls(tuple(src.transform)[:6], tuple(~ref.transform)[:6], ref.shape, *crs)
+        lon = None
+        if ref.crs is not None and ref.crs.is_geographic:
+            lon = float((ref.transform * (ref.shape[1] / 2, ref.shape[0] / 2))[0])
+        return cls(tuple(src.transform)[:6], tuple(~ref.transform)[:6], ref.shape, *crs, lon)
 
     def positions(self, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fractional reference (row, column) of the centres of source pixels ``(yy, xx)``."""
@@ -448,6 +488,9 @@ class _Warp:
             with np.errstate(all="ignore"):
                 x, y = _transformer(self.src_crs, self.ref_crs).transform(x, y)  # type: ignore[arg-type]
             x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if self.ref_lon is not None:  # PROJ gives -180..180; the reference may lie over 180
+            with np.errstate(invalid="ignore"):
+                x = x + 360.0 * np.round((self.ref_lon - x) / 360.0)
         a, b, c, d, e, f = self.ref_inverse
         return d * x + e * y + f, a * x + b * y + c
 
@@ -476,6 +519,16 @@ class _Warp:
             indexing="ij",
         )
         nodes = self.positions(ny_, nx_)
+        # every lattice cell's centre carried too: a cell where interpolating its corners misses
+        # the centre by more than _LATTICE_TOLERANCE is carried pixel by pixel (a seam such as
+        # the antimeridian or a pole through the cell, or a projection too bent for it)
+        cy_, cx_ = ny_[:-1, :-1] + k // 2, nx_[:-1, :-1] + k // 2
+        centres = self.positions(cy_, cx_)
+        bent = np.zeros(cy_.shape, dtype=bool)
+        for v, at in zip(nodes, centres, strict=True):
+            guess = (v[:-1, :-1] + v[:-1, 1:] + v[1:, :-1] + v[1:, 1:]) / 4.0
+            with np.errstate(invalid="ignore"):
+                bent |= ~(np.abs(guess - at) <= _LATTICE_TOLERANCE)  # NaN: bent
         ys, xs = np.arange(y0, y1), np.arange(x0, x1)
         iy, ix = ys // k - ky0, xs // k - kx0
         fy, fx = ((ys % k) / k)[:, None], ((xs % k) / k)[None, :]
@@ -484,7 +537,7 @@ class _Warp:
             along = v[:, ix] * (1 - fx) + v[:, ix + 1] * fx
             out.append(along[iy] * (1 - fy) + along[iy + 1] * fy)
         row, col = out
-        bad = ~(np.isfinite(row) & np.isfinite(col))
+        bad = ~(np.isfinite(row) & np.isfinite(col)) | bent[iy][:, ix]
         if bad.any():
             by, bx = np.nonzero(bad)
             row[bad], col[bad] = self.positions(

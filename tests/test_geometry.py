@@ -171,3 +171,49 @@ def test_onto_grid_reads_only_the_windows_it_needs(naip):
     lazy = onto_grid(values, far, src, ((363, 363), (273, 273)), fill=-1)
     assert not any("gather" in str(k) for k in lazy.dask)  # no block reads the reference
     assert (lazy.compute() == -1).all()
+
+
+# -- across the antimeridian ---------------------------------------------------------------------
+
+
+def _pixel_codes(shape):
+    return (np.arange(shape[0])[:, None] * 10000 + np.arange(shape[1])[None, :] + 1).astype(
+        np.float64
+    )
+
+
+@pytest.mark.parametrize(
+    "ref_transform, ref_shape",
+    [
+        (rasterio.transform.Affine(0.1, 0, -180, 0, -0.1, 0), (300, 3600)),  # the globe
+        (rasterio.transform.Affine(0.01, 0, 178, 0, -0.01, -12), (400, 400)),  # 178 to 182 east
+    ],
+    ids=["global", "over-180"],
+)
+def test_onto_grid_across_the_antimeridian_equals_gdal(ref_transform, ref_shape):
+    """A source across the antimeridian (a Mercator centred on 150 E) over a lon/lat reference:
+    the lattice's interpolation must not run across the seam (it took reference pixels from
+    the far side of the globe), and a reference over 180 E is found (PROJ gives -180..180)."""
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+
+    src = rastermatch.geometry.Grid(
+        (200, 300), CRS.from_epsg(3832), rasterio.transform.Affine(1000, 0, 3.2e6, 0, -1000, -1.5e6)
+    )
+    ref = rastermatch.geometry.Grid(ref_shape, CRS.from_epsg(4326), ref_transform)
+    codes = _pixel_codes(ref_shape)
+    expected = np.zeros(src.shape)
+    rasterio.warp.reproject(
+        codes, expected, src_transform=ref.transform, src_crs=ref.crs,
+        dst_transform=src.transform, dst_crs=src.crs, resampling=Resampling.nearest,
+        src_nodata=0, dst_nodata=0, tolerance=0,
+    )  # fmt: skip
+    for chunks in (((200,), (300,)), ((64, 64, 72), (77, 77, 77, 69))):
+        out = onto_grid(codes[None], ref, src, chunks, fill=0).compute()[0]
+        np.testing.assert_array_equal(out, expected)
+    assert (expected > 0).all()
+    assert overlap_fraction(src, ref) == pytest.approx(1.0, abs=0.01)
+    d = describe(src)
+    west, _, east, _ = d["lonlat_bounds"]
+    assert 178 < west < 179 and -179 < east < -178  # west > east: across the antimeridian
+    assert "(across the antimeridian)" in describe_text(d)
