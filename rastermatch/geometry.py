@@ -623,6 +623,18 @@ def _window(warp: _Warp, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, 
     r1 = min(ny, math.floor(row.max()) + _WINDOW_MARGIN + 1)
     c0 = max(0, math.floor(col.min()) - _WINDOW_MARGIN)
     c1 = min(nx, math.floor(col.max()) + _WINDOW_MARGIN + 1)
+    # The interior on a lattice too: where it reaches past the perimeter (a pole of a lon/lat
+    # reference inside the block, whose perimeter circles it), the window runs to that edge of
+    # the reference grid.
+    step = max(1, _LATTICE // 2)
+    iy, ix = np.meshgrid(np.arange(y0, y1, step), np.arange(x0, x1, step), indexing="ij")
+    irow, icol = warp.positions(iy.ravel().astype(np.float64), ix.ravel().astype(np.float64))
+    if not (np.isfinite(irow).all() and np.isfinite(icol).all()):
+        return 0, ny, 0, nx
+    r0 = 0 if irow.min() < row.min() - 1 else r0
+    r1 = ny if irow.max() > row.max() + 1 else r1
+    c0 = 0 if icol.min() < col.min() - 1 else c0
+    c1 = nx if icol.max() > col.max() + 1 else c1
     if r0 >= r1 or c0 >= c1:
         return None
     return r0, r1, c0, c1

@@ -217,3 +217,26 @@ def test_onto_grid_across_the_antimeridian_equals_gdal(ref_transform, ref_shape)
     west, _, east, _ = d["lonlat_bounds"]
     assert 178 < west < 179 and -179 < east < -178  # west > east: across the antimeridian
     assert "(across the antimeridian)" in describe_text(d)
+
+
+def test_onto_grid_with_a_pole_inside_a_block():
+    """A polar stereographic source over a lon/lat reference: the block holding the pole has a
+    perimeter circling it, and its window must reach the reference's top row (it raised 'bends
+    too much' whatever the chunks). The oracle: GDAL's PROJ and rasterio's rowcol per pixel."""
+    from rasterio.crs import CRS
+
+    src = rastermatch.geometry.Grid(
+        (120, 120), CRS.from_epsg(3413), rasterio.transform.Affine(1e4, 0, -6e5, 0, -1e4, 6e5)
+    )
+    ref = rastermatch.geometry.Grid(
+        (60, 720), CRS.from_epsg(4326), rasterio.transform.Affine(0.5, 0, -180, 0, -0.5, 90)
+    )
+    codes = _pixel_codes(ref.shape)
+    rows, cols = np.mgrid[0:120, 0:120]
+    xs, ys = rasterio.transform.xy(src.transform, rows.ravel(), cols.ravel())
+    lon, lat = rasterio.warp.transform(src.crs, ref.crs, xs, ys)
+    rr, cc = rasterio.transform.rowcol(ref.transform, lon, lat)
+    expected = codes[np.asarray(rr), np.asarray(cc)].reshape(120, 120)
+    for chunks in (((120,), (120,)), ((33, 33, 33, 21), (33, 33, 33, 21))):
+        out = onto_grid(codes[None], ref, src, chunks, fill=0).compute()[0]
+        np.testing.assert_array_equal(out, expected)
