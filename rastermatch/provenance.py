@@ -22,8 +22,10 @@ output with one record, schema ``rastermatch.provenance/2``::
 Where it is stored. The raster's own header (GeoTIFF metadata domain ``RASTERMATCH``, key
 ``provenance``; the root attributes of a Zarr store, key ``rastermatch``) holds a *summary*
 of at most :data:`HEADER_MAX_BYTES` (12 KiB of JSON once XML-escaped, so the whole GDAL
-metadata tag stays under 16 KiB): everything but the LUT documents, and ``"lut"`` saying where
-they are:
+metadata tag stays under 16 KiB; for Zarr :data:`ZARR_HEADER_MAX_BYTES`, 6 KiB as zarr's
+indented ``zarr.json`` holds it, beside the arrays' consolidated metadata): everything but the
+LUT documents (and the largest other fields when the rest is still too large), and ``"lut"``
+saying where they are:
 
 - ``{"array": "rastermatch_lut", "sha256": ..., "bytes": n, "fields": [...]}``: Zarr. The
   whole record as UTF-8 JSON in a one-dimensional ``uint8`` array of the output group
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADER_MAX_BYTES",
+    "ZARR_HEADER_MAX_BYTES",
     "SCHEMA",
     "SIDECAR_SUFFIX",
     "ZARR_ARRAY",
@@ -101,6 +104,11 @@ SCHEMA = "rastermatch.provenance/2"
 #: with the XML around it and the raster's other GDAL metadata (band descriptions, tags), the
 #: GeoTIFF metadata tag stays under 16 KiB, so a COG's first tile starts near the file's head.
 HEADER_MAX_BYTES = 12 * 1024
+#: The most bytes a Zarr output's summary takes in its root ``zarr.json`` as zarr writes it
+#: (indented, two levels deep): with the consolidated metadata of the arrays beside it
+#: (measured: 8.5 KB for a (time, band, y, x) stack with its CRS) the document stays under
+#: 16 KiB.
+ZARR_HEADER_MAX_BYTES = 6 * 1024
 #: The most bytes a payload (sidecar or Zarr array) may hold: what a LUT file may hold.
 PAYLOAD_MAX_BYTES = 512 * 2**20
 #: The Zarr array holding the whole record, and its one dim.
@@ -407,24 +415,36 @@ def summary(record: Mapping[str, Any], location: Mapping[str, Any]) -> dict[str,
     return {**kept, "lut": dict(location)}
 
 
-def _split(record: Mapping[str, Any], *, always_bulk: bool) -> list[str]:
+def zarr_header_bytes(value: Any) -> int:
+    """Bytes ``value`` takes as the ``rastermatch`` attribute of a root ``zarr.json``: indented
+    as zarr writes its documents, every line two levels deep (``attributes``, ``rastermatch``)."""
+    import zarr
+
+    indent = zarr.config.get("json_indent") or 0
+    text = json.dumps(value, indent=indent or None, allow_nan=False)
+    return len(text.encode()) + text.count("\n") * 2 * indent
+
+
+def _split(record: Mapping[str, Any], *, always_bulk: bool, fmt: str = "gtiff") -> list[str]:
     """The keys to move out of the header: the LUT documents (always, or only when the whole
-    record is too large), then the largest other fields until the rest fits."""
-    if not always_bulk and header_bytes(_json(record)) <= HEADER_MAX_BYTES:
+    record is too large), then the largest other fields until the rest fits (the Zarr bound
+    is measured as zarr's indented ``zarr.json`` stores it)."""
+    if fmt == "zarr":
+        measure, limit = zarr_header_bytes, ZARR_HEADER_MAX_BYTES
+    else:
+        measure, limit = (lambda value: header_bytes(_json(value))), HEADER_MAX_BYTES
+    if not always_bulk and measure(record) <= limit:
         return []
     moved = [k for k in _BULK if k in record and (k != "lut" or record[k] is not None)]
     rest = {k: v for k, v in record.items() if k not in moved}
     # room for the location (hash, size, field names)
-    budget = HEADER_MAX_BYTES - 512
-    sizes = sorted(
-        ((header_bytes(_json(v)), k) for k, v in rest.items() if k not in _CORE), reverse=True
-    )
-    total = header_bytes(_json(rest))
-    for size, key in sizes:
-        if total <= budget:
+    budget = limit - 512
+    sizes = sorted(((measure(v), k) for k, v in rest.items() if k not in _CORE), reverse=True)
+    for _, key in sizes:
+        if measure(rest) <= budget:
             break
         moved.append(key)
-        total -= size
+        del rest[key]
     return moved
 
 
@@ -438,7 +458,7 @@ def prepare(record: Mapping[str, Any] | None, fmt: Literal["gtiff", "zarr"]) -> 
     text = record_json(record)
     if record.get("schema") != SCHEMA:
         return Stored(text)
-    moved = _split(record, always_bulk=fmt == "zarr")
+    moved = _split(record, always_bulk=fmt == "zarr", fmt=fmt)
     if not moved:
         return Stored(text)
     if fmt == "zarr":

@@ -283,3 +283,29 @@ def test_remote_outputs_read_back_whole(matched, tmp_path):
         assert read_provenance(url) == matched["record"]
     finally:
         fsspec.filesystem("memory").rm("/rastermatch-prov", recursive=True)
+
+
+def test_stack_zarr_header_stays_small_and_reads_back(tmp_path, monkeypatch):
+    """A normalized (time, band, y, x) stack of 8 dates x 4 bands: its quality rows (and, for
+    many inputs, the inputs) leave the root zarr.json as zarr indents it (was 20.7 KB with
+    the GeoTIFF bound applied to unindented JSON), and the record reads back whole."""
+    from rastermatch.pipeline import normalize_files
+
+    scene = open_raster(SOURCE).isel(x=slice(0, 48), y=slice(0, 40))
+    monkeypatch.chdir(tmp_path)  # short input names: the quality rows are most of the record
+    sources = [f"2021-03-{day:02d}.tif" for day in range(1, 9)]
+    for day, path in enumerate(sources, 1):
+        write_raster(scene + day, path)
+    built, real = [], prov.stack_record
+
+    def keep(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(prov, "stack_record", keep)
+    out = normalize_files(sources, REFERENCE, "stack.zarr", nodata=0).outputs[0]
+    assert (out / "zarr.json").stat().st_size < LIMIT
+    summary = json.loads((out / "zarr.json").read_text())["attributes"]["rastermatch"]
+    assert "quality" in summary["lut"]["fields"]
+    assert prov.zarr_header_bytes(summary) <= prov.ZARR_HEADER_MAX_BYTES
+    assert read_provenance(out) == built[0]
