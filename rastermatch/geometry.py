@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -93,6 +94,11 @@ _LATTICE_TOLERANCE = 0.01
 # perimeter carried into the reference grid, and the interior may bulge past it by a fraction of
 # a pixel where the projection curves.
 _WINDOW_MARGIN = 2
+# A block whose reference window holds more than this many bytes (a coarse source over a fine
+# reference: a 1024-pixel block of 300 m over a 10 m reference spans 30,720 reference pixels a
+# side) gathers from each of the reference's own chunks in the window in turn, instead of from
+# the window merged into one chunk.
+_WINDOW_BYTES = 64 << 20
 
 _WGS84 = "EPSG:4326"
 
@@ -669,17 +675,91 @@ def onto_grid(
                 piece = da.full((nrows, h, w), fill, dtype=dtype, chunks=(nrows, h, w))
             else:
                 r0, r1, c0, c1 = box
-                window = arr[:, r0:r1, c0:c1].rechunk((-1, -1, -1))
-                piece = window.map_blocks(
-                    _gather_block, chunks=((nrows,), (h,), (w,)), dtype=dtype,
-                    meta=np.empty((0, 0, 0), dtype), warp=warp, y0=y0, x0=x0, h=h, w=w, r0=r0,
-                    c0=c0, fill=fill,
-                )  # fmt: skip
+                window = arr[:, r0:r1, c0:c1]
+                if window.nbytes > _WINDOW_BYTES and window.npartitions > 1:
+                    piece = _gather_by_chunks(window, warp, y0, x0, h, w, r0, c0, fill)
+                else:
+                    piece = window.rechunk((-1, -1, -1)).map_blocks(
+                        _gather_block, chunks=((nrows,), (h,), (w,)), dtype=dtype,
+                        meta=np.empty((0, 0, 0), dtype), warp=warp, y0=y0, x0=x0, h=h, w=w,
+                        r0=r0, c0=c0, fill=fill,
+                    )  # fmt: skip
             line.append(piece)
             x0 += w
         blocks.append(line)
         y0 += h
     return da.block(blocks)
+
+
+def _block_index(
+    warp: _Warp, y0: int, x0: int, h: int, w: int, r0: int, c0: int, wh: int, ww: int
+) -> np.ndarray:
+    """``(h, w)``: for every pixel of the source block, the flat index of its reference pixel in
+    the window ``(wh, ww)`` whose top left is reference pixel ``(r0, c0)``; -1 outside the
+    reference grid."""
+    out = np.empty((h, w), dtype=np.int64)
+    for s, n in _strips(h, w):
+        ri, ci, inside = warp.rect_pixels(y0 + s, y0 + s + n, x0, x0 + w)
+        li, lj = ri - r0, ci - c0
+        ok = (li >= 0) & (li < wh) & (lj >= 0) & (lj < ww)
+        if (inside & ~ok).any():
+            raise GeometryError(
+                "the reference's grid bends too much across one block of the source to be "
+                "resampled onto it; pass smaller chunks (chunks=, --chunks)"
+            )
+        out[s : s + n] = np.where(inside, li * ww + lj, -1)
+    return out
+
+
+def _gather_part(part: np.ndarray, index: np.ndarray, *, top: int, left: int, ww: int) -> Any:
+    """The pixels of a source block whose reference pixel lies in ``part`` (window rows
+    ``top:``, columns ``left:``), as unsigned bytes; zero elsewhere (see _gather_by_chunks)."""
+    nrows, ph, pw = part.shape
+    li, lj = np.divmod(index, ww)
+    li, lj = li - top, lj - left
+    hit = (index >= 0) & (li >= 0) & (li < ph) & (lj >= 0) & (lj < pw)
+    at = np.where(hit, li * pw + lj, 0)
+    flat = part.reshape(nrows, ph * pw).view(f"u{part.dtype.itemsize}")
+    return np.where(hit, flat[:, at.ravel()].reshape(nrows, *index.shape), 0)
+
+
+def _or_parts(*parts: np.ndarray) -> np.ndarray:
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out |= p
+    return out
+
+
+def _fill_block(bits: np.ndarray, index: np.ndarray, *, kind: Any, fill: Any) -> np.ndarray:
+    return np.where(index >= 0, bits.view(kind), fill)
+
+
+def _gather_by_chunks(
+    window: da.Array, warp: _Warp, y0: int, x0: int, h: int, w: int, r0: int, c0: int, fill: Any
+) -> da.Array:
+    """:func:`_gather_block` for a large window, one reference chunk at a time: the block's
+    reference indices once, then every chunk of the window gives the pixels that fall in it (as
+    unsigned bytes, zero elsewhere: each pixel falls in exactly one chunk, so a bitwise OR tree
+    joins them exactly, NaN payloads and negative zeros included). A task holds one
+    reference chunk and a few blocks' worth of output."""
+    nrows, wh, ww = window.shape
+    dtype = window.dtype
+    index = dask.delayed(_block_index, pure=True)(warp, y0, x0, h, w, r0, c0, wh, ww)
+    window = window.rechunk({0: -1})
+    tops = np.cumsum((0, *window.chunks[1]))
+    lefts = np.cumsum((0, *window.chunks[2]))
+    blocks = window.to_delayed(optimize_graph=False)[0]
+    gather = dask.delayed(_gather_part, pure=True)
+    parts = [
+        gather(blocks[i, j], index, top=int(tops[i]), left=int(lefts[j]), ww=ww)
+        for i in range(blocks.shape[0])
+        for j in range(blocks.shape[1])
+    ]
+    join = dask.delayed(_or_parts, pure=True)
+    while len(parts) > 1:  # a tree, four parts a task
+        parts = [join(*parts[k : k + 4]) for k in range(0, len(parts), 4)]
+    out = dask.delayed(_fill_block, pure=True)(parts[0], index, kind=dtype, fill=fill)
+    return da.from_delayed(out, shape=(nrows, h, w), dtype=dtype, meta=np.empty((0, 0, 0), dtype))
 
 
 def inside_grid(ref: Grid, src: Grid, chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:

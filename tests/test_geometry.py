@@ -240,3 +240,32 @@ def test_onto_grid_with_a_pole_inside_a_block():
     for chunks in (((120,), (120,)), ((33, 33, 33, 21), (33, 33, 33, 21))):
         out = onto_grid(codes[None], ref, src, chunks, fill=0).compute()[0]
         np.testing.assert_array_equal(out, expected)
+
+
+def test_onto_grid_gathers_a_large_window_chunk_by_chunk(monkeypatch):
+    """A coarse source over a fine reference: a block's window of the reference is gathered
+    from each of the reference's chunks in turn (bytes joined exactly: NaN, -0.0, bool), not
+    merged into one chunk (a 400-pixel block of 300 m over a 10 m reference held 3.6 GB)."""
+    from rasterio.crs import CRS
+
+    import rastermatch.geometry as geometry
+
+    utm = CRS.from_epsg(32633)
+    src = rastermatch.geometry.Grid(
+        (48, 48), utm, rasterio.transform.Affine(300, 0, 499000, 0, -300, 5001000)
+    )
+    ref = rastermatch.geometry.Grid(
+        (600, 600), utm, rasterio.transform.Affine(10, 0, 500000, 0, -10, 5000000)
+    )
+    values = np.random.default_rng(0).normal(size=(2, 600, 600)).astype(np.float32)
+    values[0, :50] = np.nan
+    values[1, 50:100] = -0.0
+    chunks = ((24, 24), (20, 28))
+    for array, fill in ((values, np.float32(-1)), (values > 0, True)):
+        whole = onto_grid(array, ref, src, chunks, fill=fill).compute()
+        monkeypatch.setattr(geometry, "_WINDOW_BYTES", 1 << 10)
+        lazy = onto_grid(da.from_array(array, chunks=(1, 128, 100)), ref, src, chunks, fill=fill)
+        assert any("_gather_part" in str(k) for k in lazy.__dask_graph__())
+        assert lazy.chunks[1:] == chunks
+        assert lazy.compute().tobytes() == whole.tobytes()
+        monkeypatch.undo()
