@@ -865,6 +865,22 @@ def read_provenance(path: Any) -> dict[str, Any] | None:
     if loc is None or getattr(loc, "kind", "local") == "local":
         local = Path(loc.path) if loc is not None else Path(os.fspath(path)).expanduser()
         return _read_local(local, str(local) if loc is None else loc.text)
+    try:
+        return _read_remote(loc)
+    except RastermatchError as exc:
+        url = getattr(loc, "url", None)
+        if not url:
+            raise
+        from .io.objectstore import scrub
+
+        # a library may quote the URL's user:password@ or query in its message, URL or not
+        shown = scrub(str(exc), url)
+        if shown == str(exc):
+            raise
+        raise type(exc)(shown) from None  # the chained exception holds them too
+
+
+def _read_remote(loc: Any) -> dict[str, Any] | None:
     text = loc.text
     if loc.is_zarr():
         try:

@@ -368,3 +368,30 @@ def test_remote_output_never_overwrites_an_input(bucket):
         check_output_path(
             f"s3://{bucket}/b.zarr", inputs=[f"s3://{bucket}/b.zarr/data"], overwrite=True
         )
+
+
+def test_credentials_or_query_in_an_output_url_are_refused_and_never_shown(bucket):
+    """s3fs takes a URL's user:password@ as part of the bucket name (botocore then quoted it,
+    secret included, in its message) and a ?query as part of the key (the store was written
+    under 'q.zarr?X-Amz-Signature=...'): refused before any work, the secret not shown."""
+    from rastermatch.io import read_provenance
+
+    data = _raster(bands=1, height=16, width=16)
+    secret = "SECRET" + uuid.uuid4().hex[:8]
+    for url in [
+        f"s3://AKIAEXAMPLE:{secret}@{bucket}/out.zarr",
+        f"s3://AKIAEXAMPLE:{secret}@{bucket}/out.tif",
+        f"s3://{bucket}/out.zarr?X-Amz-Signature={secret}",
+        f"s3://{bucket}/out.tif#{secret}",
+    ]:
+        for call, args in ((check_output_path, (url,)), (write_raster, (data, url))):
+            with pytest.raises(RasterWriteError, match="takes no user name") as refused:
+                call(*args)
+            assert secret not in str(refused.value) and f"s3://{bucket}/out." in str(refused.value)
+    s3 = shared_s3_server()
+    assert s3.keys(bucket) == []
+    # reading: whatever the library says about the URL, the secret is not in the message
+    write_raster(data, f"s3://{bucket}/in.zarr")
+    with pytest.raises(RastermatchError) as failed:
+        read_provenance(f"s3://AKIAEXAMPLE:{secret}@{bucket}/in.zarr")
+    assert secret not in str(failed.value) and failed.value.__cause__ is None

@@ -307,6 +307,15 @@ def output_location(path: Any) -> Any:
             f"cannot write to {loc.text}: http(s) URLs are read-only; write to an object "
             "store (s3://, gs://, az://, memory://) or a local path"
         )
+    if loc.kind == "url" and secrets_of(loc.url):
+        # fsspec's stores take neither: a user:password@ would reach the store as part of the
+        # bucket's name (and its error message), a ?query or #fragment as part of the key
+        raise RasterWriteError(
+            f"cannot write to {loc.text} as given: an output URL takes no user name, password, "
+            "query string or fragment; give the credentials in the environment "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, "
+            "GOOGLE_APPLICATION_CREDENTIALS for gs://, AZURE_STORAGE_* for az://)"
+        )
     return loc
 
 
@@ -856,9 +865,39 @@ def _remove_file_despite_interrupts(path: Path) -> None:
 _SECRET_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@|\?[^\s'\"]*", re.IGNORECASE)
 
 
-def scrub(text: str) -> str:
-    """``text`` without URL credentials (``user:secret@``) and query strings (signatures)."""
+def scrub(text: str, url: str | None = None) -> str:
+    """``text`` without URL credentials (``user:secret@``) and query strings (signatures), and
+    without the secret parts of ``url`` wherever they appear (a library may quote a URL's
+    ``user:secret@bucket`` as a bucket name, without its scheme)."""
+    for secret in secrets_of(url) if url else ():
+        text = text.replace(secret, "***")
     return _SECRET_RE.sub(lambda m: m["scheme"] or "", text)
+
+
+def secrets_of(url: str) -> list[str]:
+    """The parts of ``url`` that may be secret: ``user:password`` before the host (not
+    ``abfs://container@account``), the password alone, the query string and the fragment;
+    longest first, empty when there are none.
+
+    Examples
+    --------
+    >>> secrets_of("s3://AKIA:SECRET@bucket/a.zarr?sig=1")
+    ['AKIA:SECRET', 'SECRET', 'sig=1']
+    >>> secrets_of("s3://bucket/a.zarr"), secrets_of("abfs://container@account/a.zarr")
+    ([], [])
+    """
+    url = url.rsplit("::", 1)[-1]  # the last URL of an fsspec chain
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return []
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc = rest.split("/", 1)[0]
+    found = [query, fragment]
+    if "@" in netloc and scheme.lower() not in ("abfs", "abfss"):
+        userinfo = netloc.rsplit("@", 1)[0]
+        found += [userinfo, userinfo.partition(":")[2]]
+    return sorted({part for part in found if part}, key=lambda part: (-len(part), part))
 
 
 def _is_store_failure(exc: BaseException) -> bool:
