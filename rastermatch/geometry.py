@@ -105,8 +105,10 @@ _WGS84 = "EPSG:4326"
 
 def check_overlap(overlap: Any) -> Overlap:
     """``overlap`` as given if it is False, True or ``"all"``, else OptionError."""
-    if overlap is False or overlap is True or overlap == "all":
-        return overlap  # type: ignore[no-any-return]
+    if overlap is False or overlap is True:
+        return overlap
+    if isinstance(overlap, str) and overlap == "all":
+        return "all"
     if isinstance(overlap, np.bool_):
         return bool(overlap)
     raise OptionError(
@@ -182,16 +184,32 @@ def _georeferenced(data: xr.DataArray | xr.Dataset, shape: tuple[int, int], name
 
 
 def same_grid(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` lie on one grid: same CRS, transform (to 1e-5 of a unit, as
-    :meth:`Affine.almost_equals`) and shape. Without georeferencing on either side, the same
-    shape is the same grid."""
+    """Whether ``a`` and ``b`` lie on one grid: same CRS and shape, and transforms that put
+    every pixel of one within :data:`_SAME_GRID_PIXELS` of a pixel of the other (a tolerance
+    in pixels, not CRS units: 1e-5 degree is 30 pixels of a 3 cm orthophoto). Without
+    georeferencing on either side, the same shape is the same grid."""
     ga, gb = grid_of(a, "a"), grid_of(b, "b")
     if ga.shape != gb.shape:
         return False
     if not (ga.georeferenced and gb.georeferenced):
         return True
     assert ga.transform is not None and gb.transform is not None
-    return bool(ga.crs == gb.crs and ga.transform.almost_equals(gb.transform))
+    if ga.crs != gb.crs:
+        return False
+    try:
+        onto = ~ga.transform * gb.transform  # b's pixel coordinates to a's
+    except Exception:  # a transform that cannot be inverted lies on no grid of its own
+        return False
+    rows, cols = ga.shape
+    for u, v in ((0, 0), (cols, 0), (0, rows), (cols, rows)):
+        u2, v2 = onto * (u, v)
+        if not abs(u2 - u) + abs(v2 - v) <= _SAME_GRID_PIXELS:  # NaN: not the same
+            return False
+    return True
+
+
+#: Grids whose corners lie within this many pixels of each other are one grid.
+_SAME_GRID_PIXELS = 1e-3
 
 
 # -- the geometry report ----------------------------------------------------------------------
@@ -473,6 +491,8 @@ class _Warp:
     # a reference in longitude/latitude: the longitude of its grid's centre; every longitude is
     # taken within 180 degrees of it (a grid over 0..360 and one over -180..180 alike)
     ref_lon: float | None = None
+    # the poles of a lon/lat reference as source (row, column), where PROJ can carry them
+    poles: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def between(cls, src: Grid, ref: Grid) -> _Warp:
@@ -481,9 +501,20 @@ class _Warp:
         if src.crs != ref.crs:
             crs = (src.crs.to_wkt(), ref.crs.to_wkt())  # type: ignore[union-attr]
         lon = None
+        poles: list[tuple[float, float]] = []
         if ref.crs is not None and ref.crs.is_geographic:
             lon = float((ref.transform * (ref.shape[1] / 2, ref.shape[0] / 2))[0])
-        return cls(tuple(src.transform)[:6], tuple(~ref.transform)[:6], ref.shape, *crs, lon)
+            if crs[0] is not None:
+                with np.errstate(all="ignore"):
+                    px, py = _transformer(crs[1], crs[0]).transform([lon, lon], [90.0, -90.0])
+                inv = ~src.transform
+                for x, y in zip(px, py, strict=True):
+                    col, row = inv * (float(x), float(y))
+                    if math.isfinite(row) and math.isfinite(col):
+                        poles.append((row - 0.5, col - 0.5))  # pixel index of the centre
+        return cls(
+            tuple(src.transform)[:6], tuple(~ref.transform)[:6], ref.shape, *crs, lon, tuple(poles)
+        )
 
     def positions(self, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fractional reference (row, column) of the centres of source pixels ``(yy, xx)``."""
@@ -629,18 +660,10 @@ def _window(warp: _Warp, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, 
     r1 = min(ny, math.floor(row.max()) + _WINDOW_MARGIN + 1)
     c0 = max(0, math.floor(col.min()) - _WINDOW_MARGIN)
     c1 = min(nx, math.floor(col.max()) + _WINDOW_MARGIN + 1)
-    # The interior on a lattice too: where it reaches past the perimeter (a pole of a lon/lat
-    # reference inside the block, whose perimeter circles it), the window runs to that edge of
-    # the reference grid.
-    step = max(1, _LATTICE // 2)
-    iy, ix = np.meshgrid(np.arange(y0, y1, step), np.arange(x0, x1, step), indexing="ij")
-    irow, icol = warp.positions(iy.ravel().astype(np.float64), ix.ravel().astype(np.float64))
-    if not (np.isfinite(irow).all() and np.isfinite(icol).all()):
-        return 0, ny, 0, nx
-    r0 = 0 if irow.min() < row.min() - 1 else r0
-    r1 = ny if irow.max() > row.max() + 1 else r1
-    c0 = 0 if icol.min() < col.min() - 1 else c0
-    c1 = nx if icol.max() > col.max() + 1 else c1
+    # A pole of a lon/lat reference inside the block: the perimeter circles it and misses the
+    # rows nearer it, so the window takes every row.
+    if any(y0 - 1 <= py <= y1 + 1 and x0 - 1 <= px <= x1 + 1 for py, px in warp.poles):
+        r0, r1 = 0, ny
     if r0 >= r1 or c0 >= c1:
         return None
     return r0, r1, c0, c1

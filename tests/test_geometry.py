@@ -269,3 +269,19 @@ def test_onto_grid_gathers_a_large_window_chunk_by_chunk(monkeypatch):
         assert lazy.chunks[1:] == chunks
         assert lazy.compute().tobytes() == whole.tobytes()
         monkeypatch.undo()
+
+
+def test_same_grid_is_judged_in_pixels_and_overlap_values_are_checked_safely():
+    """A 3 cm lon/lat orthophoto moved 30 pixels is another grid (the transforms differ by less
+    than affine's 1e-5 absolute tolerance, which called it the same grid and compared pixels
+    30 apart); an array given as overlap is an OptionError, not numpy's ambiguous truth."""
+    from rasterio.crs import CRS
+
+    wgs84 = CRS.from_epsg(4326)
+    t = rasterio.transform.Affine(3e-7, 0, 10, 0, -3e-7, 45)
+    a = rastermatch.geometry.Grid((100, 100), wgs84, t)
+    assert not same_grid(a, rastermatch.geometry.Grid((100, 100), wgs84, t * t.translation(30, 0)))
+    assert same_grid(a, rastermatch.geometry.Grid((100, 100), wgs84, t * t.translation(1e-4, 0)))
+    with pytest.raises(OptionError, match="overlap must be"):
+        check_overlap(np.array([True, False]))
+    assert check_overlap(np.str_("all")) == "all" and type(check_overlap(np.str_("all"))) is str
