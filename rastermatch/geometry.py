@@ -70,6 +70,7 @@ __all__ = [
     "overlap_fraction",
     "prepare_overlap",
     "same_grid",
+    "valid_area",
 ]
 
 Overlap = bool | Literal["all"]
@@ -811,6 +812,16 @@ def _valid(arr: da.Array, nodata: Any, mask: Any) -> da.Array:
     if mask is not None:
         valid = valid & ~mask
     return valid
+
+
+def valid_area(src: BandArray, mask: Any = None) -> da.Array:
+    """``(y, x)``, lazily: the pixels of ``src`` valid in every row (band, date): not nodata,
+    not NaN or infinite, not in ``mask`` (the rule of the overlap-only statistics). The valid
+    area of several same-grid files (the dates of a series given one file each) is the ``&`` of
+    theirs: ``overlap="all"`` across files."""
+    arr = as_dask(src)
+    m = None if mask is None else _dask_mask(as_band_mask(mask, src, name="mask"), arr)
+    return _valid(arr, src.nodata, m).all(axis=0)
 
 
 def _dask_mask(mask: Any, like: da.Array) -> Any:

@@ -285,3 +285,17 @@ def test_same_grid_is_judged_in_pixels_and_overlap_values_are_checked_safely():
     with pytest.raises(OptionError, match="overlap must be"):
         check_overlap(np.array([True, False]))
     assert check_overlap(np.str_("all")) == "all" and type(check_overlap(np.str_("all"))) is str
+
+
+def test_valid_area_every_row_not_nodata_not_nan_not_masked():
+    from rastermatch._data import as_band_array
+    from rastermatch.geometry import valid_area
+
+    x = np.ones((2, 4, 5), np.float32)
+    x[0, 0, 0], x[1, 1, 1], x[0, 2, 2] = np.nan, 7, np.inf
+    mask = np.zeros((4, 5), bool)
+    mask[3, 4] = True
+    expected = np.ones((4, 5), bool)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = expected[3, 4] = False
+    area = valid_area(as_band_array(da.from_array(x, chunks=(1, 2, 3)), nodata=7), mask)
+    np.testing.assert_array_equal(area.compute(), expected)
