@@ -468,7 +468,9 @@ def prepare(record: Mapping[str, Any] | None, fmt: Literal["gtiff", "zarr"]) -> 
     else:
         doc = record.get("lut") if "lut" in moved else None
         others = {k: record[k] for k in moved if k != "lut"}
-        if doc is None:  # no LUT to carry them (no job of this version makes such a record)
+        if doc is None:  # no LUT to carry them (a LUT omitted as too large, a caller's record)
+            if "lut" in record:  # null: the header's "lut" is the location, so it goes here
+                others["lut"] = None
             body = {"schema": SCHEMA, "provenance": others}
         else:
             body = {**doc, "provenance": others} if others else doc
@@ -650,6 +652,15 @@ def undo_sidecar(final: Path) -> None:
             final.unlink()
 
 
+def remove_replaced_sidecar(raster: Path) -> None:
+    """The GeoTIFF ``raster`` was written, without a sidecar, over an output that had one: that
+    sidecar (its LUT, which ``LUT.load`` or ``apply`` would take for this raster's) goes."""
+    final = sidecar_path(raster)
+    with contextlib.suppress(OSError):
+        if final.is_symlink() or final.is_file():
+            final.unlink()
+
+
 def remove_sidecar(raster: Path) -> None:
     """The write of ``raster`` failed after its sidecar moved in: :func:`undo_sidecar`."""
     undo_sidecar(sidecar_path(raster))
@@ -794,8 +805,9 @@ def assemble(
     extra = body.pop("provenance", {})
     if (
         not isinstance(extra, dict)
-        or set(extra) != set(fields) - {"lut"}
+        or set(extra) - {"lut"} != set(fields) - {"lut"}
         or lut != ("lut" in fields)
+        or ("lut" in extra and (lut or extra["lut"] is not None))  # a null LUT, kept as such
     ):
         raise _bad(source, "has a sidecar whose fields do not match its header")
     kept = {k: v for k, v in header.items() if k != "lut"}

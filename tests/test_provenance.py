@@ -309,3 +309,14 @@ def test_stack_zarr_header_stays_small_and_reads_back(tmp_path, monkeypatch):
     assert "quality" in summary["lut"]["fields"]
     assert prov.zarr_header_bytes(summary) <= prov.ZARR_HEADER_MAX_BYTES
     assert read_provenance(out) == built[0]
+
+
+def test_record_with_a_null_lut_and_a_sidecar_reads_back_whole(tmp_path):
+    """A record whose LUT was omitted ("lut": null) and whose other fields outgrow the header:
+    its sidecar carries the null, so the record reads back with its "lut" key (was lost)."""
+    scene = open_raster(SMALL).isel(x=slice(0, 16), y=slice(0, 16))
+    record = {"schema": prov.SCHEMA, "operation": "match", "lut": None, "lut_omitted": "big",
+              "inputs": {"references": [f"/s/{i:05d}.tif" for i in range(3000)]}}  # fmt: skip
+    out = write_raster(scene, tmp_path / "n.tif", provenance=record)
+    assert prov.sidecar_path(out).exists() and gdal_metadata_bytes(out) < LIMIT
+    assert read_provenance(out) == record

@@ -395,3 +395,21 @@ def test_credentials_or_query_in_an_output_url_are_refused_and_never_shown(bucke
     with pytest.raises(RastermatchError) as failed:
         read_provenance(f"s3://AKIAEXAMPLE:{secret}@{bucket}/in.zarr")
     assert secret not in str(failed.value) and failed.value.__cause__ is None
+
+
+def test_overwrite_without_a_sidecar_removes_the_replaced_outputs_sidecar(s3, bucket):
+    """A GeoTIFF whose record needed a LUT sidecar, replaced by one whose record fits in its
+    tag: the old sidecar went on lying next to the new raster (LUT.load/apply took it)."""
+    from rastermatch import provenance as prov
+    from rastermatch.io import read_provenance
+
+    data = _raster(bands=1, height=16, width=16)
+    big = {"schema": prov.SCHEMA, "operation": "match", "lut": None,
+           "inputs": {"references": [f"s3://b/{i:05d}.tif" for i in range(3000)]}}  # fmt: skip
+    url = f"s3://{bucket}/o.tif"
+    write_raster(data, url, provenance=big)
+    assert sorted(s3.keys(bucket)) == ["o.tif", "o.tif.lut.json"]
+    assert read_provenance(url) == big
+    write_raster(data, url, provenance={"step": "copy"}, overwrite=True)
+    assert s3.keys(bucket) == ["o.tif"]
+    assert read_provenance(url) == {"step": "copy"}

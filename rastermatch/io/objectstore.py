@@ -764,6 +764,10 @@ def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
         payload = getattr(local_job, "payload", None)
         if payload is None:
             fs.put_file(str(tmp), key)
+            if job.overwrite:  # a replaced output's sidecar does not belong to this one
+                from rastermatch.provenance import remove_uploaded_sidecar
+
+                remove_uploaded_sidecar(fs, key)
         else:
             _upload_with_sidecar(fs, key, text, tmp, payload, overwrite=job.overwrite)
         _forget_gdal_cache(url)
