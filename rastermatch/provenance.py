@@ -901,6 +901,7 @@ def _read_remote(loc: Any) -> dict[str, Any] | None:
             raise
         except Exception as exc:
             raise RasterReadError(f"cannot open the Zarr store {text}: {exc}") from exc
+        _check_remote_documents(store, text)
         return _read_zarr(store, text)
     return _read_geotiff(loc.gdal_path, text, lambda size: _read_remote_sidecar(loc, text, size))
 
@@ -943,6 +944,20 @@ def _read_geotiff(
     except rasterio.errors.RasterioError as exc:
         raise RasterReadError(f"cannot read {text}: {exc}") from exc
     return from_header(raw, text, lambda where: sidecar(where["bytes"]))
+
+
+def _check_remote_documents(store: Any, text: str) -> None:
+    """Refuse a store whose metadata documents are larger than any record (zarr reads them
+    whole into memory): their sizes asked first, as for a local store."""
+    from zarr.core.sync import sync
+
+    for name in ("zarr.json", ".zattrs", ".zmetadata"):
+        try:
+            size = sync(store.getsize(name))
+        except Exception:  # missing, or a store without sizes: zarr's open reports it
+            continue
+        if size > _HEADER_READ_MAX:
+            raise _bad(text, f"document {name} is larger than {_HEADER_READ_MAX:,} bytes")
 
 
 def _read_zarr(store: Any, text: str) -> dict[str, Any] | None:

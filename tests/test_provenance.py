@@ -320,3 +320,18 @@ def test_record_with_a_null_lut_and_a_sidecar_reads_back_whole(tmp_path):
     out = write_raster(scene, tmp_path / "n.tif", provenance=record)
     assert prov.sidecar_path(out).exists() and gdal_metadata_bytes(out) < LIMIT
     assert read_provenance(out) == record
+
+
+def test_remote_zarr_with_a_huge_metadata_document_is_refused_unread(monkeypatch):
+    """A store's zarr.json larger than any record is refused from its size (a local store was;
+    a remote one was read whole into memory)."""
+    import fsspec
+
+    url = "memory://rastermatch-prov-huge/z.zarr"
+    try:
+        fsspec.filesystem("memory").pipe("/rastermatch-prov-huge/z.zarr/zarr.json", b"{}")
+        monkeypatch.setattr(prov, "_HEADER_READ_MAX", 1)
+        with pytest.raises(RasterReadError, match="larger than"):
+            read_provenance(url)
+    finally:
+        fsspec.filesystem("memory").rm("/rastermatch-prov-huge", recursive=True)
