@@ -299,3 +299,19 @@ def test_valid_area_every_row_not_nodata_not_nan_not_masked():
     expected[0, 0] = expected[1, 1] = expected[2, 2] = expected[3, 4] = False
     area = valid_area(as_band_array(da.from_array(x, chunks=(1, 2, 3)), nodata=7), mask)
     np.testing.assert_array_equal(area.compute(), expected)
+
+
+def test_a_lon_lat_grid_over_0_to_360_meets_one_over_minus_180_to_180():
+    """Model output on 0..360 over observations on -180..180 (one CRS, other transforms): the
+    same place, found by position and by footprint (both said 'do not overlap')."""
+    from rasterio.crs import CRS
+
+    wgs84 = CRS.from_epsg(4326)
+    Affine = rasterio.transform.Affine
+    src = rastermatch.geometry.Grid((100, 100), wgs84, Affine(0.1, 0, -170, 0, -0.1, 10))
+    ref = rastermatch.geometry.Grid((100, 100), wgs84, Affine(0.1, 0, 190, 0, -0.1, 10))
+    assert not same_grid(src, ref)
+    assert overlap_fraction(src, ref) == pytest.approx(1.0)
+    codes = _pixel_codes(ref.shape)
+    out = onto_grid(codes[None], ref, src, ((100,), (100,)), fill=0).compute()[0]
+    np.testing.assert_array_equal(out, codes)
