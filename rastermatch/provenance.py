@@ -903,7 +903,15 @@ def _read_remote(loc: Any) -> dict[str, Any] | None:
             raise RasterReadError(f"cannot open the Zarr store {text}: {exc}") from exc
         _check_remote_documents(store, text)
         return _read_zarr(store, text)
-    return _read_geotiff(loc.gdal_path, text, lambda size: _read_remote_sidecar(loc, text, size))
+    from .io.objectstore import _forget_gdal_cache
+
+    # as io opens a remote GeoTIFF: GDAL's remote settings (no directory listing, timeouts),
+    # and none of what GDAL cached of an object since replaced
+    _forget_gdal_cache(loc.gdal_path)
+    with loc.gdal_env():
+        return _read_geotiff(
+            loc.gdal_path, text, lambda size: _read_remote_sidecar(loc, text, size)
+        )
 
 
 def _location(path: Any) -> Any:

@@ -413,3 +413,17 @@ def test_overwrite_without_a_sidecar_removes_the_replaced_outputs_sidecar(s3, bu
     write_raster(data, url, provenance={"step": "copy"}, overwrite=True)
     assert s3.keys(bucket) == ["o.tif"]
     assert read_provenance(url) == {"step": "copy"}
+
+
+def test_read_provenance_of_a_remote_geotiff_replaced_by_another_writer(s3, bucket, tmp_path):
+    """read_provenance opens a remote GeoTIFF as open_raster does, without what GDAL cached of
+    the object before another writer replaced it (it returned the old record)."""
+    from rastermatch.io import read_provenance
+
+    data = _raster(bands=1, height=16, width=16)
+    url = f"s3://{bucket}/g.tif"
+    write_raster(data, url, provenance={"v": 1})
+    assert read_provenance(url) == {"v": 1}
+    other = write_raster(data, tmp_path / "g.tif", provenance={"v": 2, "pad": "x" * 5000})
+    s3.client().upload_file(str(other), bucket, "g.tif")  # another process's upload
+    assert read_provenance(url) == {"v": 2, "pad": "x" * 5000}
