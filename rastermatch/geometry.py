@@ -719,73 +719,75 @@ def onto_grid(
 
 
 def _block_index(
-    warp: _Warp, y0: int, x0: int, h: int, w: int, r0: int, c0: int, wh: int, ww: int
-) -> np.ndarray:
-    """``(h, w)``: for every pixel of the source block, the flat index of its reference pixel in
-    the window ``(wh, ww)`` whose top left is reference pixel ``(r0, c0)``; -1 outside the
-    reference grid."""
-    out = np.empty((h, w), dtype=np.int64)
+    warp: _Warp, y0: int, x0: int, h: int, w: int, r0: int, c0: int,
+    tops: tuple[int, ...], lefts: tuple[int, ...],
+) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """For every chunk of a block's reference window (row offsets ``tops``, column offsets
+    ``lefts``, both ending with the window's size; the window's top left is reference pixel
+    ``(r0, c0)``), the source block's pixels whose reference pixel lies in it: ``(flat pixel
+    positions in the block, flat offsets in the chunk)``, chunks in row-major order."""
+    wh, ww = tops[-1], lefts[-1]
+    li, lj = np.empty((h, w), dtype=np.int64), np.empty((h, w), dtype=np.int64)
+    inside = np.empty((h, w), dtype=bool)
     for s, n in _strips(h, w):
-        ri, ci, inside = warp.rect_pixels(y0 + s, y0 + s + n, x0, x0 + w)
-        li, lj = ri - r0, ci - c0
-        ok = (li >= 0) & (li < wh) & (lj >= 0) & (lj < ww)
-        if (inside & ~ok).any():
-            raise GeometryError(
-                "the reference's grid bends too much across one block of the source to be "
-                "resampled onto it; pass smaller chunks (chunks=, --chunks)"
-            )
-        out[s : s + n] = np.where(inside, li * ww + lj, -1)
+        ri, ci, ins = warp.rect_pixels(y0 + s, y0 + s + n, x0, x0 + w)
+        li[s : s + n], lj[s : s + n], inside[s : s + n] = ri - r0, ci - c0, ins
+    ok = (li >= 0) & (li < wh) & (lj >= 0) & (lj < ww)
+    if (inside & ~ok).any():
+        raise GeometryError(
+            "the reference's grid bends too much across one block of the source to be "
+            "resampled onto it; pass smaller chunks (chunks=, --chunks)"
+        )
+    at = np.flatnonzero(inside)
+    li, lj = li.ravel()[at], lj.ravel()[at]
+    cy = np.searchsorted(np.asarray(tops), li, side="right") - 1
+    cx = np.searchsorted(np.asarray(lefts), lj, side="right") - 1
+    ncols = len(lefts) - 1
+    chunk = cy * ncols + cx
+    order = np.argsort(chunk, kind="stable")
+    bounds = np.searchsorted(chunk[order], np.arange((len(tops) - 1) * ncols + 1))
+    out = []
+    for k in range(len(bounds) - 1):
+        pick = order[bounds[k] : bounds[k + 1]]
+        i, j = divmod(k, ncols)
+        width = lefts[j + 1] - lefts[j]
+        out.append((at[pick], (li[pick] - tops[i]) * width + (lj[pick] - lefts[j])))
     return out
 
 
-def _gather_part(part: np.ndarray, index: np.ndarray, *, top: int, left: int, ww: int) -> Any:
-    """The pixels of a source block whose reference pixel lies in ``part`` (window rows
-    ``top:``, columns ``left:``), as unsigned bytes; zero elsewhere (see _gather_by_chunks)."""
-    nrows, ph, pw = part.shape
-    li, lj = np.divmod(index, ww)
-    li, lj = li - top, lj - left
-    hit = (index >= 0) & (li >= 0) & (li < ph) & (lj >= 0) & (lj < pw)
-    at = np.where(hit, li * pw + lj, 0)
-    flat = part.reshape(nrows, ph * pw).view(f"u{part.dtype.itemsize}")
-    return np.where(hit, flat[:, at.ravel()].reshape(nrows, *index.shape), 0)
+def _gather_part(part: np.ndarray, index: list[Any], k: int) -> np.ndarray:
+    """``(rows, n)``: the values of reference chunk ``part`` the ``k``-th entry of
+    :func:`_block_index` asks for."""
+    return part.reshape(part.shape[0], -1)[:, index[k][1]]
 
 
-def _or_parts(*parts: np.ndarray) -> np.ndarray:
-    out = parts[0].copy()
-    for p in parts[1:]:
-        out |= p
-    return out
-
-
-def _fill_block(bits: np.ndarray, index: np.ndarray, *, kind: Any, fill: Any) -> np.ndarray:
-    return np.where(index >= 0, bits.view(kind), fill)
+def _place_parts(index: list[Any], *parts: np.ndarray, shape: Any, kind: Any, fill: Any) -> Any:
+    """The source block ``shape`` from the gathered parts; ``fill`` where none landed."""
+    out = np.full((shape[0], shape[1] * shape[2]), fill, dtype=kind)
+    for (positions, _), values in zip(index, parts, strict=True):
+        out[:, positions] = values
+    return out.reshape(shape)
 
 
 def _gather_by_chunks(
     window: da.Array, warp: _Warp, y0: int, x0: int, h: int, w: int, r0: int, c0: int, fill: Any
 ) -> da.Array:
     """:func:`_gather_block` for a large window, one reference chunk at a time: the block's
-    reference indices once, then every chunk of the window gives the pixels that fall in it (as
-    unsigned bytes, zero elsewhere: each pixel falls in exactly one chunk, so a bitwise OR tree
-    joins them exactly, NaN payloads and negative zeros included). A task holds one
-    reference chunk and a few blocks' worth of output."""
-    nrows, wh, ww = window.shape
+    reference pixels found once and sorted by the chunk they lie in, every chunk of the window
+    gives the values asked of it, and the block is put together from them. A task holds one
+    reference chunk, or one block with its index: never the window."""
+    nrows = window.shape[0]
     dtype = window.dtype
-    index = dask.delayed(_block_index, pure=True)(warp, y0, x0, h, w, r0, c0, wh, ww)
     window = window.rechunk({0: -1})
-    tops = np.cumsum((0, *window.chunks[1]))
-    lefts = np.cumsum((0, *window.chunks[2]))
+    tops = tuple(int(v) for v in np.cumsum((0, *window.chunks[1])))
+    lefts = tuple(int(v) for v in np.cumsum((0, *window.chunks[2])))
+    index = dask.delayed(_block_index, pure=True)(warp, y0, x0, h, w, r0, c0, tops, lefts)
     blocks = window.to_delayed(optimize_graph=False)[0]
     gather = dask.delayed(_gather_part, pure=True)
-    parts = [
-        gather(blocks[i, j], index, top=int(tops[i]), left=int(lefts[j]), ww=ww)
-        for i in range(blocks.shape[0])
-        for j in range(blocks.shape[1])
-    ]
-    join = dask.delayed(_or_parts, pure=True)
-    while len(parts) > 1:  # a tree, four parts a task
-        parts = [join(*parts[k : k + 4]) for k in range(0, len(parts), 4)]
-    out = dask.delayed(_fill_block, pure=True)(parts[0], index, kind=dtype, fill=fill)
+    parts = [gather(blocks[i, j], index, k) for k, (i, j) in enumerate(np.ndindex(blocks.shape))]
+    out = dask.delayed(_place_parts, pure=True)(
+        index, *parts, shape=(nrows, h, w), kind=dtype, fill=fill
+    )
     return da.from_delayed(out, shape=(nrows, h, w), dtype=dtype, meta=np.empty((0, 0, 0), dtype))
 
 
