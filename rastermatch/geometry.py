@@ -684,8 +684,10 @@ def onto_grid(
     """The ``(row, y, x)`` ``array`` on grid ``ref`` laid onto grid ``src`` by nearest
     neighbour, lazily, chunked ``(all rows, *chunks)``; ``fill`` outside the reference grid.
 
-    Every block reads only the window of the reference it needs. Values are copied, never
-    blended: every output value is a value of ``array`` or ``fill``.
+    Every block reads only the window of the reference it needs; a window over
+    :data:`_WINDOW_BYTES` (a coarse source over a fine reference) is gathered from its chunks
+    one at a time, never held whole. Values are copied, never blended: every output value is a
+    value of ``array`` or ``fill``.
     """
     warp = _Warp.between(src, ref)
     arr = array if isinstance(array, da.Array) else da.from_array(array, name=False)
