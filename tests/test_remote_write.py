@@ -427,3 +427,22 @@ def test_read_provenance_of_a_remote_geotiff_replaced_by_another_writer(s3, buck
     other = write_raster(data, tmp_path / "g.tif", provenance={"v": 2, "pad": "x" * 5000})
     s3.client().upload_file(str(other), bucket, "g.tif")  # another process's upload
     assert read_provenance(url) == {"v": 2, "pad": "x" * 5000}
+
+
+def test_geotiff_upload_refuses_a_shared_local_folder(bucket, tmp_path, monkeypatch):
+    """The local folder a GeoTIFF is written to before its upload (in TMPDIR) is refused when
+    others may write to it (another user could swap the file before the upload)."""
+    import tempfile
+
+    from rastermatch.io import objectstore
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = objectstore._upload_dir()
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    with pytest.raises(RasterWriteError, match="private folder"):
+        write_raster(_raster(bands=1, height=16, width=16), f"s3://{bucket}/o.tif")
+    assert shared_s3_server().keys(bucket) == []
+    folder.chmod(0o700)
+    write_raster(_raster(bands=1, height=16, width=16), f"s3://{bucket}/o.tif")
+    assert list(folder.iterdir()) == []

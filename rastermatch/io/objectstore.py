@@ -63,6 +63,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import tempfile
 import time
 import warnings
@@ -733,6 +734,27 @@ def _upload_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"rastermatch-uploads-{os.getuid()}"
 
 
+def _private_folder(folder: Path, text: str) -> Path:
+    """``folder`` made if missing (0700), and refused unless it is a real folder of this user
+    that nobody else may write to: in a shared temporary directory another user could make it
+    first and swap the GeoTIFF for their own file before it is uploaded."""
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except OSError as exc:
+        raise RasterWriteError(
+            f"cannot write {text}: the local folder for uploads {folder} cannot be made "
+            f"({exc.strerror or exc}); set TMPDIR to a writable folder"
+        ) from exc
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise RasterWriteError(
+            f"cannot write {text}: the local folder for uploads {folder} is not this user's "
+            "own private folder (a link, another user's, or writable by others); remove it, "
+            "or set TMPDIR to a private folder"
+        )
+    return folder
+
+
 def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
     """Write ``job`` (a GeoTIFF/COG write) to a local temporary, then upload it to ``url``."""
     from fsspec.core import url_to_fs
@@ -742,8 +764,7 @@ def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
 
     fs, key = url_to_fs(url)
     _refuse_existing_key(fs, key, text, overwrite=job.overwrite)
-    folder = _upload_dir()
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = _private_folder(_upload_dir(), text)
     local = folder / (key.rstrip("/").rsplit("/", 1)[-1] or "output.tif")
     remove_stale_temporaries(local)
     tmp = _sibling(local, "tmp")
