@@ -181,6 +181,13 @@ def _georeferenced(data: xr.DataArray | xr.Dataset, shape: tuple[int, int], name
         transform = data.rio.transform() if crs is not None else None
     except Exception:  # rioxarray's own errors for dims or coords it cannot read: no georeference
         crs, transform = None, None
+    if transform is not None and transform.is_rectilinear and min(shape) > 1:
+        # from the coordinates: rioxarray's cached transform keeps the pixel size's sign after
+        # a flip (sortby("y"), isel(y=slice(None, None, -1))) and puts the origin a row off
+        try:
+            transform = data.rio.transform(recalc=True)
+        except Exception:  # pragma: no cover - coordinates rioxarray cannot read: the cached one
+            pass
     return Grid(shape, crs, transform, name)
 
 
