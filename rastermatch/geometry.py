@@ -185,9 +185,11 @@ def _georeferenced(data: xr.DataArray | xr.Dataset, shape: tuple[int, int], name
         # from the coordinates: rioxarray's cached transform keeps the pixel size's sign after
         # a flip (sortby("y"), isel(y=slice(None, None, -1))) and puts the origin a row off
         try:
-            transform = data.rio.transform(recalc=True)
+            recalc = data.rio.transform(recalc=True)
         except Exception:  # pragma: no cover - coordinates rioxarray cannot read: the cached one
-            pass
+            recalc = transform
+        if not _one_grid(transform, recalc, shape):  # else the file's own, without float noise
+            transform = recalc
     return Grid(shape, crs, transform, name)
 
 
@@ -202,13 +204,17 @@ def same_grid(a: Any, b: Any) -> bool:
     if not (ga.georeferenced and gb.georeferenced):
         return True
     assert ga.transform is not None and gb.transform is not None
-    if ga.crs != gb.crs:
-        return False
+    return bool(ga.crs == gb.crs) and _one_grid(ga.transform, gb.transform, ga.shape)
+
+
+def _one_grid(ta: Affine, tb: Affine, shape: tuple[int, int]) -> bool:
+    """Whether the corners of a grid of ``shape`` lie within :data:`_SAME_GRID_PIXELS` of each
+    other through ``ta`` and ``tb``."""
     try:
-        onto = ~ga.transform * gb.transform  # b's pixel coordinates to a's
+        onto = ~ta * tb  # b's pixel coordinates to a's
     except Exception:  # a transform that cannot be inverted lies on no grid of its own
         return False
-    rows, cols = ga.shape
+    rows, cols = shape
     for u, v in ((0, 0), (cols, 0), (0, rows), (cols, rows)):
         u2, v2 = onto * (u, v)
         if not abs(u2 - u) + abs(v2 - v) <= _SAME_GRID_PIXELS:  # NaN: not the same

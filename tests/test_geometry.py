@@ -315,3 +315,9 @@ def test_a_lon_lat_grid_over_0_to_360_meets_one_over_minus_180_to_180():
     codes = _pixel_codes(ref.shape)
     out = onto_grid(codes[None], ref, src, ((100,), (100,)), fill=0).compute()[0]
     np.testing.assert_array_equal(out, codes)
+
+
+def test_a_file_s_grid_keeps_its_own_transform_without_float_noise():
+    landsat = rastermatch.open_raster(LANDSAT)
+    with rasterio.open(LANDSAT) as f:
+        assert describe(landsat)["transform"] == [float(v) for v in list(f.transform)[:6]]
