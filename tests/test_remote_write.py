@@ -446,3 +446,32 @@ def test_geotiff_upload_refuses_a_shared_local_folder(bucket, tmp_path, monkeypa
     folder.chmod(0o700)
     write_raster(_raster(bands=1, height=16, width=16), f"s3://{bucket}/o.tif")
     assert list(folder.iterdir()) == []
+
+
+def test_failed_geotiff_overwrite_keeps_the_previous_sidecar(s3, bucket, monkeypatch):
+    """An overwrite whose raster upload fails after its sidecar was stored puts the replaced
+    sidecar back (it was deleted, leaving the previous GeoTIFF's record unreadable)."""
+    import s3fs
+
+    from rastermatch import provenance as prov
+    from rastermatch.io import read_provenance
+
+    data = _raster(bands=1, height=16, width=16)
+    url = f"s3://{bucket}/o.tif"
+
+    def record(tag):
+        return {"schema": prov.SCHEMA, "operation": "match", "lut": None, "tag": tag,
+                "inputs": {"references": [f"s3://b/{i:05d}.tif" for i in range(3000)]}}  # fmt: skip
+
+    write_raster(data, url, provenance=record("old"))
+
+    async def failing(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", failing)
+    s3fs.S3FileSystem.clear_instance_cache()  # a new file system binds the failing upload
+    with pytest.raises(RasterWriteError, match="No space"):
+        write_raster(data, url, provenance=record("new"), overwrite=True)
+    monkeypatch.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert read_provenance(url) == record("old")

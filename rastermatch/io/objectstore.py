@@ -847,14 +847,31 @@ def _upload_with_sidecar(
     fs: Any, key: str, text: str, tmp: Path, payload: bytes, *, overwrite: bool
 ) -> None:
     """Upload a GeoTIFF whose provenance has a LUT sidecar: the sidecar first (one PUT), then
-    the raster; the sidecar is deleted again if the raster's upload fails."""
-    from rastermatch.provenance import remove_uploaded_sidecar, upload_sidecar
+    the raster; if the raster's upload fails, the sidecar is deleted again, or the one it
+    replaced is put back (kept in memory meanwhile, as the local write keeps a hard link), so
+    a failed overwrite leaves the previous output with its own sidecar."""
+    from rastermatch.provenance import (
+        PAYLOAD_MAX_BYTES,
+        SIDECAR_SUFFIX,
+        remove_uploaded_sidecar,
+        upload_sidecar,
+    )
 
+    side = key + SIDECAR_SUFFIX
+    previous = None
+    if overwrite:
+        with contextlib.suppress(Exception):  # none, or unreadable: nothing to put back
+            if fs.size(side) <= PAYLOAD_MAX_BYTES:
+                previous = fs.cat_file(side)
     upload_sidecar(fs, key, payload, overwrite=overwrite, text=text)
     try:
         fs.put_file(str(tmp), key)
     except BaseException:
-        remove_uploaded_sidecar(fs, key)
+        if previous is None:
+            remove_uploaded_sidecar(fs, key)
+        else:
+            with contextlib.suppress(Exception):
+                fs.pipe_file(side, previous)
         raise
 
 
