@@ -652,13 +652,58 @@ def undo_sidecar(final: Path) -> None:
             final.unlink()
 
 
-def remove_replaced_sidecar(raster: Path) -> None:
-    """The GeoTIFF ``raster`` was written, without a sidecar, over an output that had one: that
-    sidecar (its LUT, which ``LUT.load`` or ``apply`` would take for this raster's) goes."""
-    final = sidecar_path(raster)
-    with contextlib.suppress(OSError):
-        if final.is_symlink() or final.is_file():
-            final.unlink()
+def sidecar_belongs(header: str | None, fetch: Callable[[int], bytes | None]) -> bool:
+    """Whether a GeoTIFF's header (its provenance text) records a sidecar and ``fetch(size)``
+    (the sidecar's bytes, None when missing or larger than ``size``) has its size and SHA-256;
+    False for anything else, damaged or foreign headers included."""
+    try:
+        where = location_of(parse(header, ""), "") if header is not None else None
+        if where is None or "sidecar" not in where:
+            return False
+        data = fetch(where["bytes"])
+    except Exception:
+        return False
+    return (
+        data is not None
+        and len(data) == where["bytes"]
+        and hashlib.sha256(data).hexdigest() == where["sha256"]
+    )
+
+
+def geotiff_header(gdal_path: str) -> str | None:
+    """The provenance text in a GeoTIFF's header, or None (no tag, or unreadable)."""
+    import rasterio
+
+    from .io._common import PROVENANCE_DOMAIN, PROVENANCE_KEY
+
+    try:
+        with rasterio.open(gdal_path) as src:
+            return src.tags(ns=PROVENANCE_DOMAIN).get(PROVENANCE_KEY)
+    except Exception:
+        return None
+
+
+def owned_sidecar(raster: Path) -> Path | None:
+    """The sidecar next to the local GeoTIFF ``raster`` when it is that raster's (its header
+    records the sidecar's size and SHA-256), else None: call it before ``raster`` is replaced
+    by one without a sidecar, and remove what it returns once the new raster is in place."""
+    side = sidecar_path(raster)
+    if side.is_symlink() or not side.is_file():
+        return None
+    return (
+        side
+        if sidecar_belongs(geotiff_header(str(raster)), lambda n: read_bounded(side, n))
+        else None
+    )
+
+
+def remove_replaced_sidecar(side: Path | None) -> None:
+    """Remove the sidecar :func:`owned_sidecar` found for a raster since replaced by one
+    without a sidecar (its LUT, which ``LUT.load`` or ``apply`` would take for the new
+    raster's); nothing for None."""
+    if side is not None:
+        with contextlib.suppress(OSError):
+            side.unlink()
 
 
 def remove_sidecar(raster: Path) -> None:

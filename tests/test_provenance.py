@@ -335,3 +335,19 @@ def test_remote_zarr_with_a_huge_metadata_document_is_refused_unread(monkeypatch
             read_provenance(url)
     finally:
         fsspec.filesystem("memory").rm("/rastermatch-prov-huge", recursive=True)
+
+
+def test_owned_sidecar_is_only_the_one_the_raster_records(matched, tmp_path):
+    import shutil
+
+    tif = tmp_path / "t.tif"
+    shutil.copy(matched["tif"], tif)
+    side = prov.sidecar_path(tif)
+    shutil.copy(prov.sidecar_path(matched["tif"]), side)
+    assert prov.owned_sidecar(tif) == side
+    side.write_bytes(side.read_bytes() + b" ")  # not the one the raster records
+    assert prov.owned_sidecar(tif) is None
+    side.unlink()
+    side.symlink_to(prov.sidecar_path(matched["tif"]))  # a link: never removed through
+    assert prov.owned_sidecar(tif) is None
+    assert prov.owned_sidecar(tmp_path / "missing.tif") is None

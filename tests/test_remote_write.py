@@ -475,3 +475,14 @@ def test_failed_geotiff_overwrite_keeps_the_previous_sidecar(s3, bucket, monkeyp
     monkeypatch.undo()
     s3fs.S3FileSystem.clear_instance_cache()
     assert read_provenance(url) == record("old")
+
+
+def test_overwrite_leaves_a_sidecar_named_file_that_is_not_the_outputs(s3, bucket):
+    """Only a sidecar the replaced GeoTIFF records (size and SHA-256) goes with it; a file of
+    that name put there otherwise (a user's LUT file) stays."""
+    data = _raster(bands=1, height=16, width=16)
+    url = f"s3://{bucket}/o.tif"
+    write_raster(data, url, provenance={"step": "one"})
+    s3.client().put_object(Bucket=bucket, Key="o.tif.lut.json", Body=b"{}")
+    write_raster(data, url, provenance={"step": "two"}, overwrite=True)
+    assert sorted(s3.keys(bucket)) == ["o.tif", "o.tif.lut.json"]

@@ -784,8 +784,10 @@ def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
         )
         payload = getattr(local_job, "payload", None)
         if payload is None:
+            # the sidecar of the output replaced, if it had one, does not belong to this one
+            stale = job.overwrite and _owns_sidecar(fs, key, url)
             fs.put_file(str(tmp), key)
-            if job.overwrite:  # a replaced output's sidecar does not belong to this one
+            if stale:
                 from rastermatch.provenance import remove_uploaded_sidecar
 
                 remove_uploaded_sidecar(fs, key)
@@ -794,6 +796,29 @@ def write_remote_geotiff(job: Any, url: str, text: str, client: Any) -> None:
         _forget_gdal_cache(url)
     finally:
         _remove_file_despite_interrupts(tmp)
+
+
+def _owns_sidecar(fs: Any, key: str, url: str) -> bool:
+    """Whether the GeoTIFF at ``key`` has a sidecar that is its own (its header records the
+    sidecar's size and SHA-256): a file of that name put there otherwise is left alone."""
+    from rastermatch.io.location import location
+    from rastermatch.provenance import SIDECAR_SUFFIX, geotiff_header, sidecar_belongs
+
+    side = key + SIDECAR_SUFFIX
+
+    def fetch(size: int) -> bytes | None:
+        return fs.cat_file(side) if fs.size(side) <= size else None
+
+    try:
+        if not fs.exists(side):
+            return False
+        loc = location(url)
+        _forget_gdal_cache(url)
+        with loc.gdal_env():
+            header = geotiff_header(loc.gdal_path)
+    except Exception:
+        return False
+    return sidecar_belongs(header, fetch)
 
 
 def _forget_gdal_cache(url: str) -> None:
