@@ -486,3 +486,19 @@ def test_overwrite_leaves_a_sidecar_named_file_that_is_not_the_outputs(s3, bucke
     s3.client().put_object(Bucket=bucket, Key="o.tif.lut.json", Body=b"{}")
     write_raster(data, url, provenance={"step": "two"}, overwrite=True)
     assert sorted(s3.keys(bucket)) == ["o.tif", "o.tif.lut.json"]
+
+
+def test_output_over_an_input_spelled_differently_is_refused():
+    """memory:///a and memory://a, s3a:// and s3://, a/./b and a//b name one object to the
+    file system: the output-over-input check compares them as it sees them."""
+    from rastermatch.io.objectstore import _refuse_inputs, output_location
+
+    for out, source in [
+        ("memory://rm-spell/x.zarr", "memory:///rm-spell/x.zarr"),
+        ("memory:///rm-spell/x.zarr", "memory://rm-spell/./x.zarr/data"),
+        ("s3://bucket/x.zarr", "s3a://bucket/x.zarr"),
+        ("s3://bucket/x.zarr", "/vsis3/bucket//x.zarr"),
+    ]:
+        with pytest.raises(RasterWriteError, match="input"):
+            _refuse_inputs(output_location(out), [source])
+    _refuse_inputs(output_location("memory://rm-spell/x.zarr"), ["memory://rm-spell/y.zarr"])

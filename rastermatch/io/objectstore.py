@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import secrets
 import socket
@@ -480,7 +481,16 @@ def _comparable(value: Any) -> str | Store | None:
     if "://" not in text or text.lower().startswith("file://"):
         return None
     scheme, _, rest = text.partition("://")
-    return f"{scheme.lower()}://{rest.split('?', 1)[0].rstrip('/')}"
+    scheme, rest = scheme.lower(), rest.split("?", 1)[0]
+    try:  # as the file system sees it: memory:///a and memory://a, s3a:// and s3:// are one
+        import fsspec
+
+        cls = fsspec.get_filesystem_class(scheme)
+        protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+        path = posixpath.normpath(cls._strip_protocol(f"{scheme}://{rest}") or ".")
+        return f"{protocol}://{path.strip('/')}"
+    except Exception:  # a scheme without its library installed: compared as written
+        return f"{scheme}://{rest.rstrip('/')}"
 
 
 def _refuse_inputs(loc: Any, inputs: Iterable[Any]) -> None:
