@@ -294,8 +294,18 @@ def output_location(path: Any) -> Any:
         isinstance(path, str) and "://" not in path and not path.startswith("/vsi")
     ):
         return Path(path).expanduser().absolute()
-    from rastermatch.io.location import location
+    from rastermatch.io.location import location, redact
 
+    if isinstance(path, str) and not path.lower().startswith(("http:", "https:", "/vsi")):
+        if secrets_of(path):
+            # fsspec's stores take neither: a user:password@ would reach the store as part of
+            # the bucket's name (and its error message), a ?query or #fragment the key's
+            raise RasterWriteError(
+                f"cannot write to {redact(path)} as given: an output URL takes no user name, "
+                "password, query string or fragment; give the credentials in the environment "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://, AZURE_STORAGE_* for az://)"
+            )
     loc = location(path)
     if loc.kind == "local":
         return loc.path
@@ -308,15 +318,6 @@ def output_location(path: Any) -> Any:
         raise RasterWriteError(
             f"cannot write to {loc.text}: http(s) URLs are read-only; write to an object "
             "store (s3://, gs://, az://, memory://) or a local path"
-        )
-    if loc.kind == "url" and secrets_of(loc.url):
-        # fsspec's stores take neither: a user:password@ would reach the store as part of the
-        # bucket's name (and its error message), a ?query or #fragment as part of the key
-        raise RasterWriteError(
-            f"cannot write to {loc.text} as given: an output URL takes no user name, password, "
-            "query string or fragment; give the credentials in the environment "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, "
-            "GOOGLE_APPLICATION_CREDENTIALS for gs://, AZURE_STORAGE_* for az://)"
         )
     return loc
 
