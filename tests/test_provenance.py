@@ -351,3 +351,17 @@ def test_owned_sidecar_is_only_the_one_the_raster_records(matched, tmp_path):
     side.symlink_to(prov.sidecar_path(matched["tif"]))  # a link: never removed through
     assert prov.owned_sidecar(tif) is None
     assert prov.owned_sidecar(tmp_path / "missing.tif") is None
+
+
+def test_overwrite_without_a_sidecar_removes_the_replaced_outputs_own(matched, tmp_path):
+    """A GeoTIFF with a sidecar replaced by one whose record fits its tag: the old sidecar (whose
+    LUT LUT.load/apply would take for the new raster's) goes; a file of that name that is not
+    the replaced raster's own stays."""
+    data = open_raster(matched["tif"]).isel(x=slice(0, 16), y=slice(0, 16))
+    out = write_raster(data, tmp_path / "o.tif", provenance=matched["record"])
+    assert prov.sidecar_path(out).exists()
+    write_raster(data, out, provenance={"step": "copy"}, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif"]
+    prov.sidecar_path(out).write_text("mine")
+    write_raster(data, out, provenance={"step": "again"}, overwrite=True)
+    assert prov.sidecar_path(out).read_text() == "mine"

@@ -187,8 +187,14 @@ from rastermatch.io.objectstore import check_output as check_remote_output
 from rastermatch.io.objectstore import execute as execute_remote
 from rastermatch.io.objectstore import output_format, output_location
 from rastermatch.io.zarr import _open_zarr, _write_zarr, _zarr_compressors
+from rastermatch.provenance import (
+    owned_sidecar,
+    remove_replaced_sidecar,
+    remove_sidecar,
+    sidecar_written,
+    write_sidecar,
+)
 from rastermatch.provenance import read_provenance as _read_provenance
-from rastermatch.provenance import remove_sidecar, sidecar_written, write_sidecar
 
 __all__ = [
     "check_output_path",
@@ -768,6 +774,10 @@ def _execute(job: _WriteJob) -> Path:
         sidecar = job.fmt == "gtiff" and job.payload is not None
         if sidecar:
             write_sidecar(job.final, job.payload, overwrite=job.overwrite)
+        # the replaced output's own sidecar, which would lie next to a raster without one
+        replaced = None
+        if job.fmt == "gtiff" and job.overwrite and not sidecar:
+            replaced = owned_sidecar(job.final)
         try:
             move_into_place(tmp, job.final, overwrite=job.overwrite)
         except BaseException:
@@ -776,6 +786,7 @@ def _execute(job: _WriteJob) -> Path:
             raise
         if sidecar:
             sidecar_written(job.final)
+        remove_replaced_sidecar(replaced)
     except BaseException as exc:
         _remove_despite_interrupts(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, RastermatchError):
