@@ -75,7 +75,7 @@ from .errors import (
     RasterReadError,
     RasterWriteError,
 )
-from .geometry import Overlap, check_overlap, describe, job_report
+from .geometry import Overlap, check_overlap, describe, job_report, same_grid, valid_area
 from .io import (
     GDAL_CACHE_MB,  # the one bound on GDAL's block cache, for jobs and writers alike
     check_output_path,
@@ -1433,7 +1433,9 @@ def normalize_files(
     ``overlap`` (True or ``"all"``): every source's statistics only where it and the (pooled)
     reference are both valid, the references laid onto that source's grid for them
     (:func:`rastermatch.match_histograms`); each source then takes its own statistics pass,
-    since its common area with the reference is its own. ``result.geometry`` describes every
+    since its common area with the reference is its own. ``"all"`` with several sources (one
+    file a date, on one grid): only the pixels valid in every source too, found in one pass
+    before the statistics and held in memory (one byte a pixel). ``result.geometry`` describes every
     input and the overlap of each (source, reference) pair on different grids.
 
     Examples
@@ -1451,7 +1453,7 @@ def normalize_files(
         method=method, objective=objective, proportion=proportion, levels=levels, bins=bins,
         dtype=dtype, pool=pool,
     )  # fmt: skip
-    check_overlap(overlap)
+    overlap = check_overlap(overlap)
     _local_files(**{"LUT file": lut_path, "report": report})
     if format is not None and format not in ("tif", "zarr"):
         raise OptionError(f"format must be 'tif' or 'zarr', not {format!r}")
@@ -1519,6 +1521,20 @@ def normalize_files(
             mask=ref_mask_arrays[0] if len(members) == 1 else ref_mask_arrays,
         )
 
+        # overlap="all" over one file a date: the pixels valid in every date, found once
+        every = None
+        if overlap == "all" and len(arrays) > 1:
+            for data, path in zip(opened[1:], srcs[1:], strict=True):
+                if not same_grid(opened[0], data):
+                    raise GridMismatchError(
+                        f"overlap='all' (--overlap-all) counts only the pixels valid in every "
+                        f"source, and {_text(path)} is not on the grid of {_text(srcs[0])}: "
+                        "use overlap=True (--overlap), or resample the sources onto one grid"
+                    )
+            every = valid_area(arrays[0], src_masks[0])
+            for a, m in zip(arrays[1:], src_masks[1:], strict=True):
+                every = every & valid_area(a, m)
+
         # 1. one statistics pass over every source and every reference (with overlap, one per
         # source: each has its own common area with the references)
         geometry = job_report(list(zip(map(_text, srcs), opened, strict=True)),
@@ -1527,6 +1543,8 @@ def normalize_files(
             if overlap is False:
                 luts = fit_many(arrays, ref, options, masks=src_masks)
             else:
+                if every is not None:
+                    src_masks = [(~every).persist()] * len(arrays)
                 luts = [
                     fit_overlap(a, ref, options, mask=m, overlap=overlap)
                     for a, m in zip(arrays, src_masks, strict=True)

@@ -254,3 +254,27 @@ def test_a_south_up_dataarray_source_finds_the_same_common_area(pair, pair_lut):
     np.testing.assert_array_equal(lut.source_hist.counts, pair_lut.source_hist.counts)
     # the lattice's nodes lie elsewhere on a flipped grid: a few pixels at reference edges
     assert np.abs(lut.reference_hist.counts - pair_lut.reference_hist.counts).sum() < 100
+
+
+def test_normalize_files_overlap_all_counts_pixels_valid_in_every_date(tmp_path, holed):
+    """A series given one file a date: overlap='all' takes one common area, valid in every
+    date and the reference, for every date (it counted each date's own, as overlap=True)."""
+    src, ref, both = holed
+    later = src.values.copy()
+    later[:, 200:260, 20:90] = 0
+    src.rio.write_nodata(0).rio.to_raster(tmp_path / "2020-01-01.tif")
+    src.copy(data=later).rio.write_nodata(0).rio.to_raster(tmp_path / "2020-02-01.tif")
+    ref.rio.to_raster(tmp_path / "ref.tif")
+    dates = [tmp_path / "2020-01-01.tif", tmp_path / "2020-02-01.tif"]
+    every = both & (later != 0).all(axis=0)
+    result = normalize_files(dates, tmp_path / "ref.tif", tmp_path / "all/", overlap="all")
+    for lut in result.luts:
+        assert (lut.source_hist.counts.sum(axis=1) == every.sum()).all()
+        assert (lut.reference_hist.counts.sum(axis=1) == every.sum()).all()
+    each = normalize_files(dates, tmp_path / "ref.tif", tmp_path / "each/", overlap=True)
+    assert each.luts[0].source_hist.counts.sum() == 4 * both.sum()
+    elsewhere = moved(src.rio.write_nodata(0), 300.0)
+    elsewhere.rio.to_raster(tmp_path / "moved.tif")
+    with pytest.raises(rastermatch.GridMismatchError, match="not on the grid of"):
+        normalize_files([dates[0], tmp_path / "moved.tif"], tmp_path / "ref.tif",
+                        tmp_path / "bad/", overlap="all")  # fmt: skip
