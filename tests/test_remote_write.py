@@ -502,3 +502,13 @@ def test_output_over_an_input_spelled_differently_is_refused():
         with pytest.raises(RasterWriteError, match="input"):
             _refuse_inputs(output_location(out), [source])
     _refuse_inputs(output_location("memory://rm-spell/x.zarr"), ["memory://rm-spell/y.zarr"])
+
+
+def test_inputs_with_credentials_in_an_object_store_url_are_refused_unshown():
+    """open_raster of s3://KEY:SECRET@bucket/...: s3fs took it for a bucket name and botocore
+    quoted it, secret included, in the message the command line printed."""
+    secret = "SECRET" + uuid.uuid4().hex[:8]
+    for url in [f"s3://AKIAEXAMPLE:{secret}@bucket/in.zarr", f"gs://u:{secret}@b/in.tif"]:
+        with pytest.raises(RastermatchError, match="takes no user name") as refused:
+            open_raster(url)
+        assert secret not in str(refused.value)

@@ -96,6 +96,9 @@ _VSI = {"http": "vsicurl", "https": "vsicurl", "s3": "vsis3", "gs": "vsigs", "gc
 _VSI_AZURE = ("az", "abfs", "abfss")
 #: Schemes GDAL reads, through the virtual file system above.
 GDAL_SCHEMES = frozenset({*_VSI, *_VSI_AZURE})
+#: Schemes whose URLs hold no credentials (s3fs, gcsfs and fsspec's memory file system take a
+#: ``user:password@`` for part of the bucket's name, and quote it in their errors).
+_NO_USERINFO = frozenset({"s3", "s3a", "gs", "gcs", "memory"})
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 #: Seconds a cheap existence check waits for a server.
 EXISTS_TIMEOUT = 10
@@ -428,6 +431,14 @@ def location(value: RasterLocation | Location) -> Location:
         if match is not None:
             if match.group(1).lower() == "file":
                 return _file_url(text)
+            scheme = match.group(1).lower().rsplit("::", 1)[-1]
+            if scheme in _NO_USERINFO and "@" in text[match.end() :].split("/", 1)[0]:
+                raise RasterReadError(
+                    f"{redact(text)}: a {scheme}:// URL takes no user name or password (the "
+                    "store would take them for part of the bucket's name); give the "
+                    "credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                    "or AWS_PROFILE for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+                )
             return Location("url", redact(text), url=text)
         return Location("local", text, path=_absolute(text))
     if _is_store(value):
