@@ -1298,12 +1298,15 @@ def format_info(described: dict[str, Any]) -> str:
     footprint = (described.get("geometry") or {}).get("lonlat_bounds")
     if footprint:
         west, south, east, north = footprint
+        across = " (across the antimeridian)" if west > east else ""
         lines.append(
-            f"  footprint  lon {west:.5f} to {east:.5f}, lat {south:.5f} to {north:.5f}  (WGS 84)"
+            f"  footprint  lon {west:.5f} to {east:.5f}{across}, lat {south:.5f} to {north:.5f}"
+            "  (WGS 84)"
         )
     if b == 0 and d == 0:
         xs, ys = sorted((c, c + a * width)), sorted((f, f + e * height))
-        lines.append(f"  pixel      {_number(abs(a))} x {_number(abs(e))}")
+        units = (described.get("geometry") or {}).get("units") or ""
+        lines.append(f"  pixel      {_number(abs(a))} x {_number(abs(e))} {units}".rstrip())
         lines.append(
             f"  bounds     {', '.join(_number(v) for v in (xs[0], ys[0], xs[1], ys[1]))}"
             "  (left, bottom, right, top)"

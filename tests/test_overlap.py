@@ -278,3 +278,16 @@ def test_normalize_files_overlap_all_counts_pixels_valid_in_every_date(tmp_path,
     with pytest.raises(rastermatch.GridMismatchError, match="not on the grid of"):
         normalize_files([dates[0], tmp_path / "moved.tif"], tmp_path / "ref.tif",
                         tmp_path / "bad/", overlap="all")  # fmt: skip
+
+
+def test_cli_info_across_the_antimeridian_and_pixel_units(tmp_path):
+    path = tmp_path / "fiji.tif"
+    transform = rasterio.transform.Affine(1000, 0, 3.2e6, 0, -1000, -1.5e6)
+    profile = {"driver": "GTiff", "width": 300, "height": 100, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:3832", "transform": transform}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as f:
+        f.write(np.ones((1, 100, 300), np.uint8))
+    result = CliRunner().invoke(main, ["info", "--no-stats", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "lon 178.74609 to -178.55897 (across the antimeridian)" in result.stdout
+    assert "pixel      1000 x 1000 m" in result.stdout
