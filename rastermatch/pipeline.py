@@ -553,6 +553,13 @@ class _Staged:
                     f"{final} appeared while the job was running; nothing was written, pass "
                     "overwrite=True (--overwrite) to replace it"
                 )
+        # the own sidecars of outputs replaced by rasters without one: they go once moved in
+        replaced = [
+            prov.owned_sidecar(final.with_name(final.name[: -len(prov.SIDECAR_SUFFIX)]))
+            for entry in self._sidecars
+            if entry not in sidecars and entry[2]
+            for final in [entry[1]]
+        ]
         moved = []
         try:
             for tmp, final, overwrite in sidecars:
@@ -566,6 +573,8 @@ class _Staged:
             raise
         for final in moved:
             prov.keep_sidecar(final)
+        for side in replaced:
+            prov.remove_replaced_sidecar(side)
         self._files.clear()
         self._sidecars.clear()
 

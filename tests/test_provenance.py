@@ -365,3 +365,18 @@ def test_overwrite_without_a_sidecar_removes_the_replaced_outputs_own(matched, t
     prov.sidecar_path(out).write_text("mine")
     write_raster(data, out, provenance={"step": "again"}, overwrite=True)
     assert prov.sidecar_path(out).read_text() == "mine"
+
+
+def test_job_overwrite_without_a_sidecar_removes_the_replaced_outputs_own(matched, tmp_path):
+    """A job's staged commit does the same as write_raster: an equalized output replacing a
+    match's drops the match's sidecar."""
+    import shutil
+
+    from rastermatch.pipeline import equalize_file
+
+    out = tmp_path / "m.tif"
+    shutil.copy(matched["tif"], out)
+    shutil.copy(prov.sidecar_path(matched["tif"]), prov.sidecar_path(out))
+    equalize_file(SMALL, out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
+    assert read_provenance(out)["operation"] == "equalize"
