@@ -813,6 +813,7 @@ def location_of(header: Any, source: str) -> dict[str, Any] | None:
         or len(fields) > 64
         or not all(isinstance(f, str) and _KEY.fullmatch(f) for f in fields)
         or len(set(fields)) != len(fields)
+        or set(fields) & set(_CORE)  # never moved: a payload must not replace them
     ):
         raise _bad(source, "has an invalid list of the fields stored with its LUT")
     return dict(where)

@@ -176,6 +176,7 @@ def test_damaged_or_hostile_records_are_refused(matched, tmp_path):
         (json.dumps({**header, "lut": {**header["lut"], "sha256": "00"}}), "sha256"),
         (json.dumps({**header, "lut": {**header["lut"], "bytes": 2**40}}), "bytes"),
         (json.dumps({**header, "lut": {**header["lut"], "fields": ["../x"]}}), "fields"),
+        (json.dumps({**header, "lut": {**header["lut"], "fields": ["lut", "schema"]}}), "fields"),
         (json.dumps({**header, "lut": {**header["lut"], "evil": 1}}), "location"),
         (json.dumps({**header, "schema": "rastermatch.provenance/9"}), "upgrade"),
         ("[1, 2]", "not an object"),
