@@ -490,8 +490,6 @@ def open_mask(path: PathLike | None, like: xr.DataArray) -> xr.DataArray | None:
 # -- provenance: the records are built by rastermatch.provenance (one versioned schema) ----
 
 
-
-
 def bounded_gdal_cache(job: Callable[P, R]) -> Callable[P, R]:
     """Run ``job`` with GDAL's block cache bounded to :data:`GDAL_CACHE_MB` (process-wide)."""
 
