@@ -436,6 +436,22 @@ def _check_levels_dtype(array: np.ndarray | da.Array, lut: LUT) -> None:
         )
 
 
+def table_rows(
+    array: Any, lut: LUT, index: np.ndarray | None, *, nodata: Any, out_nodata: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+    """The table, its level ranges and kernel arguments of ``lut``, and the LUT row of every
+    row of ``array`` (``index``, default the LUT's rows in order), checked against ``array``."""
+    _check_levels_dtype(array, lut)
+    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
+    rows = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    if array.shape[0] != rows.size:
+        raise BandMismatchError(
+            f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
+            "bands the LUT was fitted on"
+        )
+    return table, lohi, kwargs, rows
+
+
 def apply_lut_array(
     array: np.ndarray | da.Array,
     lut: LUT,
@@ -456,14 +472,7 @@ def apply_lut_array(
             f"this LUT has a table per detector ({lut.detectors.describe()}); apply it with "
             "lut.apply(data) or apply_lut_by_detector"
         )
-    _check_levels_dtype(array, lut)
-    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
-    rows = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
-    if array.shape[0] != rows.size:
-        raise BandMismatchError(
-            f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
-            "bands the LUT was fitted on"
-        )
+    table, lohi, kwargs, rows = table_rows(array, lut, index, nodata=nodata, out_nodata=out_nodata)
     # one detector: a detector axis of length 1, every line detector 0
     return _map_rows(array, table[:, None], lohi[:, None], rows, None, "y", kwargs)
 

@@ -50,8 +50,7 @@ import numpy as np
 
 from ._data import BandArray, thread_pieces
 from ._values import EXACT_MAX_ITEMSIZE, uniform_bin
-from .apply import _check_levels_dtype, apply_block, block_arguments
-from .errors import BandMismatchError
+from .apply import apply_block, table_rows
 from .histogram import (
     DEFAULT_BINS,
     Binning,
@@ -400,14 +399,7 @@ def apply_lut(
     """``array`` ``(row, y, x)`` mapped through ``lut`` (a LUT without detectors), as
     :func:`~rastermatch.apply.apply_lut_array` maps numpy input: in one call for small arrays,
     piece by piece on the pool into one output for large ones."""
-    _check_levels_dtype(array, lut)
-    table, lohi, kwargs = block_arguments(lut, nodata=nodata, out_nodata=out_nodata)
-    rows = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
-    if array.shape[0] != rows.size:
-        raise BandMismatchError(
-            f"the data has {array.shape[0]} bands and the LUT {table.shape[0]}; select the "
-            "bands the LUT was fitted on"
-        )
+    table, lohi, kwargs, rows = table_rows(array, lut, index, nodata=nodata, out_nodata=out_nodata)
     # the output laid out as the input: a (y, x, band) image comes back contiguous
     out = np.empty_like(array, dtype=kwargs["out_dtype"])
     if array.size < SMALL_PIXELS:
