@@ -591,10 +591,15 @@ def test_signal_mid_write_leaves_nothing(tmp_path, signum, exit_code):
          "-o", out / "matched.tif", "--lut", out / "matched.json", "--compress", "lzma",
          "--chunks", "512"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C as a terminal delivers it, even when this run was started in the background
+        # (where the shell has SIGINT ignored, and children inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        if any(p.name.startswith(".matched.tif") for p in out.iterdir()):  # the write started
+        # the write started: the raster's temporary (the job stages the output under a
+        # temporary name, which the writer writes through its own: "..matched.tif.…")
+        if any(".matched.tif." in p.name for p in out.iterdir()):
             process.send_signal(getattr(signal, signum))
             break
         time.sleep(0.005)

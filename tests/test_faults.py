@@ -64,6 +64,12 @@ def noise(shape: tuple[int, int, int] = (1, 1024, 1024), nodata: int | None = 0)
     return data.rio.write_nodata(nodata, encoded=False)
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it, in a child: a shell starts background jobs (a test
+    run with ``&``) with SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
     """Start ``python -c code args`` in the repository, pipes for output."""
     return subprocess.Popen(
@@ -72,6 +78,7 @@ def run_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
         **kwargs,
     )
 
