@@ -28,11 +28,13 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def gdal_metadata_bytes(path: Path) -> int:
+    """Bytes of the GDAL metadata XML (TIFF tag 42112) in the file."""
     found = re.search(rb"<GDALMetadata>.*?</GDALMetadata>", path.read_bytes(), re.S)
     return len(found.group(0)) if found else 0
 
 
 def first_tile_offset(path: Path) -> int:
+    """Where the first tile of any image (overviews included) starts."""
     offsets = []
     with rasterio.open(path) as src:
         levels = len(src.overviews(1))

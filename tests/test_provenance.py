@@ -3,9 +3,9 @@ Zarr array or a GeoTIFF sidecar, read back whole; damaged or hostile records ref
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -26,22 +26,18 @@ SMALL = DATA / "rasterio_RGB.byte.tif"
 LIMIT = 16 * 1024
 
 
-def gdal_metadata_bytes(path: Path) -> int:
-    """Bytes of the GDAL metadata XML (TIFF tag 42112) in the file."""
-    found = re.search(rb"<GDALMetadata>.*?</GDALMetadata>", path.read_bytes(), re.S)
-    return len(found.group(0)) if found else 0
+def _sizes_script():
+    """``pipelines/provenance_sizes.py``, whose header measurements the tests assert on."""
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "provenance_sizes.py"
+    spec = importlib.util.spec_from_file_location("provenance_sizes", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def first_tile_offset(path: Path) -> int:
-    """Where the first tile of any image (overviews included) starts."""
-    offsets = []
-    with rasterio.open(path) as src:
-        levels = len(src.overviews(1))
-    for level in [None, *range(levels)]:
-        with rasterio.open(path, **({} if level is None else {"overview_level": level})) as src:
-            for band in range(1, src.count + 1):
-                offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=band)))
-    return min(offsets)
+_SIZES = _sizes_script()
+gdal_metadata_bytes = _SIZES.gdal_metadata_bytes  # bytes of the GDAL metadata XML (tag 42112)
+first_tile_offset = _SIZES.first_tile_offset  # where the first tile of any image starts
 
 
 @pytest.fixture(scope="module")
