@@ -521,17 +521,14 @@ def write_sidecar(
     moved into place. Refused when it would replace an input (whatever ``overwrite`` says) or
     an existing file without ``overwrite``; RasterWriteError names the sidecar on failure."""
     from .io import check_output_path, remove_stale_temporaries, temporary_sibling
+    from .io.atomic import write_new_file
 
     final = sidecar_path(raster)
     check_output_path(final, inputs=list(inputs), overwrite=overwrite, kind="file")
     remove_stale_temporaries(final)
     tmp = temporary_sibling(final)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(tmp, payload)
         place_sidecar(tmp, final, overwrite=overwrite)
     except BaseException as exc:
         with contextlib.suppress(OSError):

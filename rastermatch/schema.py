@@ -1459,15 +1459,12 @@ def save_lut(
     # io's temporaries: named by pid and host (shortened with a hash for long names), so a save
     # killed outright (SIGKILL) leaves one that the next save of the same file removes
     from .io import move_into_place, remove_stale_temporaries, temporary_sibling
+    from .io.atomic import write_new_file
 
     remove_stale_temporaries(final)
     tmp = temporary_sibling(final)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(tmp, data)
         move_into_place(tmp, final, overwrite=overwrite)
     except RastermatchError:
         _remove(tmp)

@@ -199,6 +199,16 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path``, which must not exist yet (a temporary of :func:`temporary_sibling`),
+    holding ``data``, flushed to disk before it is moved into place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def move_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
     """Move a finished temporary onto ``final``; without ``overwrite`` never replace a file that
     appeared meanwhile (OutputExistsError)."""
