@@ -33,8 +33,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _Subprocess:
+    """A server running as ``self.process``."""
+
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclasses.dataclass
-class S3Server:
+class S3Server(_Subprocess):
     """An S3 API (moto) on ``127.0.0.1:port`` in a subprocess."""
 
     port: int
@@ -89,15 +104,6 @@ class S3Server:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             found.extend(item["Key"] for item in page.get("Contents", ()))
         return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_s3_server(timeout: float = 30.0) -> S3Server:
@@ -172,7 +178,7 @@ def _forget_s3_filesystems() -> None:
 
 
 @dataclasses.dataclass
-class HTTPServer:
+class HTTPServer(_Subprocess):
     """A static file server with range requests on ``127.0.0.1:port``, in a subprocess."""
 
     port: int
@@ -194,15 +200,6 @@ class HTTPServer:
 
     def reset(self) -> None:
         self._get("__reset")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_http_server(directory: str | os.PathLike[str], timeout: float = 30.0) -> HTTPServer:
