@@ -6,9 +6,10 @@ small :class:`Histogram` this module produces, never on the pixels again.
 How a dask-backed band is counted:
 
 1. Each block is counted by a compiled, GIL-free loop (:func:`block_counts`), so dask's threads
-   count blocks in parallel. Integer levels are handed on compactly: int32 counts over the bins
-   the block occupies, with the bin they start at (:func:`compact_block_counts`), not a table
-   of every level per block.
+   count blocks in parallel. Integer levels are counted a group of stored blocks per task
+   (:data:`GROUP_PIXELS`) and handed on compactly: int32 counts over the bins the group
+   occupies, with the bin they start at (:func:`compact_counts`), not a table of every level
+   per block.
 2. The block counts are merged as a tree into exact int64 counts, whatever the chunking (the
    pattern of xhistogram; :func:`compact_counts` for levels, bin statistics for uniform bins).
 3. Integers of at most 16 bits get one bin per level. Wider integers and floats get ``bins``
@@ -697,28 +698,79 @@ def block_range(
     return out[:, None, None, :]
 
 
-# -- compact per-block counts ------------------------------------------------------------------
+# -- compact counts over groups of blocks -------------------------------------------------------
 #
 # A block of 12-bit data stored as uint16 occupies 4,096 of the 65,536 levels, and one 1024²
 # block of it only a few hundred. The dask path (:func:`compact_counts`) therefore:
 #
-# 1. counts each block with the kernel of :func:`block_counts` into a scratch table of every
-#    bin that its thread keeps and reuses (a fresh 65,536-bin table per block costs more than
+# 1. groups the stored blocks of each row chunk in row-major order (a group may cross a row of
+#    blocks) until a group holds about :data:`GROUP_PIXELS` pixels, and counts each group in
+#    one task: the number of tasks, and what each costs in scheduling, no longer grows as the
+#    blocks shrink. A group is at most GROUP_PIXELS pixels plus one block, so a task holds at
+#    most that much of decoded input (32 MiB of uint16), whatever reads the blocks;
+# 2. counts every block of the group with a compiled, GIL-free loop (:func:`_count_runs`;
+#    the kernel of :func:`block_counts` for masked blocks) into a scratch table of every bin
+#    that its thread keeps and reuses (a fresh 65,536-bin table per task costs more than
 #    counting a 1024² block: its first touch, the zeroing, the int64 conversion and the sums);
-# 2. hands on only the bins between the first and the last occupied one of the block (all of
+# 3. hands on only the bins between the first and the last occupied one of the group (all of
 #    its bands together), int32, with the bin they start at; the scratch is zeroed over that
 #    span again, nothing else of it was touched;
-# 3. merges these offset tables as a tree, ``split_every`` at a time, into int64 over the union
+# 4. merges these offset tables as a tree, ``split_every`` at a time, into int64 over the union
 #    of their spans, and widens the last one to every bin of the binning once, per row chunk.
 #
-# The counts equal the dense path's exactly: the same kernel counts every pixel into the same
-# bin; only the zeros outside the occupied span are never added up.
+# The counts equal the dense path's exactly: every pixel goes to the same bin as in
+# :func:`block_counts`; only the zeros outside the occupied span are never added up.
 
 
 _SCRATCH = threading.local()
-#: A thread keeps its scratch table between blocks up to this many bins (16 MiB of int32: 64
-#: bands of 65,536 levels); blocks of more bands count into a table of their own.
+#: A thread keeps its scratch table between tasks up to this many bins (16 MiB of int32: 64
+#: bands of 65,536 levels); groups of more bands count into a table of their own.
 _SCRATCH_KEEP = 2**22
+#: The pixels one counting task of :func:`compact_counts` takes at least (unless its row chunk
+#: has fewer): 8 Mi pixels count in about 3-4 ms on one core, 20-40 times the scheduling cost
+#: of a task, and hold 16 MiB of uint16.
+GROUP_PIXELS = 2**23
+
+_RUN = 16  # pixels compared to the first of their group: a run of equal values adds at once
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_runs(block, offset, out):  # pragma: no cover
+    """Add the levels of an unmasked ``block`` ``(band, y, x)`` to ``out`` ``(band, nbins)``,
+    bin ``k`` holding level ``offset + k``; levels outside the bins are skipped, nodata is
+    counted like any level (the caller clears its bin).
+
+    The plain loop (one load and one increment per pixel) waits on the previous increment of
+    the same counter when neighbours are equal: a nodata border or a flat area is a chain of
+    dependent increments. ``_RUN`` pixels equal to the first of them (a branch-free test that
+    vectorizes) are added as one; mixed groups take the plain loop. 0.37 ns/px on one core
+    here against 0.51 for the plain loop on the benchmark scene (16 % nodata border), within
+    5 % of it on noise without runs."""
+    nb, ny, nx = block.shape
+    n = np.uint64(out.shape[1])
+    full = nx - nx % _RUN
+    for b in range(nb):
+        o = out[b]
+        for i in range(ny):
+            row = block[b, i]
+            for j in range(0, full, _RUN):
+                v = row[j]
+                d = row[j + 1] ^ v
+                for t in range(2, _RUN):
+                    d |= row[j + t] ^ v
+                if d == 0:
+                    k = np.uint64(np.int64(v) - offset)  # a level below the bins wraps: huge
+                    if k < n:
+                        o[k] += _RUN
+                else:
+                    for t in range(_RUN):
+                        k = np.uint64(np.int64(row[j + t]) - offset)
+                        if k < n:
+                            o[k] += 1
+            for j in range(full, nx):
+                k = np.uint64(np.int64(row[j]) - offset)
+                if k < n:
+                    o[k] += 1
 
 
 _SCAN = 32  # bins OR-ed together per step of the scan: a fixed-length loop that vectorizes
@@ -782,18 +834,44 @@ def compact_block_counts(
     >>> start, counts.tolist()
     (7, [[1, 0, 2]])
     """
-    nb = block.shape[0]
-    dtype = np.dtype(np.int32 if block[0].size <= _INT32_BLOCK_LIMIT else np.int64)
+    parts = (block,) if mask is None else (block, mask)
+    return _group_counts((nbins, offset, nodata, mask is not None), *parts)
+
+
+def _group_counts(spec: tuple[int, int, Any, bool], *parts: np.ndarray | None) -> Any:
+    """The counts of a group of blocks of one row chunk over the bins they occupy, as
+    :func:`compact_block_counts` gives them for one block: ``(start, counts)``.
+
+    ``spec`` is ``(nbins, offset, nodata, masked)``; ``parts`` the blocks ``(band, y, x)``,
+    each followed by its mask (``(band, y, x)`` or ``(1, y, x)``, True: left out) when
+    ``masked``.
+    """
+    nbins, offset, nodata, masked = spec
+    step = 2 if masked else 1
+    blocks = [np.asarray(b) for b in parts[::step]]
+    masks = list(parts[1::2]) if masked else [None] * len(blocks)
+    nb = blocks[0].shape[0]
+    pixels = sum(b[0].size if b.shape[0] else 0 for b in blocks)
+    dtype = np.dtype(np.int32 if pixels <= _INT32_BLOCK_LIMIT else np.int64)
     size = nb * nbins
     # take the thread's scratch table (none while in use: a failure leaves none behind dirty)
     scratch = getattr(_SCRATCH, "table", None)
     _SCRATCH.table = None
     if scratch is None or scratch.dtype != dtype or scratch.size < size:
         scratch = np.zeros(size, dtype=dtype)
-    table = scratch[:size].reshape(nb, 1, 1, nbins)
-    one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
-    _levels_into(block, mask, one, one, offset, table, nodata)
-    flat = table.reshape(nb, nbins)
+    flat = scratch[:size].reshape(nb, nbins)
+    for block, mask in zip(blocks, masks, strict=True):
+        if block.size == 0:
+            continue
+        if mask is None:
+            _count_runs(block, offset, flat)
+        else:
+            one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
+            m = np.asarray(mask, dtype=bool)
+            _levels_into(block, m, one, one, offset, flat.reshape(nb, 1, 1, nbins), nodata)
+    nd, has_nd = kernel_nodata(blocks[0], nodata)
+    if has_nd and float(nd).is_integer() and 0 <= int(nd) - offset < nbins:
+        flat[:, int(nd) - offset] = 0  # counted like any level by _count_runs
     first, last = _occupied_bins(flat)
     if last < first:
         counts = np.zeros((nb, 0), dtype=dtype)
@@ -824,6 +902,24 @@ def _merge_compact(parts: Sequence[tuple[int, np.ndarray]], nbins: int | None = 
     return out if nbins is not None else (lo, out)
 
 
+def _block_groups(arr: da.Array, rows: int, budget: int) -> list[list[tuple[int, int]]]:
+    """The ``(i, j)`` block positions of a row chunk of ``rows`` rows in row-major order, cut
+    into groups of at least ``budget`` pixels (the last one may hold fewer)."""
+    groups: list[list[tuple[int, int]]] = []
+    group: list[tuple[int, int]] = []
+    pixels = 0
+    for i, h in enumerate(arr.chunks[1]):
+        for j, w in enumerate(arr.chunks[2]):
+            group.append((i, j))
+            pixels += rows * h * w
+            if pixels >= budget:
+                groups.append(group)
+                group, pixels = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
 def compact_counts(
     arr: da.Array,
     mask: Any,
@@ -832,34 +928,33 @@ def compact_counts(
     token: str,
     *,
     split_every: int = 16,
+    group_pixels: int = GROUP_PIXELS,
 ) -> da.Array:
     """Exact int64 counts ``(band, nbins)`` of a dask ``(band, y, x)`` array over a levels
-    binning, one chunk per band chunk, from compact per-block counts merged as a tree (see the
-    comment above :func:`compact_block_counts`)."""
+    binning, one chunk per band chunk: groups of stored blocks counted compactly, merged as a
+    tree (see the comment above :func:`_count_runs`). ``mask`` is a dask ``(band, y, x)`` or
+    ``(1, y, x)`` boolean array (True: left out), or None."""
     nbins, offset = binning.nbins, binning.offset
-    per_block = da.blockwise(
-        compact_block_counts,
-        "byx",
-        arr,
-        "byx",
-        *_mask_args(mask),
-        adjust_chunks={"y": 1, "x": 1},
-        concatenate=True,
-        dtype=np.int32,  # the tasks give (start, counts) tuples, read only by the merges below
-        meta=np.empty((0, 0, 0), np.int32),
-        nbins=nbins,
-        offset=offset,
-        nodata=nodata,
-        name=f"rastermatch-counts-{token}",
-    )
+    deps = [arr]
+    if mask is not None:  # the block grid of the data, so each block meets its mask's
+        rows = arr.chunks[0] if mask.shape[0] > 1 else (1,)
+        mask = mask.rechunk((rows, *arr.chunks[1:]))
+        deps.append(mask)
+    spec = (nbins, offset, python_scalar(nodata), mask is not None)
     name = f"rastermatch-counts-merge-{token}"
+    group_name = f"rastermatch-counts-{token}"
     dsk: dict[Any, Any] = {}
-    for r in range(per_block.numblocks[0]):
-        keys: list[Any] = [
-            (per_block.name, r, i, j)
-            for i in range(per_block.numblocks[1])
-            for j in range(per_block.numblocks[2])
-        ]
+    for r, rows in enumerate(arr.chunks[0]):
+        keys: list[Any] = []
+        for g, members in enumerate(_block_groups(arr, rows, group_pixels)):
+            args: list[Any] = []
+            for i, j in members:
+                args.append((arr.name, r, i, j))
+                if mask is not None:
+                    args.append((mask.name, r if mask.shape[0] > 1 else 0, i, j))
+            key = (group_name, r, g)
+            dsk[key] = (_group_counts, spec, *args)
+            keys.append(key)
         level = 0
         while len(keys) > split_every:
             groups = [keys[a : a + split_every] for a in range(0, len(keys), split_every)]
@@ -870,7 +965,7 @@ def compact_counts(
                 keys.append(key)
             level += 1
         dsk[(name, r, 0)] = (_merge_compact, keys, nbins)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[per_block])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
     return da.Array(graph, name, (arr.chunks[0], (nbins,)), dtype=np.int64,
                     meta=np.empty((0, 0), np.int64))  # fmt: skip
 
