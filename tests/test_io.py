@@ -626,3 +626,151 @@ def test_inputs_given_as_urls_or_store_objects(tmp_path):
         check_output_path(existing, inputs=[existing.as_uri()], overwrite=True)
     inputs = [zarr.storage.MemoryStore(), "https://example.com/in.tif", "s3://b/in.zarr"]
     assert check_output_path(tmp_path / "out.tif", inputs=inputs) == tmp_path / "out.tif"
+
+
+# -- direct chunk I/O of local Zarr stores (io.zarr): the same bytes as zarr's own path --------
+
+
+def _zarr_array_on_disk(path: Path, values: np.ndarray, chunks: tuple, fmt: int, **kw):
+    import zarr
+
+    array = zarr.create_array(
+        store=str(path), name="v", shape=values.shape, chunks=chunks, dtype=values.dtype,
+        zarr_format=fmt, **kw,
+    )  # fmt: skip
+    array[...] = values
+    return zarr.open_group(str(path), mode="r")["v"]
+
+
+def _direct_cases():
+    from numcodecs import Blosc, Delta, Zlib, Zstd
+    from zarr.codecs import (
+        BloscCodec,
+        BytesCodec,
+        Crc32cCodec,
+        GzipCodec,
+        ShardingCodec,
+        TransposeCodec,
+        ZstdCodec,
+    )
+
+    return {
+        # handled directly
+        "v3 blosc crc32c": (3, {"compressors": [BloscCodec(cname="lz4"), Crc32cCodec()]}, True),
+        "v3 crc32c first": (3, {"compressors": [Crc32cCodec(), ZstdCodec(level=1)]}, True),
+        "v3 gzip": (3, {"compressors": [GzipCodec(level=1)]}, True),
+        "v3 none": (3, {"compressors": None}, True),
+        "v2 blosc": (2, {"compressors": Blosc(cname="zstd", shuffle=2)}, True),
+        "v2 zlib": (2, {"compressors": Zlib(level=1)}, True),
+        "v2 zstd /": (
+            2,
+            {"compressors": Zstd(level=1), "chunk_key_encoding": {"name": "v2", "separator": "/"}},
+            True,
+        ),
+        "v2 none": (2, {"compressors": None}, True),
+        # zarr's path
+        "v3 sharded": (3, {"shards": (2, 18, 20), "compressors": None}, False),
+        "v3 transpose": (3, {"filters": [TransposeCodec(order=(0, 2, 1))]}, False),
+        "v3 big-endian": (3, {"serializer": BytesCodec(endian="big")}, False),
+        "v2 filters": (2, {"filters": [Delta(dtype="<f8")], "compressors": None}, False),
+        "v3 sharding codec": (3, {"serializer": ShardingCodec(chunk_shape=(1, 9, 10))}, False),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed` codec")
+@pytest.mark.parametrize("case", list(_direct_cases()))
+@pytest.mark.parametrize("dtype", ["uint16", "int8"])
+def test_zarr_direct_reader_matches_zarr(tmp_path, case, dtype):
+    """Every window the direct reader reads equals zarr's read of it: ragged edge chunks,
+    chunks never written (the fill value), windows across and inside chunks; stores it does
+    not handle are left to zarr."""
+    from rastermatch.io.zarr import _ChunkReader, _direct_layout
+
+    fmt, kw, direct = _direct_cases()[case]
+    if "big" in case and dtype == "int8":
+        direct = True  # one-byte data have no byte order: read directly
+    if "filters" in case:
+        dtype = "float64"  # the Delta filter's dtype
+    rng = np.random.default_rng(7)
+    values = (rng.random((2, 37, 53)) * 100).astype(dtype)
+    array = _zarr_array_on_disk(tmp_path / "s.zarr", values, (1, 9, 10), fmt, fill_value=3, **kw)
+    folder = tmp_path / "s.zarr" / "v"
+    missing = [p for p in folder.rglob("*") if p.is_file() and "zarr" not in p.name][:3]
+    if "shard" not in case:
+        for p in missing:  # never written: read as the fill value
+            if p.name not in (".zarray", ".zattrs"):
+                p.unlink()
+    array = __import__("zarr").open_group(str(tmp_path / "s.zarr"), mode="r")["v"]
+    layout = _direct_layout(folder, array)
+    assert (layout is not None) == direct
+    if layout is None:
+        return
+    read = _ChunkReader(layout)
+    windows = [
+        (slice(None), slice(None), slice(None)),
+        (slice(1, 2), slice(9, 18), slice(10, 20)),  # one whole chunk
+        (slice(0, 2), slice(4, 33), slice(13, 53)),  # across chunks, to the ragged edge
+        (slice(0, 1), slice(30, 37), slice(50, 53)),  # inside the last chunk
+        (slice(1, 2), slice(5, 5), slice(0, 53)),  # empty
+    ]
+    for key in windows:
+        got = read(key)
+        expected = array[key]
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes(), key
+    assert read((0, slice(None), slice(None))) is None  # an integer index: zarr's path
+    assert read((slice(None), slice(None, None, 2), slice(None))) is None  # a step
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "chunks", "compress", "nodata"),
+    [
+        ("uint16", (2, 600, 700), (1, 256, 256), None, 0),  # ragged edges, padded with nodata
+        ("int8", (3, 65, 40), (2, 32, 40), "zstd", -1),  # blocks of several rows
+        ("float32", (1, 50, 70), (1, 50, 70), "none", np.nan),
+        ("float64", (2, 33, 31), (1, 16, 16), "gzip", None),
+    ],
+)
+def test_zarr_direct_writer_writes_zarrs_bytes(
+    tmp_path, monkeypatch, dtype, shape, chunks, compress, nodata
+):
+    """write_raster's direct chunk writer leaves a store byte for byte equal to the one zarr
+    writes, metadata included; the direct reader reads it back as zarr does."""
+    from zarr.codecs import GzipCodec
+
+    import rastermatch.io.zarr as rz
+
+    scene = synthetic(shape=shape, chunks=chunks, dtype=dtype).astype(dtype)
+    scene = scene.rio.write_nodata(nodata, encoded=False) if nodata is not None else scene
+    codec = GzipCodec(level=1) if compress == "gzip" else compress
+    direct = write_raster(scene, tmp_path / "direct.zarr", compress=codec)
+    used = []
+    real = rz._direct_writer
+    monkeypatch.setattr(rz, "_direct_writer", lambda *a: used.append(real(*a)))  # None: zarr
+    plain = write_raster(scene, tmp_path / "plain.zarr", compress=codec)
+    assert used and isinstance(used[0], rz._ChunkWriter)  # the direct path applied before
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    ours, theirs = files(direct), files(plain)
+    if compress == "gzip":  # gzip stamps the time into every stream: compare the rest
+        assert ours.keys() == theirs.keys()
+        ours = {k: v for k, v in ours.items() if k.endswith("zarr.json")}
+        theirs = {k: v for k, v in theirs.items() if k.endswith("zarr.json")}
+    assert ours == theirs
+    back = open_raster(direct, chunks={"band": 1, "y": 40, "x": 45})  # not the stored chunks
+    np.testing.assert_array_equal(back.values, scene.values)
+    monkeypatch.setattr(rz, "_direct_reader", lambda *a: None)
+    np.testing.assert_array_equal(open_raster(direct).values, back.values)
+
+
+def test_zarr_direct_reader_refuses_damaged_chunks(tmp_path):
+    """A chunk the direct reader cannot decode is a RasterReadError naming the chunk."""
+    scene = synthetic(shape=(1, 64, 64), chunks=(1, 32, 32))
+    out = write_raster(scene, tmp_path / "s.zarr")
+    chunk = out / "data" / "c" / "0" / "1" / "0"
+    for damage in (b"", b"\x02\x01", chunk.read_bytes()[:-5] + b"\x00\x00\x00\x00\x00"):
+        chunk.write_bytes(damage)
+        with pytest.raises(RasterReadError, match=r"rows 32-63, columns 0-31 .*stored chunk"):
+            open_raster(out).compute()

@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,8 +119,12 @@ class _GuardedBlocks:
         stored: tuple[int, ...] | None,
         labels: Mapping[Hashable, np.ndarray] | None = None,
         gdal_options: Mapping[str, str] | None = None,
+        reader: Callable[[Any], np.ndarray | None] | None = None,
     ) -> None:
         self._variable = variable
+        # a direct chunk reader (io.zarr's, for local Zarr stores): the window, or None to read
+        # it through the variable
+        self._reader = reader
         self._where = where
         self._stored = stored
         self._labels = dict(labels or {})
@@ -133,6 +137,10 @@ class _GuardedBlocks:
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         with gdal_env(self._gdal_options):
             try:
+                if self._reader is not None:
+                    window = self._reader(key)
+                    if window is not None:
+                        return window
                 return np.asarray(self._variable[key].values)
             except RastermatchError:
                 raise
@@ -243,6 +251,7 @@ def _guarded_chunks(
     stored: tuple[int, ...] | None,
     gdal_options: Mapping[str, str] | None = None,
     identity: Any = None,
+    reader: Callable[[Any], np.ndarray | None] | None = None,
 ) -> xr.DataArray:
     """``data`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedBlocks`.
 
@@ -250,6 +259,7 @@ def _guarded_chunks(
     in read errors. ``source`` is a local path (its modification time enters the dask name) or
     a remote location's text; ``identity`` tells apart what the text does not (the id of a
     store object). ``gdal_options`` are applied around every block read (remote GDAL reads).
+    ``reader`` reads windows instead of xarray's indexing where it can (local Zarr chunks).
     """
     normalized = _normalize_chunks(chunks, data, source)
     mtime = None
@@ -262,7 +272,7 @@ def _guarded_chunks(
         for dim in data.dims
         if dim not in ("band", *_Y_NAMES, *_X_NAMES) and dim in data.coords and data[dim].ndim == 1
     }
-    blocks = _GuardedBlocks(data.variable, where, stored, labels, gdal_options)
+    blocks = _GuardedBlocks(data.variable, where, stored, labels, gdal_options, reader)
     arr = da.from_array(
         blocks,
         chunks=normalized,

@@ -5,14 +5,19 @@ CF georeferencing).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import re
+import sys
+import threading
 import warnings
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -129,8 +134,13 @@ def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataAr
     ydim, xdim = spatial_dims(result, f"variable {name!r} of {text}")
     rows = [dim for dim in result.dims if dim not in (ydim, xdim)]
     target = loc.path if loc.kind == "local" else loc.zarr_store(read_only=True)
+    array = None
     if loc.scheme not in ("http", "https"):  # HTTP cannot list which chunks exist
-        _refuse_missing_chunks(target, text, name, result)
+        array = _zarr_array(target, name)
+        _refuse_missing_chunks(array, text, name, result)
+    reader = None
+    if loc.kind == "local" and loc.path is not None and array is not None:
+        reader = _direct_reader(loc.path / str(name), array, result.variable)
     stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
     stored = dict(zip(result.dims, stored_chunks, strict=True))
     if isinstance(chunks, str) and chunks == "auto":
@@ -149,8 +159,9 @@ def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataAr
         assert source is not None
         identity = id(loc.store) if loc.kind == "store" else None
         result = _guarded_chunks(
-            result, chunks, where=where, source=source, stored=stored_chunks, identity=identity
-        )
+            result, chunks, where=where, source=source, stored=stored_chunks, identity=identity,
+            reader=reader,
+        )  # fmt: skip
     if not rows:  # a single image reads as band 1, as a GeoTIFF would
         result = result.expand_dims(band=np.array([1]))
         rows = ["band"]
@@ -173,7 +184,33 @@ def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataAr
     return _one_nodata(result)
 
 
-def _refuse_missing_chunks(target: Any, path: str, name: Hashable, variable: xr.DataArray) -> None:
+def _zarr_array(target: Any, name: Hashable) -> Any:
+    """The zarr array of variable ``name`` in the group at ``target``, or None (not judged
+    here: reading the chunks reports any real problem)."""
+    import zarr
+
+    try:
+        array = zarr.open_group(target, mode="r")[str(name)]
+    except Exception:
+        return None
+    return array if isinstance(array, zarr.Array) else None
+
+
+def _direct_reader(folder: Path, array: Any, variable: xr.Variable) -> _ChunkReader | None:
+    """The direct chunk reader of a local Zarr variable, when xarray gives its stored values
+    unchanged (no CF decoding changed its dtype) and :func:`_direct_layout` handles it."""
+    layout = _direct_layout(folder, array)
+    if layout is None:
+        return None
+    stored = np.dtype(variable.encoding.get("dtype", variable.dtype))
+    if variable.dtype != layout.dtype or stored != layout.dtype:
+        return None
+    if tuple(variable.shape) != layout.shape:
+        return None
+    return _ChunkReader(layout)
+
+
+def _refuse_missing_chunks(array: Any, path: str, name: Hashable, variable: xr.DataArray) -> None:
     """Refuse a Zarr variable with chunks never written, unless they read as its nodata.
 
     Zarr reads a missing chunk as the array's fill value. When that value is the
@@ -182,12 +219,9 @@ def _refuse_missing_chunks(target: Any, path: str, name: Hashable, variable: xr.
     :func:`write_raster` has every chunk (its marker or provenance attribute says so): a
     missing one there is a damaged or partial copy, refused whatever the fill value.
     """
-    import zarr
-
+    if array is None:
+        return
     try:
-        array = zarr.open_group(target, mode="r")[str(name)]
-        if not isinstance(array, zarr.Array):
-            return
         total = int(array.nchunks)
         present = int(array.nchunks_initialized)
         fill = array.fill_value
@@ -342,10 +376,52 @@ def _write_zarr(job: _WriteJob, tmp: Path | Any, client: Any) -> None:
             encoding=encoding,
             write_empty_chunks=True,
         )
+    if isinstance(tmp, Path):
+        # the metadata and coordinates are written; the chunks directly when zarr's own
+        # store graph can be replaced (the data variable is the only dask variable)
+        source = dataset[name].data
+        writer = _direct_writer(tmp / name, dataset, name, source)
+        if writer is not None:
+            # wrapped as xarray wraps its store: the graph then holds the optimized (fused)
+            # keys the workers run, which a failed distributed write waits for
+            delayed = dask.delayed(_written)(da.store(source, writer, lock=False, compute=False))
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="Consolidated metadata is currently not part",
+            category=ZarrUserWarning,
+        )
         if client is None:
             _compute_on_own_pool(delayed)
         else:
             _compute_on_cluster(delayed, client)
+
+
+def _written(stored: Any) -> None:
+    """The end of a direct chunk write (every block stored)."""
+    del stored
+
+
+def _direct_writer(
+    folder: Path, dataset: xr.Dataset, name: Hashable, arr: Any
+) -> _ChunkWriter | None:
+    """The direct chunk writer of the data variable just created by ``to_zarr(compute=False)``
+    in the local store ``folder.parent``: when it is the dataset's only dask variable, xarray
+    stores its values unchanged (same dtype and shape) and :func:`_direct_layout` handles the
+    array; else None, and xarray's own store graph writes it."""
+    import zarr
+
+    lazy = [key for key, var in dataset.variables.items() if isinstance(var.data, da.Array)]
+    if lazy != [name] or not isinstance(arr, da.Array):
+        return None
+    try:
+        array = zarr.open_array(folder, mode="r", zarr_format=3)
+    except Exception:
+        return None
+    layout = _direct_layout(folder, array)
+    if layout is None or layout.dtype != arr.dtype or layout.shape != tuple(arr.shape):
+        return None
+    return _ChunkWriter(layout)
 
 
 def _zarr_coords(data: xr.DataArray, *, exclude: set[Any]) -> dict[Hashable, xr.Variable]:
@@ -487,3 +563,333 @@ def _zarr_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
     if changed:
         arr = arr.rechunk((*arr.chunks[:-2], *shape[-2:]))
     return arr, tuple(shape)
+
+
+# Direct chunk I/O of local stores ----------------------------------------------------------
+#
+# zarr-python reads and writes every chunk through its asyncio event loop: one thread that
+# also verifies the checksums, copies each decoded chunk into place and appends each
+# checksum (a copy of the chunk), while the codecs hop to another thread pool. Under dask's
+# threads that loop is the bottleneck: reading a 4 x 8192² uint16 blosc store took 1.0 CPU-s
+# on one core, where reading its chunk files, checking their crc32c and decoding them
+# straight into the block take 0.42 CPU-s and run on every core.
+#
+# So for the common case, a local directory store holding a regular, unsharded array of
+# native numbers whose codecs are among crc32c, blosc, zstd and gzip (Zarr v3), or a
+# numcodecs compressor without filters (Zarr v2), chunks are read and written here,
+# synchronously, in the dask task that needs them, with the codec objects zarr itself uses
+# (blosc decoding straight into the destination). Everything else (object stores,
+# sharding, transposes, filters, other codecs, big-endian data, variables xarray decodes)
+# goes through zarr; tests compare both paths byte for byte.
+
+#: Bytes-to-bytes codecs (Zarr v3 names) the direct path handles.
+_DIRECT_CODECS = frozenset({"blosc", "zstd", "gzip", "crc32c"})
+#: Largest scratch buffer a thread keeps between chunks (bigger ones are freed after use).
+_SCRATCH_KEEP = 64 * 2**20
+_scratch = threading.local()
+
+
+class _ChunkLayout:
+    """A local Zarr array as the direct reader and writer see it (plain, picklable data).
+
+    ``steps`` are the bytes-to-bytes codecs in encoding order, each ``(kind, codec)``:
+    ``crc32c`` (a 4-byte little-endian checksum after the data), ``blosc`` (a numcodecs
+    Blosc), ``numcodecs`` (a v2 compressor) or ``zarr`` (a zarr codec run through its
+    synchronous methods).
+    """
+
+    __slots__ = ("chunks", "dtype", "fill", "folder", "key", "shape", "spec", "steps")
+
+    def __init__(self, folder: Path, array: Any, steps: tuple[tuple[str, Any], ...]) -> None:
+        meta = array.metadata
+        self.folder = folder
+        self.shape = tuple(int(n) for n in array.shape)
+        self.chunks = tuple(int(n) for n in array.chunks)
+        self.dtype = np.dtype(array.dtype)
+        self.key = meta.encode_chunk_key
+        self.spec = meta.get_chunk_spec(
+            (0,) * len(self.shape), array.async_array.config, _prototype()
+        )
+        fill = self.spec.fill_value
+        if fill is None:  # Zarr v2 allowed a null fill value: zarr reads the dtype's default
+            fill = self.spec.dtype.default_scalar()
+        self.fill = np.array(fill, dtype=self.dtype)
+        self.steps = steps
+
+    def pieces(
+        self, bounds: Sequence[tuple[int, int]]
+    ) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...], bool]]:
+        """The stored chunks a window meets: their coords, the part of the window each
+        fills, the part of the chunk that fills it, and whether that is the whole chunk."""
+        ranges = []
+        for (start, stop), edge in zip(bounds, self.chunks, strict=True):
+            ranges.append(
+                [
+                    (i, max(start, i * edge), min(stop, (i + 1) * edge))
+                    for i in range(start // edge, -(-stop // edge))
+                ]
+            )
+        for parts in itertools.product(*ranges):
+            coords = tuple(i for i, _, _ in parts)
+            into = tuple(
+                slice(a - lo, b - lo) for (_, a, b), (lo, _) in zip(parts, bounds, strict=True)
+            )
+            within = tuple(
+                slice(a - i * edge, b - i * edge)
+                for (i, a, b), edge in zip(parts, self.chunks, strict=True)
+            )
+            whole = all(b - a == edge for (_, a, b), edge in zip(parts, self.chunks, strict=True))
+            yield coords, into, within, whole
+
+    def bounds(self, key: Any) -> list[tuple[int, int]] | None:
+        """``key`` (a tuple of step-1 slices) as (start, stop) per axis, or None."""
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > len(self.shape):
+            return None
+        bounds = []
+        for axis, size in enumerate(self.shape):
+            part = key[axis] if axis < len(key) else slice(None)
+            if not isinstance(part, slice):
+                return None
+            start, stop, step = part.indices(size)
+            if step != 1:
+                return None
+            bounds.append((start, max(start, stop)))
+        return bounds
+
+    # -- one chunk ----------------------------------------------------------------------------
+
+    def decode(self, raw: np.ndarray, dest: np.ndarray) -> None:
+        """Decode the stored bytes ``raw`` (1-D uint8) of a chunk into ``dest`` (a writable,
+        C-contiguous array of the chunk's shape and dtype); ValueError if they are damaged."""
+        import google_crc32c
+
+        out = dest.reshape(-1).view(np.uint8)
+        data = raw
+        last = len(self.steps) - 1
+        for i, (kind, codec) in enumerate(reversed(self.steps)):
+            if kind == "crc32c":
+                if data.size < 4:
+                    raise ValueError("the chunk is shorter than its crc32c checksum")
+                stored = int.from_bytes(data[-4:].tobytes(), "little")
+                data = data[:-4]
+                computed = google_crc32c.value(data)
+                if computed != stored:
+                    raise ValueError(
+                        f"Stored and computed checksum do not match. Stored: {stored:#010x}. "
+                        f"Computed: {computed:#010x}."
+                    )
+            elif kind == "blosc":
+                from numcodecs.blosc import _cbuffer_sizes
+
+                if data.size < 16:
+                    raise ValueError("the chunk is shorter than a blosc header")
+                nbytes, cbytes, _ = _cbuffer_sizes(data)
+                if cbytes > data.size:
+                    raise ValueError(
+                        f"the blosc chunk says {cbytes} compressed bytes, it has {data.size}"
+                    )
+                if i == last and nbytes == out.size:
+                    codec.decode(data, out=out)
+                    return
+                data = np.frombuffer(codec.decode(data), dtype=np.uint8)
+            elif kind == "numcodecs":
+                from numcodecs.compat import ensure_contiguous_ndarray
+
+                decoded = ensure_contiguous_ndarray(codec.decode(data))
+                data = decoded.reshape(-1).view(np.uint8)
+            else:
+                buffer = self.spec.prototype.buffer.from_array_like(data)
+                data = codec._decode_sync(buffer, self.spec).as_numpy_array().view(np.uint8)
+        if data.size != out.size:
+            raise ValueError(
+                f"the chunk decodes to {data.size} bytes, not the {out.size} of its shape"
+            )
+        out[:] = data
+
+    def encode(self, chunk: np.ndarray) -> list[Any]:
+        """The stored bytes of ``chunk`` (C-contiguous, the array's dtype), as buffers."""
+        import google_crc32c
+
+        data = chunk.reshape(-1).view(np.uint8)
+        tail: list[bytes] = []
+        last = len(self.steps) - 1
+        for i, (kind, codec) in enumerate(self.steps):
+            if kind == "crc32c":
+                crc = int(google_crc32c.value(data)).to_bytes(4, "little")
+                if i == last:
+                    tail = [crc]
+                else:
+                    data = np.concatenate([data, np.frombuffer(crc, dtype=np.uint8)])
+            elif kind in ("blosc", "numcodecs"):
+                from numcodecs.compat import ensure_contiguous_ndarray
+
+                data = ensure_contiguous_ndarray(codec.encode(data)).reshape(-1).view(np.uint8)
+            else:
+                buffer = self.spec.prototype.buffer.from_array_like(data)
+                data = codec._encode_sync(buffer, self.spec).as_numpy_array().view(np.uint8)
+        return [data, *tail]
+
+
+def _prototype() -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+def _buffer(name: str, nbytes: int, dtype: Any = np.uint8, shape: Any = None) -> np.ndarray:
+    """A scratch array of this thread (reused between chunks; large ones are not kept)."""
+    dtype = np.dtype(dtype)
+    shape = (nbytes // dtype.itemsize,) if shape is None else shape
+    if nbytes > _SCRATCH_KEEP:
+        return np.empty(shape, dtype=dtype)
+    held = getattr(_scratch, name, None)
+    if held is None or held.size < nbytes:
+        held = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+        setattr(_scratch, name, held)
+    return held[:nbytes].view(dtype).reshape(shape)
+
+
+def _read_chunk_file(path: Path) -> np.ndarray | None:
+    """The bytes of a chunk file in this thread's scratch buffer, or None if it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        raw = _buffer("raw", size)
+        view, done = memoryview(raw), 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                raise OSError(f"{path} became shorter while it was read")
+            done += n
+        return raw
+    finally:
+        os.close(fd)
+
+
+def _direct_layout(folder: Path, array: Any) -> _ChunkLayout | None:
+    """The layout of ``array``, stored in the local directory ``folder``, when the direct
+    chunk reader and writer handle it; None when zarr's own path must."""
+    try:
+        import zarr
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
+
+        if not isinstance(array, zarr.Array) or not folder.is_dir():
+            return None
+        dtype = np.dtype(array.dtype)
+        if dtype.kind not in "biuf" or not dtype.isnative or array.ndim < 1:
+            return None
+        if any(int(c) < 1 for c in array.chunks) or array.nchunks < 1:
+            return None
+        meta = array.metadata
+        pipeline = array.async_array.codec_pipeline
+        steps: list[tuple[str, Any]] = []
+        if meta.zarr_format == 3:
+            if meta.storage_transformers or type(meta.chunk_grid).__name__ != "RegularChunkGrid":
+                return None
+            serializer = pipeline.array_bytes_codec
+            if pipeline.array_array_codecs or type(serializer) is not BytesCodec:
+                return None
+            endian = getattr(serializer.endian, "value", None)
+            if dtype.itemsize > 1 and endian not in (None, sys.byteorder):
+                return None
+            for codec in pipeline.bytes_bytes_codecs:
+                if type(codec) is Crc32cCodec:
+                    steps.append(("crc32c", None))
+                elif type(codec) is BloscCodec:
+                    steps.append(("blosc", codec._blosc_codec))
+                elif type(codec) in (ZstdCodec, GzipCodec):
+                    steps.append(("zarr", codec))
+                else:
+                    return None
+        elif meta.zarr_format == 2:
+            from numcodecs import GZip, Zlib, Zstd
+            from numcodecs.blosc import Blosc
+
+            if meta.filters or meta.order != "C" or meta.dimension_separator not in (".", "/"):
+                return None
+            compressor = meta.compressor
+            if type(compressor) is Blosc:
+                steps.append(("blosc", compressor))
+            elif type(compressor) in (Zstd, GZip, Zlib):
+                steps.append(("numcodecs", compressor))
+            elif compressor is not None:
+                return None
+        else:
+            return None
+        return _ChunkLayout(folder, array, tuple(steps))
+    except Exception:  # anything unexpected: zarr's path, which reports real problems
+        return None
+
+
+class _ChunkReader:
+    """Windows of a local Zarr array read chunk file by chunk file (see above); what
+    :class:`~rastermatch.io._common._GuardedBlocks` calls instead of xarray's indexing."""
+
+    def __init__(self, layout: _ChunkLayout) -> None:
+        self.layout = layout
+
+    def __call__(self, key: Any) -> np.ndarray | None:
+        """The window ``key`` as a new array; None when it is not one the reader reads (a
+        step or an integer index): then the caller reads it through xarray and zarr."""
+        layout = self.layout
+        bounds = layout.bounds(key)
+        if bounds is None:
+            return None
+        out = np.empty(tuple(b - a for a, b in bounds), dtype=layout.dtype)
+        if out.size == 0:
+            return out
+        for coords, into, within, whole in layout.pieces(bounds):
+            dest = out[into]
+            raw = _read_chunk_file(layout.folder / layout.key(coords))
+            if raw is None:  # never written: the fill value, as zarr reads it
+                dest[...] = layout.fill
+                continue
+            if whole and dest.flags.c_contiguous:
+                layout.decode(raw, dest)
+            else:
+                chunk = _buffer(
+                    "chunk", math.prod(layout.chunks) * layout.dtype.itemsize,
+                    layout.dtype, layout.chunks,
+                )  # fmt: skip
+                layout.decode(raw, chunk)
+                dest[...] = chunk[within]
+        return out
+
+
+class _ChunkWriter:
+    """The target of ``dask.array.store`` writing whole chunk files of a local Zarr array
+    that zarr created (metadata, coordinates): every chunk of a block's region, edge chunks
+    padded with the fill value as zarr pads them."""
+
+    def __init__(self, layout: _ChunkLayout) -> None:
+        self.layout = layout
+        self.shape, self.dtype, self.ndim = layout.shape, layout.dtype, len(layout.shape)
+
+    def __setitem__(self, key: Any, block: np.ndarray) -> None:
+        layout = self.layout
+        bounds = layout.bounds(key)
+        if bounds is None or block.shape != tuple(b - a for a, b in bounds):
+            raise RasterWriteError(f"a block of shape {block.shape} does not fit region {key}")
+        block = np.asarray(block)
+        if block.dtype != layout.dtype:  # _write_zarr checks the dtypes agree
+            raise RasterWriteError(f"a {block.dtype} block cannot be stored as {layout.dtype}")
+        folders: set[Path] = set()
+        for coords, into, within, whole in layout.pieces(bounds):
+            part = block[into]
+            if whole:
+                chunk = np.ascontiguousarray(part)
+            else:
+                chunk = np.full(layout.chunks, layout.fill, dtype=layout.dtype)
+                chunk[within] = part
+            buffers = layout.encode(chunk)
+            path = layout.folder / layout.key(coords)
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            with open(path, "wb") as f:
+                for buffer in buffers:
+                    f.write(buffer)
