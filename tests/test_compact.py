@@ -16,6 +16,8 @@ from rastermatch._data import as_band_array, as_band_mask
 from rastermatch.errors import InputTypeError, OptionError
 from rastermatch.histogram import (
     Binning,
+    _block_groups,
+    _count_runs,
     _merge_compact,
     binned_histogram,
     block_counts,
@@ -194,3 +196,82 @@ def test_building_the_compact_graph_computes_nothing():
         h = band_histograms(x)
     assert h.is_lazy
     assert h.compute().counts[0, :64].tolist() == [1] * 64
+
+
+# -- groups of blocks per counting task ----------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=scenes(), data=st.data())
+def test_grouped_counts_equal_the_dense_counts_for_every_group_size(case, data):
+    # group sizes from one pixel (a block a task) to the whole row chunk (one task): groups
+    # that end inside a row of blocks, ragged last blocks, one block, many tiny blocks
+    x, nodata, mask, chunks = case
+    src = as_band_array(da.from_array(x, chunks=chunks), nodata=nodata)
+    m = None if mask is None else as_band_mask(da.from_array(mask), src)
+    arr = src.array
+    budget = data.draw(st.sampled_from([1, 2, 7, 30, 100, 10**9]))
+    binning = Binning.levels(x.dtype, arr.shape[0])
+    with dask.config.set(scheduler="sync"):
+        counts = compact_counts(
+            arr, m, binning, src.nodata, f"g{budget}", split_every=2, group_pixels=budget
+        ).compute()  # fmt: skip
+    np.testing.assert_array_equal(counts, dense_counts(x, mask, nodata=nodata))
+
+
+def test_groups_cross_rows_of_blocks_and_take_many_tiny_blocks():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 9, size=(2, 7, 11)).astype(np.uint8)
+    x[0, :3] = 0  # a nodata run across block edges
+    arr = da.from_array(x, chunks=(1, 2, 3))  # ragged: rows 2,2,2,1, columns 3,3,3,2
+    groups = _block_groups(arr, 1, 14)
+    assert [p for g in groups for p in g] == [(i, j) for i in range(4) for j in range(4)]
+    assert any(len({i for i, _ in g}) > 1 for g in groups)  # a group spanning two block rows
+    assert all(sum(arr.chunks[1][i] * arr.chunks[2][j] for i, j in g) >= 14 for g in groups[:-1])
+    for budget in (1, 14, 77, 10**6):
+        counts = compact_counts(
+            arr, None, Binning.levels(x.dtype, 2), 0, f"t{budget}", group_pixels=budget
+        )  # fmt: skip
+        tasks = {
+            k for k in dict(counts.__dask_graph__()) if k[0].startswith("rastermatch-counts-t")
+        }
+        assert len(tasks) == 2 * len(_block_groups(arr, 1, budget))
+        np.testing.assert_array_equal(counts.compute(scheduler="sync"), dense_counts(x, nodata=0))
+    # the default: 2**23 pixels a task, so a small array is one task per row chunk
+    h = band_histograms(da.from_array(x, chunks=(1, 1, 1)), nodata=0)
+    keys = [k for k in dict(h.__dask_graph__()) if k[0].startswith("rastermatch-counts-")]
+    assert len([k for k in keys if "merge" not in k[0]]) == 2
+    assert h.compute().counts.tobytes() == band_histograms(x, nodata=0).counts.tobytes()
+
+
+def test_run_kernel_counts_runs_and_mixed_groups_exactly():
+    # runs of 16 equal values, runs cut by one other value, a ragged tail, levels outside a
+    # ranged binning, signed levels below the offset
+    for dtype in INT_DTYPES:
+        info = np.iinfo(dtype)
+        row = np.concatenate([
+            np.full(40, info.min), np.full(16, info.max), np.arange(17) % 3 + info.min,
+            np.full(15, 1), [info.max, info.min, 0],
+        ]).astype(dtype)  # fmt: skip
+        x = np.stack([row, row[::-1]])[None].repeat(2, axis=0)  # (2, 2, n)
+        for offset, nbins in ((int(info.min), int(info.max) - int(info.min) + 1), (0, 2), (1, 1)):
+            out = np.zeros((2, nbins), np.int64)
+            _count_runs(x, offset, out)
+            expected = dense_counts(x, nbins=nbins, offset=offset)
+            np.testing.assert_array_equal(out, expected)
+    # non-contiguous and read-only blocks
+    y = np.arange(200, dtype=np.uint16).reshape(1, 10, 20)[:, ::2, 1::3]
+    y.flags.writeable = False
+    start, counts = compact_block_counts(y, nbins=65536)
+    assert counts.sum() == y.size and start == int(y.min())
+
+
+def test_zarr_read_grouped_counts_stay_bounded_and_equal(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    x = np.random.default_rng(1).integers(0, 4096, size=(2, 96, 128)).astype(np.uint16)
+    z = zarr.open_array(tmp_path / "a.zarr", mode="w", shape=x.shape, chunks=(1, 16, 16),
+                        dtype=x.dtype)  # fmt: skip
+    z[:] = x
+    arr = da.from_zarr(str(tmp_path / "a.zarr"))
+    counts = compact_counts(arr, None, Binning.levels(x.dtype, 2), 0, "z", group_pixels=1000)
+    np.testing.assert_array_equal(counts.compute(scheduler="threads"), dense_counts(x, nodata=0))
