@@ -1,13 +1,14 @@
 """Applying a LUT: compiled block kernels and their lazy dask wrapper.
 
 Step three of the data flow. Each block is mapped by a GIL-free compiled loop, so dask threads
-apply blocks in parallel. The LUT reaches the dask graph once, as explicit arguments: every task
-gets the table rows of its row chunk (and, for a per-detector LUT, of the detectors its lines or
-columns touch), views of one table shared by every block that needs the same rows, so a pickled
-graph holds each row about once, never the whole LUT in a closure, and no task of its own (a
-root task that dask's local scheduler would start only after the reads). numpy input is mapped
-by local threads, piece by piece (:func:`~rastermatch._data.thread_pieces`), straight into one
-output array.
+apply blocks in parallel. The LUT reaches the dask graph once: every task gets the table rows of
+its row chunk (and, for a per-detector LUT, of the detectors its lines or columns touch), one
+(table, ranges) pair shared by every block that needs the same rows, never the whole LUT in a
+closure. On local schedulers the pair is a literal argument (zero-copy, and no root task that
+dask's local scheduler would start only after the reads); built for a ``dask.distributed``
+client it is a key of its own, which the scheduler sends once and each worker fetches once
+instead of once per task. numpy input is mapped by local threads, piece by piece
+(:func:`~rastermatch._data.thread_pieces`), straight into one output array.
 
 The data's rows meet the LUT's through :meth:`Rows.index_for <rastermatch._rows.Rows.index_for>`:
 a LUT fitted per band maps every date of a ``(time, band, y, x)`` stack, a LUT with a row per
@@ -21,6 +22,7 @@ same kernels.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,8 +30,10 @@ import dask
 import dask.array as da
 import numba
 import numpy as np
+from dask._task_spec import DataNode, TaskRef
 from dask.base import tokenize
-from dask.layers import ArrayValuesDep
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.layers import ArrayBlockwiseDep, ArrayValuesDep
 
 from ._data import as_band_array, thread_pieces
 from ._detectors import Detectors
@@ -589,19 +593,27 @@ def _map_rows(
 
     ``table`` is ``(base row, detector, nbins[, 4])`` and ``lohi`` ``(base row, detector, 2)``.
     numpy input: threads, each piece given the whole table (shared memory, nothing copied).
-    dask input: one blockwise task per block, each holding its literal share of the table.
+    dask input: one blockwise task per block, given its share of the table: a literal argument
+    on local schedulers, a key of the graph when a distributed client is the default scheduler
+    (:func:`_builds_for_cluster`).
     """
     if isinstance(array, np.ndarray):
         return _apply_threaded(array, table, lohi, rows, det, axis, kwargs)
     # 1. every row chunk needs the LUT base rows of its rows and every chunk of the detector
     #    axis the detectors of its lines (columns): the distinct ones, as a slice (a view)
     #    when they are a contiguous run, with each row's (line's) position among them.
-    # 2. a task gets the table rows of (its row chunk, its detector-axis chunk) as literal
-    #    arguments, not a key of their own: table keys would be root tasks, which dask's local
-    #    scheduler starts only after the reads a shared root released (last in, first out), so
-    #    every block of a stack would be read before the first one was mapped and written.
-    # 3. equal selections share one array object, so a pickled graph holds it once: the
-    #    periodic detectors of every y chunk, the rows of every chunk along the other axis.
+    # 2. each distinct selection is one (table, ranges) pair shared by every task that needs
+    #    it: one array object, so a pickled graph holds it once (the periodic detectors of
+    #    every y chunk, the rows of every chunk along the other axis).
+    # 3. local schedulers: the pair is a literal argument of its tasks. A key of its own would
+    #    be a root task, which dask's local scheduler starts only after the reads a shared root
+    #    released (last in, first out), so every block of a stack would be read before the
+    #    first one was mapped and written.
+    # 4. a distributed client: the scheduler serializes every task it sends on its own, so a
+    #    literal pair travels with each task (128 KiB a band row at 65,536 levels; 8 GB at
+    #    10^12 px). There the pair is a key (a root data task): sent once, held by the worker
+    #    that ran it, fetched once by each worker that maps its rows. Fused with a read (a
+    #    data producer) or with few pairs, the tasks stay root-ish for distributed's queuing.
     ax = 1 if axis == "y" else 2
     row_chunks = array.chunks[0]
     row_parts = [_distinct(rows[a:b]) for a, b in _edges(row_chunks)]
@@ -611,14 +623,13 @@ def _map_rows(
         letter, by_det = "yx"[ax - 1], (array.chunks[ax],)
         det_parts = [_distinct(det[a:b]) for a, b in _edges(array.chunks[ax])]
     shared: dict[tuple[Hashable, Hashable], tuple[np.ndarray, np.ndarray]] = {}
-    tables, ranges = {}, {}
+    pairs = {}
     for i, (rsel, _) in enumerate(row_parts):
         for k, (dsel, _) in enumerate(det_parts):
             key = (_selection_key(rsel), _selection_key(dsel))
             if key not in shared:
                 shared[key] = (_take(table, rsel, dsel), _take(lohi, rsel, dsel))
-            block = (i, k) if by_det else (i,)
-            tables[block], ranges[block] = shared[key]
+            pairs[(i, k) if by_det else (i,)] = key
     local_rows = {(i,): local for i, (_, local) in enumerate(row_parts)}
     per_det: list[Any] = []
     if by_det:
@@ -626,32 +637,86 @@ def _map_rows(
         per_det = [ArrayValuesDep(by_det, local_dets), letter]
     dtype = kwargs["out_dtype"]
     token = tokenize(array, table, lohi, rows, det, axis, kwargs)
-    return da.blockwise(
-        apply_block if by_det else _apply_block_rows,
+    keyed = _builds_for_cluster()
+    if keyed:
+        lut_name = f"rastermatch-lut-{tokenize(table, lohi, list(shared))}"
+        refs = {key: TaskRef((lut_name, n)) for n, key in enumerate(shared)}
+        data = {ref.key: DataNode(ref.key, shared[key]) for key, ref in refs.items()}
+        at = ax if by_det else None
+        tables: Any = _PairKeys(array.chunks, {b: refs[k] for b, k in pairs.items()}, at)
+        table_index = "byx"
+    else:
+        tables = ArrayValuesDep((row_chunks, *by_det), {b: shared[k] for b, k in pairs.items()})
+        table_index = "b" + letter
+    out = da.blockwise(
+        _apply_pair if by_det else _apply_pair_rows,
         "byx",
         array,
         "byx",
-        ArrayValuesDep((row_chunks, *by_det), tables),
-        "b" + letter,
-        ArrayValuesDep((row_chunks, *by_det), ranges),
-        "b" + letter,
+        tables,
+        table_index,
         *per_det,
         ArrayValuesDep((row_chunks,), local_rows),
         "b",
         align_arrays=False,
         dtype=dtype,
         meta=np.empty((0, 0, 0), dtype),
-        name=f"rastermatch-apply-{token}",
+        name=f"rastermatch-apply-{token}{'-keyed' if keyed else ''}",
         axis=axis,
         **kwargs,
     )
+    if not keyed:
+        return out
+    graph = out.dask
+    layers = {**graph.layers, lut_name: MaterializedLayer(data)}
+    deps = {**graph.dependencies, lut_name: set()}
+    deps[out.name] = {*deps[out.name], lut_name}
+    return da.Array(HighLevelGraph(layers, deps), out.name, out.chunks, meta=out._meta)
 
 
-def _apply_block_rows(
-    block: np.ndarray, table: np.ndarray, lohi: np.ndarray, rows: np.ndarray, **kwargs: Any
+class _PairKeys(ArrayBlockwiseDep):
+    """The key of the (table, ranges) pair of every block of a ``(row, y, x)`` array, as a
+    blockwise argument indexed like the blocks; ``produces_keys``: the tasks depend on them."""
+
+    produces_keys = True
+
+    def __init__(self, chunks: tuple[tuple[int, ...], ...], refs: dict, ax: int | None) -> None:
+        super().__init__(chunks)
+        self.refs, self.ax = refs, ax  # ax: the detector axis, None without detectors
+
+    def __getitem__(self, idx: tuple[int, ...]) -> TaskRef:
+        return self.refs[(idx[0],) if self.ax is None else (idx[0], idx[self.ax])]
+
+
+def _builds_for_cluster() -> bool:
+    """Whether dask's default scheduler, where a graph built now will run unless told
+    otherwise, is a ``dask.distributed`` client (set by ``Client()``, or a worker's own)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    except Exception:  # a worker without a client, a broken configuration: the literal way
+        return False
+    return isinstance(owner, distributed.Client)
+
+
+def _apply_pair(
+    block: np.ndarray,
+    pair: tuple[np.ndarray, np.ndarray],
+    det: np.ndarray,
+    rows: np.ndarray,
+    **kwargs: Any,
+) -> np.ndarray:
+    """:func:`apply_block` with the table and its ranges as one ``(table, lohi)`` pair."""
+    return apply_block(block, pair[0], pair[1], det, rows, **kwargs)
+
+
+def _apply_pair_rows(
+    block: np.ndarray, pair: tuple[np.ndarray, np.ndarray], rows: np.ndarray, **kwargs: Any
 ) -> np.ndarray:
     """:func:`apply_block` with one table per row (no detector index)."""
-    return apply_block(block, table, lohi, None, rows, **kwargs)
+    return apply_block(block, pair[0], pair[1], None, rows, **kwargs)
 
 
 def _edges(chunks: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -128,3 +128,77 @@ def test_a_stack_of_dates_takes_each_table_once_per_row_chunk(scene, lut):
     assert len(pickle.dumps(graph)) - len(pickle.dumps(inputs)) < 3 * lut.table.nbytes
     assert all(dask.core.get_dependencies(graph, k) for k in graph if k not in inputs)
     assert_eq(y, np.stack([lut.apply(scene)] * 2))
+
+
+def _task_sizes(graph, name):
+    """Pickled size of every task of the layer ``name``: what a distributed scheduler sends
+    for each task on its own."""
+    return [len(pickle.dumps(v)) for k, v in graph.items() if k[0] == name]
+
+
+@pytest.mark.parametrize("layout", [None, "y", "x"])
+def test_for_a_cluster_the_tables_are_keys_each_task_names(rng, monkeypatch, layout):
+    """Built while a distributed client is the default scheduler, every distinct table
+    selection is one key of the graph (sent once, fetched once per worker) and a task holds
+    only its name: the same bytes on any scheduler and chunking as the literal graph."""
+    import rastermatch.apply as apply_module
+    from rastermatch._detectors import Detectors
+    from rastermatch._rows import Rows
+    from rastermatch.histogram import Binning
+
+    nbase, ndet = 3, 1 if layout is None else 4
+    table = rng.integers(0, 60_000, (nbase * ndet, 2**16)).astype(np.uint16)  # 65,535 free
+    if layout is None:
+        lut = LUT(table, Binning.levels(np.uint16, nbase), np.uint16, nodata=7, out_nodata=65_535)
+    else:
+        rows = Rows(("band", "detector"), ((1, 2, 3), tuple(range(ndet))))
+        binning = Binning.levels(np.uint16, nbase * ndet)
+        layout_ = Detectors(count=ndet, axis=layout)
+        lut = LUT(
+            table, binning, np.uint16, rows=rows, detectors=layout_, nodata=7, out_nodata=65_535
+        )
+    data = rng.integers(0, 2**16, (nbase, 60, 50)).astype(np.uint16)
+    data[:, :3] = 7
+    want = lut.apply(data)
+    x = da.from_array(data, chunks=(1, 16, 12))  # 3 x 4 x 5 blocks
+    literal = lut.apply(x)
+    assert not apply_module._builds_for_cluster()  # no client here
+    monkeypatch.setattr(apply_module, "_builds_for_cluster", lambda: True)
+    keyed = lut.apply(x)
+    assert keyed.name != literal.name and keyed.chunks == x.chunks
+    for scheduler in ("sync", "threads"):
+        np.testing.assert_array_equal(keyed.compute(scheduler=scheduler), want)
+    np.testing.assert_array_equal(keyed[1:, 20:41, 7:].compute(), want[1:, 20:41, 7:])  # culled
+    graph = dict(keyed.__dask_graph__())
+    tables = [k for k in graph if k[0].startswith("rastermatch-lut-")]
+    # one key per distinct selection: a band's rows and the periodic detectors a chunk of
+    # lines or columns covers (all four, but only detectors 0 and 1 in the last 2 columns)
+    assert len(tables) == nbase * (2 if layout == "x" else 1)
+    literal_graph = dict(literal.__dask_graph__())
+    literal_tasks = _task_sizes(literal_graph, literal.name)
+    keyed_tasks = _task_sizes(graph, keyed.name)
+    assert min(literal_tasks) > table[0].nbytes  # each literal task carries its rows
+    assert max(keyed_tasks) < 4096  # a keyed task names them
+    # a pickled graph holds each selection once, as the literal graph does
+    assert len(pickle.dumps(graph)) < len(pickle.dumps(literal_graph)) + 200 * x.npartitions
+
+
+def test_the_keyed_graph_of_a_stack_maps_every_date(scene, lut, monkeypatch):
+    import rastermatch.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "_builds_for_cluster", lambda: True)
+    x = da.from_array(np.stack([scene, scene[:, ::-1]]), chunks=(1, 1, 100, 130))
+    y = lut.apply(x)
+    tables = [k for k in dict(y.__dask_graph__()) if k[0].startswith("rastermatch-lut-")]
+    assert len(tables) == 3  # one per band, shared by both dates
+    assert_eq(y, np.stack([lut.apply(scene), lut.apply(scene[:, ::-1])]))
+
+
+def test_the_default_scheduler_decides_the_graph(scene, lut):
+    from rastermatch.apply import _builds_for_cluster
+
+    x = da.from_array(scene, chunks=(1, 100, 100))
+    for scheduler in ("threads", "sync", "processes"):
+        with dask.config.set(scheduler=scheduler):
+            assert not _builds_for_cluster()
+    assert lut.apply(x).name == lut.apply(x).name

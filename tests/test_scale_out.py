@@ -110,3 +110,39 @@ def test_model_terms_scale_with_pixels(so):
 def test_bad_arguments_are_refused_before_any_work(so, capsys, argv, says):
     assert so.main(argv) == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_a_cluster_apply_tasks_name_their_lut_rows_and_give_the_threads_bytes(so, monkeypatch):
+    """On a real 2-process LocalCluster: the matched scene's checksum is the local one, each
+    apply task the scheduler sends names its LUT rows instead of carrying them (128 KiB a
+    band at 65,536 levels), and each worker fetches a row once."""
+    from distributed import Client, LocalCluster
+
+    shape, chunk = (4, 96, 80), 32  # 36 blocks a band: many tasks per LUT row
+    # the worker processes (spawned with this sys.path) import the block functions from the
+    # module ``scale_out``
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    local = so.run_job(shape, chunk, functools.partial(so.local_compute, scheduler="sync"))
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        hs, hr = client.gather(client.compute(list(so.histograms(shape, chunk))))
+        lut = LUT.from_histograms(hs, hr)
+        total = so.matched_checksum(lut, shape, chunk)  # built for the client: rows are keys
+        one_task = so.task_bytes(so._graph([total]))
+
+        def moved() -> int:  # bytes the workers have sent each other
+            return sum(int(c["out_bytes"]) for c in client.run(so._worker_counters).values())
+
+        before = moved()
+        got = int(client.compute(total).result())
+        moved_bytes = moved() - before
+    assert so.lut_digest(lut, hs, hr) == local.lut_digest
+    assert f"{got:016x}" == local.checksum
+    assert one_task < 8 * 1024 < lut.table[0].nbytes
+    # 4 rows of 128 KiB, fetched at most once by the worker that did not compute each
+    assert moved_bytes <= lut.table.nbytes + 64 * 1024
