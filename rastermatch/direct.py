@@ -49,7 +49,7 @@ import numba
 import numpy as np
 
 from ._data import BandArray, thread_pieces
-from ._values import EXACT_MAX_ITEMSIZE, uniform_bin
+from ._values import EXACT_MAX_ITEMSIZE, kernel_nodata, uniform_bin
 from .apply import apply_block, table_rows
 from .histogram import (
     DEFAULT_BINS,
@@ -133,6 +133,98 @@ def _count_levels4(block, offset, out4):  # pragma: no cover
                 if k0 < n:
                     o0[k0] += 1
                 j += 1
+
+
+@numba.njit(inline="always")
+def _add_word(w, rep, lanes, o0, o1, o2, o3):  # pragma: no cover
+    if lanes == 4:
+        o0[w & 0xFFFF] += rep
+        o1[(w >> 16) & 0xFFFF] += rep
+        o2[(w >> 32) & 0xFFFF] += rep
+        o3[w >> 48] += rep
+    else:
+        o0[w & 0xFF] += rep
+        o1[(w >> 8) & 0xFF] += rep
+        o2[(w >> 16) & 0xFF] += rep
+        o3[(w >> 24) & 0xFF] += rep
+        o0[(w >> 32) & 0xFF] += rep
+        o1[(w >> 40) & 0xFF] += rep
+        o2[(w >> 48) & 0xFF] += rep
+        o3[w >> 56] += rep
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_words(words, lanes, out):  # pragma: no cover
+    """Add the pixels packed in the 64-bit ``words`` (``lanes`` of 4 uint16 or 8 uint8 bit
+    patterns each) to the whole-dtype tables ``out`` ``(sub, 2**bits)``, lane ``l`` into
+    ``out[l % sub]``: one load per 4 (8) pixels, no offset and no bound test (every bit
+    pattern has its bin). A word equal to the one before is only counted, and added with its
+    repeats when the words change: runs of one value (nodata borders, flat or saturated
+    areas) would otherwise wait on the previous increment of the same counter, pixel by
+    pixel; other values spread over the interleaved tables."""
+    if words.size == 0:
+        return
+    n = out.shape[0]
+    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
+    prev = words[0]
+    rep = 0
+    for i in range(words.size):
+        w = words[i]
+        if w == prev:
+            rep += 1
+        else:
+            _add_word(prev, rep, lanes, o0, o1, o2, o3)
+            prev = w
+            rep = 1
+    _add_word(prev, rep, lanes, o0, o1, o2, o3)
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_bits(block, out):  # pragma: no cover
+    """:func:`_count_words` for unsigned ``block`` ``(row, y, x)`` of any strides, one pixel at
+    a time (every row into the same tables)."""
+    nb, ny, nx = block.shape
+    n = out.shape[0]
+    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
+    for b in range(nb):
+        for i in range(ny):
+            j = 0
+            while j + 4 <= nx:
+                o0[block[b, i, j]] += 1
+                o1[block[b, i, j + 1]] += 1
+                o2[block[b, i, j + 2]] += 1
+                o3[block[b, i, j + 3]] += 1
+                j += 4
+            while j < nx:
+                o0[block[b, i, j]] += 1
+                j += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _fold(tables, shift, out):  # pragma: no cover
+    """``out[(u + shift) % n] += tables[:, u].sum()``: sub-tables indexed by bit pattern added
+    to counts in level order (``shift``: half the table for signed dtypes, else 0)."""
+    n = out.shape[0]
+    for u in range(n):
+        c = np.int64(0)
+        for s in range(tables.shape[0]):
+            c += tables[s, u]
+        k = u + shift
+        if k >= n:
+            k -= n
+        out[k] += c
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather(block, tables, rows, out):  # pragma: no cover
+    """``out[b, i, j] = tables[rows[b], block[b, i, j]]``: ``block`` the unsigned bits of the
+    pixels, every row of ``tables`` a whole-dtype table (nodata and clamping folded in)."""
+    nb, ny, nx = block.shape
+    for b in range(nb):
+        t = tables[rows[b]]
+        for i in range(ny):
+            for j in range(nx):
+                out[b, i, j] = t[block[b, i, j]]
 
 
 # -- which inputs take the path -----------------------------------------------------------------
@@ -319,13 +411,47 @@ def _level_counts(
     outs = [whole[at[n] : at[n + 1], : b.nbins] for n, b in enumerate(binnings)]
     if not parallel:
         for (src, mask, _), b, out in zip(items, binnings, outs, strict=True):
+            a = src.array
+            rows_px = a.shape[1] * a.shape[2]
+            if mask is None and _bits_countable(a, b) and rows_px >= 16 * b.nbins:
+                for r in range(a.shape[0]):
+                    out[r] += _bit_counts(a[r : r + 1])
+                continue
             m, has_m = _kernel_mask(mask)
-            _count_levels(src.array, b.offset, m, has_m, out)
+            _count_levels(a, b.offset, m, has_m, out)
     else:
         tasks, where = [], []
+        # pixels counted by bit pattern go into one (4, 2**bits) table per thread and row,
+        # summed at the end: the pieces can be small enough that neither thread waits long
+        # for the other at the end, without a table to clear and sum per piece
+        tables: list[dict[tuple[int, int], np.ndarray]] = []
+        local, lock = threading.local(), threading.Lock()
+
+        def table(key: tuple[int, int], nbins: int, dtype: type) -> np.ndarray:
+            mine = getattr(local, "tables", None)
+            if mine is None:
+                mine = local.tables = {}
+                with lock:
+                    tables.append(mine)
+            t = mine.get(key)
+            if t is None:
+                t = mine[key] = np.zeros((4, nbins), dtype=dtype)
+            return t
+
         for n, ((src, mask, _), b) in enumerate(zip(items, binnings, strict=True)):
-            for r, lines in _pieces(src.array, True):
-                piece = src.array[r : r + 1, lines]
+            a = src.array
+            if mask is None and _bits_countable(a, b):
+                dtype = np.int32 if a[0].size <= _INT32_PIECE else np.int64
+                for r, lines in _stripes(a.shape):
+                    tasks.append(
+                        lambda p=a[r : r + 1, lines], key=(n, r), nb=b.nbins, dt=dtype: (
+                            _count_piece_bits(p, table(key, nb, dt))
+                        )
+                    )
+                    where.append(None)
+                continue
+            for r, lines in _pieces(a, True):
+                piece = a[r : r + 1, lines]
                 m, has_m = _kernel_mask(_mask_piece(mask, r, lines))
                 tasks.append(
                     lambda p=piece, m=m, hm=has_m, off=b.offset, nb=b.nbins: _piece_counts(
@@ -333,13 +459,91 @@ def _level_counts(
                     )
                 )
                 where.append((n, r))
-        for (n, r), part in zip(where, _run(tasks, True), strict=True):
-            outs[n][r] += part
+        for nr, part in zip(where, _run(tasks, True), strict=True):
+            if nr is not None:
+                outs[nr[0]][nr[1]] += part
+        for mine in tables:
+            for (n, r), t in mine.items():
+                _fold(t, _shift(items[n][0].dtype), outs[n][r])
     for (src, _, _), b, out in zip(items, binnings, outs, strict=True):
         k = b.level_bin(src.nodata)
         if k is not None:
             out[:, k] = 0
     return outs
+
+
+def _bits_countable(array: np.ndarray, binning: Binning) -> bool:
+    """Whether ``array`` can be counted by its pixels' bit patterns into ``binning``: a native
+    integer of at most 16 bits binned over every level of its dtype."""
+    return (
+        array.dtype.kind in "iu"
+        and array.dtype.itemsize <= EXACT_MAX_ITEMSIZE
+        and array.dtype.isnative
+        and binning.kind == "levels"
+        and binning.dtype == array.dtype
+        and binning.is_full
+    )
+
+
+def _unsigned(array: np.ndarray) -> np.ndarray:
+    """The pixels' bit patterns: ``array`` viewed as the unsigned integer of its size."""
+    return array.view(np.dtype(f"u{array.dtype.itemsize}"))
+
+
+def _shift(dtype: np.dtype) -> int:
+    """How far a table indexed by bit pattern is rotated to be in level order."""
+    return 0 if dtype.kind == "u" else 1 << (8 * dtype.itemsize - 1)
+
+
+def _levels_order(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A whole-dtype table indexed by bit pattern (last axis) in level order, bin ``k`` for
+    level ``min + k``: the same for unsigned dtypes; for signed ones the negative levels (bit
+    patterns from ``2**(bits - 1)``) come first."""
+    if dtype.kind == "u":
+        return bits
+    return np.roll(bits, bits.shape[-1] // 2, axis=-1)
+
+
+def _bit_counts(piece: np.ndarray) -> np.ndarray:
+    """The ``(nbins,)`` int64 counts of every pixel of ``piece`` ``(row, y, x)`` (all its rows
+    together), in level order; nodata counted like any level (the caller clears its bin)."""
+    nbins = 1 << (8 * piece.dtype.itemsize)
+    out = np.zeros((4, nbins), dtype=np.int32 if piece.size <= _INT32_PIECE else np.int64)
+    _count_piece_bits(piece, out)
+    return _levels_order(out.sum(axis=0, dtype=np.int64), piece.dtype)
+
+
+def _count_piece_bits(piece: np.ndarray, out: np.ndarray) -> None:
+    """Add the pixels of ``piece`` ``(row, y, x)`` to ``out`` ``(4, 2**bits)`` by bit pattern.
+
+    A C-contiguous piece is read 8 bytes at a time (:func:`_count_words`), its unaligned head
+    and short tail a pixel at a time; other layouts a pixel at a time."""
+    bits = _unsigned(piece)
+    if bits.flags.c_contiguous and bits.size:
+        size = bits.dtype.itemsize
+        flat = bits.reshape(-1)
+        lanes = 8 // size
+        head = min((-flat.ctypes.data % 8) // size, flat.size)
+        body = (flat.size - head) // lanes * lanes
+        _count_bits(flat[None, None, :head], out)
+        _count_words(flat[head : head + body].view(np.uint64), lanes, out)
+        _count_bits(flat[None, None, head + body :], out)
+    elif bits.size:
+        _count_bits(bits, out)
+
+
+#: The smallest piece :func:`_stripes` cuts (about half a millisecond of counting).
+_MIN_PIECE = 2**20
+
+
+def _stripes(shape: tuple[int, ...]) -> list[tuple[int, slice]]:
+    """``(row, lines)`` pieces of a ``(row, y, x)`` array, about eight per thread (none below
+    :data:`_MIN_PIECE` pixels unless a row is smaller): work that costs nothing per piece is
+    handed out in pieces this small, so that the threads finish together."""
+    nrows, ny, nx = shape
+    target = max(_MIN_PIECE, nrows * ny * nx // (8 * _threads()))
+    lines = max(1, min(ny, target // max(nx, 1)))
+    return [(b, slice(y, min(y + lines, ny))) for b in range(nrows) for y in range(0, ny, lines)]
 
 
 def _piece_counts(
@@ -402,17 +606,108 @@ def apply_lut(
     table, lohi, kwargs, rows = table_rows(array, lut, index, nodata=nodata, out_nodata=out_nodata)
     # the output laid out as the input: a (y, x, band) image comes back contiguous
     out = np.empty_like(array, dtype=kwargs["out_dtype"])
+    whole = _whole_tables_apply(array, table, rows, kwargs)
     if array.size < SMALL_PIXELS:
+        used = np.unique(rows)
+        if whole is not None and array.size >= 4 * used.size * whole.nbins:
+            tables = np.stack([whole.table(r) for r in used])
+            _gather(_unsigned(array), tables, np.searchsorted(used, rows), out)
+            return out
         return apply_block(array, table, lohi, None, rows, out=out, **kwargs)
-    tasks = [
-        lambda b=b, s=s: apply_block(
-            array[b : b + 1, s], table, lohi, None, rows[b : b + 1], out=out[b : b + 1, s],
-            **kwargs,
-        )
-        for b, s in thread_pieces(array.shape)
-    ]  # fmt: skip
+    if whole is not None:
+        # small pieces, so that the threads finish together (each faults in its part of the
+        # output too); a row's whole table is built once, by the first piece that needs it
+        tables: dict[int, np.ndarray] = {}
+
+        def gather(b: int, lines: slice) -> None:
+            r = int(rows[b])
+            t = tables.get(r)
+            if t is None:
+                t = tables[r] = whole.table(r)[None]
+            _gather(_unsigned(array[b : b + 1, lines]), t, _ROW0, out[b : b + 1, lines])
+
+        tasks = [lambda b=b, s=s: gather(b, s) for b, s in _stripes(array.shape)]
+    else:
+        tasks = [
+            lambda b=b, s=s: apply_block(
+                array[b : b + 1, s], table, lohi, None, rows[b : b + 1], out=out[b : b + 1, s],
+                **kwargs,
+            )
+            for b, s in thread_pieces(array.shape)
+        ]  # fmt: skip
     _run(tasks, True)
     return out
+
+
+_ROW0 = np.zeros(1, dtype=np.intp)
+
+
+class _WholeTables:
+    """The rows of a level table (``apply._apply_levels``'s ``table``, ``offset``, clamp,
+    ``nodata``, ``fill``) as tables over every bit pattern of the data's dtype: entry ``u`` is
+    what ``_apply_levels`` gives the pixel whose bits are ``u``, so that mapping is one gather
+    without a branch: a table over a sub-range of the levels has its clamp spread out to the
+    dtype's ends, and the nodata level's entry is the fill value."""
+
+    def __init__(self, table: np.ndarray, dtype: np.dtype, offset: int, nd_bits: int | None,
+                 fill: Any) -> None:  # fmt: skip
+        self.source = table
+        self.dtype = dtype
+        self.nbins = 1 << (8 * dtype.itemsize)
+        info = np.iinfo(dtype)
+        last = table.shape[1] - 1
+        self.index = None  # level order -> table column; None: the identity
+        if offset != int(info.min) or table.shape[1] != self.nbins:
+            levels = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64)
+            self.index = np.clip(levels - offset, 0, last)
+        self.nd_bits, self.fill = nd_bits, fill
+
+    def table(self, row: int) -> np.ndarray:
+        """Row ``row``'s table, indexed by bit pattern (a view of the LUT's row when there is
+        nothing to fold in)."""
+        t = self.source[row]
+        fresh = False
+        if self.index is not None:
+            t, fresh = t[self.index], True
+        if self.dtype.kind == "i":  # bit patterns of the negative levels are the upper half
+            t, fresh = np.roll(t, self.nbins // 2), True
+        if self.nd_bits is not None:
+            if not fresh:
+                t = t.copy()
+            t[self.nd_bits] = self.fill
+        return t
+
+
+def _whole_tables_apply(
+    array: np.ndarray, table: np.ndarray, rows: np.ndarray, kwargs: dict[str, Any]
+) -> _WholeTables | None:
+    """The whole-dtype tables that map ``array`` as :func:`~rastermatch.apply.apply_block`
+    would with ``table`` and ``kwargs``, or None where the gather does not apply (interval
+    tables, other dtypes, a table of another dtype than the output, rows out of range: those
+    take ``apply_block``, which also refuses what it must)."""
+    dtype = array.dtype
+    out_dtype = np.dtype(kwargs["out_dtype"])
+    if (
+        kwargs["kind"] != "table"
+        or dtype.kind not in "iu"
+        or dtype.itemsize > EXACT_MAX_ITEMSIZE
+        or not dtype.isnative
+        or table.ndim != 2
+        or table.shape[1] < 1
+        or table.dtype != out_dtype
+        or rows.ndim != 1
+        or rows.size != array.shape[0]
+        or (rows.size and (int(rows.min()) < 0 or int(rows.max()) >= table.shape[0]))
+    ):
+        return None
+    out_nodata = kwargs["out_nodata"]
+    if out_nodata is None:
+        fill = out_dtype.type(np.nan) if out_dtype.kind == "f" else out_dtype.type(0)
+    else:
+        fill = out_dtype.type(out_nodata)
+    nd, has_nd = kernel_nodata(array, kwargs["nodata"])
+    nd_bits = int(np.array(nd, dtype=dtype).view(f"u{dtype.itemsize}")) if has_nd else None
+    return _WholeTables(table, dtype, int(kwargs["offset"]), nd_bits, fill)
 
 
 # -- small float scenes: the occupied bins only --------------------------------------------------

@@ -240,3 +240,130 @@ def test_large_numpy_input_runs_on_the_pool_without_dask(monkeypatch):
     monkeypatch.undo()
     b = rastermatch.match_histograms(_chunked(src), _chunked(ref)).compute()
     assert _same(a, b)
+
+
+# -- counting by bit pattern and mapping by whole-dtype tables ------------------------------------
+
+INTS = ("uint8", "int8", "uint16", "int16")
+
+
+def _layout(a: np.ndarray, layout: str) -> np.ndarray:
+    """``a`` as it may come in: contiguous, a view that is not (channel-last transposed back),
+    a view starting one pixel in (8-byte words unaligned), or every other column of a wider
+    array."""
+    if layout == "transposed":
+        return np.ascontiguousarray(np.moveaxis(a, 0, -1)).transpose(2, 0, 1)
+    if layout == "offset":
+        wider = np.empty((a.shape[0], a.shape[1], a.shape[2] + 1), a.dtype)
+        wider[..., 1:] = a
+        return wider[..., 1:]
+    if layout == "strided":
+        wider = np.zeros((*a.shape[:2], 2 * a.shape[2]), a.dtype)
+        wider[..., ::2] = a
+        return wider[..., ::2]
+    return a
+
+
+@st.composite
+def int_scenes(draw):
+    """Integer scenes large enough for the bit-pattern paths (uint8 rows of >= 4,096 pixels
+    count that way on the calling thread too), values in a drawn range (negative levels for
+    the signed dtypes), a nodata value in or out of the occupied range or at the dtype's ends,
+    sometimes every pixel nodata, sometimes a single pixel."""
+    dtype = np.dtype(draw(st.sampled_from(INTS)))
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = draw(st.integers(1, 3))
+    if draw(st.integers(0, 9)) == 0:
+        shape = (rows, 1, 1)
+    else:
+        shape = (rows, draw(st.integers(1, 80)), draw(st.integers(60, 90)))
+    lo = draw(st.sampled_from([int(info.min), -3 if info.min < 0 else 0, 40]))
+    hi = min(lo + draw(st.sampled_from([0, 5, 300, 70_000])), int(info.max))
+    src = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    ref = rng.integers(lo, hi, (rows, 30, 41), endpoint=True).astype(dtype)
+    if draw(st.booleans()):  # runs of equal values, as borders and flat areas hold
+        src[:, : shape[1] // 3] = src.flat[0]
+    nodata = draw(
+        st.sampled_from(
+            [None, "first", "min", "max", "outside", "all"] if src.size > 1 else [None, "first"]
+        )
+    )
+    if nodata == "first":
+        nodata = src.flat[0].item()
+    elif nodata in ("min", "max"):
+        nodata = int(getattr(info, nodata))
+    elif nodata == "outside":
+        nodata = lo - 1 if lo > info.min else hi + 1 if hi < info.max else None
+    elif nodata == "all":
+        nodata = src.flat[0].item()
+        src[:] = nodata
+    mask = None
+    if draw(st.booleans()):
+        mask = rng.random((1, *shape[1:])) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    layout = draw(st.sampled_from(["contiguous", "transposed", "offset", "strided"]))
+    return _layout(src, layout), ref, nodata, mask
+
+
+@PATHS
+@settings(max_examples=30, deadline=None)
+@given(scene=int_scenes())
+def test_bit_pattern_counts_and_whole_tables_equal_the_dask_path(scene, path):
+    src, ref, nodata, mask = scene
+    results = []
+    for lazy in (False, True):
+        s, r = (_chunked(np.ascontiguousarray(src)), _chunked(ref)) if lazy else (src, ref)
+        m = _mask_kw(mask, lazy)
+        try:
+            with _path(path), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = rastermatch.match_histograms(s, r, nodata=nodata, mask=m)
+                counts = rastermatch.band_histograms(s, nodata=nodata)
+                counts = counts.compute().counts if lazy else counts.counts
+        except RastermatchError as e:
+            results.append(type(e))
+            continue
+        results.append((np.asarray(out), counts))
+    a, b = results
+    if isinstance(a, type) or isinstance(b, type):
+        assert a == b
+        return
+    assert _same(a[0], b[0])
+    assert _same(a[1], b[1])
+
+
+@PATHS
+@pytest.mark.parametrize("dtype", ["uint8", "int16"])
+@pytest.mark.parametrize("nodata", [None, "inside", "max"])
+@pytest.mark.parametrize("out_nodata", [None, 7])
+def test_a_sub_range_table_maps_as_apply_block(dtype, nodata, out_nodata, path):
+    """A LUT over a sub-range of the levels clamps values outside it to its ends; the whole
+    tables fold the clamp in, and nodata inside and outside the sub-range."""
+    from rastermatch import LUT
+    from rastermatch.apply import apply_lut_array
+    from rastermatch.histogram import Binning
+
+    info = np.iinfo(dtype)
+    lo, hi = (10, 200) if dtype == "uint8" else (-300, 900)
+    rng = np.random.default_rng(5)
+    table = rng.integers(info.min, info.max, (2, hi - lo + 1), endpoint=True).astype(dtype)
+    lut = LUT(table, Binning.levels(np.dtype(dtype), 2, lo=lo, hi=hi), np.dtype(dtype))
+    data = rng.integers(info.min, info.max, (2, 70, 65), endpoint=True).astype(dtype)
+    nd = {None: None, "inside": lo + 3, "max": int(info.max)}[nodata]
+    with _path(path):
+        a = direct.apply_lut(data, lut, nodata=nd, out_nodata=out_nodata, index=np.array([1, 0]))
+    b = apply_lut_array(_chunked(data), lut, nodata=nd, out_nodata=out_nodata,
+                        index=np.array([1, 0])).compute()  # fmt: skip
+    assert _same(a, b)
+
+
+def test_whole_uint16_tables_on_the_calling_thread_equal_the_dask_path():
+    """uint16 rows of >= 4 x 65,536 pixels are mapped through whole tables without the pool."""
+    rng = np.random.default_rng(6)
+    src = rng.integers(0, 4096, (2, 520, 512), dtype=np.uint16)
+    src[:, :40] = 0
+    ref = rng.integers(100, 3000, (2, 64, 64), dtype=np.uint16)
+    for nodata in (None, 0, 4095):
+        a = rastermatch.match_histograms(src, ref, nodata=nodata)
+        b = rastermatch.match_histograms(_chunked(src), _chunked(ref), nodata=nodata).compute()
+        assert _same(a, b)
