@@ -240,6 +240,7 @@ class Job:
     lut_digest: str = ""
     checksum: str = ""
     fit_s: float = 0.0
+    lut_bytes: int = 0  # the LUT's table: what reaches each worker once
 
 
 def histograms(shape: tuple[int, int, int], chunk: int) -> tuple[Any, Any]:
@@ -267,6 +268,7 @@ def run_job(
     lut = LUT.from_histograms(hs, hr)
     job.fit_s = time.perf_counter() - t
     job.lut_digest = lut_digest(lut, hs, hr)
+    job.lut_bytes = int(lut.table.nbytes)
     (total,) = compute(matched_checksum(lut, shape, chunk), phase="match")
     job.checksum = f"{int(total):016x}"
     return job
@@ -479,10 +481,11 @@ class Model:
     W_p pixels, c_p compute CPU seconds per pixel (generation included: a real job reads and
     decodes instead), N_p tasks (P / chunk**2 blocks plus the reduction tree), o worker
     overhead CPU per task, s scheduler CPU per task (one scheduler: this term does not shrink
-    with C), plus sum_p N_p t_p / B_s for the tasks the scheduler serializes to the workers
-    (t_p one task's pickled size: a literal argument such as a LUT row is sent with every
-    task; B_s the scheduler's link), R bytes the histogram tree moves (R_0 + N_hist b: b one
-    block's counts, R_0 the last merges of each row, which do not grow with P), B the
+    with C), plus (sum_p N_p t_p + L) / B_s for the tasks the scheduler serializes to the
+    workers (t_p one task's pickled size; B_s the scheduler's link; the LUT's L bytes are keys
+    of the graph, sent once, and reach each worker once: C L / B), R bytes the histogram tree
+    moves (R_0 + N_hist b: b one block's counts, R_0 the last merges of each row, which do not
+    grow with P), B the
     bandwidth those transfers share, F the LUT fit (constant). Start-up and the read/write of
     real data are not in it.
     """
@@ -499,9 +502,12 @@ class Model:
     fixed_s: float = 0.0
     graph_bytes_per_task: float = 0.0
     task_bytes: dict[str, float] = field(default_factory=dict)
+    lut_bytes: int = 0  # sent once, fetched once by each worker (a core, at worst)
 
     @classmethod
-    def from_phases(cls, pixels: int, phases: list[Phase], fit_s: float, cores: int) -> Model:
+    def from_phases(
+        cls, pixels: int, phases: list[Phase], fit_s: float, cores: int, lut_bytes: int = 0
+    ) -> Model:
         tasks = sum(p.tasks for p in phases)
         hist = next(p for p in phases if p.name == "histograms")
         return cls(
@@ -517,6 +523,7 @@ class Model:
             ),
             block_result_bytes=max(p.block_result_bytes for p in phases),
             fixed_s=fit_s,
+            lut_bytes=lut_bytes,
             graph_bytes_per_task=sum(p.graph_bytes for p in phases) / tasks,
             task_bytes={p.name: p.task_bytes for p in phases},
         )
@@ -537,7 +544,8 @@ class Model:
         tasks = pixels * sum(self.tasks_per_px.values())
         sent = sum(pixels * n * self.task_bytes.get(p, 0) for p, n in self.tasks_per_px.items())
         return {
-            "scheduler sends": sent / scheduler_bandwidth,
+            "scheduler sends": (sent + self.lut_bytes) / scheduler_bandwidth,
+            "LUT to workers": self.lut_bytes * cores / bandwidth,
             "compute": work / cores,
             "worker overhead": tasks * self.overhead_s / cores,
             "scheduler": tasks * self.scheduler_s,
@@ -710,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         print(phase_table(phases))
         print(f"LUT fit {job.fit_s:.3f} s; LUT {job.lut_digest}; output checksum {job.checksum}")
         print(f"job wall {wall:.1f} s (both passes and the fit; {with_start:.1f} s with start-up)")
-        model = Model.from_phases(job.pixels, phases, job.fit_s, cores=2)
+        model = Model.from_phases(job.pixels, phases, job.fit_s, cores=2, lut_bytes=job.lut_bytes)
         measured.append((model, phases, job))
         report.setdefault("runs", []).append(
             {"job": asdict(job), "phases": [asdict(p) for p in phases], "model": asdict(model)}
