@@ -1897,9 +1897,9 @@ def stage_throughput(ctx: dict, res: Results) -> None:
     with dask.config.set(scheduler="threads", num_workers=n):
         measure([m, f], max(ctx["repeats"], 3), ctx["log"])
         remove(out)()
-        prof_m = _task_share(m.fn, n)
+        prof_m = _task_split(m.fn, n)
         remove(copy)()
-        prof_f = _task_share(f.fn, n)
+        prof_f = _task_split(f.fn, n)
     remove(out, copy)()
     rate = npx / m.median / n / 1e6
     ratio = m.median / f.median
@@ -1938,6 +1938,27 @@ def stage_throughput(ctx: dict, res: Results) -> None:
             f"threads, {pr['no_task_s']:.2f} s with no task running, "
             f"{pr['slot_idle_share']:.0%} of thread time idle"
         )
+        split = ", ".join(f"{k} {v:.2f}" for k, v in pr["task_s_by_kind"].items() if v >= 0.005)
+        ctx["log"](f"      task-s by kind: {split}")
+
+
+def _task_split(fn: Callable[[], Any], threads: int) -> dict[str, Any]:
+    """:func:`_task_share`, and the task seconds by kind of task (the key's name without its
+    token: ``open_raster`` reads, ``rastermatch-counts``, ``store-map`` read+map+write, ...),
+    largest first."""
+    import re
+
+    from dask.diagnostics import Profiler
+
+    with Profiler() as prof:
+        share = _task_share(fn, threads)
+    by_kind: dict[str, float] = {}
+    for r in prof.results:
+        key = r.key[0] if isinstance(r.key, tuple) else r.key
+        kind = re.sub(r"-[0-9a-f]{8,}(-[0-9a-f-]+)?$", "", str(key))
+        by_kind[kind] = by_kind.get(kind, 0.0) + (r.end_time - r.start_time)
+    share["task_s_by_kind"] = dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))
+    return share
 
 
 # -- main -------------------------------------------------------------------------------------
