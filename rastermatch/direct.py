@@ -201,6 +201,13 @@ def _count_bits(block, out):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True)
+def _count_bits_rows(block, out):  # pragma: no cover
+    """:func:`_count_bits` of every row of ``block`` into its own tables ``out[b]``."""
+    for b in range(block.shape[0]):
+        _count_bits(block[b : b + 1], out[b])
+
+
+@numba.njit(nogil=True, cache=True)
 def _fold(tables, shift, out):  # pragma: no cover
     """``out[(u + shift) % n] += tables[:, u].sum()``: sub-tables indexed by bit pattern added
     to counts in level order (``shift``: half the table for signed dtypes, else 0)."""
@@ -414,8 +421,9 @@ def _level_counts(
             a = src.array
             rows_px = a.shape[1] * a.shape[2]
             if mask is None and _bits_countable(a, b) and rows_px >= 16 * b.nbins:
-                for r in range(a.shape[0]):
-                    out[r] += _bit_counts(a[r : r + 1])
+                sub = np.zeros((a.shape[0], 4, b.nbins), dtype=np.int64)
+                _count_bits_rows(_unsigned(a), sub)
+                out += _levels_order(sub.sum(axis=1), a.dtype)
                 continue
             m, has_m = _kernel_mask(mask)
             _count_levels(a, b.offset, m, has_m, out)
@@ -502,15 +510,6 @@ def _levels_order(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind == "u":
         return bits
     return np.roll(bits, bits.shape[-1] // 2, axis=-1)
-
-
-def _bit_counts(piece: np.ndarray) -> np.ndarray:
-    """The ``(nbins,)`` int64 counts of every pixel of ``piece`` ``(row, y, x)`` (all its rows
-    together), in level order; nodata counted like any level (the caller clears its bin)."""
-    nbins = 1 << (8 * piece.dtype.itemsize)
-    out = np.zeros((4, nbins), dtype=np.int32 if piece.size <= _INT32_PIECE else np.int64)
-    _count_piece_bits(piece, out)
-    return _levels_order(out.sum(axis=0, dtype=np.int64), piece.dtype)
 
 
 def _count_piece_bits(piece: np.ndarray, out: np.ndarray) -> None:
@@ -608,10 +607,9 @@ def apply_lut(
     out = np.empty_like(array, dtype=kwargs["out_dtype"])
     whole = _whole_tables_apply(array, table, rows, kwargs)
     if array.size < SMALL_PIXELS:
-        used = np.unique(rows)
-        if whole is not None and array.size >= 4 * used.size * whole.nbins:
-            tables = np.stack([whole.table(r) for r in used])
-            _gather(_unsigned(array), tables, np.searchsorted(used, rows), out)
+        if whole is not None and array.size >= 4 * table.shape[0] * whole.nbins:
+            tables = np.stack([whole.table(r) for r in range(table.shape[0])])
+            _gather(_unsigned(array), tables, rows, out)
             return out
         return apply_block(array, table, lohi, None, rows, out=out, **kwargs)
     if whole is not None:

@@ -306,7 +306,7 @@ def int_scenes(draw):
 
 
 @PATHS
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(scene=int_scenes())
 def test_bit_pattern_counts_and_whole_tables_equal_the_dask_path(scene, path):
     src, ref, nodata, mask = scene
