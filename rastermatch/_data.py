@@ -524,6 +524,8 @@ def as_band_array(
     flat = _flatten(array, layout.order)
     if flat.dtype == np.float16:  # the compiled kernels work on float32 and wider
         flat = flat.astype(np.float32)
+    elif not flat.dtype.isnative:  # big-endian data (e.g. ">u2" from a FITS or ENVI reader)
+        flat = flat.astype(flat.dtype.newbyteorder("="))
     if nodata is not None:
         nodata = python_scalar(nodata)
         if isinstance(nodata, float) and nodata.is_integer() and flat.dtype.kind in "iu":

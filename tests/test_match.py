@@ -339,3 +339,16 @@ def test_rule_options_are_refused_before_any_work(kw, match):
         rastermatch.MatchOptions(**kw)
     with raise_if_dask_computes(0), pytest.raises(rastermatch.OptionError, match=re.escape(match)):
         equalize(lazy, **kw)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_big_endian_input_matches_like_native(lazy):
+    # readers of FITS or ENVI files hand out big-endian arrays: the same values, the same result
+    rng = np.random.default_rng(5)
+    src = rng.integers(0, 4096, (2, 30, 40)).astype(">u2")
+    ref = rng.integers(100, 3000, (2, 30, 40)).astype(">i2")
+    native = rastermatch.match_histograms(src.astype("=u2"), ref.astype("=i2"), nodata=0)
+    data = da.from_array(src, chunks=(1, 16, 16)) if lazy else src
+    out = np.asarray(rastermatch.match_histograms(data, ref, nodata=0))
+    assert out.dtype == native.dtype and out.dtype.isnative
+    np.testing.assert_array_equal(out, native)
