@@ -118,6 +118,13 @@ def _apply_levels(
                         t = table[r, det[j]]
                         v = block[b, i, j]
                         out[b, i, j] = _level(v, t, offset, last, clamp, nodata, has_nodata, fill)
+        elif not clamp and not has_nodata and offset == 0:
+            # unsigned data through a whole-dtype table: a plain gather, indexed by the value
+            # itself (no test inside the loop, no negative-index wrap of ``v - offset``)
+            for i in range(ny):
+                t = table[r, det[i]]
+                for j in range(nx):
+                    out[b, i, j] = t[block[b, i, j]]
         else:
             for i in range(ny):
                 t = table[r, det[i]]

@@ -202,3 +202,22 @@ def test_the_default_scheduler_decides_the_graph(scene, lut):
         with dask.config.set(scheduler=scheduler):
             assert not _builds_for_cluster()
     assert lut.apply(x).name == lut.apply(x).name
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16])
+@pytest.mark.parametrize("nodata", [None, 3])
+def test_whole_dtype_tables_are_a_plain_gather(rng, dtype, nodata):
+    """The kernel's branch-free gather (unsigned data, a whole-dtype table, no nodata) and its
+    general loop give ``table[row, v - min]``, on numpy and on dask blocks."""
+    from rastermatch.histogram import Binning
+
+    info = np.iinfo(dtype)
+    n = int(info.max) - int(info.min) + 1
+    table = rng.integers(0, 2**16 - 1, (2, n)).astype(np.uint16)  # 65,535 is never an output
+    lut = LUT(table, Binning.levels(dtype, 2), np.uint16, nodata=nodata, out_nodata=65_535)
+    x = rng.integers(info.min, int(info.max) + 1, (2, 37, 41)).astype(dtype)
+    want = np.stack([table[b][x[b].astype(np.int64) - int(info.min)] for b in range(2)])
+    if nodata is not None:
+        want[x == nodata] = 65_535
+    np.testing.assert_array_equal(lut.apply(x), want)
+    np.testing.assert_array_equal(lut.apply(da.from_array(x, chunks=(1, 16, 9))).compute(), want)
