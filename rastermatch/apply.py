@@ -262,6 +262,12 @@ def apply_block(
     if kind == "table":
         info = np.iinfo(block.dtype)
         clamp = offset != int(info.min) or table.shape[2] != int(info.max) - int(info.min) + 1
+        if has_nd and not clamp and offset == 0 and _fold_nodata(table, block, dtype):
+            # unsigned data, a whole-dtype table: the nodata level maps to the fill in a copy
+            # of the (small) table, and the kernel runs its plain gather
+            table = table.copy()
+            table[:, :, int(nd)] = fill
+            has_nd = False
         _apply_levels(block, table, rows, det, by_x, offset, clamp, nd, has_nd, fill, out)
         return out
     out_lo, out_hi = float_bounds(dtype) if dtype.kind in "iu" else (-np.inf, np.inf)
@@ -270,6 +276,12 @@ def apply_block(
         block, table, lohi, rows, det, by_x, nd, has_nd, fill, is_int, out_lo, out_hi, out
     )
     return out
+
+
+def _fold_nodata(table: np.ndarray, block: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether copying ``table`` to fold the nodata level in costs little next to the block
+    (one detector, a table an eighth of the block at most) and keeps the output dtype."""
+    return table.shape[1] == 1 and table.dtype == dtype and table.nbytes * 8 <= block.nbytes
 
 
 def _check_block(

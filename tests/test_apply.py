@@ -221,3 +221,24 @@ def test_whole_dtype_tables_are_a_plain_gather(rng, dtype, nodata):
         want[x == nodata] = 65_535
     np.testing.assert_array_equal(lut.apply(x), want)
     np.testing.assert_array_equal(lut.apply(da.from_array(x, chunks=(1, 16, 9))).compute(), want)
+
+
+@pytest.mark.parametrize("nodata", [0, 3, 255])
+def test_nodata_folded_into_a_copy_of_the_table(rng, nodata):
+    """A block large next to its table takes the gather with the nodata level folded into a
+    copy of the table: the LUT's own table is left as it was."""
+    from rastermatch.apply import _fold_nodata
+    from rastermatch.histogram import Binning
+
+    table = rng.integers(0, 255, (1, 256)).astype(np.uint8)  # 255 is never an output
+    kept = table.copy()
+    lut = LUT(table, Binning.levels(np.uint8, 1), np.uint8, nodata=nodata, out_nodata=255)
+    x = rng.integers(0, 256, (1, 256, 256)).astype(np.uint8)  # 64 KiB, the table 256 B
+    want = table[0][x]
+    want[x == nodata] = 255
+    np.testing.assert_array_equal(lut.apply(x), want)
+    y = lut.apply(da.from_array(x, chunks=(1, 128, 256))).compute(scheduler="sync")
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(lut.table, kept)
+    # the blocks are large enough for the fold
+    assert _fold_nodata(table[:, None], x[:, :128], np.dtype(np.uint8))
