@@ -55,9 +55,12 @@ from .histogram import (
     DEFAULT_BINS,
     Binning,
     Histogram,
+    _count_bits,
+    _count_piece_bits,
     _histogram_from_stats,
     _reduce_stats,
     _rows_of,
+    _unsigned,
     block_range,
     block_stats,
     check_range,
@@ -132,71 +135,6 @@ def _count_levels4(block, offset, out4):  # pragma: no cover
                 k0 = np.uint64(np.int64(block[b, i, j]) - offset)
                 if k0 < n:
                     o0[k0] += 1
-                j += 1
-
-
-@numba.njit(inline="always")
-def _add_word(w, rep, lanes, o0, o1, o2, o3):  # pragma: no cover
-    if lanes == 4:
-        o0[w & 0xFFFF] += rep
-        o1[(w >> 16) & 0xFFFF] += rep
-        o2[(w >> 32) & 0xFFFF] += rep
-        o3[w >> 48] += rep
-    else:
-        o0[w & 0xFF] += rep
-        o1[(w >> 8) & 0xFF] += rep
-        o2[(w >> 16) & 0xFF] += rep
-        o3[(w >> 24) & 0xFF] += rep
-        o0[(w >> 32) & 0xFF] += rep
-        o1[(w >> 40) & 0xFF] += rep
-        o2[(w >> 48) & 0xFF] += rep
-        o3[w >> 56] += rep
-
-
-@numba.njit(nogil=True, cache=True)
-def _count_words(words, lanes, out):  # pragma: no cover
-    """Add the pixels packed in the 64-bit ``words`` (``lanes`` of 4 uint16 or 8 uint8 bit
-    patterns each) to the whole-dtype tables ``out`` ``(sub, 2**bits)``, lane ``l`` into
-    ``out[l % sub]``: one load per 4 (8) pixels, no offset and no bound test (every bit
-    pattern has its bin). A word equal to the one before is only counted, and added with its
-    repeats when the words change: runs of one value (nodata borders, flat or saturated
-    areas) would otherwise wait on the previous increment of the same counter, pixel by
-    pixel; other values spread over the interleaved tables."""
-    if words.size == 0:
-        return
-    n = out.shape[0]
-    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
-    prev = words[0]
-    rep = 0
-    for i in range(words.size):
-        w = words[i]
-        if w == prev:
-            rep += 1
-        else:
-            _add_word(prev, rep, lanes, o0, o1, o2, o3)
-            prev = w
-            rep = 1
-    _add_word(prev, rep, lanes, o0, o1, o2, o3)
-
-
-@numba.njit(nogil=True, cache=True)
-def _count_bits(block, out):  # pragma: no cover
-    """:func:`_count_words` for unsigned ``block`` ``(row, y, x)`` of any strides, one pixel at
-    a time (every row into the same tables)."""
-    nb, ny, nx = block.shape
-    n = out.shape[0]
-    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
-    for b in range(nb):
-        for i in range(ny):
-            j = 0
-            while j + 4 <= nx:
-                o0[block[b, i, j]] += 1
-                o1[block[b, i, j + 1]] += 1
-                o2[block[b, i, j + 2]] += 1
-                o3[block[b, i, j + 3]] += 1
-                j += 4
-            while j < nx:
-                o0[block[b, i, j]] += 1
                 j += 1
 
 
@@ -493,11 +431,6 @@ def _bits_countable(array: np.ndarray, binning: Binning) -> bool:
     )
 
 
-def _unsigned(array: np.ndarray) -> np.ndarray:
-    """The pixels' bit patterns: ``array`` viewed as the unsigned integer of its size."""
-    return array.view(np.dtype(f"u{array.dtype.itemsize}"))
-
-
 def _shift(dtype: np.dtype) -> int:
     """How far a table indexed by bit pattern is rotated to be in level order."""
     return 0 if dtype.kind == "u" else 1 << (8 * dtype.itemsize - 1)
@@ -510,25 +443,6 @@ def _levels_order(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind == "u":
         return bits
     return np.roll(bits, bits.shape[-1] // 2, axis=-1)
-
-
-def _count_piece_bits(piece: np.ndarray, out: np.ndarray) -> None:
-    """Add the pixels of ``piece`` ``(row, y, x)`` to ``out`` ``(4, 2**bits)`` by bit pattern.
-
-    A C-contiguous piece is read 8 bytes at a time (:func:`_count_words`), its unaligned head
-    and short tail a pixel at a time; other layouts a pixel at a time."""
-    bits = _unsigned(piece)
-    if bits.flags.c_contiguous and bits.size:
-        size = bits.dtype.itemsize
-        flat = bits.reshape(-1)
-        lanes = 8 // size
-        head = min((-flat.ctypes.data % 8) // size, flat.size)
-        body = (flat.size - head) // lanes * lanes
-        _count_bits(flat[None, None, :head], out)
-        _count_words(flat[head : head + body].view(np.uint64), lanes, out)
-        _count_bits(flat[None, None, head + body :], out)
-    elif bits.size:
-        _count_bits(bits, out)
 
 
 #: The smallest piece :func:`_stripes` cuts (about half a millisecond of counting).

@@ -773,6 +773,113 @@ def _count_runs(block, offset, out):  # pragma: no cover
                     o[k] += 1
 
 
+# -- counting by bit pattern (whole-dtype tables; also the direct path's kernels) ---------
+
+
+@numba.njit(inline="always")
+def _add_word(w, rep, lanes, o0, o1, o2, o3):  # pragma: no cover
+    if lanes == 4:
+        o0[w & 0xFFFF] += rep
+        o1[(w >> 16) & 0xFFFF] += rep
+        o2[(w >> 32) & 0xFFFF] += rep
+        o3[w >> 48] += rep
+    else:
+        o0[w & 0xFF] += rep
+        o1[(w >> 8) & 0xFF] += rep
+        o2[(w >> 16) & 0xFF] += rep
+        o3[(w >> 24) & 0xFF] += rep
+        o0[(w >> 32) & 0xFF] += rep
+        o1[(w >> 40) & 0xFF] += rep
+        o2[(w >> 48) & 0xFF] += rep
+        o3[w >> 56] += rep
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_words(words, lanes, out):  # pragma: no cover
+    """Add the pixels packed in the 64-bit ``words`` ``(line, n)`` (lines of any stride;
+    ``lanes`` of 4 uint16 or 8 uint8 bit patterns a word) to the whole-dtype tables ``out``
+    ``(sub, 2**bits)``, lane ``l`` into ``out[l % sub]``: one load per 4 (8) pixels, no offset
+    and no bound test (every bit pattern has its bin). A word equal to the one before is only
+    counted, and added with its repeats when the words change: runs of one value (nodata
+    borders, flat or saturated areas) would otherwise wait on the previous increment of the
+    same counter, pixel by pixel; other values spread over the interleaved tables."""
+    if words.size == 0:
+        return
+    n = out.shape[0]
+    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
+    prev = words[0, 0]
+    rep = 0
+    for r in range(words.shape[0]):
+        line = words[r]
+        for i in range(line.shape[0]):
+            w = line[i]
+            if w == prev:
+                rep += 1
+            else:
+                _add_word(prev, rep, lanes, o0, o1, o2, o3)
+                prev = w
+                rep = 1
+    _add_word(prev, rep, lanes, o0, o1, o2, o3)
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_bits(block, out):  # pragma: no cover
+    """:func:`_count_words` for unsigned ``block`` ``(row, y, x)`` of any strides, one pixel at
+    a time (every row into the same tables)."""
+    nb, ny, nx = block.shape
+    n = out.shape[0]
+    o0, o1, o2, o3 = out[0], out[1 % n], out[2 % n], out[3 % n]
+    for b in range(nb):
+        for i in range(ny):
+            j = 0
+            while j + 4 <= nx:
+                o0[block[b, i, j]] += 1
+                o1[block[b, i, j + 1]] += 1
+                o2[block[b, i, j + 2]] += 1
+                o3[block[b, i, j + 3]] += 1
+                j += 4
+            while j < nx:
+                o0[block[b, i, j]] += 1
+                j += 1
+
+
+def _unsigned(array: np.ndarray) -> np.ndarray:
+    """The pixels' bit patterns: ``array`` viewed as the unsigned integer of its size."""
+    return array.view(np.dtype(f"u{array.dtype.itemsize}"))
+
+
+def _count_piece_bits(piece: np.ndarray, out: np.ndarray) -> None:
+    """Add the pixels of ``piece`` ``(row, y, x)`` to ``out`` ``(sub, 2**bits)`` by bit pattern.
+
+    A C-contiguous piece is read 8 bytes at a time (:func:`_count_words`), its unaligned head
+    and short tail a pixel at a time; so is a piece whose lines are contiguous and start on
+    8-byte boundaries (a block of a larger array), the columns after the last whole word of
+    each line a pixel at a time; other layouts a pixel at a time."""
+    bits = _unsigned(piece)
+    if not bits.size:
+        return
+    size = bits.dtype.itemsize
+    lanes = 8 // size
+    if bits.flags.c_contiguous:
+        flat = bits.reshape(-1)
+        head = min((-flat.ctypes.data % 8) // size, flat.size)
+        body = (flat.size - head) // lanes * lanes
+        _count_bits(flat[None, None, :head], out)
+        _count_words(flat[None, head : head + body].view(np.uint64), lanes, out)
+        _count_bits(flat[None, None, head + body :], out)
+        return
+    body = bits.shape[2] // lanes * lanes
+    aligned = bits.ctypes.data % 8 == 0 and all(
+        s % 8 == 0 for s, n in zip(bits.strides[:2], bits.shape[:2], strict=True) if n > 1
+    )
+    if body and aligned and bits.strides[2] == size:
+        for b in range(bits.shape[0]):
+            _count_words(bits[b, :, :body].view(np.uint64), lanes, out)
+        _count_bits(bits[:, :, body:], out)
+    else:
+        _count_bits(bits, out)
+
+
 _SCAN = 32  # bins OR-ed together per step of the scan: a fixed-length loop that vectorizes
 
 
@@ -838,6 +945,19 @@ def compact_block_counts(
     return _group_counts((nbins, offset, nodata, mask is not None), *parts)
 
 
+def _whole_dtype(dtype: np.dtype, nbins: int, offset: int) -> bool:
+    """Whether a levels binning of ``nbins`` bins from level ``offset`` has a bin for every bit
+    pattern of ``dtype`` (a native integer of at most 16 bits): such blocks are counted by bit
+    pattern, 8 bytes a load (:func:`_count_piece_bits`), with no offset and no bound test."""
+    return (
+        dtype.kind in "iu"
+        and dtype.itemsize <= EXACT_MAX_ITEMSIZE
+        and dtype.isnative
+        and nbins == 1 << (8 * dtype.itemsize)
+        and offset == int(np.iinfo(dtype).min)
+    )
+
+
 def _group_counts(spec: tuple[int, int, Any, bool], *parts: np.ndarray | None) -> Any:
     """The counts of a group of blocks of one row chunk over the bins they occupy, as
     :func:`compact_block_counts` gives them for one block: ``(start, counts)``.
@@ -860,18 +980,24 @@ def _group_counts(spec: tuple[int, int, Any, bool], *parts: np.ndarray | None) -
     if scratch is None or scratch.dtype != dtype or scratch.size < size:
         scratch = np.zeros(size, dtype=dtype)
     flat = scratch[:size].reshape(nb, nbins)
+    by_bits = not masked and _whole_dtype(blocks[0].dtype, nbins, offset)
     for block, mask in zip(blocks, masks, strict=True):
         if block.size == 0:
             continue
-        if mask is None:
+        if by_bits:
+            for b in range(nb):
+                _count_piece_bits(block[b : b + 1], flat[b : b + 1])
+        elif mask is None:
             _count_runs(block, offset, flat)
         else:
             one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
             m = np.asarray(mask, dtype=bool)
             _levels_into(block, m, one, one, offset, flat.reshape(nb, 1, 1, nbins), nodata)
+    if by_bits and blocks[0].dtype.kind == "i":  # bit-pattern order to level order
+        flat[:] = np.roll(flat, nbins // 2, axis=1)
     nd, has_nd = kernel_nodata(blocks[0], nodata)
     if has_nd and float(nd).is_integer() and 0 <= int(nd) - offset < nbins:
-        flat[:, int(nd) - offset] = 0  # counted like any level by _count_runs
+        flat[:, int(nd) - offset] = 0  # counted like any level by the unmasked kernels
     first, last = _occupied_bins(flat)
     if last < first:
         counts = np.zeros((nb, 0), dtype=dtype)
