@@ -10,10 +10,11 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import threading
 import warnings
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,15 @@ from rastermatch.errors import (
 )
 from rastermatch.io._common import (
     _MANAGED_ATTRS,
+    _X_NAMES,
+    _Y_NAMES,
     COMPLETE_CHUNKS_ATTR,
     PROVENANCE_ATTR,
     _aligned_yx,
     _cause,
     _dask_array,
     _guarded_chunks,
+    _GuardedBlocks,
     _names,
     _nodata,
     _one_nodata,
@@ -138,9 +142,6 @@ def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataAr
     if loc.scheme not in ("http", "https"):  # HTTP cannot list which chunks exist
         array = _zarr_array(target, name)
         _refuse_missing_chunks(array, text, name, result)
-    reader = None
-    if loc.kind == "local" and loc.path is not None and array is not None:
-        reader = _direct_reader(loc.path / str(name), array, result.variable)
     stored_chunks = tuple(result.encoding.get("chunks") or result.shape)
     stored = dict(zip(result.dims, stored_chunks, strict=True))
     if isinstance(chunks, str) and chunks == "auto":
@@ -158,6 +159,9 @@ def _open_zarr(loc: Location, *, chunks: Any, variable: str | None) -> xr.DataAr
         source = loc.path if loc.kind == "local" else text
         assert source is not None
         identity = id(loc.store) if loc.kind == "store" else None
+        reader = None
+        if loc.kind == "local" and loc.path is not None and array is not None:
+            reader = _direct_reader(loc.path / str(name), array, result, where, stored_chunks)
         result = _guarded_chunks(
             result, chunks, where=where, source=source, stored=stored_chunks, identity=identity,
             reader=reader,
@@ -196,18 +200,29 @@ def _zarr_array(target: Any, name: Hashable) -> Any:
     return array if isinstance(array, zarr.Array) else None
 
 
-def _direct_reader(folder: Path, array: Any, variable: xr.Variable) -> _ChunkReader | None:
+def _direct_reader(
+    folder: Path, array: Any, data: xr.DataArray, where: str, stored_chunks: tuple[int, ...]
+) -> _ChunkReader | None:
     """The direct chunk reader of a local Zarr variable, when xarray gives its stored values
-    unchanged (no CF decoding changed its dtype) and :func:`_direct_layout` handles it."""
+    unchanged (no CF decoding changed its dtype) and :func:`_direct_layout` handles it. Its
+    errors name the window as the guarded block reader names it (``where``, rows, columns,
+    dates by their labels, stored chunk)."""
     layout = _direct_layout(folder, array)
     if layout is None:
         return None
+    variable = data.variable
     stored = np.dtype(variable.encoding.get("dtype", variable.dtype))
     if variable.dtype != layout.dtype or stored != layout.dtype:
         return None
     if tuple(variable.shape) != layout.shape:
         return None
-    return _ChunkReader(layout)
+    labels = {
+        dim: np.asarray(data[dim].values)
+        for dim in data.dims
+        if dim not in ("band", *_Y_NAMES, *_X_NAMES) and dim in data.coords and data[dim].ndim == 1
+    }
+    namer = _GuardedBlocks(variable, where, stored_chunks, labels)
+    return _ChunkReader(layout, where, namer._window)
 
 
 def _refuse_missing_chunks(array: Any, path: str, name: Hashable, variable: xr.DataArray) -> None:
@@ -380,7 +395,7 @@ def _write_zarr(job: _WriteJob, tmp: Path | Any, client: Any) -> None:
         # the metadata and coordinates are written; the chunks directly when zarr's own
         # store graph can be replaced (the data variable is the only dask variable)
         source = dataset[name].data
-        writer = _direct_writer(tmp / name, dataset, name, source)
+        writer = _direct_writer(tmp / name, dataset, name, source, str(job.final))
         if writer is not None:
             # wrapped as xarray wraps its store: the graph then holds the optimized (fused)
             # keys the workers run, which a failed distributed write waits for
@@ -403,7 +418,7 @@ def _written(stored: Any) -> None:
 
 
 def _direct_writer(
-    folder: Path, dataset: xr.Dataset, name: Hashable, arr: Any
+    folder: Path, dataset: xr.Dataset, name: Hashable, arr: Any, output: str = ""
 ) -> _ChunkWriter | None:
     """The direct chunk writer of the data variable just created by ``to_zarr(compute=False)``
     in the local store ``folder.parent``: when it is the dataset's only dask variable, xarray
@@ -421,7 +436,7 @@ def _direct_writer(
     layout = _direct_layout(folder, array)
     if layout is None or layout.dtype != arr.dtype or layout.shape != tuple(arr.shape):
         return None
-    return _ChunkWriter(layout)
+    return _ChunkWriter(layout, output)
 
 
 def _zarr_coords(data: xr.DataArray, *, exclude: set[Any]) -> dict[Hashable, xr.Variable]:
@@ -582,23 +597,28 @@ def _zarr_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
 # sharding, transposes, filters, other codecs, big-endian data, variables xarray decodes)
 # goes through zarr; tests compare both paths byte for byte.
 
-#: Bytes-to-bytes codecs (Zarr v3 names) the direct path handles.
-_DIRECT_CODECS = frozenset({"blosc", "zstd", "gzip", "crc32c"})
 #: Largest scratch buffer a thread keeps between chunks (bigger ones are freed after use).
 _SCRATCH_KEEP = 64 * 2**20
 _scratch = threading.local()
+#: Fixed slack of a compressed chunk over its data (headers, a gzip member's file name...).
+_COMPRESSED_SLACK = 64 * 2**10
 
 
 class _ChunkLayout:
     """A local Zarr array as the direct reader and writer see it (plain, picklable data).
 
-    ``steps`` are the bytes-to-bytes codecs in encoding order, each ``(kind, codec)``:
-    ``crc32c`` (a 4-byte little-endian checksum after the data), ``blosc`` (a numcodecs
-    Blosc), ``numcodecs`` (a v2 compressor) or ``zarr`` (a zarr codec run through its
-    synchronous methods).
+    ``steps`` are the bytes-to-bytes codecs in encoding order, at most one of them a
+    compressor, each ``(kind, codec)``: ``crc32c`` (a 4-byte little-endian checksum after the
+    data), ``blosc`` (a numcodecs Blosc), ``zstd``, ``gzip`` or ``zlib`` (a numcodecs codec, or
+    zarr's, which wraps numcodecs'). With one compressor every decoded size is known exactly:
+    each chunk decodes into buffers of its own size, and a chunk file longer than a chunk of
+    the array can take (``limit``) is refused unread.
     """
 
-    __slots__ = ("chunks", "dtype", "fill", "folder", "key", "shape", "spec", "steps")
+    __slots__ = (
+        "chunks", "dtype", "fill", "folder", "key", "limit", "nbytes", "shape", "sizes", "spec",
+        "steps",
+    )  # fmt: skip
 
     def __init__(self, folder: Path, array: Any, steps: tuple[tuple[str, Any], ...]) -> None:
         meta = array.metadata
@@ -615,6 +635,21 @@ class _ChunkLayout:
             fill = self.spec.dtype.default_scalar()
         self.fill = np.array(fill, dtype=self.dtype)
         self.steps = steps
+        self.nbytes = math.prod(self.chunks) * self.dtype.itemsize
+        # sizes[i]: the bytes encoding step i receives (what decoding it must give back),
+        # exact up to the compressor; limit: the most bytes a stored chunk can hold
+        self.sizes: list[int | None] = []
+        size: int | None = self.nbytes
+        limit = self.nbytes
+        for kind, _ in steps:
+            self.sizes.append(size)
+            if kind == "crc32c":
+                size = None if size is None else size + 4
+                limit += 4
+            else:
+                size = None
+                limit += limit // 8 + _COMPRESSED_SLACK
+        self.limit = limit
 
     def pieces(
         self, bounds: Sequence[tuple[int, int]]
@@ -661,13 +696,14 @@ class _ChunkLayout:
 
     def decode(self, raw: np.ndarray, dest: np.ndarray) -> None:
         """Decode the stored bytes ``raw`` (1-D uint8) of a chunk into ``dest`` (a writable,
-        C-contiguous array of the chunk's shape and dtype); ValueError if they are damaged."""
+        C-contiguous array of the chunk's shape and dtype); ValueError if they are damaged.
+        Nothing is decoded beyond the size each step must give back."""
         import google_crc32c
 
         out = dest.reshape(-1).view(np.uint8)
         data = raw
-        last = len(self.steps) - 1
-        for i, (kind, codec) in enumerate(reversed(self.steps)):
+        for i in reversed(range(len(self.steps))):
+            kind, codec = self.steps[i]
             if kind == "crc32c":
                 if data.size < 4:
                     raise ValueError("the chunk is shorter than its crc32c checksum")
@@ -679,33 +715,18 @@ class _ChunkLayout:
                         f"Stored and computed checksum do not match. Stored: {stored:#010x}. "
                         f"Computed: {computed:#010x}."
                     )
-            elif kind == "blosc":
-                from numcodecs.blosc import _cbuffer_sizes
-
-                if data.size < 16:
-                    raise ValueError("the chunk is shorter than a blosc header")
-                nbytes, cbytes, _ = _cbuffer_sizes(data)
-                if cbytes > data.size:
-                    raise ValueError(
-                        f"the blosc chunk says {cbytes} compressed bytes, it has {data.size}"
-                    )
-                if i == last and nbytes == out.size:
-                    codec.decode(data, out=out)
-                    return
-                data = np.frombuffer(codec.decode(data), dtype=np.uint8)
-            elif kind == "numcodecs":
-                from numcodecs.compat import ensure_contiguous_ndarray
-
-                decoded = ensure_contiguous_ndarray(codec.decode(data))
-                data = decoded.reshape(-1).view(np.uint8)
-            else:
-                buffer = self.spec.prototype.buffer.from_array_like(data)
-                data = codec._decode_sync(buffer, self.spec).as_numpy_array().view(np.uint8)
+                continue
+            size = self.sizes[i]
+            assert size is not None  # one compressor: every step before it is a checksum
+            target = out if size == out.size else _buffer("stage", size)
+            _decompress(kind, codec, data, target)
+            data = target
         if data.size != out.size:
             raise ValueError(
                 f"the chunk decodes to {data.size} bytes, not the {out.size} of its shape"
             )
-        out[:] = data
+        if data is not out:
+            out[:] = data
 
     def encode(self, chunk: np.ndarray) -> list[Any]:
         """The stored bytes of ``chunk`` (C-contiguous, the array's dtype), as buffers."""
@@ -721,14 +742,68 @@ class _ChunkLayout:
                     tail = [crc]
                 else:
                     data = np.concatenate([data, np.frombuffer(crc, dtype=np.uint8)])
-            elif kind in ("blosc", "numcodecs"):
+            else:
                 from numcodecs.compat import ensure_contiguous_ndarray
 
                 data = ensure_contiguous_ndarray(codec.encode(data)).reshape(-1).view(np.uint8)
-            else:
-                buffer = self.spec.prototype.buffer.from_array_like(data)
-                data = codec._encode_sync(buffer, self.spec).as_numpy_array().view(np.uint8)
         return [data, *tail]
+
+
+def _decompress(kind: str, codec: Any, data: np.ndarray, target: np.ndarray) -> None:
+    """Decompress ``data`` into ``target`` (1-D uint8), which it must fill exactly; the
+    stored sizes are checked before anything is allocated or decoded."""
+    size = target.size
+    if kind == "blosc":
+        from numcodecs.blosc import _cbuffer_sizes
+
+        if data.size < 16:
+            raise ValueError("the chunk is shorter than a blosc header")
+        nbytes, cbytes, _ = _cbuffer_sizes(data)
+        if cbytes > data.size:
+            raise ValueError(f"the blosc chunk says {cbytes} compressed bytes, it has {data.size}")
+        if nbytes != size:
+            raise ValueError(f"the blosc chunk says {nbytes} bytes, a chunk holds {size}")
+        codec.decode(data, out=target)
+    elif kind == "zstd":
+        from numcodecs.zstd import decompress
+
+        content = _zstd_content_size(data)
+        if content is not None and content != size:
+            raise ValueError(f"the zstd frame says {content} bytes, a chunk holds {size}")
+        decompress(data, target)  # refuses more than the target holds
+    else:  # gzip (any number of members) or zlib, inflated no further than the chunk's size
+        import zlib
+
+        wbits = 31 if kind == "gzip" else 15
+        done, rest = 0, data.tobytes()
+        while True:
+            inflater = zlib.decompressobj(wbits)
+            piece = inflater.decompress(rest, size - done + 1)
+            if len(piece) > size - done:
+                raise ValueError(f"the {kind} stream holds more than the {size} bytes of a chunk")
+            target[done : done + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            done += len(piece)
+            if not inflater.eof:
+                raise ValueError(f"the {kind} stream is incomplete or truncated")
+            rest = inflater.unused_data
+            if kind != "gzip" or not rest:
+                break
+        if done != size:
+            raise ValueError(f"the chunk decodes to {done} bytes, not the {size} of its shape")
+
+
+def _zstd_content_size(data: np.ndarray) -> int | None:
+    """The content size a zstd frame header states, or None (not stated, not a frame)."""
+    if data.size < 6 or int.from_bytes(data[:4].tobytes(), "little") != 0xFD2FB528:
+        return None
+    descriptor = int(data[4])
+    single = (descriptor >> 5) & 1
+    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3]
+    width = (single, 2, 4, 8)[descriptor >> 6]
+    if width == 0 or data.size < start + width:
+        return None
+    value = int.from_bytes(data[start : start + width].tobytes(), "little")
+    return value + 256 if width == 2 else value
 
 
 def _prototype() -> Any:
@@ -750,14 +825,29 @@ def _buffer(name: str, nbytes: int, dtype: Any = np.uint8, shape: Any = None) ->
     return held[:nbytes].view(dtype).reshape(shape)
 
 
-def _read_chunk_file(path: Path) -> np.ndarray | None:
-    """The bytes of a chunk file in this thread's scratch buffer, or None if it is missing."""
+def _read_chunk_file(path: Path, limit: int) -> np.ndarray | None:
+    """The bytes of a chunk file in this thread's scratch buffer; None where zarr's LocalStore
+    reads the fill value (nothing there, a directory, a file in place of a folder).
+
+    Opened without blocking (a FIFO would wait for a writer) and read only when it is a
+    regular file of at most ``limit`` bytes (a device such as /dev/zero never ends).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     try:
-        size = os.fstat(fd).st_size
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        size = status.st_size
+        if size > limit:
+            raise OSError(
+                f"{path} holds {size:,} bytes, more than the {limit:,} a chunk of the array "
+                "can take"
+            )
         raw = _buffer("raw", size)
         view, done = memoryview(raw), 0
         while done < size:
@@ -801,8 +891,10 @@ def _direct_layout(folder: Path, array: Any) -> _ChunkLayout | None:
                     steps.append(("crc32c", None))
                 elif type(codec) is BloscCodec:
                     steps.append(("blosc", codec._blosc_codec))
-                elif type(codec) in (ZstdCodec, GzipCodec):
-                    steps.append(("zarr", codec))
+                elif type(codec) is ZstdCodec:
+                    steps.append(("zstd", codec._zstd_codec))
+                elif type(codec) is GzipCodec:
+                    steps.append(("gzip", codec._gzip_codec))
                 else:
                     return None
         elif meta.zarr_format == 2:
@@ -812,14 +904,15 @@ def _direct_layout(folder: Path, array: Any) -> _ChunkLayout | None:
             if meta.filters or meta.order != "C" or meta.dimension_separator not in (".", "/"):
                 return None
             compressor = meta.compressor
-            if type(compressor) is Blosc:
-                steps.append(("blosc", compressor))
-            elif type(compressor) in (Zstd, GZip, Zlib):
-                steps.append(("numcodecs", compressor))
-            elif compressor is not None:
-                return None
+            kinds = {Blosc: "blosc", Zstd: "zstd", GZip: "gzip", Zlib: "zlib"}
+            if compressor is not None:
+                if type(compressor) not in kinds:
+                    return None
+                steps.append((kinds[type(compressor)], compressor))
         else:
             return None
+        if sum(kind != "crc32c" for kind, _ in steps) > 1:
+            return None  # decoded sizes past a second compressor are unknown: zarr's path
         return _ChunkLayout(folder, array, tuple(steps))
     except Exception:  # anything unexpected: zarr's path, which reports real problems
         return None
@@ -827,10 +920,21 @@ def _direct_layout(folder: Path, array: Any) -> _ChunkLayout | None:
 
 class _ChunkReader:
     """Windows of a local Zarr array read chunk file by chunk file (see above); what
-    :class:`~rastermatch.io._common._GuardedBlocks` calls instead of xarray's indexing."""
+    :class:`~rastermatch.io._common._GuardedBlocks` calls instead of xarray's indexing.
 
-    def __init__(self, layout: _ChunkLayout) -> None:
+    A chunk that cannot be read is a RasterReadError naming it (``where``, and the window
+    of the variable ``name`` gives as text), raised here: nothing is read again to find it.
+    """
+
+    def __init__(
+        self,
+        layout: _ChunkLayout,
+        where: str = "",
+        name: Callable[[tuple[slice, ...]], str] | None = None,
+    ) -> None:
         self.layout = layout
+        self.where = where or f"the Zarr array {layout.folder}"
+        self.name = name
 
     def __call__(self, key: Any) -> np.ndarray | None:
         """The window ``key`` as a new array; None when it is not one the reader reads (a
@@ -843,40 +947,73 @@ class _ChunkReader:
         if out.size == 0:
             return out
         for coords, into, within, whole in layout.pieces(bounds):
-            dest = out[into]
-            raw = _read_chunk_file(layout.folder / layout.key(coords))
-            if raw is None:  # never written: the fill value, as zarr reads it
-                dest[...] = layout.fill
-                continue
-            if whole and dest.flags.c_contiguous:
-                layout.decode(raw, dest)
-            else:
-                chunk = _buffer(
-                    "chunk", math.prod(layout.chunks) * layout.dtype.itemsize,
-                    layout.dtype, layout.chunks,
-                )  # fmt: skip
-                layout.decode(raw, chunk)
-                dest[...] = chunk[within]
+            try:
+                self._read(coords, out[into], within, whole)
+            except Exception as exc:
+                raise RasterReadError(
+                    f"reading {self.where} {self._window(coords, into, bounds)} failed: "
+                    f"{_cause(exc)}; the store is damaged or incomplete, copy or write it again"
+                ) from exc
         return out
+
+    def _read(
+        self, coords: tuple[int, ...], dest: np.ndarray, within: tuple[slice, ...], whole: bool
+    ) -> None:
+        layout = self.layout
+        raw = _read_chunk_file(layout.folder / layout.key(coords), layout.limit)
+        if raw is None:  # never written: the fill value, as zarr reads it
+            dest[...] = layout.fill
+        elif whole and dest.flags.c_contiguous:
+            layout.decode(raw, dest)
+        else:
+            chunk = _buffer("chunk", layout.nbytes, layout.dtype, layout.chunks)
+            layout.decode(raw, chunk)
+            dest[...] = chunk[within]
+
+    def _window(
+        self, coords: tuple[int, ...], into: tuple[slice, ...], bounds: Sequence[tuple[int, int]]
+    ) -> str:
+        window = tuple(
+            slice(lo + part.start, lo + part.stop)
+            for part, (lo, _) in zip(into, bounds, strict=True)
+        )
+        if self.name is not None:
+            try:
+                return self.name(window)
+            except Exception:  # naming must not hide the error being named
+                pass
+        return f"(stored chunk {', '.join(map(str, coords))})"
 
 
 class _ChunkWriter:
     """The target of ``dask.array.store`` writing whole chunk files of a local Zarr array
     that zarr created (metadata, coordinates): every chunk of a block's region, edge chunks
-    padded with the fill value as zarr pads them."""
+    padded with the fill value as zarr pads them. Errors name ``output``, the store being
+    written (the folder written is its temporary)."""
 
-    def __init__(self, layout: _ChunkLayout) -> None:
+    def __init__(self, layout: _ChunkLayout, output: str = "") -> None:
         self.layout = layout
+        self.output = output or str(layout.folder.parent)
         self.shape, self.dtype, self.ndim = layout.shape, layout.dtype, len(layout.shape)
 
     def __setitem__(self, key: Any, block: np.ndarray) -> None:
         layout = self.layout
+        where = f"writing the Zarr store {self.output}"
         bounds = layout.bounds(key)
-        if bounds is None or block.shape != tuple(b - a for a, b in bounds):
-            raise RasterWriteError(f"a block of shape {block.shape} does not fit region {key}")
         block = np.asarray(block)
-        if block.dtype != layout.dtype:  # _write_zarr checks the dtypes agree
-            raise RasterWriteError(f"a {block.dtype} block cannot be stored as {layout.dtype}")
+        if bounds is None or block.shape != tuple(b - a for a, b in bounds):
+            region = "the window" if bounds is None else ", ".join(f"{a}:{b}" for a, b in bounds)
+            raise RasterWriteError(
+                f"{where} failed: a block of shape {block.shape} does not fit the region "
+                f"[{region}] it was computed for"
+            )
+        if block.dtype != layout.dtype:
+            if block.dtype.newbyteorder("=") != layout.dtype.newbyteorder("="):
+                raise RasterWriteError(
+                    f"{where} failed: a block computed as {block.dtype} cannot be stored as "
+                    f"{layout.dtype}, the dtype the data declare"
+                )
+            block = block.astype(layout.dtype)  # the other byte order: as zarr converts it
         folders: set[Path] = set()
         for coords, into, within, whole in layout.pieces(bounds):
             part = block[into]
@@ -887,9 +1024,14 @@ class _ChunkWriter:
                 chunk[within] = part
             buffers = layout.encode(chunk)
             path = layout.folder / layout.key(coords)
-            if path.parent not in folders:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                folders.add(path.parent)
-            with open(path, "wb") as f:
-                for buffer in buffers:
-                    f.write(buffer)
+            try:
+                if path.parent not in folders:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    folders.add(path.parent)
+                with open(path, "wb") as f:
+                    for buffer in buffers:
+                        f.write(buffer)
+            except OSError as exc:
+                raise RasterWriteError(
+                    f"{where} failed: {_cause(exc)}; check the free space and permissions"
+                ) from exc
