@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -619,6 +620,24 @@ def _mask_from_dataarray(mask: xr.DataArray, like: BandArray, name: str) -> Any:
 
 
 # -- numpy input on local threads --------------------------------------------------------------
+
+
+def builds_for_cluster() -> bool:
+    """Whether dask's default scheduler, where a graph built now will run unless told
+    otherwise, is a ``dask.distributed`` client (set by ``Client()``, or a worker's own).
+
+    Graphs take a different form for a cluster, where every task is serialized and sent on its
+    own and a task's inputs may live on another worker: LUT rows become keys of their own
+    (``apply``), and counting tasks take one stored block each, so they fuse with the task
+    that produces it and no pixel moves between workers (``histogram.compact_counts``)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    except Exception:  # a worker without a client, a broken configuration: the literal way
+        return False
+    return isinstance(owner, distributed.Client)
 
 
 def thread_pieces(shape: tuple[int, int, int]) -> list[tuple[int, slice]]:

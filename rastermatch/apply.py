@@ -22,7 +22,6 @@ same kernels.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +35,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.layers import ArrayBlockwiseDep, ArrayValuesDep
 
 from ._data import as_band_array, thread_pieces
+from ._data import builds_for_cluster as _builds_for_cluster
 from ._detectors import Detectors
 from ._rows import Rows, show_label
 from ._values import (
@@ -705,19 +705,6 @@ class _PairKeys(ArrayBlockwiseDep):
 
     def __getitem__(self, idx: tuple[int, ...]) -> TaskRef:
         return self.refs[(idx[0],) if self.ax is None else (idx[0], idx[self.ax])]
-
-
-def _builds_for_cluster() -> bool:
-    """Whether dask's default scheduler, where a graph built now will run unless told
-    otherwise, is a ``dask.distributed`` client (set by ``Client()``, or a worker's own)."""
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        return False
-    try:
-        owner = getattr(dask.base.get_scheduler(), "__self__", None)
-    except Exception:  # a worker without a client, a broken configuration: the literal way
-        return False
-    return isinstance(owner, distributed.Client)
 
 
 def _apply_pair(

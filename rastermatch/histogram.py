@@ -42,7 +42,14 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ._data import BandArray, as_band_array, as_band_mask, no_valid_pixels, python_scalar
+from ._data import (
+    BandArray,
+    as_band_array,
+    as_band_mask,
+    builds_for_cluster,
+    no_valid_pixels,
+    python_scalar,
+)
 from ._rows import Rows
 from ._values import EXACT_MAX_ITEMSIZE, kernel_nodata, uniform_bin
 from .errors import (
@@ -1054,12 +1061,18 @@ def compact_counts(
     token: str,
     *,
     split_every: int = 16,
-    group_pixels: int = GROUP_PIXELS,
+    group_pixels: int | None = None,
 ) -> da.Array:
     """Exact int64 counts ``(band, nbins)`` of a dask ``(band, y, x)`` array over a levels
     binning, one chunk per band chunk: groups of stored blocks counted compactly, merged as a
     tree (see the comment above :func:`_count_runs`). ``mask`` is a dask ``(band, y, x)`` or
-    ``(1, y, x)`` boolean array (True: left out), or None."""
+    ``(1, y, x)`` boolean array (True: left out), or None.
+
+    ``group_pixels``: the pixels a counting task takes at least. By default
+    :data:`GROUP_PIXELS` on local schedulers, where the blocks of a group are already in this
+    process's memory; one block a task when the graph is built for a ``dask.distributed``
+    client, so each count fuses with the task that reads or makes its block and no pixel
+    travels between workers (a group's blocks would be fetched to the worker counting it)."""
     nbins, offset = binning.nbins, binning.offset
     deps = [arr]
     if mask is not None:  # the block grid of the data, so each block meets its mask's
@@ -1069,10 +1082,23 @@ def compact_counts(
     spec = (nbins, offset, python_scalar(nodata), mask is not None)
     name = f"rastermatch-counts-merge-{token}"
     group_name = f"rastermatch-counts-{token}"
+    per_block = None
+    if group_pixels is None and builds_for_cluster():  # a blockwise layer: fuses with its reads
+        masks = () if mask is None else (mask, "byx" if mask.shape[0] > 1 else "zyx")
+        per_block = da.blockwise(
+            _group_counts, "byx", spec, None, arr, "byx", *masks,
+            adjust_chunks={"y": 1, "x": 1}, concatenate=True, dtype=np.int32,
+            meta=np.empty((0, 0, 0), np.int32), name=group_name,
+        )  # fmt: skip
+        deps = [per_block]
     dsk: dict[Any, Any] = {}
     for r, rows in enumerate(arr.chunks[0]):
         keys: list[Any] = []
-        for g, members in enumerate(_block_groups(arr, rows, group_pixels)):
+        if per_block is not None:
+            keys = [(group_name, r, i, j) for i, j in np.ndindex(*per_block.numblocks[1:])]
+        for g, members in enumerate(
+            [] if per_block is not None else _block_groups(arr, rows, group_pixels or GROUP_PIXELS)
+        ):
             args: list[Any] = []
             for i, j in members:
                 args.append((arr.name, r, i, j))

@@ -321,3 +321,26 @@ def test_zarr_read_grouped_counts_stay_bounded_and_equal(tmp_path):
     arr = da.from_zarr(str(tmp_path / "a.zarr"))
     counts = compact_counts(arr, None, Binning.levels(x.dtype, 2), 0, "z", group_pixels=1000)
     np.testing.assert_array_equal(counts.compute(scheduler="threads"), dense_counts(x, nodata=0))
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_graph_built_for_a_cluster_counts_each_block_on_its_own(monkeypatch, cluster):
+    # on a cluster a group's blocks would travel to the worker counting them: there every
+    # counting task takes the one block it can fuse with; locally blocks are grouped
+    import rastermatch.histogram as histogram
+
+    monkeypatch.setattr(histogram, "builds_for_cluster", lambda: cluster)
+    x = np.random.default_rng(3).integers(0, 4096, (2, 64, 64), dtype=np.uint16)
+    arr = da.from_array(x, chunks=(1, 16, 16)) + np.uint16(1)  # a task makes every block
+    counts = compact_counts(arr, None, Binning.levels(x.dtype, 2), 0, f"cluster{cluster}")
+    graph = dict(counts.__dask_graph__())
+    inputs = [
+        [d for d in dask.core.get_dependencies(graph, key) if d[0] == arr.name]
+        for key in graph
+        if key[0] == f"rastermatch-counts-cluster{cluster}"
+    ]
+    assert max(map(len, inputs)) == (1 if cluster else 16)
+    assert len(inputs) == (32 if cluster else 2)
+    want = np.stack([np.bincount(b.ravel(), minlength=65_536) for b in x + 1])
+    want[:, 0] = 0
+    np.testing.assert_array_equal(counts.compute(scheduler="sync"), want)
