@@ -46,7 +46,10 @@ def test_count_piece_bits_every_layout(dtype):
     a = rng.integers(info.min, int(info.max) + 1, size=(1, 13, 37), dtype=dtype)
     a[0, :5, :9] = info.min
     a[0, -3:, -7:] = info.max
-    for piece in _layouts(a):
+    w = rng.integers(info.min, int(info.max) + 1, size=(1, 11, 48), dtype=dtype)
+    # lines on 8-byte boundaries: whole words read from each line, the rest pixel by pixel
+    aligned = [w[:, :, :47], w[:, ::-1, :45], w[:, 2:, 8:], w[:, ::-3, 16:], w[:, :, :1]]
+    for piece in [*_layouts(a), *aligned]:
         out = np.zeros((1, 1 << (8 * a.dtype.itemsize)), np.int64)
         _count_piece_bits(piece, out)
         np.testing.assert_array_equal(out[0], _bits_oracle(np.ascontiguousarray(piece)))
