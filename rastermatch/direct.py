@@ -61,10 +61,12 @@ from .histogram import (
     _reduce_stats,
     _rows_of,
     _unsigned,
+    _whole_dtype,
     block_range,
     block_stats,
     check_range,
     default_binning,
+    levels_order,
     union_ranges,
 )
 
@@ -361,7 +363,7 @@ def _level_counts(
             if mask is None and _bits_countable(a, b) and rows_px >= 16 * b.nbins:
                 sub = np.zeros((a.shape[0], 4, b.nbins), dtype=np.int64)
                 _count_bits_rows(_unsigned(a), sub)
-                out += _levels_order(sub.sum(axis=1), a.dtype)
+                out += levels_order(sub.sum(axis=1), a.dtype)
                 continue
             m, has_m = _kernel_mask(mask)
             _count_levels(a, b.offset, m, has_m, out)
@@ -419,30 +421,18 @@ def _level_counts(
 
 
 def _bits_countable(array: np.ndarray, binning: Binning) -> bool:
-    """Whether ``array`` can be counted by its pixels' bit patterns into ``binning``: a native
-    integer of at most 16 bits binned over every level of its dtype."""
+    """Whether ``array`` can be counted by its pixels' bit patterns into ``binning``: a levels
+    binning of its own dtype with a bin for every bit pattern (:func:`_whole_dtype`)."""
     return (
-        array.dtype.kind in "iu"
-        and array.dtype.itemsize <= EXACT_MAX_ITEMSIZE
-        and array.dtype.isnative
-        and binning.kind == "levels"
+        binning.kind == "levels"
         and binning.dtype == array.dtype
-        and binning.is_full
+        and _whole_dtype(array.dtype, binning.nbins, binning.offset)
     )
 
 
 def _shift(dtype: np.dtype) -> int:
     """How far a table indexed by bit pattern is rotated to be in level order."""
     return 0 if dtype.kind == "u" else 1 << (8 * dtype.itemsize - 1)
-
-
-def _levels_order(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A whole-dtype table indexed by bit pattern (last axis) in level order, bin ``k`` for
-    level ``min + k``: the same for unsigned dtypes; for signed ones the negative levels (bit
-    patterns from ``2**(bits - 1)``) come first."""
-    if dtype.kind == "u":
-        return bits
-    return np.roll(bits, bits.shape[-1] // 2, axis=-1)
 
 
 #: The smallest piece :func:`_stripes` cuts (about half a millisecond of counting).

@@ -952,6 +952,15 @@ def compact_block_counts(
     return _group_counts((nbins, offset, nodata, mask is not None), *parts)
 
 
+def levels_order(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A whole-dtype table indexed by bit pattern (last axis) in level order, bin ``k`` for
+    level ``min + k``: the same for unsigned dtypes; for signed ones the negative levels (bit
+    patterns from ``2**(bits - 1)``) come first."""
+    if dtype.kind == "u":
+        return bits
+    return np.roll(bits, bits.shape[-1] // 2, axis=-1)
+
+
 def _whole_dtype(dtype: np.dtype, nbins: int, offset: int) -> bool:
     """Whether a levels binning of ``nbins`` bins from level ``offset`` has a bin for every bit
     pattern of ``dtype`` (a native integer of at most 16 bits): such blocks are counted by bit
@@ -1000,8 +1009,8 @@ def _group_counts(spec: tuple[int, int, Any, bool], *parts: np.ndarray | None) -
             one = np.zeros(max(block.shape[1], block.shape[2]), dtype=np.intp)
             m = np.asarray(mask, dtype=bool)
             _levels_into(block, m, one, one, offset, flat.reshape(nb, 1, 1, nbins), nodata)
-    if by_bits and blocks[0].dtype.kind == "i":  # bit-pattern order to level order
-        flat[:] = np.roll(flat, nbins // 2, axis=1)
+    if by_bits:
+        flat[:] = levels_order(flat, blocks[0].dtype)
     nd, has_nd = kernel_nodata(blocks[0], nodata)
     if has_nd and float(nd).is_integer() and 0 <= int(nd) - offset < nbins:
         flat[:, int(nd) - offset] = 0  # counted like any level by the unmasked kernels
